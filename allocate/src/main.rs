@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    clado::cli::main("allocate", || Err(clado::Error::other("not implemented yet")))
+}

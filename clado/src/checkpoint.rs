@@ -1,0 +1,1 @@
+//! Checkpoints. Filled in by the model work.

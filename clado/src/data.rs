@@ -1,0 +1,1 @@
+//! Data sets. Filled in by the data work.

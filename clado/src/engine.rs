@@ -1,0 +1,1 @@
+//! Fast forward engine. Filled in by the engine work.

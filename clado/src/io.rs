@@ -1,0 +1,257 @@
+//! Reading inputs and writing outputs the same way in every tool.
+//!
+//! A path of `-` is stdin (for inputs) or stdout (for outputs). Named outputs are written
+//! atomically: to a temporary file in the same directory, renamed over the target only when
+//! complete, so a killed run never leaves a half-written file for Make to trust.
+
+use crate::{Error, Result};
+use ndarray::Array2;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::io::{Read, Write};
+use std::path::Path;
+
+/// The name of an input or output in messages: `<stdin>`/`<stdout>` for `-`.
+pub fn display_name(path: &str, output: bool) -> String {
+    match (path, output) {
+        ("-", false) => "<stdin>".into(),
+        ("-", true) => "<stdout>".into(),
+        _ => path.into(),
+    }
+}
+
+/// Read all bytes of a file, or of stdin for `-`.
+pub fn read_bytes(path: &str) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    if path == "-" {
+        std::io::stdin().lock().read_to_end(&mut buf).map_err(|e| Error::io("<stdin>", e))?;
+    } else {
+        buf = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(buf)
+}
+
+/// Write `bytes` to `path` atomically, or to stdout for `-`.
+pub fn write_bytes(path: &str, bytes: &[u8]) -> Result<()> {
+    write_with(path, |w| w.write_all(bytes))
+}
+
+/// Call `fill` with a writer for `path` (stdout for `-`); a named file appears only if `fill`
+/// succeeds, atomically, and is left untouched otherwise.
+pub fn write_with(
+    path: &str,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
+    if path == "-" {
+        let stdout = std::io::stdout();
+        let mut lock = stdout.lock();
+        fill(&mut lock).map_err(|e| Error::io("<stdout>", e))?;
+        lock.flush().map_err(|e| Error::io("<stdout>", e))?;
+        return Ok(());
+    }
+    let target = Path::new(path);
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(
+            ".{}.",
+            target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        ))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(path, e))?;
+    {
+        let mut buffered = std::io::BufWriter::new(tmp.as_file_mut());
+        fill(&mut buffered).map_err(|e| Error::io(path, e))?;
+        buffered.flush().map_err(|e| Error::io(path, e))?;
+    }
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(target).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+/// Read an N×N (or any 2-D) float matrix from a `.npy` file or stdin. float64 is read as is;
+/// float32 is promoted. Anything else is an input error naming the file.
+pub fn read_matrix(path: &str) -> Result<Array2<f64>> {
+    let name = display_name(path, false);
+    let bytes = read_bytes(path)?;
+    matrix_from_npy_bytes(&name, &bytes)
+}
+
+/// Parse `.npy` bytes into a 2-D float64 matrix (see [`read_matrix`]).
+pub fn matrix_from_npy_bytes(name: &str, bytes: &[u8]) -> Result<Array2<f64>> {
+    use ndarray_npy::ReadNpyExt;
+    if bytes.is_empty() {
+        return Err(Error::input(name, "empty input, expected a .npy file"));
+    }
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(Error::input(name, "not a .npy file (missing the \\x93NUMPY magic)"));
+    }
+    let header = npy_header(bytes).ok_or_else(|| Error::input(name, "truncated .npy header"))?;
+    let descr = header_value(&header, "descr").unwrap_or_default();
+    let shape = header_value(&header, "shape").unwrap_or_default();
+    let dims = shape.trim_matches(|c| c == '(' || c == ')').split(',').filter(|s| !s.trim().is_empty()).count();
+    if dims != 2 {
+        return Err(Error::input(name, format!("expected a 2-D matrix, got shape {shape}")));
+    }
+    let m = match descr.trim_matches('\'') {
+        "<f8" => Array2::<f64>::read_npy(std::io::Cursor::new(bytes)),
+        "<f4" => Array2::<f32>::read_npy(std::io::Cursor::new(bytes)).map(|a| a.mapv(f64::from)),
+        other => {
+            return Err(Error::input(name, format!("expected float64 or float32 data, got dtype '{other}'")))
+        }
+    }
+    .map_err(|e| Error::input(name, format!("bad .npy data: {e}")))?;
+    Ok(m)
+}
+
+/// Check that every entry is finite; the error names the first bad entry.
+pub fn check_finite(name: &str, m: &Array2<f64>) -> Result<()> {
+    if let Some(((i, j), v)) = m.indexed_iter().find(|(_, v)| !v.is_finite()) {
+        return Err(Error::input(name, format!("entry [{i}, {j}] is {v}, expected a finite number")));
+    }
+    Ok(())
+}
+
+/// The header dictionary of a `.npy` file, as text.
+fn npy_header(bytes: &[u8]) -> Option<String> {
+    let major = bytes[6];
+    let (len, start) = match major {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        _ if bytes.len() >= 12 => (u32::from_le_bytes(bytes[8..12].try_into().ok()?) as usize, 12),
+        _ => return None,
+    };
+    let h = bytes.get(start..start + len)?;
+    Some(String::from_utf8_lossy(h).into_owned())
+}
+
+fn header_value(header: &str, key: &str) -> Option<String> {
+    let at = header.find(&format!("'{key}'"))?;
+    let rest = header[at + key.len() + 2..].trim_start().strip_prefix(':')?.trim_start();
+    if rest.starts_with('(') {
+        let end = rest.find(')')?;
+        Some(rest[..=end].to_string())
+    } else {
+        let end = rest.find(',').unwrap_or(rest.len());
+        Some(rest[..end].trim().to_string())
+    }
+}
+
+/// Write a float64 matrix as `.npy` (atomically, or to stdout for `-`).
+pub fn write_matrix(path: &str, m: &Array2<f64>) -> Result<()> {
+    use ndarray_npy::WriteNpyExt;
+    let mut buf = Vec::new();
+    m.write_npy(&mut buf).map_err(|e| Error::other(format!("encoding .npy: {e}")))?;
+    write_bytes(path, &buf)
+}
+
+/// A JSON document with a format version. Reading checks the version before anything else.
+pub trait Versioned {
+    /// The file kind in messages, e.g. `index.json`.
+    const KIND: &'static str;
+    /// The version this build reads and writes.
+    const VERSION: u32;
+}
+
+/// Read a versioned JSON document. Unknown fields, a missing or other version, and type errors
+/// are input errors naming the file and the field.
+pub fn read_json<T: DeserializeOwned + Versioned>(path: &str) -> Result<T> {
+    let name = display_name(path, false);
+    let bytes = read_bytes(path)?;
+    json_from_bytes(&name, &bytes)
+}
+
+/// Parse a versioned JSON document from bytes (see [`read_json`]).
+pub fn json_from_bytes<T: DeserializeOwned + Versioned>(name: &str, bytes: &[u8]) -> Result<T> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(Error::input(name, format!("empty input, expected a {} document", T::KIND)));
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::input(name, format!("not valid JSON: {e}")))?;
+    match value.get("version") {
+        Some(v) if v.as_u64() == Some(T::VERSION as u64) => {}
+        Some(v) => {
+            return Err(Error::input(
+                name,
+                format!("{} version {v} is not supported (this build reads version {})", T::KIND, T::VERSION),
+            ))
+        }
+        None => {
+            return Err(Error::input(
+                name,
+                format!("missing field `version`: not a {} document (expected version {})", T::KIND, T::VERSION),
+            ))
+        }
+    }
+    serde_json::from_value(value).map_err(|e| Error::input(name, format!("{}: {e}", T::KIND)))
+}
+
+/// Write a JSON document (pretty, one trailing newline), atomically or to stdout for `-`.
+pub fn write_json<T: Serialize>(path: &str, value: &T) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value).map_err(|e| Error::other(format!("encoding JSON: {e}")))?;
+    text.push('\n');
+    write_bytes(path, text.as_bytes())
+}
+
+/// One compact JSON line (for JSON-lines outputs such as sweeps).
+pub fn json_line<T: Serialize>(value: &T) -> Result<String> {
+    let mut text = serde_json::to_string(value).map_err(|e| Error::other(format!("encoding JSON: {e}")))?;
+    text.push('\n');
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matrix_roundtrip_f64_and_f32_promotion() {
+        use ndarray_npy::WriteNpyExt;
+        let m = Array2::from_shape_fn((3, 3), |(i, j)| (i * 3 + j) as f64 * 0.5);
+        let mut b = Vec::new();
+        m.write_npy(&mut b).unwrap();
+        assert_eq!(matrix_from_npy_bytes("m", &b).unwrap(), m);
+        let m32 = m.mapv(|v| v as f32);
+        let mut b32 = Vec::new();
+        m32.write_npy(&mut b32).unwrap();
+        assert_eq!(matrix_from_npy_bytes("m", &b32).unwrap(), m);
+    }
+
+    #[test]
+    fn matrix_errors_name_the_problem() {
+        let e = matrix_from_npy_bytes("G.npy", b"").unwrap_err().to_string();
+        assert!(e.contains("G.npy") && e.contains("empty"), "{e}");
+        let e = matrix_from_npy_bytes("G.npy", b"hello world, not npy").unwrap_err().to_string();
+        assert!(e.contains("not a .npy"), "{e}");
+        use ndarray_npy::WriteNpyExt;
+        let v = ndarray::Array1::<f64>::zeros(4);
+        let mut b = Vec::new();
+        v.write_npy(&mut b).unwrap();
+        let e = matrix_from_npy_bytes("G.npy", &b).unwrap_err().to_string();
+        assert!(e.contains("2-D"), "{e}");
+        let m = Array2::<f64>::zeros((4, 4));
+        let mut b = Vec::new();
+        m.write_npy(&mut b).unwrap();
+        b.truncate(b.len() - 8);
+        let e = matrix_from_npy_bytes("G.npy", &b).unwrap_err().to_string();
+        assert!(e.contains("bad .npy data"), "{e}");
+    }
+
+    #[test]
+    fn atomic_write_leaves_nothing_on_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.json");
+        let t = target.to_str().unwrap();
+        let r = write_with(t, |w| {
+            w.write_all(b"partial")?;
+            Err(std::io::Error::other("killed"))
+        });
+        assert!(r.is_err());
+        assert!(!target.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "temporary file left behind");
+        write_bytes(t, b"done").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"done");
+    }
+}

@@ -1,0 +1,1 @@
+//! Reference models. Filled in by the model work.

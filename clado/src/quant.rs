@@ -1,0 +1,1 @@
+//! Quantizers (DESIGN.md, "Quantizers"). Filled in by the quantizer work.

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    clado::cli::main("evaluate", || Err(clado::Error::other("not implemented yet")))
+}
