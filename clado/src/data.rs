@@ -1,1 +1,0 @@
-//! Data sets. Filled in by the data work.

@@ -1,0 +1,367 @@
+//! Data sets for the tools, chosen with `--data KIND:PATH`, as plain `Vec<f32>` (no candle).
+//!
+//! | spec | files | images |
+//! | --- | --- | --- |
+//! | `fashion-mnist:DIR` | `{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]` | 1×32×32 (28×28 zero-padded) |
+//! | `cifar10:DIR` | `data_batch_{1..5}.bin`, `test_batch.bin` (`cifar-10-batches-bin`) | 3×32×32 |
+//! | `cifar100:DIR` | `train.bin`, `test.bin` (`cifar-100-binary`), fine labels | 3×32×32 |
+//! | `npy:X.npy,Y.npy` | float32 N×C×H×W, already preprocessed; int64 or int32 labels of length N | C×H×W |
+//!
+//! For the CIFAR kinds `DIR` may also be the folder that holds `cifar-10-batches-bin` or
+//! `cifar-100-binary`. Debian's `dataset-fashion-mnist` installs Fashion-MNIST in
+//! [`FASHION_MNIST_DIR`].
+//!
+//! # Preprocessing
+//! Exactly as torchvision's `ToTensor()` + `Normalize(mean, std)`, in float32: a byte `v` of
+//! channel `c` becomes `(v / 255 - mean[c]) / std[c]`. Fashion-MNIST images are then zero-padded
+//! by 2 pixels on every side, 28×28 → 32×32, so that they fit the CIFAR ResNets; the pad is 0 in
+//! normalised space (DESIGN.md). The constants are [`FASHION_MNIST`], [`CIFAR10`] and
+//! [`CIFAR100`]:
+//!
+//! - Fashion-MNIST: mean 0.2860, std 0.3530 (DESIGN.md; the training set's statistics).
+//! - CIFAR-10: mean (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010);
+//!   CIFAR-100: mean (0.5070, 0.4865, 0.4409), std (0.2673, 0.2564, 0.2761). These are the values
+//!   the public `chenyaofo/pytorch-cifar-models` checkpoints were trained and evaluated with (the
+//!   `data.mean`/`data.std` of their training logs, e.g. `logs/cifar10/resnet20/default.log`).
+//!   Note that the CIFAR-10 std is the widely copied (0.2023, 0.1994, 0.2010), not the training
+//!   set's true per-channel std (0.2470, 0.2435, 0.2616): a checkpoint must see the inputs it was
+//!   trained on, so we follow the checkpoints. For other normalisations use `npy:`.
+//!
+//! # Sample selection
+//! [`select`] picks `--samples N` of a split with `--seed S`: the first N positions of a partial
+//! Fisher–Yates shuffle of `0..len` driven by ChaCha8 seeded with `seed_from_u64(S)` (each draw an
+//! unbiased integer from one 64-bit output by rejection), then sorted into file order. The
+//! algorithm is spelled out here rather than borrowed from `rand::seq`, so the same seed picks
+//! the same samples on every machine and across `rand` upgrades.
+
+mod cifar;
+mod idx;
+mod npy;
+
+use crate::{Error, Result};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// Where Debian's `dataset-fashion-mnist` package installs the IDX files.
+pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+/// Per-channel normalisation `(x - mean) / std` of pixels scaled to [0, 1].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Normalization {
+    pub mean: &'static [f32],
+    pub std: &'static [f32],
+}
+
+/// Fashion-MNIST (DESIGN.md).
+pub const FASHION_MNIST: Normalization = Normalization { mean: &[0.2860], std: &[0.3530] };
+/// CIFAR-10 as used by the pytorch-cifar-models checkpoints (see the module docs).
+pub const CIFAR10: Normalization = Normalization { mean: &[0.4914, 0.4822, 0.4465], std: &[0.2023, 0.1994, 0.2010] };
+/// CIFAR-100 as used by the pytorch-cifar-models checkpoints (see the module docs).
+pub const CIFAR100: Normalization = Normalization { mean: &[0.5070, 0.4865, 0.4409], std: &[0.2673, 0.2564, 0.2761] };
+
+impl Normalization {
+    /// The normalised value of every byte 0..=255 in `channel`, computed as torchvision does
+    /// (`v / 255`, then `(x - mean) / std`, all in float32).
+    pub fn table(&self, channel: usize) -> [f32; 256] {
+        let (mean, std) = (self.mean[channel], self.std[channel]);
+        std::array::from_fn(|v| (v as f32 / 255.0 - mean) / std)
+    }
+}
+
+/// A data set named on the command line: `KIND:PATH`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataSpec {
+    FashionMnist(PathBuf),
+    Cifar10(PathBuf),
+    Cifar100(PathBuf),
+    Npy { images: PathBuf, labels: PathBuf },
+}
+
+/// The kinds `--data` understands, in the order messages list them.
+pub const KINDS: [&str; 4] = ["fashion-mnist:DIR", "cifar10:DIR", "cifar100:DIR", "npy:X.npy,Y.npy"];
+
+impl DataSpec {
+    /// Parse `fashion-mnist:DIR`, `cifar10:DIR`, `cifar100:DIR` or `npy:X.npy,Y.npy`.
+    /// Nothing is opened yet; [`load`] checks the files.
+    pub fn parse(text: &str) -> Result<Self> {
+        let expected = || format!("expected one of {}", KINDS.join(", "));
+        let (kind, path) = text
+            .split_once(':')
+            .ok_or_else(|| Error::usage(format!("data '{text}': missing KIND:, {}", expected())))?;
+        if path.is_empty() {
+            return Err(Error::usage(format!("data '{text}': empty path after '{kind}:', {}", expected())));
+        }
+        match kind {
+            "fashion-mnist" => Ok(DataSpec::FashionMnist(path.into())),
+            "cifar10" => Ok(DataSpec::Cifar10(path.into())),
+            "cifar100" => Ok(DataSpec::Cifar100(path.into())),
+            "npy" => match path.split_once(',') {
+                Some((images, labels)) if !images.is_empty() && !labels.is_empty() && !labels.contains(',') => {
+                    Ok(DataSpec::Npy { images: images.into(), labels: labels.into() })
+                }
+                _ => {
+                    Err(Error::usage(format!("data '{text}': npy takes two files, images and labels: npy:X.npy,Y.npy")))
+                }
+            },
+            _ => Err(Error::usage(format!("data '{text}': unknown kind '{kind}', {}", expected()))),
+        }
+    }
+
+    /// The kind as written in the spec, e.g. `cifar10`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DataSpec::FashionMnist(_) => "fashion-mnist",
+            DataSpec::Cifar10(_) => "cifar10",
+            DataSpec::Cifar100(_) => "cifar100",
+            DataSpec::Npy { .. } => "npy",
+        }
+    }
+
+    /// The normalisation the loader applies; `None` for `npy` (already preprocessed).
+    pub fn normalization(&self) -> Option<Normalization> {
+        match self {
+            DataSpec::FashionMnist(_) => Some(FASHION_MNIST),
+            DataSpec::Cifar10(_) => Some(CIFAR10),
+            DataSpec::Cifar100(_) => Some(CIFAR100),
+            DataSpec::Npy { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for DataSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DataSpec::FashionMnist(dir) | DataSpec::Cifar10(dir) | DataSpec::Cifar100(dir) => {
+                write!(f, "{}:{}", self.kind(), dir.display())
+            }
+            DataSpec::Npy { images, labels } => write!(f, "npy:{},{}", images.display(), labels.display()),
+        }
+    }
+}
+
+impl FromStr for DataSpec {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self> {
+        Self::parse(text)
+    }
+}
+
+/// Which part of a data set: `train` or `test`. `npy` data sets have one part and ignore it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Test,
+}
+
+impl FromStr for Split {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "train" => Ok(Split::Train),
+            "test" => Ok(Split::Test),
+            _ => Err(Error::usage(format!("split '{text}': expected train or test"))),
+        }
+    }
+}
+
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Split::Train => "train",
+            Split::Test => "test",
+        })
+    }
+}
+
+/// Preprocessed images and their labels, in memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    /// N·C·H·W values, NCHW order, preprocessed (normalised, padded).
+    pub images: Vec<f32>,
+    /// One class index per image, each below `num_classes`.
+    pub labels: Vec<u32>,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub num_classes: usize,
+    /// Where the data came from, for messages: the spec and split, or the labels file.
+    pub source: String,
+}
+
+impl Dataset {
+    /// A data set from parts, checking that the sizes agree and every label is below
+    /// `num_classes`.
+    pub fn new(
+        images: Vec<f32>,
+        labels: Vec<u32>,
+        [channels, height, width]: [usize; 3],
+        num_classes: usize,
+        source: impl Into<String>,
+    ) -> Result<Self> {
+        let source = source.into();
+        let per_image = channels * height * width;
+        if per_image == 0 || images.len() != labels.len() * per_image {
+            return Err(Error::input(
+                &source,
+                format!(
+                    "{} image values for {} labels of {channels}×{height}×{width} images, expected {}",
+                    images.len(),
+                    labels.len(),
+                    labels.len() * per_image
+                ),
+            ));
+        }
+        let ds = Dataset { images, labels, channels, height, width, num_classes, source };
+        ds.check_labels(num_classes)?;
+        Ok(ds)
+    }
+
+    /// Number of samples N.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Values per image, C·H·W.
+    pub fn image_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// `[C, H, W]` of one image.
+    pub fn image_shape(&self) -> [usize; 3] {
+        [self.channels, self.height, self.width]
+    }
+
+    /// Image `i` (C·H·W values). Panics when `i >= len()`.
+    pub fn image(&self, i: usize) -> &[f32] {
+        let n = self.image_len();
+        &self.images[i * n..(i + 1) * n]
+    }
+
+    /// The samples at `idx`, in that order. Panics on an index out of range (a caller's bug:
+    /// indices come from [`select_indices`] or from `0..len()`).
+    pub fn subset(&self, idx: &[usize]) -> Dataset {
+        let mut images = Vec::with_capacity(idx.len() * self.image_len());
+        for &i in idx {
+            images.extend_from_slice(self.image(i));
+        }
+        Dataset {
+            images,
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+            num_classes: self.num_classes,
+            source: self.source.clone(),
+        }
+    }
+
+    /// Consecutive batches of up to `batch_size` samples: (B·C·H·W image values, B labels).
+    /// The last batch may be smaller. Panics when `batch_size` is 0.
+    pub fn batches(&self, batch_size: usize) -> impl Iterator<Item = (&[f32], &[u32])> + '_ {
+        assert!(batch_size > 0, "batch size must be positive");
+        self.images.chunks(batch_size * self.image_len()).zip(self.labels.chunks(batch_size))
+    }
+
+    /// Check that every label is a class of a model with `num_classes` outputs; the error names
+    /// the source, the first offending sample and its label.
+    pub fn check_labels(&self, num_classes: usize) -> Result<()> {
+        match self.labels.iter().position(|&l| l as usize >= num_classes) {
+            None => Ok(()),
+            Some(i) => Err(Error::input(
+                &self.source,
+                format!(
+                    "label {} of sample {i} is out of range for {num_classes} classes (expected 0..={})",
+                    self.labels[i],
+                    num_classes.saturating_sub(1)
+                ),
+            )),
+        }
+    }
+}
+
+/// Load one split of a data set, preprocessed. Every file is checked (magic, sizes, counts,
+/// label ranges) before anything else happens; errors name the file and the problem.
+pub fn load(spec: &DataSpec, split: Split) -> Result<Dataset> {
+    let source = match spec {
+        DataSpec::Npy { .. } => spec.to_string(),
+        _ => format!("{spec} ({split})"),
+    };
+    let mut ds = match spec {
+        DataSpec::FashionMnist(dir) => idx::load_fashion_mnist(dir, split)?,
+        DataSpec::Cifar10(dir) => cifar::load(cifar::Layout::Cifar10, dir, split)?,
+        DataSpec::Cifar100(dir) => cifar::load(cifar::Layout::Cifar100, dir, split)?,
+        DataSpec::Npy { images, labels } => npy::load(images, labels)?,
+    };
+    ds.source = source;
+    Ok(ds)
+}
+
+/// The indices [`select`] picks: all of `0..len` in order for `None`, else `samples` distinct
+/// indices chosen by `seed` (see the module docs), in increasing order. `samples` of 0 or above
+/// `len` is a usage error that names the count available in `source`.
+pub fn select_indices(len: usize, samples: Option<usize>, seed: u64, source: &str) -> Result<Vec<usize>> {
+    let Some(samples) = samples else { return Ok((0..len).collect()) };
+    if samples == 0 {
+        return Err(Error::usage("--samples 0: expected at least 1 sample"));
+    }
+    if samples > len {
+        return Err(Error::usage(format!("--samples {samples}: {source} has only {len} samples")));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut order: Vec<usize> = (0..len).collect();
+    for i in 0..samples {
+        let j = i + uniform_below(&mut rng, (len - i) as u64) as usize;
+        order.swap(i, j);
+    }
+    order.truncate(samples);
+    order.sort_unstable();
+    Ok(order)
+}
+
+/// `--samples N --seed S` of a loaded split (see [`select_indices`]); `None` keeps everything.
+pub fn select(ds: &Dataset, samples: Option<usize>, seed: u64) -> Result<Dataset> {
+    if samples.is_none() {
+        return Ok(ds.clone());
+    }
+    let idx = select_indices(ds.len(), samples, seed, &ds.source)?;
+    Ok(ds.subset(&idx))
+}
+
+/// An unbiased integer in `0..n` (n > 0) from 64-bit outputs: outputs below 2^64 mod n are
+/// rejected, so the accepted range is a whole number of copies of `0..n`.
+fn uniform_below(rng: &mut impl RngCore, n: u64) -> u64 {
+    let reject_below = n.wrapping_neg() % n;
+    loop {
+        let x = rng.next_u64();
+        if x >= reject_below {
+            return x % n;
+        }
+    }
+}
+
+/// Check that a data set folder exists before looking for its files.
+fn check_dir(dir: &Path, kind: &str) -> Result<()> {
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(Error::input(dir.display(), format!("no such folder (expected the {kind} data set folder)")))
+    }
+}
+
+/// Read a whole file; a missing file is an input error naming it.
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::input(path.display(), "no such file"),
+        _ => Error::io(path.display(), e),
+    })
+}
+
+#[cfg(test)]
+mod tests;
