@@ -1,1 +1,0 @@
-//! Reference models. Filled in by the model work.
