@@ -1,1 +1,0 @@
-//! Fast forward engine. Filled in by the engine work.
