@@ -31,7 +31,10 @@ impl PreparedWeights {
 
 impl std::fmt::Debug for PreparedWeights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PreparedWeights").field("layer", &self.layer).field("bits", &self.bits).finish()
+        f.debug_struct("PreparedWeights")
+            .field("layer", &self.layer)
+            .field("bits", &self.bits)
+            .finish()
     }
 }
 
@@ -61,16 +64,20 @@ pub struct Plan {
 impl Plan {
     /// Every layer at full precision.
     pub fn fp(net: &Network) -> Plan {
-        Plan { network: net.id, layers: vec![LayerPrecision::default(); net.layers().len()] }
+        Plan {
+            network: net.id,
+            layers: vec![LayerPrecision::default(); net.layers().len()],
+        }
     }
 
     /// Sets the precision of layer `layer`; the weights must have been prepared for it.
     pub fn set(&mut self, layer: usize, precision: LayerPrecision) -> Result<()> {
         let n = self.layers.len();
-        let slot = self
-            .layers
-            .get_mut(layer)
-            .ok_or_else(|| Error::other(format!("layer index {layer} out of range (the network has {n} layers)")))?;
+        let slot = self.layers.get_mut(layer).ok_or_else(|| {
+            Error::other(format!(
+                "layer index {layer} out of range (the network has {n} layers)"
+            ))
+        })?;
         if let Some(w) = &precision.weights {
             if w.network != self.network || w.layer != layer {
                 return Err(Error::other(format!(
