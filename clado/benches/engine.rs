@@ -2,6 +2,7 @@
 //!
 //!     cargo bench -p clado --bench engine                      # ResNet-20 and -56, batch 256
 //!     cargo bench -p clado --bench engine -- --arch resnet20 --batch 256 --threads 2 --runs 9
+//!     cargo bench -p clado --bench engine -- --candle --no-layers   # also stock candle conv2d
 //!
 //! Random weights with random BatchNorm statistics (the speed does not depend on the values),
 //! 1-channel 32×32 inputs and 10 classes unless told otherwise. Each number is the median of
@@ -28,6 +29,7 @@ struct Options {
     in_channels: usize,
     classes: usize,
     layers: bool,
+    candle: bool,
 }
 
 fn parse_options() -> Options {
@@ -39,6 +41,7 @@ fn parse_options() -> Options {
         in_channels: 1,
         classes: 10,
         layers: true,
+        candle: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -51,6 +54,7 @@ fn parse_options() -> Options {
             "--in-channels" => o.in_channels = value().parse().expect("--in-channels N"),
             "--classes" => o.classes = value().parse().expect("--classes N"),
             "--no-layers" => o.layers = false,
+            "--candle" => o.candle = true,
             "--bench" => {} // passed by `cargo bench`
             other => panic!("unknown argument {other}; see the top of benches/engine.rs"),
         }
@@ -150,7 +154,10 @@ fn median_seconds(runs: usize, mut f: impl FnMut()) -> Timing {
         .collect();
     let cpu = (cpu_seconds() - cpu_start) / runs as f64;
     wall.sort_by(f64::total_cmp);
-    Timing { wall: wall[runs / 2], cpu }
+    Timing {
+        wall: wall[runs / 2],
+        cpu,
+    }
 }
 
 fn main() {
@@ -240,6 +247,11 @@ fn bench_arch(arch: &str, o: &Options) {
     });
     report("forward FP, Parallelism::None xN", t);
 
+    if o.candle {
+        let t = candle_baseline(blocks, o, &x);
+        report("candle-core conv2d (baseline)", t);
+    }
+
     let fp_states = {
         let mut s: Vec<State> = vec![net.input_state(images).expect("state")];
         for i in 0..net.layers().len() {
@@ -302,4 +314,68 @@ fn bench_arch(arch: &str, o: &Options) {
             wall / count as f64 * 1e3
         );
     }
+}
+
+/// The same network as a straightforward candle-core NCHW forward (`conv2d`, BN as
+/// `(x − mean)/√(var + ε)·γ + β`), the baseline the engine replaces.
+fn candle_baseline(blocks: usize, o: &Options, x: &[f32]) -> Timing {
+    use candle_core::{Device, Tensor};
+    let sd = random_state_dict(blocks, o.in_channels, o.classes);
+    let dev = Device::Cpu;
+    let t = |name: &str, shape: &[usize]| {
+        Tensor::from_vec(sd[name].data.clone(), shape, &dev).expect("tensor")
+    };
+    let w = |name: &str| {
+        t(
+            &format!("{name}.weight"),
+            &sd[&format!("{name}.weight")].shape,
+        )
+    };
+    let bn = |x: &Tensor, p: &str| -> Tensor {
+        let c = sd[&format!("{p}.weight")].shape[0];
+        let v = |n: &str| t(&format!("{p}.{n}"), &[1, c, 1, 1]);
+        let sigma = (v("running_var") + clado::engine::BN_EPS)
+            .and_then(|s| s.sqrt())
+            .expect("bn");
+        x.broadcast_sub(&v("running_mean"))
+            .and_then(|y| y.broadcast_div(&sigma))
+            .and_then(|y| y.broadcast_mul(&v("weight")))
+            .and_then(|y| y.broadcast_add(&v("bias")))
+            .expect("bn")
+    };
+    let images = Tensor::from_vec(x.to_vec(), (o.batch, o.in_channels, 32, 32), &dev).expect("x");
+    let fc_w = w("fc").t().expect("t");
+    let fc_b = t("fc.bias", &[o.classes]);
+    let forward = || -> candle_core::Result<Tensor> {
+        let mut h = bn(&images.conv2d(&w("conv1"), 1, 1, 1, 1)?, "bn1").relu()?;
+        let mut cin = 16;
+        for (s, planes) in [16, 32, 64].into_iter().enumerate() {
+            for b in 0..blocks {
+                let p = format!("layer{}.{b}", s + 1);
+                let stride = if cin != planes { 2 } else { 1 };
+                let out = bn(
+                    &h.conv2d(&w(&format!("{p}.conv1")), 1, stride, 1, 1)?,
+                    &format!("{p}.bn1"),
+                )
+                .relu()?;
+                let out = bn(
+                    &out.conv2d(&w(&format!("{p}.conv2")), 1, 1, 1, 1)?,
+                    &format!("{p}.bn2"),
+                );
+                let identity = if cin != planes {
+                    let d = h.conv2d(&w(&format!("{p}.downsample.0")), 0, 2, 1, 1)?;
+                    bn(&d, &format!("{p}.downsample.1"))
+                } else {
+                    h.clone()
+                };
+                h = (out + identity)?.relu()?;
+                cin = planes;
+            }
+        }
+        let pooled = h.flatten_from(2)?.mean(2)?;
+        pooled.matmul(&fc_w)?.broadcast_add(&fc_b)
+    };
+    median_seconds(o.runs, || {
+        forward().expect("candle forward");
+    })
 }

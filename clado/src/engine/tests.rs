@@ -768,3 +768,48 @@ fn misuse_is_an_error() {
         .to_string()
         .contains("3 channel(s), resnet20 expects 1"));
 }
+
+#[test]
+fn precisions_come_from_calibration_entries() {
+    use crate::format::{ActRange, LayerCalib};
+    use crate::options::QuantOption;
+    let net = Network::from_state_dict("resnet20", &random_state_dict(3, 1, 10, 21)).unwrap();
+    let scales = minmax_scales(&net, 4, 4);
+    let calib = LayerCalib {
+        name: "layer1.1.conv2".into(),
+        weight_scales: [("4".to_string(), scales.clone())].into(),
+        act_ranges: [("8".to_string(), ActRange { lo: -1.0, hi: 3.0 })].into(),
+    };
+    let mut cache = WeightCache::new();
+    let option = QuantOption::parse("w4a8").unwrap();
+    let p = cache.layer_precision(&net, 4, option, &calib).unwrap();
+    assert_eq!(p.weights.as_ref().unwrap().bits(), Some(4));
+    assert_eq!(p.input.unwrap(), ActQuant::new(8, -1.0, 3.0).unwrap());
+    let again = cache
+        .layer_precision(&net, 4, QuantOption::parse("w4").unwrap(), &calib)
+        .unwrap();
+    assert!(std::sync::Arc::ptr_eq(
+        p.weights.as_ref().unwrap(),
+        again.weights.as_ref().unwrap()
+    ));
+    assert!(again.input.is_none());
+    let e = cache.layer_precision(&net, 4, QuantOption::parse("w2a8").unwrap(), &calib);
+    assert_eq!(
+        e.unwrap_err().to_string(),
+        "layer 'layer1.1.conv2': no weight scales for 2 bits (calibrated: 4)"
+    );
+    let e = cache.layer_precision(&net, 4, QuantOption::parse("a4").unwrap(), &calib);
+    assert!(e
+        .unwrap_err()
+        .to_string()
+        .contains("no activation range for 4 bits (calibrated: 8)"));
+    let e = cache.layer_precision(&net, 5, option, &calib);
+    assert!(e
+        .unwrap_err()
+        .to_string()
+        .contains("given for layer 'layer1.2.conv1'"));
+    assert!(cache
+        .layer_precision(&net, 4, QuantOption::FP, &calib)
+        .unwrap()
+        .is_fp());
+}
