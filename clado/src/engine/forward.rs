@@ -75,7 +75,7 @@ impl<'a> Images<'a> {
 ///
 /// Maps are stored padded NHWC. A state is immutable and shares its buffers: `clone` is cheap,
 /// so keeping states (e.g. the FP state before every layer) costs only their memory.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct State {
     network: u64,
     position: usize,
@@ -85,7 +85,7 @@ pub struct State {
     data: StateData,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 enum StateData {
     Images(Arc<Vec<f32>>),
     Maps {
@@ -125,6 +125,17 @@ impl State {
             }
         };
         floats * std::mem::size_of::<f32>()
+    }
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("position", &self.position)
+            .field("batch", &self.batch)
+            .field("input", &self.input)
+            .field("bytes", &self.bytes())
+            .finish()
     }
 }
 
