@@ -33,7 +33,9 @@ impl ActQuant {
     /// The degenerate range `[0, 0]` (a tensor that was all zeros) maps everything to 0.
     pub fn new(bits: u8, lo: f32, hi: f32) -> Result<Self> {
         if !(1..=16).contains(&bits) {
-            return Err(Error::other(format!("activation bits {bits} out of range 1..=16")));
+            return Err(Error::other(format!(
+                "activation bits {bits} out of range 1..=16"
+            )));
         }
         if !lo.is_finite() || !hi.is_finite() || lo > 0.0 || hi < 0.0 {
             return Err(Error::other(format!(
@@ -42,8 +44,19 @@ impl ActQuant {
         }
         let levels = ((1u32 << bits) - 1) as f32;
         let scale = (hi - lo) / levels;
-        let zero_point = if scale > 0.0 { (-lo / scale).round_ties_even() } else { 0.0 };
-        Ok(ActQuant { bits, lo, hi, scale, zero_point, levels })
+        let zero_point = if scale > 0.0 {
+            (-lo / scale).round_ties_even()
+        } else {
+            0.0
+        };
+        Ok(ActQuant {
+            bits,
+            lo,
+            hi,
+            scale,
+            zero_point,
+            levels,
+        })
     }
 
     pub fn bits(&self) -> u8 {
@@ -120,7 +133,9 @@ pub fn fake_quantize_weights(
     scales: &[f32],
 ) -> Result<Vec<f32>> {
     if !(2..=16).contains(&bits) {
-        return Err(Error::other(format!("weight bits {bits} out of range 2..=16")));
+        return Err(Error::other(format!(
+            "weight bits {bits} out of range 2..=16"
+        )));
     }
     if scales.len() != out_channels && scales.len() != 1 {
         return Err(Error::other(format!(
@@ -128,8 +143,14 @@ pub fn fake_quantize_weights(
             scales.len()
         )));
     }
-    if let Some((c, s)) = scales.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s > 0.0)) {
-        return Err(Error::other(format!("weight scale {s} of channel {c} is not positive and finite")));
+    if let Some((c, s)) = scales
+        .iter()
+        .enumerate()
+        .find(|(_, s)| !(s.is_finite() && **s > 0.0))
+    {
+        return Err(Error::other(format!(
+            "weight scale {s} of channel {c} is not positive and finite"
+        )));
     }
     assert_eq!(weight.len() % out_channels, 0);
     let per_channel = weight.len() / out_channels;
@@ -138,7 +159,11 @@ pub fn fake_quantize_weights(
         .iter()
         .enumerate()
         .map(|(i, &w)| {
-            let s = if scales.len() == 1 { scales[0] } else { scales[i / per_channel] };
+            let s = if scales.len() == 1 {
+                scales[0]
+            } else {
+                scales[i / per_channel]
+            };
             (w / s).round_ties_even().clamp(-qmax, qmax) * s
         })
         .collect())

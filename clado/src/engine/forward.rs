@@ -75,7 +75,7 @@ impl<'a> Images<'a> {
 ///
 /// Maps are stored padded NHWC. A state is immutable and shares its buffers: `clone` is cheap,
 /// so keeping states (e.g. the FP state before every layer) costs only their memory.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct State {
     network: u64,
     position: usize,
@@ -85,10 +85,13 @@ pub struct State {
     data: StateData,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 enum StateData {
     Images(Arc<Vec<f32>>),
-    Maps { main: Arc<Vec<f32>>, shortcut: Option<Arc<Vec<f32>>> },
+    Maps {
+        main: Arc<Vec<f32>>,
+        shortcut: Option<Arc<Vec<f32>>>,
+    },
     Vector(Arc<Vec<f32>>),
 }
 
@@ -117,9 +120,22 @@ impl State {
     pub fn bytes(&self) -> usize {
         let floats = match &self.data {
             StateData::Images(v) | StateData::Vector(v) => v.len(),
-            StateData::Maps { main, shortcut } => main.len() + shortcut.as_ref().map_or(0, |s| s.len()),
+            StateData::Maps { main, shortcut } => {
+                main.len() + shortcut.as_ref().map_or(0, |s| s.len())
+            }
         };
         floats * std::mem::size_of::<f32>()
+    }
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("position", &self.position)
+            .field("batch", &self.batch)
+            .field("input", &self.input)
+            .field("bytes", &self.bytes())
+            .finish()
     }
 }
 
@@ -136,6 +152,9 @@ enum ImageInput<'a> {
     Maps(&'a [f32], Option<&'a [f32]>),
     Vector(&'a [f32]),
 }
+
+/// One image of a run: its index and where its end state goes (main part, shortcut part).
+type ImageJob<'a> = (usize, &'a mut [f32], Option<&'a mut [f32]>);
 
 /// Buffers of one thread, reused across images and runs. Every map buffer keeps a zero border
 /// (writers zero it), whatever shape it last held.
@@ -178,9 +197,21 @@ impl Network {
     pub fn forward(&self, images: Images<'_>, plan: &Plan, par: Parallelism) -> Result<Logits> {
         let input = self.check_images(&images)?;
         let l = self.layers().len();
-        let data = self.execute(Source::Images(images.data()), 0, l, images.batch(), input, plan, par)?;
+        let data = self.execute(
+            Source::Images(images.data()),
+            0,
+            l,
+            images.batch(),
+            input,
+            plan,
+            par,
+        )?;
         match data {
-            StateData::Vector(v) => Ok(Logits::from_vec(unwrap_arc(v), images.batch(), self.classes())),
+            StateData::Vector(v) => Ok(Logits::from_vec(
+                unwrap_arc(v),
+                images.batch(),
+                self.classes(),
+            )),
             _ => unreachable!("a run to position L ends with the logits"),
         }
     }
@@ -205,11 +236,25 @@ impl Network {
         }
         let source = match &state.data {
             StateData::Images(v) => Source::Images(v),
-            StateData::Maps { main, shortcut } => Source::Maps(main, shortcut.as_deref().map(|s| &s[..])),
+            StateData::Maps { main, shortcut } => {
+                Source::Maps(main, shortcut.as_deref().map(|s| &s[..]))
+            }
             StateData::Vector(v) => Source::Vector(v),
         };
-        let data = self.execute(source, state.position, to, state.batch, state.input, plan, par)?;
-        Ok(State { position: to, data, ..state.clone() })
+        let data = self.execute(
+            source,
+            state.position,
+            to,
+            state.batch,
+            state.input,
+            plan,
+            par,
+        )?;
+        Ok(State {
+            position: to,
+            data,
+            ..state.clone()
+        })
     }
 
     /// Runs `state` to the logits.
@@ -252,8 +297,15 @@ impl Network {
         let geo = self.geometry(state.input[1], state.input[2])?;
         match (&state.data, geo.layouts[state.position]) {
             (StateData::Images(v) | StateData::Vector(v), _) => out.extend_from_slice(v),
-            (StateData::Maps { main, shortcut }, Layout::Maps { main: ms, shortcut: ss }) => {
-                let downsample = matches!(&self.ops[state.position], Op::Conv(c) if c.role == Role::Downsample);
+            (
+                StateData::Maps { main, shortcut },
+                Layout::Maps {
+                    main: ms,
+                    shortcut: ss,
+                },
+            ) => {
+                let downsample =
+                    matches!(&self.ops[state.position], Op::Conv(c) if c.role == Role::Downsample);
                 let (data, shape) = match (downsample, shortcut, ss) {
                     (true, Some(s), Some(ss)) => (&s[..], ss),
                     _ => (&main[..], ms),
@@ -301,7 +353,7 @@ impl Network {
         let mut out_main = vec![0.0f32; batch * out_main_len];
         let mut out_short = vec![0.0f32; batch * out_short_len];
         let mut short_chunks = out_short.chunks_mut(out_short_len.max(1));
-        let jobs: Vec<(usize, &mut [f32], Option<&mut [f32]>)> = out_main
+        let jobs: Vec<ImageJob<'_>> = out_main
             .chunks_mut(out_main_len)
             .enumerate()
             .map(|(i, m)| (i, m, short_chunks.next()))
@@ -314,7 +366,7 @@ impl Network {
             ),
             Source::Vector(v) => ImageInput::Vector(&v[i * in_main..(i + 1) * in_main]),
         };
-        let work = |(i, main, short): (usize, &mut [f32], Option<&mut [f32]>)| {
+        let work = |(i, main, short): ImageJob<'_>| {
             WORKSPACE.with_borrow_mut(|ws| {
                 self.run_image(&geo, plan, from, to, image_input(i), main, short, ws);
             })
@@ -368,9 +420,19 @@ impl Network {
                 Op::Conv(c) => {
                     let shape = geo.convs[i].expect("conv layers have a shape");
                     let (in_len, out_len) = (shape.input.padded_len(), shape.output.padded_len());
-                    let Workspace { main, shortcut, out, quant, vector, .. } = ws;
-                    let mut src: &[f32] =
-                        if c.role == Role::Downsample { &shortcut[..in_len] } else { &main[..in_len] };
+                    let Workspace {
+                        main,
+                        shortcut,
+                        out,
+                        quant,
+                        vector,
+                        ..
+                    } = ws;
+                    let mut src: &[f32] = if c.role == Role::Downsample {
+                        &shortcut[..in_len]
+                    } else {
+                        &main[..in_len]
+                    };
                     if let Some(q) = &precision.input {
                         let qbuf = sized(quant, in_len);
                         quantize_map(isa, q, src, shape.input, qbuf);
@@ -378,23 +440,42 @@ impl Network {
                     }
                     let weights = precision.weights.as_ref().map_or(&c.packed, |w| &w.packed);
                     let residual = match c.role {
-                        Role::BlockConv2 { downsample_follows: false } => Some(&shortcut[..out_len]),
+                        Role::BlockConv2 {
+                            downsample_follows: false,
+                        } => Some(&shortcut[..out_len]),
                         Role::Downsample => Some(&main[..out_len]),
                         _ => None,
                     };
-                    let relu = c.role != Role::BlockConv2 { downsample_follows: true };
-                    let epi = Epilogue { scale: &c.bn_scale, bias: &c.bn_bias, residual, relu };
+                    let relu = c.role
+                        != Role::BlockConv2 {
+                            downsample_follows: true,
+                        };
+                    let epi = Epilogue {
+                        scale: &c.bn_scale,
+                        bias: &c.bn_bias,
+                        residual,
+                        relu,
+                    };
                     kernels::conv_image(isa, &shape, src, weights, &epi, sized(out, out_len));
                     if c.role == Role::BlockConv1 {
                         std::mem::swap(shortcut, main);
                     }
                     std::mem::swap(main, out);
                     if i + 1 == fc {
-                        kernels::average_pool(&main[..out_len], shape.output, sized(vector, shape.output.c));
+                        kernels::average_pool(
+                            &main[..out_len],
+                            shape.output,
+                            sized(vector, shape.output.c),
+                        );
                     }
                 }
                 Op::Fc(f) => {
-                    let Workspace { quant, vector, logits, .. } = ws;
+                    let Workspace {
+                        quant,
+                        vector,
+                        logits,
+                        ..
+                    } = ws;
                     let n = f.weight.len() / f.bias.len();
                     let mut x: &[f32] = &vector[..n];
                     if let Some(q) = &precision.input {
@@ -438,11 +519,15 @@ fn unwrap_arc(v: Arc<Vec<f32>>) -> Vec<f32> {
     Arc::try_unwrap(v).unwrap_or_else(|shared| (*shared).clone())
 }
 
+/// An unpadded NCHW tensor: values and `[N, C, H, W]`.
+#[cfg(test)]
+pub(crate) type Nchw = (Vec<f32>, [usize; 4]);
+
 #[cfg(test)]
 impl State {
-    /// The main part and the shortcut as unpadded NCHW tensors `(values, [N, C, H, W])`
-    /// (vectors as `[N, len, 1, 1]`), for comparing with a reference implementation.
-    pub(crate) fn to_nchw(&self, net: &Network) -> (Vec<f32>, [usize; 4], Option<(Vec<f32>, [usize; 4])>) {
+    /// The main part and the shortcut as NCHW tensors (vectors as `[N, len, 1, 1]`), for
+    /// comparing with a reference implementation.
+    pub(crate) fn to_nchw(&self, net: &Network) -> (Nchw, Option<Nchw>) {
         let n = self.batch;
         let geo = net.geometry(self.input[1], self.input[2]).unwrap();
         let maps = |data: &[f32], s: MapShape| {
@@ -460,15 +545,23 @@ impl State {
             (out, [n, s.c, s.h, s.w])
         };
         match (&self.data, geo.layouts[self.position]) {
-            (StateData::Images(v), _) => (v.to_vec(), [n, self.input[0], self.input[1], self.input[2]], None),
-            (StateData::Vector(v), Layout::Vector(len)) => (v.to_vec(), [n, len, 1, 1], None),
-            (StateData::Maps { main, shortcut }, Layout::Maps { main: ms, shortcut: ss }) => {
-                let (m, mshape) = maps(main, ms);
+            (StateData::Images(v), _) => (
+                (v.to_vec(), [n, self.input[0], self.input[1], self.input[2]]),
+                None,
+            ),
+            (StateData::Vector(v), Layout::Vector(len)) => ((v.to_vec(), [n, len, 1, 1]), None),
+            (
+                StateData::Maps { main, shortcut },
+                Layout::Maps {
+                    main: ms,
+                    shortcut: ss,
+                },
+            ) => {
                 let s = match (shortcut, ss) {
                     (Some(s), Some(ss)) => Some(maps(s, ss)),
                     _ => None,
                 };
-                (m, mshape, s)
+                (maps(main, ms), s)
             }
             _ => unreachable!(),
         }

@@ -97,8 +97,18 @@ impl ConvShape {
             return None;
         }
         let out = |n: usize| (n + 2 * pad - kernel) / stride + 1;
-        let output = MapShape { h: out(input.h), w: out(input.w), c: cout };
-        Some(ConvShape { input, output, kernel, stride, pad })
+        let output = MapShape {
+            h: out(input.h),
+            w: out(input.w),
+            c: cout,
+        };
+        Some(ConvShape {
+            input,
+            output,
+            kernel,
+            stride,
+            pad,
+        })
     }
 
     pub(crate) fn weight_len(&self) -> usize {
@@ -468,7 +478,13 @@ mod x86 {
 
     /// The whole image with `NB×CV` tiles; row tails go to the portable kernel.
     #[inline(always)]
-    unsafe fn conv_tiles<V: Lanes, const CIN: usize, const S: usize, const CV: usize, const NB: usize>(
+    unsafe fn conv_tiles<
+        V: Lanes,
+        const CIN: usize,
+        const S: usize,
+        const CV: usize,
+        const NB: usize,
+    >(
         shape: &ConvShape,
         input: &[f32],
         weights: &[f32],
@@ -545,11 +561,11 @@ mod x86 {
     ) {
         let cout = shape.output.c;
         let done = unsafe {
-            if cout % 64 == 0 {
+            if cout.is_multiple_of(64) {
                 dispatch_tiles!(F32x16, 4, 4, shape, input, weights, epi, out)
-            } else if cout % 32 == 0 {
+            } else if cout.is_multiple_of(32) {
                 dispatch_tiles!(F32x16, 2, 8, shape, input, weights, epi, out)
-            } else if cout % 16 == 0 {
+            } else if cout.is_multiple_of(16) {
                 dispatch_tiles!(F32x16, 1, 16, shape, input, weights, epi, out)
             } else {
                 false
@@ -573,7 +589,7 @@ mod x86 {
     ) {
         let cout = shape.output.c;
         let done = unsafe {
-            if cout % 16 == 0 {
+            if cout.is_multiple_of(16) {
                 dispatch_tiles!(F32x8, 2, 4, shape, input, weights, epi, out)
             } else {
                 false

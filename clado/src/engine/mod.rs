@@ -17,12 +17,15 @@
 //! # Quantization
 //! A [`Plan`] gives each layer a [`LayerPrecision`]: FP, fake-quantized weights
 //! ([`PreparedWeights`], made once per (layer, bits) and shared), a fake-quantized input
-//! activation ([`ActQuant`]: bits and range), or both. BatchNorm stays a separate FP op after
-//! the (quantized) convolution: it is applied as a per-channel `y = x·scale + bias` to the
-//! convolution's output, exactly BN's affine map, never folded into the weights before they are
-//! quantized. The activation quantizer of a layer acts on that layer's input only: quantizing
-//! a block's `conv1` input does not change the identity shortcut, and a downsample's input
-//! quantizer acts on the shortcut branch only.
+//! activation ([`ActQuant`]: bits and range), or both; [`WeightCache::layer_precision`] makes
+//! one from a layer's `calib.json` entry and an option such as `w4a8`.
+//!
+//! BatchNorm stays a separate FP op after the (quantized) convolution: it is applied as a
+//! per-channel `y = x·scale + bias` to the convolution's output, exactly BN's affine map, never
+//! folded into the weights before they are quantized. The activation quantizer of a layer acts
+//! on that layer's input only: quantizing a block's `conv1` input does not change the identity
+//! shortcut, and a downsample's input quantizer acts on the shortcut branch only. Padding is
+//! zero after quantization, as when PyTorch pads the quantized tensor.
 //!
 //! # Running
 //! - [`Network::forward`]: images (NCHW f32, [`Images`]) → [`Logits`] `[N, K]`;

@@ -20,8 +20,13 @@ pub const INPUT_SIZE: usize = 32;
 const STAGE_CHANNELS: [usize; 3] = [16, 32, 64];
 
 /// Depths of the CIFAR ResNets (6n + 2 layers, n BasicBlocks per stage).
-pub const ARCHS: [(&str, usize); 5] =
-    [("resnet20", 3), ("resnet32", 5), ("resnet44", 7), ("resnet56", 9), ("resnet110", 18)];
+pub const ARCHS: [(&str, usize); 5] = [
+    ("resnet20", 3),
+    ("resnet32", 5),
+    ("resnet44", 7),
+    ("resnet56", 9),
+    ("resnet110", 18),
+];
 
 /// Kind of a quantizable layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,7 +120,10 @@ pub(crate) enum Layout {
     /// The input images, NCHW.
     Images { c: usize, h: usize, w: usize },
     /// A padded NHWC main map and, inside a block, the block input kept for the shortcut.
-    Maps { main: MapShape, shortcut: Option<MapShape> },
+    Maps {
+        main: MapShape,
+        shortcut: Option<MapShape>,
+    },
     /// A vector per image: pooled features (before `fc`) or logits (after it).
     Vector(usize),
 }
@@ -168,10 +176,17 @@ impl std::fmt::Debug for Network {
 
 /// BasicBlocks per stage of `arch` (`resnet20` → 3).
 pub fn blocks_per_stage(arch: &str) -> Result<usize> {
-    ARCHS.iter().find(|(name, _)| *name == arch).map(|&(_, n)| n).ok_or_else(|| {
-        let known: Vec<&str> = ARCHS.iter().map(|(name, _)| *name).collect();
-        Error::usage(format!("unknown architecture '{arch}' (expected one of {})", known.join(", ")))
-    })
+    ARCHS
+        .iter()
+        .find(|(name, _)| *name == arch)
+        .map(|&(_, n)| n)
+        .ok_or_else(|| {
+            let known: Vec<&str> = ARCHS.iter().map(|(name, _)| *name).collect();
+            Error::usage(format!(
+                "unknown architecture '{arch}' (expected one of {})",
+                known.join(", ")
+            ))
+        })
 }
 
 impl Network {
@@ -182,7 +197,11 @@ impl Network {
     /// an error too (it usually means the wrong `--arch`). `num_batches_tracked` is ignored.
     pub fn from_state_dict(arch: &str, sd: &StateDict) -> Result<Network> {
         let blocks = blocks_per_stage(arch)?;
-        let mut rd = Reader { arch, sd, used: BTreeSet::new() };
+        let mut rd = Reader {
+            arch,
+            sd,
+            used: BTreeSet::new(),
+        };
         let mut layers = Vec::new();
         let mut ops = Vec::new();
 
@@ -221,21 +240,65 @@ impl Network {
             let (bn_scale, bn_bias) = rd.batch_norm(&bn, cout)?;
             let packed = kernels::pack_conv_weights(&weight, cout, cin, kernel);
             let params = weight.len() as u64;
-            layers.push(Layer { name, kind: LayerKind::Conv, weight_shape: shape, params, macs: 0 });
-            ops.push(Op::Conv(ConvOp { role, cout, kernel, stride, weight, packed, bn_scale, bn_bias }));
+            layers.push(Layer {
+                name,
+                kind: LayerKind::Conv,
+                weight_shape: shape,
+                params,
+                macs: 0,
+            });
+            ops.push(Op::Conv(ConvOp {
+                role,
+                cout,
+                kernel,
+                stride,
+                weight,
+                packed,
+                bn_scale,
+                bn_bias,
+            }));
             Ok(())
         };
 
-        push_conv(&mut rd, "conv1".into(), "bn1".into(), Role::Stem, in_channels, 16, 3, 1)?;
+        push_conv(
+            &mut rd,
+            "conv1".into(),
+            "bn1".into(),
+            Role::Stem,
+            in_channels,
+            16,
+            3,
+            1,
+        )?;
         let mut cin = STAGE_CHANNELS[0];
         for (s, &planes) in STAGE_CHANNELS.iter().enumerate() {
             for b in 0..blocks {
                 let stride = if s > 0 && b == 0 { 2 } else { 1 };
                 let p = format!("layer{}.{b}", s + 1);
                 let downsample = stride != 1 || cin != planes;
-                push_conv(&mut rd, format!("{p}.conv1"), format!("{p}.bn1"), Role::BlockConv1, cin, planes, 3, stride)?;
-                let role = Role::BlockConv2 { downsample_follows: downsample };
-                push_conv(&mut rd, format!("{p}.conv2"), format!("{p}.bn2"), role, planes, planes, 3, 1)?;
+                push_conv(
+                    &mut rd,
+                    format!("{p}.conv1"),
+                    format!("{p}.bn1"),
+                    Role::BlockConv1,
+                    cin,
+                    planes,
+                    3,
+                    stride,
+                )?;
+                let role = Role::BlockConv2 {
+                    downsample_follows: downsample,
+                };
+                push_conv(
+                    &mut rd,
+                    format!("{p}.conv2"),
+                    format!("{p}.bn2"),
+                    role,
+                    planes,
+                    planes,
+                    3,
+                    1,
+                )?;
                 if downsample {
                     let (conv, bn) = (format!("{p}.downsample.0"), format!("{p}.downsample.1"));
                     push_conv(&mut rd, conv, bn, Role::Downsample, cin, planes, 1, stride)?;
@@ -339,7 +402,12 @@ impl Network {
             }
             Op::Fc(_) => weights.to_vec(),
         };
-        Ok(Arc::new(PreparedWeights { network: self.id, layer, bits, packed }))
+        Ok(Arc::new(PreparedWeights {
+            network: self.id,
+            layer,
+            bits,
+            packed,
+        }))
     }
 
     /// Fake-quantized weights of layer `layer` at `bits` bits with the given scales (one per
@@ -363,46 +431,78 @@ impl Network {
 
     fn layer_checked(&self, layer: usize) -> Result<&Layer> {
         self.layers.get(layer).ok_or_else(|| {
-            Error::other(format!("layer index {layer} out of range ({} has {} layers)", self.arch, self.layers.len()))
+            Error::other(format!(
+                "layer index {layer} out of range ({} has {} layers)",
+                self.arch,
+                self.layers.len()
+            ))
         })
     }
 
     /// Shapes for an input of `h×w` pixels.
     pub(crate) fn geometry(&self, h: usize, w: usize) -> Result<Geometry> {
         if h == 0 || w == 0 {
-            return Err(Error::other(format!("{}: input images of {h}x{w} pixels", self.arch)));
+            return Err(Error::other(format!(
+                "{}: input images of {h}x{w} pixels",
+                self.arch
+            )));
         }
-        let bad = || Error::other(format!("{}: input of {h}x{w} pixels is too small", self.arch));
+        let bad = || {
+            Error::other(format!(
+                "{}: input of {h}x{w} pixels is too small",
+                self.arch
+            ))
+        };
         let mut convs = Vec::with_capacity(self.ops.len());
         let mut layouts = Vec::with_capacity(self.ops.len() + 1);
-        layouts.push(Layout::Images { c: self.in_channels, h, w });
-        let mut cur = MapShape { h, w, c: self.in_channels };
+        layouts.push(Layout::Images {
+            c: self.in_channels,
+            h,
+            w,
+        });
+        let mut cur = MapShape {
+            h,
+            w,
+            c: self.in_channels,
+        };
         let mut block_input = cur;
         for op in &self.ops {
             match op {
                 Op::Conv(c) => {
-                    let input = if c.role == Role::Downsample { block_input } else { cur };
+                    let input = if c.role == Role::Downsample {
+                        block_input
+                    } else {
+                        cur
+                    };
                     if c.role == Role::BlockConv1 {
                         block_input = cur;
                     }
-                    let shape = ConvShape::new(input, c.cout, c.kernel, c.stride).ok_or_else(bad)?;
+                    let shape =
+                        ConvShape::new(input, c.cout, c.kernel, c.stride).ok_or_else(bad)?;
                     convs.push(Some(shape));
                     let shortcut = match c.role {
-                        Role::BlockConv1 | Role::BlockConv2 { downsample_follows: true } => {
-                            Some(block_input)
-                        }
+                        Role::BlockConv1
+                        | Role::BlockConv2 {
+                            downsample_follows: true,
+                        } => Some(block_input),
                         _ => None,
                     };
                     if c.role == Role::Downsample && shape.output != cur {
                         return Err(bad());
                     }
-                    if let Role::BlockConv2 { downsample_follows: false } = c.role {
+                    if let Role::BlockConv2 {
+                        downsample_follows: false,
+                    } = c.role
+                    {
                         if shape.output != block_input {
                             return Err(bad());
                         }
                     }
                     cur = shape.output;
-                    layouts.push(Layout::Maps { main: cur, shortcut });
+                    layouts.push(Layout::Maps {
+                        main: cur,
+                        shortcut,
+                    });
                 }
                 Op::Fc(_) => {
                     convs.push(None);
@@ -432,7 +532,9 @@ impl<'a> Reader<'a> {
     /// A tensor of any shape (data length and finiteness checked).
     fn get_any(&mut self, name: &str) -> Result<&'a crate::checkpoint::Tensor32> {
         let Some((key, t)) = self.sd.get_key_value(name) else {
-            return Err(self.err(format!("checkpoint has no tensor '{name}' (is the architecture right?)")));
+            return Err(self.err(format!(
+                "checkpoint has no tensor '{name}' (is the architecture right?)"
+            )));
         };
         let n: usize = t.shape.iter().product();
         if t.data.len() != n {
@@ -452,7 +554,10 @@ impl<'a> Reader<'a> {
     fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<&'a [f32]> {
         let t = self.get_any(name)?;
         if t.shape != shape {
-            return Err(self.err(format!("tensor '{name}' has shape {:?}, expected {shape:?}", t.shape)));
+            return Err(self.err(format!(
+                "tensor '{name}' has shape {:?}, expected {shape:?}",
+                t.shape
+            )));
         }
         Ok(&t.data)
     }
@@ -465,7 +570,10 @@ impl<'a> Reader<'a> {
         let mean = self.tensor(&format!("{prefix}.running_mean"), &[c])?;
         let var = self.tensor(&format!("{prefix}.running_var"), &[c])?;
         if let Some(i) = var.iter().position(|&v| v < 0.0) {
-            return Err(self.err(format!("tensor '{prefix}.running_var' is negative ({}) at {i}", var[i])));
+            return Err(self.err(format!(
+                "tensor '{prefix}.running_var' is negative ({}) at {i}",
+                var[i]
+            )));
         }
         let mut scale = Vec::with_capacity(c);
         let mut bias = Vec::with_capacity(c);

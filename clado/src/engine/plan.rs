@@ -3,6 +3,8 @@
 
 use super::fake_quant::ActQuant;
 use super::network::Network;
+use crate::format::LayerCalib;
+use crate::options::QuantOption;
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,7 +33,10 @@ impl PreparedWeights {
 
 impl std::fmt::Debug for PreparedWeights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PreparedWeights").field("layer", &self.layer).field("bits", &self.bits).finish()
+        f.debug_struct("PreparedWeights")
+            .field("layer", &self.layer)
+            .field("bits", &self.bits)
+            .finish()
     }
 }
 
@@ -61,16 +66,20 @@ pub struct Plan {
 impl Plan {
     /// Every layer at full precision.
     pub fn fp(net: &Network) -> Plan {
-        Plan { network: net.id, layers: vec![LayerPrecision::default(); net.layers().len()] }
+        Plan {
+            network: net.id,
+            layers: vec![LayerPrecision::default(); net.layers().len()],
+        }
     }
 
     /// Sets the precision of layer `layer`; the weights must have been prepared for it.
     pub fn set(&mut self, layer: usize, precision: LayerPrecision) -> Result<()> {
         let n = self.layers.len();
-        let slot = self
-            .layers
-            .get_mut(layer)
-            .ok_or_else(|| Error::other(format!("layer index {layer} out of range (the network has {n} layers)")))?;
+        let slot = self.layers.get_mut(layer).ok_or_else(|| {
+            Error::other(format!(
+                "layer index {layer} out of range (the network has {n} layers)"
+            ))
+        })?;
         if let Some(w) = &precision.weights {
             if w.network != self.network || w.layer != layer {
                 return Err(Error::other(format!(
@@ -136,5 +145,65 @@ impl WeightCache {
         let w = net.quantized_weights(layer, bits, &scales()?)?;
         self.prepared.insert((layer, bits), Arc::clone(&w));
         Ok(w)
+    }
+}
+
+impl WeightCache {
+    /// The precision of layer `layer` at `option` with the quantizer parameters of its
+    /// `calib.json` entry: weight scales for `option.w_bits`, activation range for
+    /// `option.a_bits`. Weights come from (and go into) the cache.
+    pub fn layer_precision(
+        &mut self,
+        net: &Network,
+        layer: usize,
+        option: QuantOption,
+        calib: &LayerCalib,
+    ) -> Result<LayerPrecision> {
+        let name = &net
+            .layers()
+            .get(layer)
+            .ok_or_else(|| Error::other(format!("layer index {layer} out of range")))?
+            .name;
+        if calib.name != *name {
+            return Err(Error::other(format!(
+                "calibration of layer '{}' given for layer '{name}'",
+                calib.name
+            )));
+        }
+        let missing = |what: &str, bits: u8, keys: Vec<&String>| {
+            let have: Vec<&str> = keys.into_iter().map(String::as_str).collect();
+            Error::other(format!(
+                "layer '{name}': no {what} for {bits} bits (calibrated: {})",
+                if have.is_empty() {
+                    "none".to_string()
+                } else {
+                    have.join(", ")
+                }
+            ))
+        };
+        let weights = match option.w_bits {
+            Some(bits) => Some(self.get(net, layer, bits, || {
+                calib
+                    .weight_scales
+                    .get(&bits.to_string())
+                    .cloned()
+                    .ok_or_else(|| {
+                        missing("weight scales", bits, calib.weight_scales.keys().collect())
+                    })
+            })?),
+            None => None,
+        };
+        let input = match option.a_bits {
+            Some(bits) => {
+                let r = calib.act_ranges.get(&bits.to_string()).ok_or_else(|| {
+                    missing("activation range", bits, calib.act_ranges.keys().collect())
+                })?;
+                let q = ActQuant::new(bits, r.lo, r.hi)
+                    .map_err(|e| Error::other(format!("layer '{name}': {e}")))?;
+                Some(q)
+            }
+            None => None,
+        };
+        Ok(LayerPrecision { weights, input })
     }
 }

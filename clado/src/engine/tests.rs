@@ -29,19 +29,50 @@ fn uniform(r: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
 }
 
 fn put(sd: &mut StateDict, name: &str, shape: &[usize], data: Vec<f32>) {
-    sd.insert(name.to_string(), Tensor32 { shape: shape.to_vec(), data });
+    sd.insert(
+        name.to_string(),
+        Tensor32 {
+            shape: shape.to_vec(),
+            data,
+        },
+    );
 }
 
 fn put_conv(sd: &mut StateDict, r: &mut ChaCha8Rng, name: &str, cout: usize, cin: usize, k: usize) {
     let a = (6.0 / (cin * k * k) as f32).sqrt();
-    put(sd, &format!("{name}.weight"), &[cout, cin, k, k], uniform(r, cout * cin * k * k, -a, a));
+    put(
+        sd,
+        &format!("{name}.weight"),
+        &[cout, cin, k, k],
+        uniform(r, cout * cin * k * k, -a, a),
+    );
 }
 
 fn put_bn(sd: &mut StateDict, r: &mut ChaCha8Rng, prefix: &str, c: usize) {
-    put(sd, &format!("{prefix}.weight"), &[c], uniform(r, c, 0.5, 1.5));
-    put(sd, &format!("{prefix}.bias"), &[c], uniform(r, c, -0.3, 0.3));
-    put(sd, &format!("{prefix}.running_mean"), &[c], uniform(r, c, -0.3, 0.3));
-    put(sd, &format!("{prefix}.running_var"), &[c], uniform(r, c, 0.5, 2.0));
+    put(
+        sd,
+        &format!("{prefix}.weight"),
+        &[c],
+        uniform(r, c, 0.5, 1.5),
+    );
+    put(
+        sd,
+        &format!("{prefix}.bias"),
+        &[c],
+        uniform(r, c, -0.3, 0.3),
+    );
+    put(
+        sd,
+        &format!("{prefix}.running_mean"),
+        &[c],
+        uniform(r, c, -0.3, 0.3),
+    );
+    put(
+        sd,
+        &format!("{prefix}.running_var"),
+        &[c],
+        uniform(r, c, 0.5, 2.0),
+    );
 }
 
 /// A random CIFAR ResNet state dict with `blocks` blocks per stage.
@@ -60,15 +91,32 @@ fn random_state_dict(blocks: usize, in_channels: usize, classes: usize, seed: u6
             put_conv(&mut sd, &mut r, &format!("{p}.conv2"), planes, planes, 3);
             put_bn(&mut sd, &mut r, &format!("{p}.bn2"), planes);
             if cin != planes {
-                put_conv(&mut sd, &mut r, &format!("{p}.downsample.0"), planes, cin, 1);
+                put_conv(
+                    &mut sd,
+                    &mut r,
+                    &format!("{p}.downsample.0"),
+                    planes,
+                    cin,
+                    1,
+                );
                 put_bn(&mut sd, &mut r, &format!("{p}.downsample.1"), planes);
             }
             cin = planes;
         }
     }
     let a = (6.0f32 / 64.0).sqrt();
-    put(&mut sd, "fc.weight", &[classes, 64], uniform(&mut r, classes * 64, -a, a));
-    put(&mut sd, "fc.bias", &[classes], uniform(&mut r, classes, -0.1, 0.1));
+    put(
+        &mut sd,
+        "fc.weight",
+        &[classes, 64],
+        uniform(&mut r, classes * 64, -a, a),
+    );
+    put(
+        &mut sd,
+        "fc.bias",
+        &[classes],
+        uniform(&mut r, classes, -0.1, 0.1),
+    );
     sd
 }
 
@@ -130,7 +178,9 @@ fn reference_weight_quant(w: &[f32], out: usize, bits: u8, scales: &[f32]) -> Ve
 
 /// DESIGN.md's activation quantizer, written out independently of the engine.
 fn reference_act_quant(t: &Tensor, q: Option<(u8, f32, f32)>) -> Tensor {
-    let Some((bits, lo, hi)) = q else { return t.clone() };
+    let Some((bits, lo, hi)) = q else {
+        return t.clone();
+    };
     let n = ((1u32 << bits) - 1) as f32;
     let s = (hi - lo) / n;
     let zp = (-lo / s).round_ties_even();
@@ -143,7 +193,11 @@ fn reference_act_quant(t: &Tensor, q: Option<(u8, f32, f32)>) -> Tensor {
 
 fn reference_bn(x: &Tensor, sd: &StateDict, prefix: &str) -> Tensor {
     let c = sd[&format!("{prefix}.weight")].shape[0];
-    let p = |n: &str| sd_tensor(sd, &format!("{prefix}.{n}")).reshape((1, c, 1, 1)).unwrap();
+    let p = |n: &str| {
+        sd_tensor(sd, &format!("{prefix}.{n}"))
+            .reshape((1, c, 1, 1))
+            .unwrap()
+    };
     let sigma = (p("running_var") + BN_EPS).unwrap().sqrt().unwrap();
     x.broadcast_sub(&p("running_mean"))
         .unwrap()
@@ -172,21 +226,42 @@ fn reference_layer(
     }
     if name == "fc" {
         let x = reference_act_quant(&main.flatten_from(1).unwrap(), p.input);
-        let y = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&sd_tensor(sd, "fc.bias")).unwrap();
+        let y = x
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&sd_tensor(sd, "fc.bias"))
+            .unwrap();
         return (y, None);
     }
     let prefix = name.rsplit_once('.').map_or("", |(p, _)| p);
     let (main, shortcut) = if name == "conv1" {
         let x = reference_act_quant(&main, p.input);
-        (reference_bn(&x.conv2d(&w, 1, 1, 1, 1).unwrap(), sd, "bn1").relu().unwrap(), None)
+        (
+            reference_bn(&x.conv2d(&w, 1, 1, 1, 1).unwrap(), sd, "bn1")
+                .relu()
+                .unwrap(),
+            None,
+        )
     } else if name.ends_with(".conv1") {
-        let stride = if sd.contains_key(&format!("{prefix}.downsample.0.weight")) { 2 } else { 1 };
+        let stride = if sd.contains_key(&format!("{prefix}.downsample.0.weight")) {
+            2
+        } else {
+            1
+        };
         let x = reference_act_quant(&main, p.input);
-        let y = reference_bn(&x.conv2d(&w, 1, stride, 1, 1).unwrap(), sd, &format!("{prefix}.bn1"));
+        let y = reference_bn(
+            &x.conv2d(&w, 1, stride, 1, 1).unwrap(),
+            sd,
+            &format!("{prefix}.bn1"),
+        );
         (y.relu().unwrap(), Some(main))
     } else if name.ends_with(".conv2") {
         let x = reference_act_quant(&main, p.input);
-        let y = reference_bn(&x.conv2d(&w, 1, 1, 1, 1).unwrap(), sd, &format!("{prefix}.bn2"));
+        let y = reference_bn(
+            &x.conv2d(&w, 1, 1, 1, 1).unwrap(),
+            sd,
+            &format!("{prefix}.bn2"),
+        );
         if sd.contains_key(&format!("{prefix}.downsample.0.weight")) {
             (y, shortcut)
         } else {
@@ -196,13 +271,23 @@ fn reference_layer(
         assert!(name.ends_with(".downsample.0"), "{name}");
         let block = prefix.trim_end_matches(".downsample");
         let x = reference_act_quant(&shortcut.unwrap(), p.input);
-        let y = reference_bn(&x.conv2d(&w, 0, 2, 1, 1).unwrap(), sd, &format!("{block}.downsample.1"));
+        let y = reference_bn(
+            &x.conv2d(&w, 0, 2, 1, 1).unwrap(),
+            sd,
+            &format!("{block}.downsample.1"),
+        );
         ((main + y).unwrap().relu().unwrap(), None)
     };
     if i + 2 == layers.len() {
         let n = main.dims()[0];
         let c = main.dims()[1];
-        let pooled = main.flatten_from(2).unwrap().mean(2).unwrap().reshape((n, c)).unwrap();
+        let pooled = main
+            .flatten_from(2)
+            .unwrap()
+            .mean(2)
+            .unwrap()
+            .reshape((n, c))
+            .unwrap();
         return (pooled, None);
     }
     (main, shortcut)
@@ -226,7 +311,10 @@ fn reference_forward(
 fn relative_difference(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
 }
 
 fn bits_of(v: &[f32]) -> Vec<u32> {
@@ -242,8 +330,19 @@ fn resnet20_layers_params_and_macs() {
     let layers = net.layers();
     assert_eq!(layers.len(), 22);
     let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
-    assert_eq!(&names[..4], ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1"]);
-    assert_eq!(&names[7..10], ["layer2.0.conv1", "layer2.0.conv2", "layer2.0.downsample.0"]);
+    assert_eq!(
+        &names[..4],
+        [
+            "conv1",
+            "layer1.0.conv1",
+            "layer1.0.conv2",
+            "layer1.1.conv1"
+        ]
+    );
+    assert_eq!(
+        &names[7..10],
+        ["layer2.0.conv1", "layer2.0.conv2", "layer2.0.downsample.0"]
+    );
     assert_eq!(names[21], "fc");
     assert_eq!(layers[9].weight_shape, [32, 16, 1, 1]);
     assert_eq!(layers[9].macs, 16 * 16 * 32 * 16);
@@ -266,13 +365,20 @@ fn depths_have_their_layer_counts() {
 fn fp_forward_matches_reference() {
     // ResNet-20 on 1-channel 32×32 (the SIMD tiles), ResNet-32 with 3 channels and 100
     // classes on odd 13×11 images (tile tails, portable paths).
-    for (arch, blocks, c, k, h, w, n) in [("resnet20", 3, 1, 10, 32, 32, 3), ("resnet32", 5, 3, 100, 13, 11, 2)] {
+    for (arch, blocks, c, k, h, w, n) in [
+        ("resnet20", 3, 1, 10, 32, 32, 3),
+        ("resnet32", 5, 3, 100, 13, 11, 2),
+    ] {
         let sd = random_state_dict(blocks, c, k, 3);
         let net = Network::from_state_dict(arch, &sd).unwrap();
         let x = random_images(n, c, h, w, 4);
         let images = Images::new(&x, [n, c, h, w]).unwrap();
-        let got = net.forward(images, &Plan::fp(&net), Parallelism::Rayon).unwrap();
-        let want = reference_forward(&sd, net.layers(), &x, [n, c, h, w], &|_| RefPrecision::default());
+        let got = net
+            .forward(images, &Plan::fp(&net), Parallelism::Rayon)
+            .unwrap();
+        let want = reference_forward(&sd, net.layers(), &x, [n, c, h, w], &|_| {
+            RefPrecision::default()
+        });
         let d = relative_difference(got.data(), &want);
         assert!(d <= NETWORK_TOLERANCE, "{arch}: relative difference {d:e}");
         assert_eq!((got.batch(), got.classes()), (n, k));
@@ -288,10 +394,25 @@ fn weight_quantized_network_matches_reference() {
     let bits = |i: usize| [2u8, 4, 8][i % 3];
     let mut plan = Plan::fp(&net);
     for i in 0..net.layers().len() {
-        let weights = net.quantized_weights(i, bits(i), &minmax_scales(&net, i, bits(i))).unwrap();
-        plan.set(i, LayerPrecision { weights: Some(weights), input: None }).unwrap();
+        let weights = net
+            .quantized_weights(i, bits(i), &minmax_scales(&net, i, bits(i)))
+            .unwrap();
+        plan.set(
+            i,
+            LayerPrecision {
+                weights: Some(weights),
+                input: None,
+            },
+        )
+        .unwrap();
     }
-    let got = net.forward(Images::new(&x, [n, c, h, w]).unwrap(), &plan, Parallelism::Rayon).unwrap();
+    let got = net
+        .forward(
+            Images::new(&x, [n, c, h, w]).unwrap(),
+            &plan,
+            Parallelism::Rayon,
+        )
+        .unwrap();
     let want = reference_forward(&sd, net.layers(), &x, [n, c, h, w], &|i| RefPrecision {
         weights: Some((bits(i), minmax_scales(&net, i, bits(i)))),
         input: None,
@@ -312,7 +433,9 @@ fn each_quantized_layer_matches_reference() {
         let (n, c) = (2, 3);
         let x = random_images(n, c, h, w, 8);
         let fp = Plan::fp(&net);
-        let mut state = net.input_state(Images::new(&x, [n, c, h, w]).unwrap()).unwrap();
+        let mut state = net
+            .input_state(Images::new(&x, [n, c, h, w]).unwrap())
+            .unwrap();
         let mut inputs = Vec::new();
         for i in 0..net.layers().len() {
             net.layer_input(&state, &mut inputs).unwrap();
@@ -324,10 +447,16 @@ fn each_quantized_layer_matches_reference() {
                 input: Some(ActQuant::new(4, lo, hi).unwrap()),
             };
             let plan = fp.clone().with(i, precision).unwrap();
-            let got = net.run(&state, i + 1, &plan, Parallelism::None).unwrap().to_nchw(&net);
+            let got = net
+                .run(&state, i + 1, &plan, Parallelism::None)
+                .unwrap()
+                .to_nchw(&net);
 
-            let (main, mshape, short) = state.to_nchw(&net);
-            let rp = RefPrecision { weights: Some((4, scales)), input: Some((4, lo, hi)) };
+            let ((main, mshape), short) = state.to_nchw(&net);
+            let rp = RefPrecision {
+                weights: Some((4, scales)),
+                input: Some((4, lo, hi)),
+            };
             let (want_main, want_short) = reference_layer(
                 &sd,
                 net.layers(),
@@ -337,10 +466,13 @@ fn each_quantized_layer_matches_reference() {
                 &rp,
             );
             let name = &net.layers()[i].name;
-            let d = relative_difference(&got.0, &values(&want_main));
-            assert!(d <= LAYER_TOLERANCE, "{arch} {name}: relative difference {d:e}");
-            assert_eq!(got.2.is_some(), want_short.is_some(), "{name}");
-            if let (Some((s, _)), Some(ws)) = (&got.2, &want_short) {
+            let d = relative_difference(&got.0 .0, &values(&want_main));
+            assert!(
+                d <= LAYER_TOLERANCE,
+                "{arch} {name}: relative difference {d:e}"
+            );
+            assert_eq!(got.1.is_some(), want_short.is_some(), "{name}");
+            if let (Some((s, _)), Some(ws)) = (&got.1, &want_short) {
                 assert_eq!(bits_of(s), bits_of(&values(ws)), "{name}: shortcut");
             }
             state = net.run(&state, i + 1, &fp, Parallelism::None).unwrap();
@@ -364,25 +496,51 @@ fn resume_is_bitwise_the_full_forward() {
         states.push(net.run(&states[i], i + 1, &fp, Parallelism::Rayon).unwrap());
     }
     let fp_logits = net.forward(images, &fp, Parallelism::Rayon).unwrap();
-    assert_eq!(bits_of(states[l].logits(&net).unwrap().data()), bits_of(fp_logits.data()));
+    assert_eq!(
+        bits_of(states[l].logits(&net).unwrap().data()),
+        bits_of(fp_logits.data())
+    );
 
     let quantized = |i: usize| LayerPrecision {
-        weights: Some(net.quantized_weights(i, 3, &minmax_scales(&net, i, 3)).unwrap()),
+        weights: Some(
+            net.quantized_weights(i, 3, &minmax_scales(&net, i, 3))
+                .unwrap(),
+        ),
         input: Some(ActQuant::new(6, -1.5, 4.0).unwrap()),
     };
     for i in 0..l {
         let plan = fp.clone().with(i, quantized(i)).unwrap();
         let full = net.forward(images, &plan, Parallelism::Rayon).unwrap();
-        let resumed = net.run_to_logits(&states[i], &plan, Parallelism::Rayon).unwrap();
+        let resumed = net
+            .run_to_logits(&states[i], &plan, Parallelism::Rayon)
+            .unwrap();
         assert_eq!(bits_of(full.data()), bits_of(resumed.data()), "layer {i}");
     }
     // Pairs: FP state before i → quantized i → … → state before j → quantized j → logits.
-    for (i, j) in [(0, 1), (1, 2), (2, 3), (7, 9), (8, 9), (9, 10), (3, 21), (20, 21)] {
-        let plan = fp.clone().with(i, quantized(i)).unwrap().with(j, quantized(j)).unwrap();
+    for (i, j) in [
+        (0, 1),
+        (1, 2),
+        (2, 3),
+        (7, 9),
+        (8, 9),
+        (9, 10),
+        (3, 21),
+        (20, 21),
+    ] {
+        let plan = fp
+            .clone()
+            .with(i, quantized(i))
+            .unwrap()
+            .with(j, quantized(j))
+            .unwrap();
         let full = net.forward(images, &plan, Parallelism::Rayon).unwrap();
         let mid = net.run(&states[i], j, &plan, Parallelism::None).unwrap();
         let resumed = net.run_to_logits(&mid, &plan, Parallelism::None).unwrap();
-        assert_eq!(bits_of(full.data()), bits_of(resumed.data()), "layers {i}, {j}");
+        assert_eq!(
+            bits_of(full.data()),
+            bits_of(resumed.data()),
+            "layers {i}, {j}"
+        );
     }
 }
 
@@ -398,7 +556,10 @@ fn results_are_bitwise_independent_of_threads_batch_and_isa() {
         let mut plan = Plan::fp(&base);
         for i in [0, 4, 9, 15, 21] {
             let q = LayerPrecision {
-                weights: Some(base.quantized_weights(i, 4, &minmax_scales(&base, i, 4)).unwrap()),
+                weights: Some(
+                    base.quantized_weights(i, 4, &minmax_scales(&base, i, 4))
+                        .unwrap(),
+                ),
                 input: Some(ActQuant::new(5, -2.0, 3.0).unwrap()),
             };
             plan.set(i, q).unwrap();
@@ -408,21 +569,36 @@ fn results_are_bitwise_independent_of_threads_batch_and_isa() {
         assert_eq!(bits_of(want.data()), bits_of(single.data()));
         for i in 0..n {
             let one = &x[i * c * h * w..(i + 1) * c * h * w];
-            let got = base.forward(Images::new(one, [1, c, h, w]).unwrap(), &plan, Parallelism::None).unwrap();
+            let got = base
+                .forward(
+                    Images::new(one, [1, c, h, w]).unwrap(),
+                    &plan,
+                    Parallelism::None,
+                )
+                .unwrap();
             assert_eq!(bits_of(got.data()), bits_of(want.row(i)), "image {i} alone");
         }
         for isa in Isa::available() {
-            let net = Network::from_state_dict("resnet20", &sd).unwrap().with_isa(isa);
+            let net = Network::from_state_dict("resnet20", &sd)
+                .unwrap()
+                .with_isa(isa);
             let mut p = Plan::fp(&net);
             for i in [0, 4, 9, 15, 21] {
                 let q = LayerPrecision {
-                    weights: Some(net.quantized_weights(i, 4, &minmax_scales(&net, i, 4)).unwrap()),
+                    weights: Some(
+                        net.quantized_weights(i, 4, &minmax_scales(&net, i, 4))
+                            .unwrap(),
+                    ),
                     input: Some(ActQuant::new(5, -2.0, 3.0).unwrap()),
                 };
                 p.set(i, q).unwrap();
             }
             let got = net.forward(images, &p, Parallelism::Rayon).unwrap();
-            assert_eq!(bits_of(got.data()), bits_of(want.data()), "{isa:?} at {h}x{w}");
+            assert_eq!(
+                bits_of(got.data()),
+                bits_of(want.data()),
+                "{isa:?} at {h}x{w}"
+            );
         }
     }
 }
@@ -435,15 +611,27 @@ fn calibration_sees_every_layer_input() {
     let x = random_images(n, c, h, w, 14);
     let images = Images::new(&x, [n, c, h, w]).unwrap();
     let mut seen: Vec<(usize, Vec<f32>)> = Vec::new();
-    let logits = net.calibrate(images, Parallelism::Rayon, |i, v| seen.push((i, v.to_vec()))).unwrap();
-    assert_eq!(seen.iter().map(|(i, _)| *i).collect::<Vec<_>>(), (0..22).collect::<Vec<_>>());
-    let fp = net.forward(images, &Plan::fp(&net), Parallelism::Rayon).unwrap();
+    let logits = net
+        .calibrate(images, Parallelism::Rayon, |i, v| {
+            seen.push((i, v.to_vec()))
+        })
+        .unwrap();
+    assert_eq!(
+        seen.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        (0..22).collect::<Vec<_>>()
+    );
+    let fp = net
+        .forward(images, &Plan::fp(&net), Parallelism::Rayon)
+        .unwrap();
     assert_eq!(bits_of(logits.data()), bits_of(fp.data()));
     assert_eq!(seen[0].1, x);
     let sizes: Vec<usize> = seen.iter().map(|(_, v)| v.len() / n).collect();
     assert_eq!(&sizes[..3], [1024, 16 * 1024, 16 * 1024]);
     assert_eq!(sizes[9], 16 * 1024, "downsample sees the block input");
-    assert_eq!(seen[9].1, seen[7].1, "downsample and conv1 of layer2.0 share their input");
+    assert_eq!(
+        seen[9].1, seen[7].1,
+        "downsample and conv1 of layer2.0 share their input"
+    );
     assert_eq!(sizes[21], 64, "fc sees the pooled features");
     // Values after a ReLU are non-negative; the pooled features too.
     assert!(seen[1].1.iter().all(|&v| v >= 0.0) && seen[21].1.iter().all(|&v| v >= 0.0));
@@ -454,14 +642,20 @@ fn fake_quantizers_follow_design() {
     // Activations: 2 bits over [-1, 2]: n = 3, s = 1, zp = 1; ties go to even.
     let q = ActQuant::new(2, -1.0, 2.0).unwrap();
     assert_eq!((q.scale(), q.zero_point()), (1.0, 1.0));
-    let got: Vec<f32> = [0.5, 1.5, 2.5, -3.0, -0.5, 0.0, 7.0].iter().map(|&v| q.apply(v)).collect();
+    let got: Vec<f32> = [0.5, 1.5, 2.5, -3.0, -0.5, 0.0, 7.0]
+        .iter()
+        .map(|&v| q.apply(v))
+        .collect();
     assert_eq!(got, [0.0, 2.0, 2.0, -1.0, -0.0, 0.0, 2.0]);
     // 8 bits over [-0.5, 3.0]: s = 3.5/255, zp = round(36.43) = 36; x in range is within s/2.
     let q = ActQuant::new(8, -0.5, 3.0).unwrap();
     assert_eq!(q.zero_point(), 36.0);
     for i in 0..=100 {
         let x = -0.45 + i as f32 * 0.0345;
-        assert!((q.apply(x) - x).abs() <= q.scale() / 2.0 * (1.0 + 1e-5), "{x}");
+        assert!(
+            (q.apply(x) - x).abs() <= q.scale() / 2.0 * (1.0 + 1e-5),
+            "{x}"
+        );
     }
     assert_eq!(ActQuant::new(4, 0.0, 0.0).unwrap().apply(3.0), 0.0);
     assert!(ActQuant::new(4, 0.5, 1.0).is_err() && ActQuant::new(0, -1.0, 1.0).is_err());
@@ -470,7 +664,10 @@ fn fake_quantizers_follow_design() {
     let t = fake_quantize_weights(&w, 2, 2, &[0.5, 1.0]).unwrap();
     assert_eq!(t, [0.5, -0.0, 0.5, -1.0, 0.0, 0.0]);
     let t = fake_quantize_weights(&w, 2, 4, &[0.1]).unwrap();
-    let want: Vec<f32> = [7.0f32, -2.0, 6.0, -7.0, 2.0, 0.0].iter().map(|v| v * 0.1).collect();
+    let want: Vec<f32> = [7.0f32, -2.0, 6.0, -7.0, 2.0, 0.0]
+        .iter()
+        .map(|v| v * 0.1)
+        .collect();
     assert_eq!(t, want);
     assert!(fake_quantize_weights(&w, 2, 4, &[0.1, 0.1, 0.1]).is_err());
     assert!(fake_quantize_weights(&w, 2, 4, &[0.0, 0.1]).is_err());
@@ -501,7 +698,8 @@ fn metrics_are_hand_checked() {
 
 #[test]
 fn bad_state_dicts_are_explained() {
-    let err = |arch: &str, sd: &StateDict| Network::from_state_dict(arch, sd).unwrap_err().to_string();
+    let err =
+        |arch: &str, sd: &StateDict| Network::from_state_dict(arch, sd).unwrap_err().to_string();
     let good = random_state_dict(3, 1, 10, 15);
     assert!(err("resnet21", &good).contains("unknown architecture 'resnet21'"));
     let mut sd = good.clone();
@@ -510,7 +708,10 @@ fn bad_state_dicts_are_explained() {
     let mut sd = good.clone();
     sd.get_mut("layer2.1.conv1.weight").unwrap().shape = vec![32, 32, 1, 9];
     let e = err("resnet20", &sd);
-    assert!(e.contains("'layer2.1.conv1.weight' has shape [32, 32, 1, 9], expected [32, 32, 3, 3]"), "{e}");
+    assert!(
+        e.contains("'layer2.1.conv1.weight' has shape [32, 32, 1, 9], expected [32, 32, 3, 3]"),
+        "{e}"
+    );
     let mut sd = good.clone();
     sd.get_mut("fc.bias").unwrap().data.pop();
     assert!(err("resnet20", &sd).contains("holds 9 values, expected 10"));
@@ -529,16 +730,86 @@ fn misuse_is_an_error() {
     let x = random_images(1, 1, 32, 32, 19);
     let images = Images::new(&x, [1, 1, 32, 32]).unwrap();
     let w = a.quantized_weights(3, 4, &minmax_scales(&a, 3, 4)).unwrap();
-    let precision = LayerPrecision { weights: Some(w), input: None };
-    assert!(Plan::fp(&a).with(4, precision.clone()).is_err(), "weights of layer 3 on layer 4");
-    assert!(Plan::fp(&b).with(3, precision).is_err(), "weights of another network");
-    assert!(b.forward(images, &Plan::fp(&a), Parallelism::None).is_err(), "plan of another network");
+    let precision = LayerPrecision {
+        weights: Some(w),
+        input: None,
+    };
+    assert!(
+        Plan::fp(&a).with(4, precision.clone()).is_err(),
+        "weights of layer 3 on layer 4"
+    );
+    assert!(
+        Plan::fp(&b).with(3, precision).is_err(),
+        "weights of another network"
+    );
+    assert!(
+        b.forward(images, &Plan::fp(&a), Parallelism::None).is_err(),
+        "plan of another network"
+    );
     let s = a.input_state(images).unwrap();
-    assert!(b.run(&s, 3, &Plan::fp(&b), Parallelism::None).is_err(), "state of another network");
+    assert!(
+        b.run(&s, 3, &Plan::fp(&b), Parallelism::None).is_err(),
+        "state of another network"
+    );
     let s3 = a.run(&s, 3, &Plan::fp(&a), Parallelism::None).unwrap();
-    assert!(a.run(&s3, 2, &Plan::fp(&a), Parallelism::None).is_err(), "backwards");
+    assert!(
+        a.run(&s3, 2, &Plan::fp(&a), Parallelism::None).is_err(),
+        "backwards"
+    );
     assert!(Images::new(&x, [1, 3, 32, 32]).is_err());
     let three = random_images(1, 3, 32, 32, 20);
-    let e = a.forward(Images::new(&three, [1, 3, 32, 32]).unwrap(), &Plan::fp(&a), Parallelism::None);
-    assert!(e.unwrap_err().to_string().contains("3 channel(s), resnet20 expects 1"));
+    let e = a.forward(
+        Images::new(&three, [1, 3, 32, 32]).unwrap(),
+        &Plan::fp(&a),
+        Parallelism::None,
+    );
+    assert!(e
+        .unwrap_err()
+        .to_string()
+        .contains("3 channel(s), resnet20 expects 1"));
+}
+
+#[test]
+fn precisions_come_from_calibration_entries() {
+    use crate::format::{ActRange, LayerCalib};
+    use crate::options::QuantOption;
+    let net = Network::from_state_dict("resnet20", &random_state_dict(3, 1, 10, 21)).unwrap();
+    let scales = minmax_scales(&net, 4, 4);
+    let calib = LayerCalib {
+        name: "layer1.1.conv2".into(),
+        weight_scales: [("4".to_string(), scales.clone())].into(),
+        act_ranges: [("8".to_string(), ActRange { lo: -1.0, hi: 3.0 })].into(),
+    };
+    let mut cache = WeightCache::new();
+    let option = QuantOption::parse("w4a8").unwrap();
+    let p = cache.layer_precision(&net, 4, option, &calib).unwrap();
+    assert_eq!(p.weights.as_ref().unwrap().bits(), Some(4));
+    assert_eq!(p.input.unwrap(), ActQuant::new(8, -1.0, 3.0).unwrap());
+    let again = cache
+        .layer_precision(&net, 4, QuantOption::parse("w4").unwrap(), &calib)
+        .unwrap();
+    assert!(std::sync::Arc::ptr_eq(
+        p.weights.as_ref().unwrap(),
+        again.weights.as_ref().unwrap()
+    ));
+    assert!(again.input.is_none());
+    let e = cache.layer_precision(&net, 4, QuantOption::parse("w2a8").unwrap(), &calib);
+    assert_eq!(
+        e.unwrap_err().to_string(),
+        "layer 'layer1.1.conv2': no weight scales for 2 bits (calibrated: 4)"
+    );
+    let e = cache.layer_precision(&net, 4, QuantOption::parse("a4").unwrap(), &calib);
+    assert!(e
+        .unwrap_err()
+        .to_string()
+        .contains("no activation range for 4 bits (calibrated: 8)"));
+    let e = cache.layer_precision(&net, 5, option, &calib);
+    assert!(e
+        .unwrap_err()
+        .to_string()
+        .contains("given for layer 'layer1.2.conv1'"));
+    assert!(cache
+        .layer_precision(&net, 4, QuantOption::FP, &calib)
+        .unwrap()
+        .is_fp());
 }
