@@ -3,6 +3,7 @@
 
 use crate::data::{self, DataSpec, Dataset, Split};
 use crate::engine::Network;
+use crate::options::QuantOption;
 use crate::{Error, Result};
 
 /// The built-in model: a ResNet-20 trained on Fashion-MNIST by `scripts/train`
@@ -103,3 +104,42 @@ pub fn load_data(args: &DataArgs, default_split: Split, net: &Network) -> Result
     })?;
     Ok(LoadedData { data, description })
 }
+
+/// Read an allocation and match it to the model's layers: every layer named once, no other.
+pub fn read_alloc(path: &str, net: &Network) -> Result<Vec<QuantOption>> {
+    let alloc: crate::format::Alloc = crate::io::read_json(path)?;
+    let name = crate::io::display_name(path, false);
+    alloc_choice(&alloc, &name, net)
+}
+
+/// The per-layer options of `alloc` (read from `name`) in `net`'s layer order.
+pub fn alloc_choice(alloc: &crate::format::Alloc, name: &str, net: &Network) -> Result<Vec<QuantOption>> {
+    let layers = net.layers();
+    for c in &alloc.layers {
+        if !layers.iter().any(|l| l.name == c.name) {
+            return Err(Error::input(
+                name,
+                format!("layer '{}' is not in the model ({} has {} quantizable layers)", c.name, net.arch(), layers.len()),
+            ));
+        }
+        let o = c.option();
+        if QuantOption::parse(&c.option).ok() != Some(o) {
+            return Err(Error::input(
+                name,
+                format!("layer '{}': option '{}' does not match w_bits {:?} / a_bits {:?}", c.name, c.option, c.w_bits, c.a_bits),
+            ));
+        }
+    }
+    layers
+        .iter()
+        .map(|l| {
+            let mut found = alloc.layers.iter().filter(|c| c.name == l.name);
+            match (found.next(), found.next()) {
+                (Some(c), None) => Ok(c.option()),
+                (None, _) => Err(Error::input(name, format!("has no option for layer '{}' (every layer of the model needs one)", l.name))),
+                (Some(_), Some(_)) => Err(Error::input(name, format!("names layer '{}' twice", l.name))),
+            }
+        })
+        .collect()
+}
+

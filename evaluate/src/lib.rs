@@ -4,7 +4,7 @@
 use clado::calib::{self, CalibSettings, PrecisionTable};
 use clado::data::{Dataset, Split};
 use clado::engine::{Images, Logits, Network, Parallelism, Plan};
-use clado::format::{Alloc, Calib, Metrics, FORMAT_VERSION};
+use clado::format::{Calib, Metrics, FORMAT_VERSION};
 use clado::options::QuantOption;
 use clado::setup::{self, DataArgs, ModelArgs};
 use clado::{budget, Error, Result};
@@ -38,44 +38,6 @@ impl Config {
     }
 }
 
-/// Read an allocation and match it to the model's layers: every layer named once, no other.
-pub fn read_alloc(path: &str, net: &Network) -> Result<Vec<QuantOption>> {
-    let alloc: Alloc = clado::io::read_json(path)?;
-    let name = clado::io::display_name(path, false);
-    alloc_choice(&alloc, &name, net)
-}
-
-/// The per-layer options of `alloc` (read from `name`) in `net`'s layer order.
-pub fn alloc_choice(alloc: &Alloc, name: &str, net: &Network) -> Result<Vec<QuantOption>> {
-    let layers = net.layers();
-    for c in &alloc.layers {
-        if !layers.iter().any(|l| l.name == c.name) {
-            return Err(Error::input(
-                name,
-                format!("layer '{}' is not in the model ({} has {} quantizable layers)", c.name, net.arch(), layers.len()),
-            ));
-        }
-        let o = c.option();
-        if QuantOption::parse(&c.option).ok() != Some(o) {
-            return Err(Error::input(
-                name,
-                format!("layer '{}': option '{}' does not match w_bits {:?} / a_bits {:?}", c.name, c.option, c.w_bits, c.a_bits),
-            ));
-        }
-    }
-    layers
-        .iter()
-        .map(|l| {
-            let mut found = alloc.layers.iter().filter(|c| c.name == l.name);
-            match (found.next(), found.next()) {
-                (Some(c), None) => Ok(c.option()),
-                (None, _) => Err(Error::input(name, format!("has no option for layer '{}' (every layer of the model needs one)", l.name))),
-                (Some(_), Some(_)) => Err(Error::input(name, format!("names layer '{}' twice", l.name))),
-            }
-        })
-        .collect()
-}
-
 /// Where the quantizer parameters come from.
 pub enum QuantSource {
     File(String),
@@ -98,7 +60,7 @@ pub fn run(
     let configs: Vec<Config> = configs
         .iter()
         .map(|c| match c {
-            Config::Alloc { path, .. } => Ok(Config::Alloc { path: path.clone(), choice: read_alloc(path, net)? }),
+            Config::Alloc { path, .. } => Ok(Config::Alloc { path: path.clone(), choice: setup::read_alloc(path, net)? }),
             c => Ok(c.clone()),
         })
         .collect::<Result<_>>()?;
