@@ -95,9 +95,12 @@ pub enum Output {
     Partial { path: String, shard: Shard },
 }
 
-/// Progress and logging.
+/// Progress, logging and the slow reference path.
 pub struct Reporting {
     pub quiet: bool,
+    /// Measure every entry with a full forward pass from the images (the seed's way), to check
+    /// the fast path.
+    pub reference: bool,
 }
 
 /// Run a measurement: validate everything, then compute (resuming from `resume` if given).
@@ -109,6 +112,9 @@ pub fn run(
     resume: Option<&str>,
     report: &Reporting,
 ) -> Result<()> {
+    if report.reference && (resume.is_some() || matches!(output, Output::Partial { .. })) {
+        return Err(Error::usage("--reference runs whole: it does not combine with --resume or --shard"));
+    }
     let started = Instant::now();
     setup::check_data_args(data_args)?;
     let loaded = setup::load_model(model)?;
@@ -221,7 +227,11 @@ pub fn run(
                 None => Ok(()),
             }
         };
-        let (fp, units) = measure.batch(b, images, &labels_all[start..end], &units, &save)?;
+        let (fp, units) = if report.reference {
+            measure.reference_batch(b, images, &labels_all[start..end])?
+        } else {
+            measure.batch(b, images, &labels_all[start..end], &units, &save)?
+        };
         progress.set(evaluations.load(Ordering::Relaxed));
         if let Some(r) = &resume {
             r.save_fp(b, &fp)?;

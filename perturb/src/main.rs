@@ -86,6 +86,10 @@ struct Cli {
     /// Compute shard K of N (work units numbered K-1 mod N); combine with `perturb merge`.
     #[arg(long, value_name = "K/N")]
     shard: Option<String>,
+    /// Measure every entry with a full forward pass from the images, as the seed did (slow:
+    /// for checking the fast path, which reuses unchanged prefixes).
+    #[arg(long)]
+    reference: bool,
     /// No progress or notes on stderr.
     #[arg(short, long)]
     quiet: bool,
@@ -117,7 +121,7 @@ fn main() -> std::process::ExitCode {
     cli.data.samples.get_or_insert(DEFAULT_SAMPLES);
     clado::cli::main("perturb", || match cli.command {
         Some(Command::Merge { parts, output, index, se, quiet }) => {
-            perturb::merge(&parts, &output, &index, se.as_deref(), &Reporting { quiet })
+            perturb::merge(&parts, &output, &index, se.as_deref(), &Reporting { quiet, reference: false })
         }
         None => {
             let options = QuantOption::parse_list(cli.options.as_deref().unwrap_or_default())?;
@@ -149,7 +153,7 @@ fn main() -> std::process::ExitCode {
                 }
                 None => Output::Matrix { matrix: output_path, index: cli.index.expect("required by clap"), se: cli.se },
             };
-            perturb::run(&cli.model, &cli.data, &settings, &output, cli.resume.as_deref(), &Reporting { quiet: cli.quiet })
+            perturb::run(&cli.model, &cli.data, &settings, &output, cli.resume.as_deref(), &Reporting { quiet: cli.quiet, reference: cli.reference })
         }
     })
 }

@@ -183,6 +183,59 @@ impl Measure<'_> {
         Ok((fp_batch, results))
     }
 
+    /// The same results as [`Measure::batch`] for every unit of the batch, the slow way the
+    /// seed did it: one full forward pass from the images per single and per pair. Used by
+    /// `--reference` to check the fast path.
+    pub fn reference_batch(&self, batch: usize, images: Images<'_>, labels: &[usize]) -> Result<(FpBatch, Vec<UnitResult>)> {
+        let net = self.net;
+        let n = images.batch();
+        let fp = Plan::fp(net);
+        let fp_logits = net.forward(images, &fp, Parallelism::Rayon)?;
+        let fp_metric = per_sample(&fp_logits, labels, &fp_logits, Metric::Loss);
+        let fp_batch = FpBatch { samples: n, loss_sum: fp_metric.iter().sum(), correct: fp_logits.correct_top_k(labels, 1)? };
+        let fp_values = match self.metric {
+            Metric::Loss => fp_metric,
+            Metric::Kl => vec![0.0; n],
+        };
+        let options = self.table.options.len();
+        let k_count = self.variables.len();
+        let full = |quantized: &[(usize, usize)]| -> Result<Vec<f64>> {
+            let mut plan = fp.clone();
+            for &(k, o) in quantized {
+                let l = self.variables[k];
+                plan.set(l, self.table.get(l, o).clone())?;
+            }
+            let logits = net.forward(images, &plan, Parallelism::Rayon)?;
+            self.evaluations.fetch_add(1, Ordering::Relaxed);
+            self.count_layers(net.layers().len(), n);
+            Ok(self.deltas(&logits, labels, &fp_logits, &fp_values))
+        };
+        let mut singles = Vec::with_capacity(k_count * options);
+        for k in 0..k_count {
+            for o in 0..options {
+                singles.push(full(&[(k, o)])?);
+            }
+        }
+        let mut results = Vec::new();
+        for k in 0..k_count {
+            for o in 0..options {
+                let a = &singles[k * options + o];
+                let mut pairs = Vec::new();
+                if !self.naive {
+                    for m in k + 1..k_count {
+                        for o2 in 0..options {
+                            let both = full(&[(k, o), (m, o2)])?;
+                            let b = &singles[m * options + o2];
+                            pairs.push(Moments::of((0..n).map(|s| both[s] - a[s] - b[s])));
+                        }
+                    }
+                }
+                results.push(UnitResult { batch, layer: k, option: o, samples: n, single: Moments::of(a.iter().copied()), pairs });
+            }
+        }
+        Ok((fp_batch, results))
+    }
+
     /// Per-sample Δ of the metric against the FP values.
     fn deltas(&self, logits: &Logits, labels: &[usize], fp_logits: &Logits, fp_values: &[f64]) -> Vec<f64> {
         let q = per_sample(logits, labels, fp_logits, self.metric);
