@@ -34,7 +34,7 @@ Examples:
 
 #[derive(Parser)]
 #[command(name = "perturb", version, about = "Measure the pairwise Δloss matrix G of CLADO", long_about = LONG_ABOUT)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
