@@ -150,6 +150,16 @@ pub fn load_safetensors(path: &str) -> Result<StateDict> {
 
 /// Write a state_dict as float32 `.safetensors` (atomically, or to stdout for `-`).
 pub fn save_safetensors(path: &str, state: &StateDict) -> Result<()> {
+    save_safetensors_with_metadata(path, state, None)
+}
+
+/// [`save_safetensors`] with string metadata in the file's `__metadata__` header (PyTorch's
+/// `safetensors.torch.load_file` ignores it; `safe_open(..).metadata()` reads it).
+pub fn save_safetensors_with_metadata(
+    path: &str,
+    state: &StateDict,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<()> {
     let views = state
         .iter()
         .map(|(name, t)| {
@@ -157,7 +167,7 @@ pub fn save_safetensors(path: &str, state: &StateDict) -> Result<()> {
             (name.clone(), OwnedView { shape: t.shape.clone(), bytes })
         })
         .collect::<Vec<_>>();
-    let encoded = safetensors::serialize(views, None)
+    let encoded = safetensors::serialize(views, metadata)
         .map_err(|e| Error::other(format!("{path}: encoding .safetensors: {e}")))?;
     crate::io::write_bytes(path, &encoded)
 }

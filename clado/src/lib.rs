@@ -16,7 +16,11 @@ pub mod options;
 pub mod quant;
 
 #[cfg(feature = "nn")]
+pub mod calib;
+#[cfg(feature = "nn")]
 pub mod checkpoint;
+#[cfg(feature = "nn")]
+pub mod setup;
 #[cfg(feature = "nn")]
 pub mod engine;
 #[cfg(feature = "nn")]

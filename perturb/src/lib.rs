@@ -1,0 +1,313 @@
+//! `perturb`: measure how the metric changes when one layer, or two layers together, are
+//! quantized, and write the matrix G of DESIGN.md (`G.npy`) with its `index.json`.
+//!
+//! The work is split into *units*: (calibration batch, variable layer l, option o). A unit
+//! measures every pair (l, o) × (m, o') with m after l. Units are independent, so they
+//! - run in parallel (rayon),
+//! - are saved one by one in a `--resume` directory, so a killed run continues where it was,
+//! - are dealt to shards by `--shard K/N` (unit number mod N) and combined by `perturb merge`.
+//!
+//! The numbers of a unit do not depend on threads, shards or restarts: the forward engine is
+//! bitwise deterministic and sums run in sample order in f64.
+
+pub mod measure;
+pub mod store;
+
+use clado::calib::{self, CalibSettings, PrecisionTable};
+use clado::data::Split;
+use clado::engine::Images;
+use clado::format::{Calib, LayerInfo, Metric, FORMAT_VERSION};
+use clado::options::QuantOption;
+use clado::quant::Calibration;
+use clado::setup::{self, DataArgs, ModelArgs};
+use clado::{Error, Result};
+use measure::{Measure, UnitResult};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use store::{Partial, ResumeDir, Shard};
+
+/// Everything that decides the numbers of a run. Two runs (or shards) with equal jobs give
+/// equal unit results; `--resume` and `merge` check it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    pub version: u32,
+    pub arch: String,
+    /// FNV-1a 64 of the checkpoint file's bytes.
+    pub weights_digest: String,
+    pub data: String,
+    pub samples: usize,
+    pub seed: u64,
+    pub batch_size: usize,
+    pub options: Vec<String>,
+    /// Every quantizable layer of the model, in forward order.
+    pub layers: Vec<LayerInfo>,
+    /// Indices into `layers` of the variable layers (the rest stay FP).
+    pub variables: Vec<usize>,
+    pub metric: Metric,
+    pub naive: bool,
+    /// FNV-1a 64 of the quantizer parameters (`calib.json` as used).
+    pub calib_digest: String,
+}
+
+impl Job {
+    pub fn batches(&self) -> usize {
+        self.samples.div_ceil(self.batch_size)
+    }
+
+    /// Every unit (batch, variable, option) in canonical order.
+    pub fn units(&self) -> Vec<(usize, usize, usize)> {
+        let (k, o) = (self.variables.len(), self.options.len());
+        (0..self.batches()).flat_map(move |b| (0..k).flat_map(move |v| (0..o).map(move |x| (b, v, x)))).collect()
+    }
+
+    /// Forward evaluations of the whole job, counted once per configuration (not per batch):
+    /// singles plus, unless naive, pairs of options of different variable layers.
+    pub fn evaluations(&self) -> u64 {
+        let (k, o) = (self.variables.len() as u64, self.options.len() as u64);
+        let singles = k * o;
+        if self.naive {
+            singles
+        } else {
+            singles + k * k.saturating_sub(1) / 2 * o * o
+        }
+    }
+}
+
+/// The measurement flags, validated.
+pub struct Settings {
+    pub options: Vec<QuantOption>,
+    pub metric: Metric,
+    pub naive: bool,
+    pub calib: CalibSettings,
+    pub calib_file: Option<String>,
+    /// Layer names to perturb (default all), and names to leave out.
+    pub layers: Option<Vec<String>>,
+    pub exclude: Vec<String>,
+}
+
+/// Where the results go.
+pub enum Output {
+    /// `G.npy`, `index.json`, optionally standard errors.
+    Matrix { matrix: String, index: String, se: Option<String> },
+    /// A shard's partial result for `perturb merge`.
+    Partial { path: String, shard: Shard },
+}
+
+/// Progress, logging and the slow reference path.
+pub struct Reporting {
+    pub quiet: bool,
+    /// Measure every entry with a full forward pass from the images (the seed's way), to check
+    /// the fast path.
+    pub reference: bool,
+}
+
+/// Run a measurement: validate everything, then compute (resuming from `resume` if given).
+pub fn run(
+    model: &ModelArgs,
+    data_args: &DataArgs,
+    settings: &Settings,
+    output: &Output,
+    resume: Option<&str>,
+    report: &Reporting,
+) -> Result<()> {
+    if report.reference && (resume.is_some() || matches!(output, Output::Partial { .. })) {
+        return Err(Error::usage("--reference runs whole: it does not combine with --resume or --shard"));
+    }
+    let started = Instant::now();
+    setup::check_data_args(data_args)?;
+    let loaded = setup::load_model(model)?;
+    let net = &loaded.net;
+    let variables = choose_layers(net.layers().iter().map(|l| l.name.as_str()).collect(), settings)?;
+    let data = setup::load_data(data_args, Split::Train, net)?;
+    let ds = &data.data;
+
+    let calib: Calib = match &settings.calib_file {
+        Some(path) => {
+            let c: Calib = clado::io::read_json(path)?;
+            calib::check_calib(&c, &clado::io::display_name(path, false), net, &settings.options)?;
+            c
+        }
+        None => {
+            let (w, a) = calib::bits_needed(&settings.options);
+            note(report, format_args!("calibrating quantizers on {} samples", ds.len()));
+            calib::calibrate(net, ds, &data.description, data_args.seed, &w, &a, settings.calib, data_args.batch_size)?
+        }
+    };
+    let table = PrecisionTable::new(net, &calib, &settings.options)?;
+
+    let job = Job {
+        version: FORMAT_VERSION,
+        arch: net.arch().to_string(),
+        weights_digest: store::file_digest(&loaded.weights)?,
+        data: data.description.clone(),
+        samples: ds.len(),
+        seed: data_args.seed,
+        batch_size: data_args.batch_size,
+        options: settings.options.iter().map(|o| o.to_string()).collect(),
+        layers: net.layers().iter().map(|l| l.info()).collect(),
+        variables: variables.clone(),
+        metric: settings.metric,
+        naive: settings.naive,
+        calib_digest: store::digest(&serde_json::to_vec(&calib).map_err(|e| Error::other(e.to_string()))?),
+    };
+    let shard = match output {
+        Output::Partial { shard, .. } => *shard,
+        Output::Matrix { .. } => Shard::WHOLE,
+    };
+    let resume = resume.map(|dir| ResumeDir::open(dir, &job, shard)).transpose()?;
+    let done = match &resume {
+        Some(r) => r.load()?,
+        None => Partial::empty(job.clone(), shard),
+    };
+
+    // Work still to do, by batch.
+    let mine: Vec<(usize, usize, usize)> =
+        job.units().into_iter().enumerate().filter(|(u, _)| shard.owns(*u)).map(|(_, u)| u).collect();
+    let total_units = mine.len();
+    let todo: Vec<(usize, usize, usize)> = mine.iter().copied().filter(|u| !done.has_unit(*u)).collect();
+    let per_unit_evals = |k: usize| -> u64 {
+        let o = job.options.len() as u64;
+        if job.naive {
+            0
+        } else {
+            (job.variables.len() - 1 - k) as u64 * o
+        }
+    };
+    let mut batches: Vec<usize> = todo.iter().map(|u| u.0).collect();
+    for b in mine.iter().map(|u| u.0) {
+        if !done.fp.iter().any(|(x, _)| *x == b) {
+            batches.push(b);
+        }
+    }
+    batches.sort_unstable();
+    batches.dedup();
+    let singles_per_batch = (job.variables.len() * job.options.len()) as u64;
+    let planned: u64 = todo.iter().map(|u| per_unit_evals(u.1)).sum::<u64>() + singles_per_batch * batches.len() as u64;
+    if total_units > todo.len() {
+        note(report, format_args!("resuming: {} of {} units already done", total_units - todo.len(), total_units));
+    }
+    note(
+        report,
+        format_args!(
+            "perturbing {} variables ({} layers × {} options) on {} samples: {} forward evaluations",
+            job.variables.len() * job.options.len(),
+            job.variables.len(),
+            job.options.len(),
+            job.samples,
+            planned
+        ),
+    );
+
+    let evaluations = AtomicU64::new(0);
+    let layer_runs = AtomicU64::new(0);
+    let progress = store::Progress::new(planned, report.quiet);
+    let measure = Measure {
+        net,
+        table: &table,
+        variables: &variables,
+        metric: settings.metric,
+        naive: settings.naive,
+        evaluations: &evaluations,
+        layer_runs: &layer_runs,
+    };
+    let mut results = done;
+    let labels_all: Vec<usize> = ds.labels.iter().map(|&l| l as usize).collect();
+    for b in batches {
+        let start = b * job.batch_size;
+        let end = (start + job.batch_size).min(ds.len());
+        let images = &ds.images[start * ds.image_len()..end * ds.image_len()];
+        let images = Images::new(images, [end - start, ds.channels, ds.height, ds.width])?;
+        let units: Vec<(usize, usize)> = todo.iter().filter(|u| u.0 == b).map(|u| (u.1, u.2)).collect();
+        let save = |u: &UnitResult| -> Result<()> {
+            progress.set(evaluations.load(Ordering::Relaxed));
+            match &resume {
+                Some(r) => r.save_unit(u),
+                None => Ok(()),
+            }
+        };
+        let (fp, units) = if report.reference {
+            measure.reference_batch(b, images, &labels_all[start..end])?
+        } else {
+            measure.batch(b, images, &labels_all[start..end], &units, &save)?
+        };
+        progress.set(evaluations.load(Ordering::Relaxed));
+        if let Some(r) = &resume {
+            r.save_fp(b, &fp)?;
+        }
+        results.fp.push((b, fp));
+        results.units.extend(units);
+    }
+    progress.finish();
+    results.seconds += started.elapsed().as_secs_f64();
+    let naive_layer_runs = planned * job.layers.len() as u64 * job.batch_size.min(job.samples) as u64;
+    note(
+        report,
+        format_args!(
+            "{} evaluations in {:.1} s; layers run × images: {} ({:.1}% of {} for full passes)",
+            evaluations.load(Ordering::Relaxed),
+            started.elapsed().as_secs_f64(),
+            layer_runs.load(Ordering::Relaxed),
+            100.0 * layer_runs.load(Ordering::Relaxed) as f64 / naive_layer_runs.max(1) as f64,
+            naive_layer_runs
+        ),
+    );
+
+    match output {
+        Output::Partial { path, .. } => {
+            results.sort();
+            clado::io::write_json(path, &results)
+        }
+        Output::Matrix { matrix, index, se } => {
+            let assembled = store::assemble(&[results])?;
+            assembled.write(matrix, index, se.as_deref(), report)
+        }
+    }
+}
+
+/// Combine shards' partial results into `G.npy` and `index.json`.
+pub fn merge(parts: &[String], matrix: &str, index: &str, se: Option<&str>, report: &Reporting) -> Result<()> {
+    let partials: Vec<Partial> = parts.iter().map(|p| Partial::read(p)).collect::<Result<_>>()?;
+    let assembled = store::assemble_named(parts, &partials)?;
+    assembled.write(matrix, index, se, report)
+}
+
+/// The variable layers: all, or `--layers`, minus `--exclude`; every name must exist.
+fn choose_layers(names: Vec<&str>, settings: &Settings) -> Result<Vec<usize>> {
+    let find = |n: &str| {
+        names.iter().position(|x| *x == n).ok_or_else(|| {
+            Error::usage(format!(
+                "layer '{n}' is not in the model (it has {} quantizable layers: {} … {})",
+                names.len(),
+                names.first().unwrap_or(&""),
+                names.last().unwrap_or(&"")
+            ))
+        })
+    };
+    let mut chosen: Vec<usize> = match &settings.layers {
+        Some(list) => list.iter().map(|n| find(n)).collect::<Result<_>>()?,
+        None => (0..names.len()).collect(),
+    };
+    for n in &settings.exclude {
+        let i = find(n)?;
+        chosen.retain(|&c| c != i);
+    }
+    chosen.sort_unstable();
+    chosen.dedup();
+    if chosen.is_empty() {
+        return Err(Error::usage("no layer left to perturb (check --layers and --exclude)"));
+    }
+    Ok(chosen)
+}
+
+fn note(report: &Reporting, msg: std::fmt::Arguments<'_>) {
+    if !report.quiet {
+        eprintln!("perturb: {msg}");
+    }
+}
+
+/// Parse `minmax` / `mse`.
+pub fn parse_calibration(flag: &str, text: &str) -> Result<Calibration> {
+    text.parse().map_err(|_| Error::usage(format!("{flag} '{text}': expected minmax or mse")))
+}
