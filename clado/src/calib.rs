@@ -2,8 +2,8 @@
 //! engine's per-layer precisions, so that `quantize`, `perturb` and `evaluate` quantize alike.
 
 use crate::data::Dataset;
-use crate::engine::{ActQuant, Images, LayerPrecision, Network, Parallelism, Plan};
-use crate::format::{ActRange, Calib, LayerCalib, FORMAT_VERSION};
+use crate::engine::{Images, LayerPrecision, Network, Parallelism, Plan, WeightCache};
+use crate::format::{Calib, LayerCalib, FORMAT_VERSION};
 use crate::options::QuantOption;
 use crate::quant::{self, ActObserver, Calibration};
 use crate::{Error, Result};
@@ -167,33 +167,13 @@ pub struct PrecisionTable {
 impl PrecisionTable {
     /// Prepare the precisions of all layers of `net` for `options` (see [`check_calib`]).
     pub fn new(net: &Network, calib: &Calib, options: &[QuantOption]) -> Result<Self> {
-        let mut weights: BTreeMap<(usize, u8), _> = BTreeMap::new();
-        let mut table = Vec::with_capacity(net.layers().len());
-        for (i, lc) in calib.layers.iter().enumerate() {
-            let mut row = Vec::with_capacity(options.len());
-            for o in options {
-                let w = match o.w_bits {
-                    None => None,
-                    Some(b) => Some(match weights.get(&(i, b)) {
-                        Some(w) => std::sync::Arc::clone(w),
-                        None => {
-                            let w = net.quantized_weights(i, b, &lc.weight_scales[&b.to_string()])?;
-                            weights.insert((i, b), std::sync::Arc::clone(&w));
-                            w
-                        }
-                    }),
-                };
-                let input = match o.a_bits {
-                    None => None,
-                    Some(b) => {
-                        let ActRange { lo, hi } = lc.act_ranges[&b.to_string()];
-                        Some(ActQuant::new(b, lo, hi)?)
-                    }
-                };
-                row.push(LayerPrecision { weights: w, input });
-            }
-            table.push(row);
-        }
+        let mut cache = WeightCache::new();
+        let table = calib
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, lc)| options.iter().map(|&o| cache.layer_precision(net, i, o, lc)).collect())
+            .collect::<Result<_>>()?;
         Ok(PrecisionTable { options: options.to_vec(), table })
     }
 
