@@ -61,9 +61,9 @@
 //! # Speed
 //! CPU time per call on the build machine (AMD EPYC, dev profile with `opt-level = 3`, one
 //! thread): fake-quantizing weights 0.34 ns and activations 0.23 ns per value; observing
-//! 0.2 ns (`minmax`) or 4.3 ns (`mse`) per value; an `mse` activation range 18 ms per bit width;
-//! `mse` weight scales 0.63 ns per weight and grid factor, i.e. 0.63 s for 10⁷ weights (a
-//! ResNet-56 has 0.85·10⁶) per bit width.
+//! 0.2 ns (`minmax`) or about 4 ns (`mse`) per value; an `mse` activation range 18 ms per bit
+//! width; `mse` weight scales 0.63 ns per weight and grid factor, i.e. 0.63 s for 10⁷ weights
+//! (a ResNet-56 has 0.85·10⁶) per bit width.
 
 use crate::format::ActRange;
 use crate::options::{MAX_BITS, MIN_BITS};
