@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    clado::cli::main("psd", || Err(clado::Error::other("not implemented yet")))
+    clado::cli::main_with_args("psd", |args: psd::Args| psd::run(&args))
 }

@@ -1,0 +1,553 @@
+//! The projections themselves: symmetrise, find the spectrum, clip or shift it.
+//!
+//! Everything here works on in-memory matrices, so unit tests can check it against independent
+//! computations; [`crate::run`] adds the files and the report around it.
+//!
+//! Eigenvalues come from faer's dense self-adjoint eigensolver (Householder tridiagonalisation,
+//! then divide and conquer). It is backward stable: the computed eigenvalues are the exact ones of
+//! a matrix within about n·ε·‖G‖₂ of G, which is where [`rounding_tolerance`] comes from.
+
+use clado::{Error, Result};
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::evd::{self_adjoint_evd, self_adjoint_evd_scratch, ComputeEigenvectors};
+use faer::diag::Diag;
+use faer::{Accum, Mat, MatRef, Par};
+use ndarray::Array2;
+use serde::Serialize;
+
+/// The shift leaves λ_min of the output at `SHIFT_MARGIN · ‖G‖₂` rather than at zero, so that
+/// the output stays positive semidefinite once rounded and re-measured: the rounding in forming
+/// G + λI and in any later eigensolver or factorisation is below [`rounding_tolerance`]
+/// = 10·n·ε·‖G‖₂, which is 1.1e-11·‖G‖₂ for N = 5,000 and stays below 1e-10·‖G‖₂ up to
+/// N = 45,000 (a 16 GB matrix). The price is an extra 1e-10·‖G‖₂ per layer in the offset, far
+/// below any measured Δ.
+pub const SHIFT_MARGIN: f64 = 1e-10;
+
+/// How to make the matrix convex.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Nearest PSD matrix in Frobenius norm: zero the negative eigenvalues (the seed's choice;
+    /// changes xᵀGx by an amount that depends on x).
+    Clip,
+    /// G + λI: adds the same λ·L to xᵀGx for every one-hot choice x, so the minimiser is unchanged.
+    Shift,
+    /// Symmetrise only: (G + Gᵀ)/2, which leaves xᵀGx unchanged for every x.
+    None,
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::Clip => "clip",
+            Method::Shift => "shift",
+            Method::None => "none",
+        })
+    }
+}
+
+/// The extreme eigenvalues of a symmetric matrix and how many are negative.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Spectrum {
+    pub lambda_min: f64,
+    pub lambda_max: f64,
+    /// Eigenvalues below `−tolerance` (see [`rounding_tolerance`]): negative beyond rounding.
+    pub negative_eigenvalues: usize,
+}
+
+impl Spectrum {
+    /// Summarise eigenvalues sorted in nondecreasing order.
+    pub fn of_sorted(eigenvalues: &[f64], tolerance: f64) -> Self {
+        Spectrum {
+            lambda_min: eigenvalues.first().copied().unwrap_or(0.0),
+            lambda_max: eigenvalues.last().copied().unwrap_or(0.0),
+            negative_eigenvalues: eigenvalues.iter().take_while(|&&l| l < -tolerance).count(),
+        }
+    }
+
+    /// ‖G‖₂ of a symmetric matrix: the largest eigenvalue in absolute value.
+    pub fn spectral_norm(&self) -> f64 {
+        self.lambda_min.abs().max(self.lambda_max.abs())
+    }
+}
+
+/// The constant c in the rounding tolerance c·n·ε·‖G‖₂. Error bounds of stable symmetric
+/// eigensolvers are "a modest function of n" times ε·‖G‖₂; c = 1 proved too tight in the tests
+/// (1.3·n·ε·‖G‖₂ seen for n = 3), and 10 leaves room while staying far below any real signal.
+pub const ROUNDING_CONSTANT: f64 = 10.0;
+
+/// Below this magnitude the sign of a computed eigenvalue means nothing: c·n·ε·‖G‖₂, the size of
+/// the backward error of a stable symmetric eigensolver (and of rounding G's entries).
+pub fn rounding_tolerance(n: usize, spectral_norm: f64) -> f64 {
+    ROUNDING_CONSTANT * n as f64 * f64::EPSILON * spectral_norm
+}
+
+/// (G + Gᵀ)/2, exactly symmetric, and the largest |G[i,j] − G[j,i]| found.
+///
+/// xᵀ((G + Gᵀ)/2)x = xᵀGx for every x, so this never changes an objective.
+pub fn symmetrise(g: &Array2<f64>) -> (Array2<f64>, f64) {
+    let n = g.nrows();
+    assert_eq!(n, g.ncols(), "symmetrise needs a square matrix");
+    let mut max_asymmetry = 0.0f64;
+    let mut sym = Array2::<f64>::zeros((n, n));
+    for i in 0..n {
+        sym[[i, i]] = g[[i, i]];
+        for j in 0..i {
+            let (a, b) = (g[[i, j]], g[[j, i]]);
+            max_asymmetry = max_asymmetry.max((a - b).abs());
+            let mean = 0.5 * (a + b);
+            sym[[i, j]] = mean;
+            sym[[j, i]] = mean;
+        }
+    }
+    (sym, max_asymmetry)
+}
+
+/// A faer view of a symmetric ndarray matrix, without copying (the transpose of a symmetric
+/// row-major matrix read column-major is the matrix itself; faer reads the lower triangle).
+fn faer_view(sym: &Array2<f64>) -> MatRef<'_, f64> {
+    let n = sym.nrows();
+    let data = sym.as_slice().expect("symmetrise returns a standard-layout matrix");
+    MatRef::from_row_major_slice(data, n, n)
+}
+
+fn evd(sym: &Array2<f64>, vectors: Option<&mut Mat<f64>>, par: Par) -> Result<Vec<f64>> {
+    let n = sym.nrows();
+    let compute = if vectors.is_some() { ComputeEigenvectors::Yes } else { ComputeEigenvectors::No };
+    let mut values = Diag::<f64>::zeros(n);
+    let mut buffer = MemBuffer::new(self_adjoint_evd_scratch::<f64>(n, compute, par, Default::default()));
+    self_adjoint_evd(
+        faer_view(sym),
+        values.as_mut(),
+        vectors.map(|u| u.as_mut()),
+        par,
+        MemStack::new(&mut buffer),
+        Default::default(),
+    )
+    .map_err(|e| Error::other(format!("the eigensolver did not converge on the {n}×{n} matrix ({e:?})")))?;
+    Ok(values.column_vector().iter().copied().collect())
+}
+
+/// Eigenvalues of a symmetric matrix, in nondecreasing order.
+pub fn eigenvalues(sym: &Array2<f64>, par: Par) -> Result<Vec<f64>> {
+    evd(sym, None, par)
+}
+
+/// Eigenvalues (nondecreasing) and orthonormal eigenvectors (columns) of a symmetric matrix.
+pub fn eigen(sym: &Array2<f64>, par: Par) -> Result<(Vec<f64>, Mat<f64>)> {
+    let n = sym.nrows();
+    let mut vectors = Mat::<f64>::zeros(n, n);
+    let values = evd(sym, Some(&mut vectors), par)?;
+    Ok((values, vectors))
+}
+
+/// The nearest PSD matrix in Frobenius norm: `sym` with its negative eigenvalues set to zero.
+/// Returns it with the eigenvalues of `sym`.
+///
+/// Computed as sym + W Wᵀ with W = U₋·diag(√−λ₋) over the negative eigenpairs only, so entries
+/// far from the negative eigenspace keep their bits, and the work is n²·k for k negatives.
+pub fn clip(sym: &Array2<f64>, par: Par) -> Result<(Array2<f64>, Vec<f64>)> {
+    let n = sym.nrows();
+    let (values, vectors) = eigen(sym, par)?;
+    let negatives = values.iter().take_while(|&&l| l < 0.0).count();
+    let mut out = sym.clone();
+    if negatives > 0 {
+        let w = Mat::<f64>::from_fn(n, negatives, |i, j| vectors[(i, j)] * (-values[j]).sqrt());
+        let mut correction = Mat::<f64>::zeros(n, n);
+        faer::linalg::matmul::matmul(correction.as_mut(), Accum::Replace, w.as_ref(), w.transpose(), 1.0, par);
+        // Add the lower triangle and mirror it, so the result is exactly symmetric.
+        for i in 0..n {
+            for j in 0..=i {
+                let v = sym[[i, j]] + correction[(i, j)];
+                out[[i, j]] = v;
+                out[[j, i]] = v;
+            }
+        }
+    }
+    Ok((out, values))
+}
+
+/// The λ that `shift` adds to the diagonal: the smallest shift that lifts λ_min to
+/// `SHIFT_MARGIN · ‖G‖₂`, i.e. max(0, margin − λ_min). For an indefinite G this is
+/// −λ_min + margin; a G already positive definite beyond the margin is left unchanged.
+pub fn shift_amount(spectrum: &Spectrum) -> f64 {
+    let margin = SHIFT_MARGIN * spectrum.spectral_norm();
+    (margin - spectrum.lambda_min).max(0.0)
+}
+
+/// `sym + λI`.
+pub fn shift(sym: &Array2<f64>, lambda: f64) -> Array2<f64> {
+    let mut out = sym.clone();
+    out.diag_mut().mapv_inplace(|d| d + lambda);
+    out
+}
+
+/// What a projection did, with the matrix it produced.
+#[derive(Clone, Debug)]
+pub struct Projection {
+    /// The output matrix, exactly symmetric.
+    pub matrix: Array2<f64>,
+    pub method: Method,
+    /// Largest |G[i,j] − G[j,i]| of the input.
+    pub max_asymmetry: f64,
+    /// Spectrum of the symmetrised input.
+    pub before: Spectrum,
+    /// Spectrum of the output, from the same eigendecomposition: λᵢ + λ for `shift`, max(λᵢ, 0)
+    /// for `clip` (exact up to the rounding of forming the output, ≲ [`rounding_tolerance`]; the
+    /// tests re-measure it). A second decomposition would double the time.
+    pub after: Spectrum,
+    /// Eigenvalues of the symmetrised input, nondecreasing.
+    pub eigenvalues_before: Vec<f64>,
+    /// Sign threshold for counting negative eigenvalues ([`rounding_tolerance`] of the input).
+    pub tolerance: f64,
+    /// λ added to the diagonal (`shift`); 0 for the other methods.
+    pub shift: f64,
+    /// ‖output − input‖_F (including the symmetrisation).
+    pub frobenius_moved: f64,
+    /// ‖input‖_F, to put the distance in scale.
+    pub frobenius_input: f64,
+}
+
+/// Apply `method` to a square matrix with finite entries.
+///
+/// `par` is faer's parallelism; [`Par::Seq`] keeps the output bit-identical whatever the machine.
+pub fn project(g: &Array2<f64>, method: Method, par: Par) -> Result<Projection> {
+    let n = g.nrows();
+    let (sym, max_asymmetry) = symmetrise(g);
+    let (matrix, eigenvalues_before, eigenvalues_after, shift_lambda) = match method {
+        Method::None => {
+            let values = eigenvalues(&sym, par)?;
+            (sym, values.clone(), values, 0.0)
+        }
+        Method::Shift => {
+            let values = eigenvalues(&sym, par)?;
+            let lambda = shift_amount(&Spectrum::of_sorted(&values, 0.0));
+            let after = values.iter().map(|l| l + lambda).collect();
+            (shift(&sym, lambda), values, after, lambda)
+        }
+        Method::Clip => {
+            let (out, values) = clip(&sym, par)?;
+            let after = values.iter().map(|l| l.max(0.0)).collect();
+            (out, values, after, 0.0)
+        }
+    };
+    let norm = Spectrum::of_sorted(&eigenvalues_before, 0.0).spectral_norm();
+    let tolerance = rounding_tolerance(n, norm);
+    let before = Spectrum::of_sorted(&eigenvalues_before, tolerance);
+    let after = Spectrum::of_sorted(&eigenvalues_after, tolerance);
+    let frobenius_moved = matrix.iter().zip(g.iter()).map(|(a, b)| (a - b) * (a - b)).sum::<f64>().sqrt();
+    let frobenius_input = g.iter().map(|a| a * a).sum::<f64>().sqrt();
+    Ok(Projection {
+        matrix,
+        method,
+        max_asymmetry,
+        before,
+        after,
+        eigenvalues_before,
+        tolerance,
+        shift: shift_lambda,
+        frobenius_moved,
+        frobenius_input,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array1, Axis};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// Computed vs known eigenvalues, relative to max|λ|. The eigensolver is backward stable
+    /// (error ≲ n·ε·‖A‖₂ ≈ 9e-15 for n ≤ 40) and building Q·diag(λ)·Qᵀ in floating point adds a
+    /// perturbation of the same order; 1e-12 leaves a factor ~100 and still catches any real bug.
+    const EIGENVALUE_TOL: f64 = 1e-12;
+    /// Clip result vs Q·diag(max(λ, 0))·Qᵀ, entrywise, relative to max|λ|. The projector onto the
+    /// negative eigenspace is accurate to about n·ε·‖A‖₂ / gap; the test spectra keep every |λ|
+    /// ≥ 0.1·max|λ|, so that is ≲ 1e-13; 1e-10 leaves room for the two reconstructions.
+    const CLIP_TOL: f64 = 1e-10;
+    /// xᵀG'x − xᵀGx − λ·L on brute-force instances, relative to Σ|G| + λ·L: each objective
+    /// is a sum of ≤ 400 products, rounded to ≲ 400·ε ≈ 1e-13 of that scale.
+    const OBJECTIVE_TOL: f64 = 1e-12;
+
+    fn rng(seed: u64) -> ChaCha8Rng {
+        ChaCha8Rng::seed_from_u64(seed)
+    }
+
+    /// A random orthogonal matrix as a product of n Householder reflections I − 2vvᵀ/vᵀv:
+    /// independent of faer, orthogonal up to rounding by construction.
+    fn random_orthogonal(n: usize, r: &mut ChaCha8Rng) -> Array2<f64> {
+        let mut q = Array2::<f64>::eye(n);
+        for _ in 0..n {
+            let v = Array1::from_shape_fn(n, |_| r.random_range(-1.0..1.0));
+            let vv = v.dot(&v);
+            // q ← q·(I − 2vvᵀ/vᵀv)
+            let qv = q.dot(&v);
+            for i in 0..n {
+                for j in 0..n {
+                    q[[i, j]] -= 2.0 * qv[i] * v[j] / vv;
+                }
+            }
+        }
+        q
+    }
+
+    /// Q·diag(λ)·Qᵀ, exactly symmetrised.
+    fn with_eigenvalues(q: &Array2<f64>, lambda: &[f64]) -> Array2<f64> {
+        let scaled = q * &Array1::from(lambda.to_vec()).insert_axis(Axis(0));
+        symmetrise(&scaled.dot(&q.t())).0
+    }
+
+    /// A spectrum with both signs and a gap around zero: every |λ| in [0.1, 1]·scale.
+    fn gapped_spectrum(n: usize, scale: f64, r: &mut ChaCha8Rng) -> Vec<f64> {
+        let mut l: Vec<f64> = (0..n)
+            .map(|i| {
+                let magnitude = r.random_range(0.1..1.0) * scale;
+                if i % 3 == 0 {
+                    -magnitude
+                } else {
+                    magnitude
+                }
+            })
+            .collect();
+        l.sort_by(f64::total_cmp);
+        l
+    }
+
+    fn max_abs(a: &Array2<f64>) -> f64 {
+        a.iter().fold(0.0, |m, v| m.max(v.abs()))
+    }
+
+    /// Textbook Cholesky: true when `a` is numerically positive definite. An independent check
+    /// of PSD-ness that shares no code with the eigensolver.
+    fn cholesky_succeeds(a: &Array2<f64>) -> bool {
+        let n = a.nrows();
+        let mut l = Array2::<f64>::zeros((n, n));
+        for j in 0..n {
+            let d = a[[j, j]] - (0..j).map(|k| l[[j, k]] * l[[j, k]]).sum::<f64>();
+            if d <= 0.0 {
+                return false;
+            }
+            l[[j, j]] = d.sqrt();
+            for i in j + 1..n {
+                l[[i, j]] = (a[[i, j]] - (0..j).map(|k| l[[i, k]] * l[[j, k]]).sum::<f64>()) / l[[j, j]];
+            }
+        }
+        true
+    }
+
+    #[test]
+    fn eigenvalues_match_a_matrix_built_from_known_ones() {
+        for (seed, n, scale) in [(1, 5, 1.0), (2, 17, 3e-3), (3, 40, 250.0)] {
+            let mut r = rng(seed);
+            let lambda = gapped_spectrum(n, scale, &mut r);
+            let a = with_eigenvalues(&random_orthogonal(n, &mut r), &lambda);
+            let computed = eigenvalues(&a, Par::Seq).unwrap();
+            for (c, l) in computed.iter().zip(&lambda) {
+                assert!((c - l).abs() <= EIGENVALUE_TOL * scale, "seed {seed}: {c} vs {l}");
+            }
+            let (values, vectors) = eigen(&a, Par::Seq).unwrap();
+            assert_eq!(values, computed, "values with and without vectors");
+            // A·U = U·diag(λ) column by column.
+            for j in 0..n {
+                for i in 0..n {
+                    let au: f64 = (0..n).map(|k| a[[i, k]] * vectors[(k, j)]).sum();
+                    assert!((au - values[j] * vectors[(i, j)]).abs() <= EIGENVALUE_TOL * scale);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn clip_matches_the_independent_projection() {
+        for (seed, n, scale) in [(4, 6, 1.0), (5, 24, 0.02), (6, 40, 7.0)] {
+            let mut r = rng(seed);
+            let lambda = gapped_spectrum(n, scale, &mut r);
+            let q = random_orthogonal(n, &mut r);
+            let a = with_eigenvalues(&q, &lambda);
+            let clipped: Vec<f64> = lambda.iter().map(|l| l.max(0.0)).collect();
+            let expected = with_eigenvalues(&q, &clipped);
+            let p = project(&a, Method::Clip, Par::Seq).unwrap();
+            let err = max_abs(&(&p.matrix - &expected));
+            assert!(err <= CLIP_TOL * scale, "seed {seed}: max entry error {err:e}");
+            assert_eq!(p.matrix, p.matrix.t(), "clip output is exactly symmetric");
+            let negatives = lambda.iter().filter(|&&l| l < 0.0).count();
+            assert_eq!(p.before.negative_eigenvalues, negatives);
+            assert_eq!(p.after.negative_eigenvalues, 0);
+            assert!((p.before.lambda_min - lambda[0]).abs() <= EIGENVALUE_TOL * scale);
+            assert!((p.after.lambda_max - lambda[n - 1]).abs() <= EIGENVALUE_TOL * scale);
+            // Nearest PSD matrix: it moved exactly the norm of the negative part.
+            let negative_norm = lambda.iter().filter(|&&l| l < 0.0).map(|l| l * l).sum::<f64>().sqrt();
+            assert!((p.frobenius_moved - negative_norm).abs() <= CLIP_TOL * scale);
+        }
+    }
+
+    /// Wigner-like matrices: symmetric, entries uniform in [−1, 1)·scale, strongly indefinite.
+    fn random_symmetric(n: usize, scale: f64, r: &mut ChaCha8Rng) -> Array2<f64> {
+        let a = Array2::from_shape_fn((n, n), |_| r.random_range(-1.0..1.0) * scale);
+        symmetrise(&a).0
+    }
+
+    #[test]
+    fn outputs_are_psd_up_to_the_rounding_tolerance() {
+        for (seed, n, scale) in [(7, 3, 1.0), (8, 30, 1e-4), (9, 120, 1e3)] {
+            let g = random_symmetric(n, scale, &mut rng(seed));
+            for method in [Method::Clip, Method::Shift] {
+                let p = project(&g, method, Par::Seq).unwrap();
+                // The output's scale: ‖G + λI‖₂ ≤ 2‖G‖₂.
+                let norm = p.before.spectral_norm().max(p.after.spectral_norm());
+                let tolerance = rounding_tolerance(n, norm);
+                assert!(p.before.lambda_min < 0.0, "the test matrix should be indefinite");
+                // Re-measure the output: the report's `after` is derived, this is not.
+                let measured = Spectrum::of_sorted(&eigenvalues(&p.matrix, Par::Seq).unwrap(), tolerance);
+                assert!(measured.lambda_min >= -tolerance, "{method}: λ_min {:e}", measured.lambda_min);
+                assert_eq!(measured.negative_eigenvalues, 0);
+                assert!((measured.lambda_min - p.after.lambda_min).abs() <= tolerance, "{method}: derived λ_min");
+                assert!((measured.lambda_max - p.after.lambda_max).abs() <= tolerance, "{method}: derived λ_max {:e} vs {:e}, tol {tolerance:e}", p.after.lambda_max, measured.lambda_max);
+                // Independently of the eigensolver: adding the tolerance makes it definite.
+                let lifted = shift(&p.matrix, 2.0 * tolerance + f64::MIN_POSITIVE);
+                assert!(cholesky_succeeds(&lifted), "{method}, seed {seed}");
+            }
+            // The shift margin makes it strictly positive definite, as measured and by Cholesky.
+            let p = project(&g, Method::Shift, Par::Seq).unwrap();
+            let margin = SHIFT_MARGIN * p.before.spectral_norm();
+            assert_eq!(p.shift, margin - p.before.lambda_min);
+            assert!(eigenvalues(&p.matrix, Par::Seq).unwrap()[0] > 0.0);
+            assert!(cholesky_succeeds(&p.matrix));
+            assert!((p.after.lambda_min - margin).abs() <= rounding_tolerance(n, p.before.spectral_norm()));
+        }
+    }
+
+    #[test]
+    fn shift_leaves_a_positive_definite_matrix_alone() {
+        let mut r = rng(10);
+        let lambda: Vec<f64> = (0..12).map(|i| 0.5 + i as f64).collect();
+        let a = with_eigenvalues(&random_orthogonal(12, &mut r), &lambda);
+        let p = project(&a, Method::Shift, Par::Seq).unwrap();
+        assert_eq!(p.shift, 0.0);
+        assert_eq!(p.matrix, a);
+        assert_eq!(p.frobenius_moved, 0.0);
+        let p = project(&a, Method::Clip, Par::Seq).unwrap();
+        assert_eq!(p.matrix, a, "clip of a positive definite matrix changes nothing");
+    }
+
+    #[test]
+    fn symmetrise_averages_and_reports_the_asymmetry() {
+        let g = ndarray::array![[1.0, 2.0, -1.0], [4.0, 0.5, 0.0], [-1.0, 3.0, -2.0]];
+        let (sym, asymmetry) = symmetrise(&g);
+        assert_eq!(sym, ndarray::array![[1.0, 3.0, -1.0], [3.0, 0.5, 1.5], [-1.0, 1.5, -2.0]]);
+        assert_eq!(asymmetry, 3.0);
+        let p = project(&g, Method::None, Par::Seq).unwrap();
+        assert_eq!(p.matrix, sym);
+        assert_eq!(p.max_asymmetry, 3.0);
+        assert_eq!(p.before, p.after);
+        // (G + Gᵀ)/2 has the same quadratic form: xᵀGx for a few x (exact in binary here).
+        for x in [[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 1.0]] {
+            let x = Array1::from(x.to_vec());
+            assert_eq!(x.dot(&g.dot(&x)), x.dot(&sym.dot(&x)));
+        }
+        let moved = (2.0f64 * 1.0 + 2.0 * 1.5 * 1.5).sqrt();
+        assert!((p.frobenius_moved - moved).abs() <= 1e-15, "only the two asymmetric pairs move");
+    }
+
+    /// A random allocation instance: layers with 2–4 options each (ragged), G with the matrix
+    /// convention (same-layer off-diagonals 0), a cost per variable.
+    struct Instance {
+        layer_of: Vec<usize>,
+        options: Vec<usize>,
+        g: Array2<f64>,
+        cost: Vec<f64>,
+    }
+
+    fn random_instance(seed: u64) -> Instance {
+        let mut r = rng(seed);
+        let layers = r.random_range(3..=5);
+        let options: Vec<usize> = (0..layers).map(|_| r.random_range(2..=4)).collect();
+        let layer_of: Vec<usize> = options.iter().enumerate().flat_map(|(l, &k)| std::iter::repeat_n(l, k)).collect();
+        let n = layer_of.len();
+        let mut g = Array2::<f64>::zeros((n, n));
+        for u in 0..n {
+            g[[u, u]] = r.random_range(-0.2..1.0);
+            for v in 0..u {
+                if layer_of[u] != layer_of[v] {
+                    let w = r.random_range(-0.5..0.5);
+                    g[[u, v]] = w;
+                    g[[v, u]] = w;
+                }
+            }
+        }
+        let cost = (0..n).map(|_| r.random_range(1.0..10.0)).collect();
+        Instance { layer_of, options, g, cost }
+    }
+
+    impl Instance {
+        /// Every one-hot choice: one option index per layer, as the variables chosen.
+        fn choices(&self) -> Vec<Vec<usize>> {
+            let mut all = vec![vec![]];
+            let mut first = 0;
+            for &k in &self.options {
+                all = all.into_iter().flat_map(|c: Vec<usize>| (0..k).map(move |o| [c.clone(), vec![first + o]].concat())).collect();
+                first += k;
+            }
+            all
+        }
+
+        fn objective(m: &Array2<f64>, chosen: &[usize]) -> f64 {
+            chosen.iter().flat_map(|&u| chosen.iter().map(move |&v| m[[u, v]])).sum()
+        }
+
+        fn cost(&self, chosen: &[usize]) -> f64 {
+            chosen.iter().map(|&v| self.cost[v]).sum()
+        }
+    }
+
+    fn argmin(choices: &[Vec<usize>], f: impl Fn(&[usize]) -> f64) -> Option<&Vec<usize>> {
+        choices.iter().min_by(|a, b| f(a).total_cmp(&f(b)))
+    }
+
+    #[test]
+    fn shift_keeps_the_argmin_over_one_hot_choices_with_and_without_budgets() {
+        for seed in 0..12 {
+            let inst = random_instance(100 + seed);
+            let p = project(&inst.g, Method::Shift, Par::Seq).unwrap();
+            assert!(p.before.lambda_min < 0.0, "seed {seed}: the instance should be indefinite");
+            let layers = inst.options.len();
+            assert_eq!(inst.layer_of.iter().collect::<std::collections::BTreeSet<_>>().len(), layers);
+            let offset = p.shift * layers as f64;
+            let scale = inst.g.iter().map(|v| v.abs()).sum::<f64>() + offset;
+            let choices = inst.choices();
+            for c in &choices {
+                let moved = Instance::objective(&p.matrix, c) - Instance::objective(&inst.g, c);
+                assert!((moved - offset).abs() <= OBJECTIVE_TOL * scale, "seed {seed}: offset {moved} vs λ·L {offset}");
+            }
+            let mut costs: Vec<f64> = choices.iter().map(|c| inst.cost(c)).collect();
+            costs.sort_by(f64::total_cmp);
+            // No budget, then budgets that leave about 3/4, 1/2 and 1/10 of the choices feasible.
+            for limit in [f64::INFINITY, costs[costs.len() * 3 / 4], costs[costs.len() / 2], costs[costs.len() / 10]] {
+                let feasible: Vec<Vec<usize>> = choices.iter().filter(|c| inst.cost(c) <= limit).cloned().collect();
+                let before = argmin(&feasible, |c| Instance::objective(&inst.g, c));
+                let after = argmin(&feasible, |c| Instance::objective(&p.matrix, c));
+                assert_eq!(before, after, "seed {seed}, budget {limit}");
+            }
+        }
+    }
+
+    #[test]
+    fn clip_can_change_the_argmin_which_is_why_shift_is_the_default() {
+        let changed = (0..200).find(|&seed| {
+            let inst = random_instance(1000 + seed);
+            let p = project(&inst.g, Method::Clip, Par::Seq).unwrap();
+            let choices = inst.choices();
+            argmin(&choices, |c| Instance::objective(&inst.g, c)) != argmin(&choices, |c| Instance::objective(&p.matrix, c))
+        });
+        assert!(changed.is_some(), "no instance among 200 where clip moves the minimiser");
+    }
+
+    #[test]
+    fn spectrum_counts_negatives_beyond_the_tolerance_only() {
+        let s = Spectrum::of_sorted(&[-2.0, -1e-17, 0.0, 3.0], 1e-15);
+        assert_eq!(s, Spectrum { lambda_min: -2.0, lambda_max: 3.0, negative_eigenvalues: 1 });
+        assert_eq!(s.spectral_norm(), 3.0);
+        assert_eq!(shift_amount(&s), 2.0 + SHIFT_MARGIN * 3.0);
+    }
+}
