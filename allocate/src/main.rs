@@ -1,3 +1,6 @@
 fn main() -> std::process::ExitCode {
-    clado::cli::main("allocate", || Err(clado::Error::other("not implemented yet")))
+    clado::cli::main("allocate", || match allocate::cli::parse(std::env::args_os())? {
+        Some(args) => allocate::run(&allocate::cli::Config::from_args(&args)?),
+        None => Ok(()),
+    })
 }

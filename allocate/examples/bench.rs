@@ -1,0 +1,81 @@
+//! Benchmark of the allocation solver on seeded ResNet-sized instances (see scripts/bench-allocate.sh).
+//!
+//! cargo run --release -p allocate --example bench -- [--depth 20] [--options 'w{2,4,8}a{2,4,8}']
+//!     [--seed 1] [--formulations projected,identity,product] [--sweep avg-bits=2:8:0.5]
+//!     [--time-limit 60] [--gap 1e-6] [--no-warm] [--scip-log] [--write DIR]
+use allocate::problem::Problem;
+use allocate::solve::{Allocator, Formulation, Method, Settings};
+use allocate::synthetic;
+use clado::budget::Budget;
+use clado::options::QuantOption;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let get = |flag: &str, default: &str| -> String {
+        args.iter().position(|a| a == flag).map(|i| args[i + 1].clone()).unwrap_or_else(|| default.to_string())
+    };
+    let depth: usize = get("--depth", "20").parse().unwrap();
+    let options = QuantOption::parse_list(&get("--options", "w{2,4,8}a{2,4,8}")).unwrap();
+    let seed: u64 = get("--seed", "1").parse().unwrap();
+    let time_limit: f64 = get("--time-limit", "60").parse().unwrap();
+    let gap: f64 = get("--gap", "1e-6").parse().unwrap();
+    let warm = !args.iter().any(|a| a == "--no-warm");
+    let sweep = get("--sweep", "avg-bits=2:8:0.5");
+    let (kind, range) = sweep.split_once('=').unwrap();
+    let r: Vec<f64> = range.split(':').map(|v| v.parse().unwrap()).collect();
+    let budgets: Vec<f64> = (0..).map(|i| r[0] + r[2] * i as f64).take_while(|v| *v <= r[1] + 1e-9).collect();
+
+    let layers = synthetic::resnet_layers(depth, 1, 10);
+    let (g, index) = synthetic::perturbation_instance(&format!("resnet{depth}"), &layers, &options, seed);
+    if let Some(dir) = args.iter().position(|a| a == "--write").map(|i| args[i + 1].clone()) {
+        // Write the instance for the command-line tool, and stop.
+        clado::io::write_matrix(&format!("{dir}/G.npy"), &g).unwrap();
+        clado::io::write_json(&format!("{dir}/index.json"), &index).unwrap();
+        eprintln!("wrote {dir}/G.npy and {dir}/index.json");
+        return;
+    }
+    let problem = Problem::new(&index, "index", g, "G", &[], false).unwrap();
+    let lmin = allocate::convex::min_eigenvalue(&problem.matrix);
+    let negdiag = problem.matrix.diag().iter().filter(|v| **v < 0.0).count();
+    println!(
+        "# resnet{depth}: {} layers x {} options, seed {seed}; lambda_min(G) = {lmin:.3e}, {negdiag} negative diagonal entries",
+        layers.len(),
+        options.len()
+    );
+    let qp = problem.reduced();
+    let diag: Vec<f64> = problem.matrix.diag().to_vec();
+    let max_diag = diag.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+    let max_off = qp.quad.indexed_iter().filter(|((i, j), _)| i != j).fold(0.0f64, |a, (_, v)| a.max(v.abs()));
+    let low = problem.objective(&vec![0; qp.sizes.len()]);
+    let high = problem.objective(&problem.highest_precision());
+    println!("# max|diag| {max_diag:.3e}, max|offdiag| {max_off:.3e}, scale {:.3e}; objective lowest options {low:.4e}, highest {high:.4e}", qp.scale());
+    for f in get("--formulations", "projected").split(',') {
+        let formulation = Formulation::parse(f).unwrap();
+        let scip_log = args.iter().any(|a| a == "--scip-log");
+        let settings = Settings { time_limit, gap, method: Method::Scip, formulation, scip_log };
+        let allocator = Allocator::new(&problem, settings);
+        let mut times = Vec::new();
+        let mut prev = Vec::new();
+        println!("{:<16} {:>9} {:>9} {:>11} {:>9} {:>8} {:>14} {:>10} {:>8}", "formulation", "budget", "seconds", "status", "gap", "nodes", "objective", "shift", "removed");
+        for &b in &budgets {
+            let budget = Budget::from_kind(kind, b).unwrap();
+            match allocator.solve(&[budget], &prev) {
+                Ok(s) => {
+                    println!(
+                        "{:<16} {:>9} {:>9.3} {:>11} {:>9.2e} {:>8} {:>14.8e} {:>10.3e} {:>8}",
+                        f, b, s.seconds, s.stop.as_str(), s.gap, s.nodes, s.objective, s.shift, s.removed
+                    );
+                    times.push(s.seconds);
+                    if warm {
+                        prev = vec![s.choice];
+                    }
+                }
+                Err(e) => println!("{:<16} {:>9} {e}", f, b),
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        if !times.is_empty() {
+            println!("# {f}: median {:.3} s, max {:.3} s over {} budgets", times[times.len() / 2], times[times.len() - 1], times.len());
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! `allocate`: one quantization option per layer, minimising the predicted change xᵀGx of the
+//! metric under budgets, solved exactly with a proven bound (DESIGN.md, issue 6).
+//!
+//! The pieces, in the order a run uses them:
+//! - [`cli`]: arguments checked into a [`cli::Config`];
+//! - [`problem`]: index, matrix and pins checked against each other into a [`problem::Problem`];
+//!   pinned layers fold into a [`problem::ChoiceQp`] over the free layers, budgets into
+//!   [`problem::BudgetRow`]s;
+//! - [`reduce`]: options that are infeasible or dominated are removed (exactly);
+//! - [`search`]: enumeration of small problems, a local search for a first incumbent;
+//! - [`mip`]: SCIP through russcip, in one of several formulations, the local-polytope
+//!   linearisation by default; [`convex`] holds the exact convex reformulations measured
+//!   against it;
+//! - [`solve`]: the [`solve::Allocator`] tying them together, with an honest bound and gap;
+//! - [`sanity`]: the unconstrained sanity check;
+//! - [`synthetic`]: seeded ResNet-sized instances for tests and the benchmark.
+//!
+//! [`run`] is the whole tool; `main.rs` only parses the command line.
+
+pub mod cli;
+pub mod convex;
+pub mod mip;
+pub mod problem;
+pub mod reduce;
+pub mod sanity;
+pub mod search;
+pub mod solve;
+pub mod synthetic;
+
+use clado::budget::Budget;
+use clado::cli::Verbosity;
+use clado::format::{Alloc, Index, LayerChoice, SolverReport, FORMAT_VERSION};
+use clado::io::display_name;
+use clado::{Error, Result};
+use cli::Config;
+use problem::{Choice, Problem};
+use serde_json::{json, Value};
+use solve::{Allocator, Solved, Stop};
+use std::collections::BTreeMap;
+use std::io::Write;
+
+/// Read the inputs, solve, write the allocation(s). Every input is checked before solving.
+pub fn run(config: &Config) -> Result<()> {
+    let index_name = display_name(&config.index, false);
+    let matrix_name = display_name(&config.matrix, false);
+    let index: Index = clado::io::read_json(&config.index)?;
+    let matrix = clado::io::read_matrix(&config.matrix)?;
+    let problem = Problem::new(&index, &index_name, matrix, &matrix_name, &config.pins, config.naive)?;
+    let allocator = Allocator::new(&problem, config.settings);
+    match &config.sweep {
+        None => {
+            let solved = allocator.solve(&config.budgets, &[])?;
+            let alloc = report(config, &problem, &config.budgets, &solved);
+            clado::io::write_json(&config.output, &alloc)
+        }
+        Some(sweep) => run_sweep(config, &allocator, sweep),
+    }
+}
+
+/// One solve per budget of the sweep, each warm-started from the answers before it. Infeasible
+/// budgets are skipped with a warning; if every budget is infeasible, the last error stands.
+fn run_sweep(config: &Config, allocator: &Allocator<'_>, sweep: &cli::Sweep) -> Result<()> {
+    let problem = allocator.problem();
+    let mut lines = Vec::new();
+    let mut answers: Vec<Choice> = Vec::new();
+    let mut last_infeasible = None;
+    let to_stdout = config.output == "-";
+    for &value in &sweep.values {
+        let mut budgets = config.budgets.clone();
+        budgets.push(Budget::from_kind(sweep.kind, value)?);
+        // The previous answer fits a looser budget; the best earlier answers seed every solve.
+        let warm: Vec<Choice> = answers.iter().rev().take(2).cloned().collect();
+        match allocator.solve(&budgets, &warm) {
+            Ok(solved) => {
+                let line = clado::io::json_line(&report(config, problem, &budgets, &solved))?;
+                answers.push(solved.choice);
+                if to_stdout {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(line.as_bytes()).and_then(|()| out.flush()).map_err(|e| Error::io("<stdout>", e))?;
+                } else {
+                    lines.push(line);
+                }
+            }
+            Err(Error::Infeasible(msg)) => {
+                if config.verbosity > Verbosity::Quiet {
+                    eprintln!("allocate: warning: skipping {}={value}: {msg}", sweep.kind);
+                }
+                last_infeasible = Some(msg);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if answers.is_empty() {
+        return Err(Error::Infeasible(last_infeasible.unwrap_or_else(|| "no budget in the sweep".into())));
+    }
+    if !to_stdout {
+        clado::io::write_bytes(&config.output, lines.concat().as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The alloc.json document of one solve, with its notes; logs the solve on stderr.
+fn report(config: &Config, problem: &Problem, budgets: &[Budget], solved: &Solved) -> Alloc {
+    let options = problem.layer_options(&solved.choice);
+    let cost = clado::budget::cost(&problem.layers, &options);
+    debug_assert!(budgets.iter().all(|b| b.allows(&problem.layers, &options)), "the answer meets every budget");
+    let budget = if budgets.is_empty() {
+        "none".to_string()
+    } else {
+        budgets.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",")
+    };
+    let mut notes: BTreeMap<String, Value> = BTreeMap::new();
+    notes.insert("method".into(), json!(solved.method));
+    notes.insert("nodes".into(), json!(solved.nodes));
+    notes.insert("options_removed".into(), json!(solved.removed));
+    if solved.shift != 0.0 {
+        notes.insert("diagonal_shift".into(), json!(solved.shift));
+    }
+    if !config.pins.is_empty() {
+        let pins: BTreeMap<&str, &str> = config.pins.iter().map(|(l, o)| (l.as_str(), o.as_str())).collect();
+        notes.insert("pinned".into(), json!(pins));
+    }
+    if problem.naive {
+        notes.insert(
+            "naive".into(),
+            json!("optimised the diagonal of G only; solver.objective is Σ G[v,v], predicted_delta the whole xᵀGx"),
+        );
+    }
+    let label = if budgets.is_empty() { "no budget".to_string() } else { budget.clone() };
+    if config.verbosity >= Verbosity::Verbose {
+        eprintln!(
+            "allocate: {label}: {} in {:.3} s ({}, {} nodes, {} options removed): objective {:.9e}, bound {:.9e}, gap {:.2e}",
+            solved.stop.as_str(),
+            solved.seconds,
+            solved.method,
+            solved.nodes,
+            solved.removed,
+            solved.objective,
+            solved.bound,
+            solved.gap
+        );
+    }
+    if solved.stop == Stop::TimeLimit || solved.gap > config.settings.gap {
+        let msg = format!(
+            "{label}: stopped ({}) after {:.1} s with gap {:.3e} (objective {:.6e}, proven bound {:.6e}); writing the best allocation found",
+            solved.stop.as_str(),
+            solved.seconds,
+            solved.gap,
+            solved.objective,
+            solved.bound
+        );
+        eprintln!("allocate: warning: {msg}");
+        notes.insert("warning".into(), json!(msg));
+    }
+    if budgets.is_empty() {
+        let sanity = sanity::check(problem, &solved.choice);
+        if config.verbosity > Verbosity::Quiet {
+            eprintln!("allocate: {}", sanity.summary());
+        }
+        notes.insert("sanity".into(), serde_json::to_value(&sanity).expect("plain data serialises"));
+    }
+    Alloc {
+        version: FORMAT_VERSION,
+        layers: problem
+            .layers
+            .iter()
+            .zip(&options)
+            .map(|(l, o)| LayerChoice { name: l.name.clone(), option: o.to_string(), w_bits: o.w_bits, a_bits: o.a_bits })
+            .collect(),
+        predicted_delta: problem.predicted_delta(&solved.choice),
+        size_bits: cost.size_bits,
+        avg_w_bits: cost.avg_w_bits,
+        bops: cost.bops,
+        budget,
+        solver: SolverReport {
+            status: solved.stop.as_str().into(),
+            objective: solved.objective,
+            bound: solved.bound,
+            gap: solved.gap,
+            seconds: solved.seconds,
+        },
+        notes,
+    }
+}

@@ -1,0 +1,241 @@
+//! The integer program in SCIP (through russcip), in one of several formulations.
+//!
+//! Variables x_v ∈ {0,1}, one set-partitioning constraint per free layer, one knapsack row
+//! per budget (integer coefficients divided by their gcd, the right-hand side rounded down, so
+//! SCIP's relative feasibility tolerance cannot admit a choice over budget). The objective is
+//! scaled by the largest entry of the data so SCIP's absolute tolerances are relative ones.
+//! See [`Objective`] for the objective's forms.
+
+use crate::convex::Factored;
+use crate::problem::{BudgetRow, Choice, ChoiceQp};
+use russcip::prelude::*;
+use russcip::{Status, Variable};
+
+/// SCIP's limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Seconds.
+    pub time: f64,
+    /// Relative gap at which SCIP stops.
+    pub gap: f64,
+    /// Let SCIP print its log (on stdout: for experiments only, never in the tool).
+    pub log: bool,
+}
+
+/// What SCIP returned, in the units of the original objective.
+#[derive(Clone, Debug)]
+pub struct MipOutcome {
+    pub status: Status,
+    /// The best choice found (over the warm starts and SCIP's own).
+    pub choice: Option<Choice>,
+    /// SCIP's dual bound in original units, before the reformulation's slack is subtracted.
+    pub bound: f64,
+    pub nodes: usize,
+    pub seconds: f64,
+}
+
+/// How the objective reaches SCIP.
+pub enum Objective<'a> {
+    /// The local-polytope linearisation: y_uv = x_u·x_v for u, v in different layers, with
+    /// Σ_{v∈h} y_uv = x_u for every variable u and every other layer h (and the same the other
+    /// way). Exact for binary x, and its LP relaxation is exact on every pair of layers.
+    Linearized,
+    /// min t + bᵀx + c with t ≥ xᵀQx as given: products of binaries, which SCIP linearises
+    /// with AND constraints (the seed's form).
+    Product,
+    /// A factored convex model (see [`crate::convex`]): min t + bᵀx + c with t ≥ ‖z‖²,
+    /// z = Fᵀx; `split` writes t_k ≥ z_k² per column instead, whose outer approximation SCIP
+    /// refines coordinate by coordinate.
+    Convex { factored: &'a Factored, split: bool },
+}
+
+/// Build and solve. `warm` are feasible choices handed to SCIP as starting solutions.
+pub fn solve(qp: &ChoiceQp, rows: &[BudgetRow], objective: Objective<'_>, limits: Limits, warm: &[Choice]) -> MipOutcome {
+    let n = qp.n();
+    let scale = qp.scale().max(f64::MIN_POSITIVE);
+    let model = Model::new();
+    let model = if limits.log { model } else { model.hide_output() };
+    let mut model = model
+        .include_default_plugins()
+        .set_real_param("limits/time", limits.time.max(0.0))
+        .and_then(|m| m.set_real_param("limits/gap", limits.gap))
+        .and_then(|m| m.set_int_param("timing/clocktype", 2))
+        .expect("SCIP accepts its own parameters")
+        .create_prob("allocate")
+        .minimize();
+    let (linear, constant): (Vec<f64>, f64) = match &objective {
+        Objective::Convex { factored, .. } => (factored.linear.clone(), factored.constant),
+        // x_u² = x_u: the diagonal joins the linear term.
+        Objective::Linearized => ((0..n).map(|i| qp.linear[i] + qp.quad[[i, i]]).collect(), qp.constant),
+        Objective::Product => (qp.linear.clone(), qp.constant),
+    };
+    let mut pairs: Vec<(Variable, usize, usize)> = Vec::new();
+    let x: Vec<Variable> = (0..n).map(|i| model.add(var().bin().obj(linear[i] / scale).name(&format!("x{i}")))).collect();
+    // The constant as a variable fixed at 1 (presolve turns it into SCIP's objective offset).
+    let offset = model.add(var().cont(1.0..=1.0).obj(constant / scale).name("offset"));
+    for g in 0..qp.sizes.len() {
+        let vars: Vec<&Variable> = qp.group_range(g).map(|i| &x[i]).collect();
+        model.add_cons_set_part(vars, &format!("layer{g}"));
+    }
+    for (r, row) in rows.iter().enumerate() {
+        let unit = gcd_of(&row.coef);
+        let coefs: Vec<f64> = row.coef.iter().map(|c| c / unit).collect();
+        let rhs = (row.capacity() / unit).floor();
+        model.add_cons(x.iter().collect(), &coefs, f64::NEG_INFINITY, rhs, &format!("budget{r}"));
+    }
+    // The objective's nonlinear part; `aux` are the continuous variables of a warm start.
+    let mut aux: Vec<(Variable, Box<dyn Fn(&[usize]) -> f64 + '_>)> = vec![(offset, Box::new(|_: &[usize]| 1.0))];
+    match objective {
+        Objective::Convex { factored: f, split } => {
+            let r = f.factor.ncols();
+            let root = scale.sqrt();
+            let mut z = Vec::with_capacity(r);
+            for k in 0..r {
+                let col: Vec<f64> = (0..n).map(|i| f.factor[(i, k)] / root).collect();
+                // z_k ranges over Σ_g [min, max] of its column within each group.
+                let (lo, hi) = (0..qp.sizes.len()).fold((0.0, 0.0), |(lo, hi), g| {
+                    let vals = qp.group_range(g).map(|i| col[i]);
+                    (lo + vals.clone().fold(f64::INFINITY, f64::min), hi + vals.fold(f64::NEG_INFINITY, f64::max))
+                });
+                let zk = model.add(var().cont(lo..=hi).name(&format!("z{k}")));
+                let mut vars: Vec<&Variable> = x.iter().collect();
+                vars.push(&zk);
+                let mut coefs: Vec<f64> = col.iter().map(|c| -c).collect();
+                coefs.push(1.0);
+                model.add_cons(vars, &coefs, 0.0, 0.0, &format!("factor{k}"));
+                let colk = col.clone();
+                aux.push((zk.clone(), Box::new(move |idx: &[usize]| idx.iter().map(|&i| colk[i]).sum())));
+                z.push((zk, col));
+            }
+            if r == 0 {
+                // Nothing quadratic is left (e.g. --naive): a linear program in x.
+            } else if !split {
+                let t = model.add(var().cont(0.0..).obj(1.0).name("t"));
+                let zs: Vec<&Variable> = z.iter().map(|(v, _)| v).collect();
+                let mut ones = vec![1.0; r];
+                model.add_cons_quadratic(vec![&t], &mut [-1.0], zs.clone(), zs, &mut ones, f64::NEG_INFINITY, 0.0, "convex");
+                let cols: Vec<Vec<f64>> = z.iter().map(|(_, c)| c.clone()).collect();
+                aux.push((t, Box::new(move |idx: &[usize]| sum_of_squares(&cols, idx))));
+            } else {
+                for (k, (zk, col)) in z.iter().enumerate() {
+                    let tk = model.add(var().cont(0.0..).obj(1.0).name(&format!("t{k}")));
+                    model.add_cons_quadratic(vec![&tk], &mut [-1.0], vec![zk], vec![zk], &mut [1.0], f64::NEG_INFINITY, 0.0, &format!("convex{k}"));
+                    let col = col.clone();
+                    aux.push((tk, Box::new(move |idx: &[usize]| sum_of_squares(std::slice::from_ref(&col), idx))));
+                }
+            }
+        }
+        Objective::Linearized => {
+            let groups = qp.sizes.len();
+            for g in 0..groups {
+                for h in g + 1..groups {
+                    let mut y = Vec::new();
+                    for i in qp.group_range(g) {
+                        let row: Vec<Variable> = qp
+                            .group_range(h)
+                            .map(|j| {
+                                let v = model.add(var().cont(0.0..=1.0).obj(2.0 * qp.quad[[i, j]] / scale).name(&format!("y{i}_{j}")));
+                                pairs.push((v.clone(), i, j));
+                                v
+                            })
+                            .collect();
+                        y.push(row);
+                    }
+                    for (a, i) in qp.group_range(g).enumerate() {
+                        let mut vars: Vec<&Variable> = y[a].iter().collect();
+                        vars.push(&x[i]);
+                        let mut coefs = vec![1.0; vars.len()];
+                        *coefs.last_mut().unwrap() = -1.0;
+                        model.add_cons(vars, &coefs, 0.0, 0.0, &format!("m{i}_{h}"));
+                    }
+                    for (b, j) in qp.group_range(h).enumerate() {
+                        let mut vars: Vec<&Variable> = y.iter().map(|r| &r[b]).collect();
+                        vars.push(&x[j]);
+                        let mut coefs = vec![1.0; vars.len()];
+                        *coefs.last_mut().unwrap() = -1.0;
+                        model.add_cons(vars, &coefs, 0.0, 0.0, &format!("m{j}_{g}"));
+                    }
+                }
+            }
+        }
+        Objective::Product => {
+            let t = model.add(var().cont(..).obj(1.0).name("t"));
+            let (mut v1, mut v2, mut coefs) = (Vec::new(), Vec::new(), Vec::new());
+            for i in 0..n {
+                for j in i..n {
+                    let q = qp.quad[[i, j]] * if i == j { 1.0 } else { 2.0 } / scale;
+                    if q != 0.0 {
+                        v1.push(&x[i]);
+                        v2.push(&x[j]);
+                        coefs.push(q);
+                    }
+                }
+            }
+            model.add_cons_quadratic(vec![&t], &mut [-1.0], v1, v2, &mut coefs, f64::NEG_INFINITY, 0.0, "product");
+            let quad = &qp.quad;
+            aux.push((t, Box::new(move |idx: &[usize]| {
+                idx.iter().map(|&i| idx.iter().map(|&j| quad[[i, j]]).sum::<f64>()).sum::<f64>() / scale
+            })));
+        }
+    }
+    for start in warm {
+        let idx = qp.indices(start);
+        let sol = model.create_orig_sol();
+        for &i in &idx {
+            sol.set_val(&x[i], 1.0);
+        }
+        for (v, value) in &aux {
+            sol.set_val(v, value(&idx));
+        }
+        for (v, i, j) in &pairs {
+            if idx.contains(i) && idx.contains(j) {
+                sol.set_val(v, 1.0);
+            }
+        }
+        // A start SCIP finds infeasible within its tolerances is only a missed hint.
+        let _ = model.add_sol(sol);
+    }
+    let solved = model.solve();
+    let status = solved.status();
+    let choice = solved.best_sol().map(|sol| {
+        (0..qp.sizes.len())
+            .map(|g| {
+                qp.group_range(g)
+                    .max_by(|&a, &b| sol.val(&x[a]).total_cmp(&sol.val(&x[b])))
+                    .map(|i| i - qp.starts[g])
+                    .expect("groups are not empty")
+            })
+            .collect()
+    });
+    MipOutcome { status, choice, bound: solved.best_bound() * scale, nodes: solved.n_nodes(), seconds: solved.solving_time() }
+}
+
+fn sum_of_squares(cols: &[Vec<f64>], idx: &[usize]) -> f64 {
+    cols.iter()
+        .map(|c| {
+            let z: f64 = idx.iter().map(|&i| c[i]).sum();
+            z * z
+        })
+        .sum()
+}
+
+/// The greatest common divisor of integer-valued coefficients (1 when some are not integers).
+fn gcd_of(coefs: &[f64]) -> f64 {
+    if coefs.iter().any(|c| c.fract() != 0.0 || c.abs() > 9.0e15) {
+        return 1.0;
+    }
+    let g = coefs.iter().fold(0u64, |g, &c| gcd(g, c.abs() as u64));
+    if g == 0 {
+        1.0
+    } else {
+        g as f64
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}

@@ -1,0 +1,428 @@
+//! The allocation problem, checked: which layers are decided, by which rows and columns of G,
+//! and what every budget leaves for them.
+//!
+//! A layer of the index is either *fixed* (`index.fixed`: not a variable, counted in budgets at
+//! its fixed option), *pinned* (a variable layer forced to one option by `--pin`: counted in
+//! budgets and in xᵀGx) or *free* (one option to choose: a [`Group`] of matrix indices).
+
+use clado::budget::Budget;
+use clado::format::{Index, LayerInfo};
+use clado::options::QuantOption;
+use clado::{Error, Result};
+use ndarray::Array2;
+use std::collections::BTreeMap;
+
+/// Relative asymmetry of G tolerated (and then averaged away): rounding in the writer, not data.
+pub const SYMMETRY_TOLERANCE: f64 = 1e-9;
+
+/// How one layer of the model gets its precision.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Not a variable (`index.fixed`): counted in budgets only.
+    Fixed(QuantOption),
+    /// A variable layer forced to the option of matrix index `var`.
+    Pinned { var: usize },
+    /// A variable layer whose option is chosen: index into [`Problem::groups`].
+    Free { group: usize },
+}
+
+/// The options of one free layer: matrix indices of its variables, in matrix order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Group {
+    /// Index into [`Problem::layers`].
+    pub layer: usize,
+    /// Matrix indices of the layer's variables.
+    pub vars: Vec<usize>,
+}
+
+/// A choice for every free layer: position within [`Group::vars`], one per group.
+pub type Choice = Vec<usize>;
+
+/// The checked problem: layers, options, decisions, and the matrix in use.
+#[derive(Clone, Debug)]
+pub struct Problem {
+    /// Every quantizable layer, in forward order.
+    pub layers: Vec<LayerInfo>,
+    /// The options of the index.
+    pub options: Vec<QuantOption>,
+    /// Option index of every matrix row.
+    pub var_option: Vec<usize>,
+    /// Layer index of every matrix row.
+    pub var_layer: Vec<usize>,
+    /// One decision per layer.
+    pub decisions: Vec<Decision>,
+    /// The free layers, in forward order.
+    pub groups: Vec<Group>,
+    /// G as given (symmetrised).
+    pub matrix: Array2<f64>,
+    /// Whether only the diagonal of G is optimised (`--naive`); [`Problem::matrix`] stays whole
+    /// so that the predicted Δ can include the cross terms.
+    pub naive: bool,
+}
+
+impl Problem {
+    /// Check the index, the matrix and the pins against each other. `index_name` and
+    /// `matrix_name` name the files in messages. Pins are (layer name, option text).
+    pub fn new(
+        index: &Index,
+        index_name: &str,
+        mut matrix: Array2<f64>,
+        matrix_name: &str,
+        pins: &[(String, String)],
+        naive: bool,
+    ) -> Result<Problem> {
+        let bad = |msg: String| Error::input(index_name, msg);
+        if index.layers.is_empty() {
+            return Err(bad("no layers".into()));
+        }
+        let mut layer_of: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, l) in index.layers.iter().enumerate() {
+            if layer_of.insert(l.name.as_str(), i).is_some() {
+                return Err(bad(format!("layer \"{}\" appears more than once", l.name)));
+            }
+        }
+        let mut options = Vec::with_capacity(index.options.len());
+        for (i, o) in index.options.iter().enumerate() {
+            let parsed = QuantOption::parse(&o.name)
+                .map_err(|e| bad(format!("options[{i}]: {e}")))?;
+            if parsed != o.option() {
+                return Err(bad(format!(
+                    "options[{i}] \"{}\" says w_bits {:?}, a_bits {:?}, which is not what its name means",
+                    o.name, o.w_bits, o.a_bits
+                )));
+            }
+            if options.contains(&parsed) {
+                return Err(bad(format!("option \"{}\" appears more than once", o.name)));
+            }
+            options.push(parsed);
+        }
+        let n = index.variables.len();
+        if n == 0 {
+            return Err(bad("no variables".into()));
+        }
+        if matrix.nrows() != n || matrix.ncols() != n {
+            return Err(Error::input(
+                matrix_name,
+                format!(
+                    "matrix is {}×{}, but {index_name} lists {n} variables (expected {n}×{n})",
+                    matrix.nrows(),
+                    matrix.ncols()
+                ),
+            ));
+        }
+        clado::io::check_finite(matrix_name, &matrix)?;
+        symmetrise(matrix_name, &mut matrix)?;
+
+        let mut var_of: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+        let (mut var_layer, mut var_option) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for (v, var) in index.variables.iter().enumerate() {
+            if var.layer >= index.layers.len() || var.option >= options.len() {
+                return Err(bad(format!(
+                    "variables[{v}] = (layer {}, option {}) is out of range ({} layers, {} options)",
+                    var.layer,
+                    var.option,
+                    index.layers.len(),
+                    options.len()
+                )));
+            }
+            if var_of.insert((var.layer, var.option), v).is_some() {
+                return Err(bad(format!(
+                    "variables[{v}]: layer \"{}\" at option \"{}\" appears more than once",
+                    index.layers[var.layer].name, options[var.option]
+                )));
+            }
+            var_layer.push(var.layer);
+            var_option.push(var.option);
+        }
+
+        let mut decisions: Vec<Option<Decision>> = vec![None; index.layers.len()];
+        for (name, option) in &index.fixed {
+            let &l = layer_of
+                .get(name.as_str())
+                .ok_or_else(|| bad(format!("fixed layer \"{name}\" is not among the layers")))?;
+            if var_layer.contains(&l) {
+                return Err(bad(format!("layer \"{name}\" is both fixed and a variable")));
+            }
+            let o = QuantOption::parse(option).map_err(|e| bad(format!("fixed layer \"{name}\": {e}")))?;
+            decisions[l] = Some(Decision::Fixed(o));
+        }
+        for (name, option) in pins {
+            let Some(&l) = layer_of.get(name.as_str()) else {
+                return Err(Error::usage(format!(
+                    "--pin {name}={option}: no layer \"{name}\" in {index_name} (layers: {})",
+                    list(index.layers.iter().map(|l| l.name.as_str()))
+                )));
+            };
+            let o = QuantOption::parse(option).map_err(|e| Error::usage(format!("--pin {name}={option}: {e}")))?;
+            match &decisions[l] {
+                Some(Decision::Fixed(f)) if *f == o => continue,
+                Some(Decision::Fixed(f)) => {
+                    return Err(Error::usage(format!(
+                        "--pin {name}={option}: layer \"{name}\" is fixed at {f} in {index_name} and is not a variable"
+                    )))
+                }
+                Some(Decision::Pinned { .. }) => {
+                    return Err(Error::usage(format!("--pin: layer \"{name}\" is pinned more than once")))
+                }
+                _ => {}
+            }
+            let var = options.iter().position(|&x| x == o).and_then(|oi| var_of.get(&(l, oi)).copied());
+            let Some(var) = var else {
+                let mut have: Vec<String> =
+                    var_of.range((l, 0)..(l + 1, 0)).map(|(&(_, oi), _)| options[oi].to_string()).collect();
+                have.dedup();
+                return Err(Error::usage(format!(
+                    "--pin {name}={option}: layer \"{name}\" has no variable for option {o} (its options: {})",
+                    have.join(",")
+                )));
+            };
+            decisions[l] = Some(Decision::Pinned { var });
+        }
+        let mut groups = Vec::new();
+        for l in 0..index.layers.len() {
+            if decisions[l].is_some() {
+                continue;
+            }
+            let vars: Vec<usize> = var_of.range((l, 0)..(l + 1, 0)).map(|(_, &v)| v).collect();
+            if vars.is_empty() {
+                return Err(bad(format!(
+                    "layer \"{}\" has no variables and is not fixed (every layer must be one or the other)",
+                    index.layers[l].name
+                )));
+            }
+            let mut vars = vars;
+            vars.sort_unstable();
+            decisions[l] = Some(Decision::Free { group: groups.len() });
+            groups.push(Group { layer: l, vars });
+        }
+        let decisions = decisions.into_iter().map(|d| d.expect("every layer decided above")).collect();
+        Ok(Problem { layers: index.layers.clone(), options, var_option, var_layer, decisions, groups, matrix, naive })
+    }
+
+    /// Matrix indices of every chosen variable: pinned ones, then one per group.
+    pub fn chosen_vars(&self, choice: &[usize]) -> Vec<usize> {
+        assert_eq!(choice.len(), self.groups.len(), "one choice per free layer");
+        let mut vars: Vec<usize> = self
+            .decisions
+            .iter()
+            .filter_map(|d| match d {
+                Decision::Pinned { var } => Some(*var),
+                _ => None,
+            })
+            .collect();
+        vars.extend(self.groups.iter().zip(choice).map(|(g, &i)| g.vars[i]));
+        vars
+    }
+
+    /// xᵀMx for the one-hot x of `choice` (pinned layers included).
+    pub fn quadratic_form(&self, m: &Array2<f64>, choice: &[usize]) -> f64 {
+        let vars = self.chosen_vars(choice);
+        vars.iter().map(|&u| vars.iter().map(|&v| m[[u, v]]).sum::<f64>()).sum()
+    }
+
+    /// The objective being minimised: xᵀGx, with only the diagonal under `--naive`.
+    pub fn objective(&self, choice: &[usize]) -> f64 {
+        if self.naive {
+            self.chosen_vars(choice).iter().map(|&v| self.matrix[[v, v]]).sum()
+        } else {
+            self.predicted_delta(choice)
+        }
+    }
+
+    /// xᵀGx with the whole matrix: the predicted change of the metric.
+    pub fn predicted_delta(&self, choice: &[usize]) -> f64 {
+        self.quadratic_form(&self.matrix, choice)
+    }
+
+    /// The option of every layer, in forward order.
+    pub fn layer_options(&self, choice: &[usize]) -> Vec<QuantOption> {
+        self.decisions
+            .iter()
+            .map(|d| match *d {
+                Decision::Fixed(o) => o,
+                Decision::Pinned { var } => self.options[self.var_option[var]],
+                Decision::Free { group } => self.options[self.var_option[self.groups[group].vars[choice[group]]]],
+            })
+            .collect()
+    }
+
+    /// The option of matrix index `v`.
+    pub fn option_of(&self, v: usize) -> QuantOption {
+        self.options[self.var_option[v]]
+    }
+
+    /// The reduced quadratic program over the free layers (see [`ChoiceQp`]).
+    pub fn reduced(&self) -> ChoiceQp {
+        let sizes: Vec<usize> = self.groups.iter().map(|g| g.vars.len()).collect();
+        let vars: Vec<usize> = self.groups.iter().flat_map(|g| g.vars.iter().copied()).collect();
+        let group_of: Vec<usize> = sizes.iter().enumerate().flat_map(|(g, &k)| std::iter::repeat_n(g, k)).collect();
+        let pinned = self.chosen_vars(&vec![0; self.groups.len()]);
+        let pinned = &pinned[..pinned.len() - self.groups.len()];
+        let n = vars.len();
+        let quad = Array2::from_shape_fn((n, n), |(i, j)| {
+            if i == j || (group_of[i] != group_of[j] && !self.naive) {
+                self.matrix[[vars[i], vars[j]]]
+            } else {
+                // x_u x_v = 0 for two options of one layer: these entries never count.
+                0.0
+            }
+        });
+        let entry = |u: usize, v: usize| if u == v || !self.naive { self.matrix[[u, v]] } else { 0.0 };
+        let linear = vars.iter().map(|&v| pinned.iter().map(|&p| 2.0 * entry(p, v)).sum()).collect();
+        let constant = pinned.iter().map(|&p| pinned.iter().map(|&q| entry(p, q)).sum::<f64>()).sum();
+        ChoiceQp::new(sizes, quad, linear, constant)
+    }
+
+    /// The budget rows over the free layers' variables (see [`BudgetRow`]).
+    pub fn budget_rows(&self, budgets: &[Budget]) -> Vec<BudgetRow> {
+        budgets
+            .iter()
+            .map(|b| {
+                let coef: Vec<f64> = self
+                    .groups
+                    .iter()
+                    .flat_map(|g| g.vars.iter().map(|&v| b.coefficient(&self.layers[g.layer], self.option_of(v))))
+                    .collect();
+                let fixed_use: f64 = self
+                    .decisions
+                    .iter()
+                    .zip(&self.layers)
+                    .map(|(d, layer)| match *d {
+                        Decision::Fixed(o) => b.coefficient(layer, o),
+                        Decision::Pinned { var } => b.coefficient(layer, self.option_of(var)),
+                        Decision::Free { .. } => 0.0,
+                    })
+                    .sum();
+                let limit = b.limit(&self.layers);
+                BudgetRow { budget: *b, coef, fixed_use, limit }
+            })
+            .collect()
+    }
+
+    /// The highest-precision option's position in every group ([`QuantOption::precision_key`]).
+    pub fn highest_precision(&self) -> Choice {
+        self.groups
+            .iter()
+            .map(|g| {
+                (0..g.vars.len()).max_by_key(|&i| self.option_of(g.vars[i]).precision_key()).expect("groups are not empty")
+            })
+            .collect()
+    }
+}
+
+/// One budget as a linear constraint over the free variables: Σ coef·x ≤ limit − fixed_use.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BudgetRow {
+    pub budget: Budget,
+    /// Coefficient of every free variable, in [`ChoiceQp`] order (bits or BOPs: integers).
+    pub coef: Vec<f64>,
+    /// What fixed and pinned layers use.
+    pub fixed_use: f64,
+    /// The budget's limit over the whole model.
+    pub limit: f64,
+}
+
+impl BudgetRow {
+    /// What is left for the free layers, with the relative slack of [`Budget::allows`].
+    pub fn capacity(&self) -> f64 {
+        self.limit * (1.0 + 1e-12) - self.fixed_use
+    }
+
+    /// Usage of a choice (free layers only) under this row.
+    pub fn usage(&self, qp: &ChoiceQp, choice: &[usize]) -> f64 {
+        choice.iter().enumerate().map(|(g, &i)| self.coef[qp.starts[g] + i]).sum()
+    }
+
+    /// The least usage over all choices (each free layer at its cheapest option), whole model.
+    pub fn min_total(&self, qp: &ChoiceQp) -> f64 {
+        self.fixed_use
+            + (0..qp.sizes.len())
+                .map(|g| qp.group_range(g).map(|i| self.coef[i]).fold(f64::INFINITY, f64::min))
+                .sum::<f64>()
+    }
+}
+
+/// min xᵀQx + bᵀx + c over one-hot x (one variable per group), with the groups laid out
+/// contiguously. Within-group off-diagonal entries of `quad` are zero.
+#[derive(Clone, Debug)]
+pub struct ChoiceQp {
+    pub sizes: Vec<usize>,
+    /// Start of every group in the variable order.
+    pub starts: Vec<usize>,
+    pub quad: Array2<f64>,
+    pub linear: Vec<f64>,
+    pub constant: f64,
+}
+
+impl ChoiceQp {
+    pub fn new(sizes: Vec<usize>, quad: Array2<f64>, linear: Vec<f64>, constant: f64) -> ChoiceQp {
+        let starts = sizes
+            .iter()
+            .scan(0, |s, &k| {
+                let start = *s;
+                *s += k;
+                Some(start)
+            })
+            .collect();
+        let n: usize = sizes.iter().sum();
+        assert_eq!(quad.dim(), (n, n));
+        assert_eq!(linear.len(), n);
+        ChoiceQp { sizes, starts, quad, linear, constant }
+    }
+
+    pub fn n(&self) -> usize {
+        self.linear.len()
+    }
+
+    pub fn group_range(&self, g: usize) -> std::ops::Range<usize> {
+        self.starts[g]..self.starts[g] + self.sizes[g]
+    }
+
+    /// Variable indices of a choice.
+    pub fn indices(&self, choice: &[usize]) -> Vec<usize> {
+        choice.iter().enumerate().map(|(g, &i)| self.starts[g] + i).collect()
+    }
+
+    /// The objective of a choice.
+    pub fn value(&self, choice: &[usize]) -> f64 {
+        let idx = self.indices(choice);
+        let quad: f64 = idx.iter().map(|&i| idx.iter().map(|&j| self.quad[[i, j]]).sum::<f64>()).sum();
+        quad + idx.iter().map(|&i| self.linear[i]).sum::<f64>() + self.constant
+    }
+
+    /// The largest absolute entry of the data, to put tolerances on the problem's own scale.
+    pub fn scale(&self) -> f64 {
+        let q = self.quad.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let b = self.linear.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        q.max(b).max(self.constant.abs())
+    }
+}
+
+fn symmetrise(name: &str, m: &mut Array2<f64>) -> Result<()> {
+    let n = m.nrows();
+    let scale = m.iter().fold(0.0f64, |a, v| a.max(v.abs())).max(f64::MIN_POSITIVE);
+    for i in 0..n {
+        for j in i + 1..n {
+            let (a, b) = (m[[i, j]], m[[j, i]]);
+            if (a - b).abs() > SYMMETRY_TOLERANCE * scale {
+                return Err(Error::input(
+                    name,
+                    format!("matrix is not symmetric: entry [{i}, {j}] is {a} but [{j}, {i}] is {b}"),
+                ));
+            }
+            let mean = 0.5 * (a + b);
+            m[[i, j]] = mean;
+            m[[j, i]] = mean;
+        }
+    }
+    Ok(())
+}
+
+fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.collect();
+    if names.len() > 8 {
+        format!("{}, ... ({} in all)", names[..8].join(", "), names.len())
+    } else {
+        names.join(", ")
+    }
+}

@@ -1,0 +1,185 @@
+//! Search without a solver: exact enumeration for small problems, and a local search that gives
+//! the solver a good first incumbent.
+
+use crate::problem::{BudgetRow, Choice, ChoiceQp};
+
+/// Problems with at most this many choices are enumerated exactly.
+pub const ENUMERATION_LIMIT: f64 = 2e5;
+
+/// The number of choices of `qp` (as a float: it overflows integers quickly).
+pub fn choices(qp: &ChoiceQp) -> f64 {
+    qp.sizes.iter().map(|&k| k as f64).product()
+}
+
+/// Whether a choice meets every budget row.
+pub fn feasible(qp: &ChoiceQp, rows: &[BudgetRow], choice: &[usize]) -> bool {
+    rows.iter().all(|r| r.usage(qp, choice) <= r.capacity())
+}
+
+/// The exact minimum by depth-first enumeration (ties: the first choice in lexicographic order).
+/// Partial choices that cannot meet a budget even at the cheapest remaining options are cut.
+/// `None` when no choice meets the budgets.
+pub fn enumerate(qp: &ChoiceQp, rows: &[BudgetRow]) -> Option<(Choice, f64)> {
+    let groups = qp.sizes.len();
+    // Least usage of groups g.. for every row, to cut infeasible branches.
+    let tail_min: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|r| {
+            let mut t = vec![0.0; groups + 1];
+            for g in (0..groups).rev() {
+                t[g] = t[g + 1] + qp.group_range(g).map(|i| r.coef[i]).fold(f64::INFINITY, f64::min);
+            }
+            t
+        })
+        .collect();
+    let mut best: Option<(Choice, f64)> = None;
+    let mut choice = vec![0; groups];
+    let mut used = vec![0.0; rows.len()];
+    descend(qp, rows, &tail_min, 0, qp.constant, &mut choice, &mut used, &mut best);
+    best
+}
+
+#[allow(clippy::too_many_arguments)]
+fn descend(
+    qp: &ChoiceQp,
+    rows: &[BudgetRow],
+    tail_min: &[Vec<f64>],
+    g: usize,
+    value: f64,
+    choice: &mut Choice,
+    used: &mut [f64],
+    best: &mut Option<(Choice, f64)>,
+) {
+    if g == qp.sizes.len() {
+        if best.as_ref().is_none_or(|(_, b)| value < *b) {
+            *best = Some((choice.clone(), value));
+        }
+        return;
+    }
+    for i in 0..qp.sizes[g] {
+        let v = qp.starts[g] + i;
+        if rows.iter().zip(used.iter()).enumerate().any(|(r, (row, u))| u + row.coef[v] + tail_min[r][g + 1] > row.capacity()) {
+            continue;
+        }
+        let cross: f64 = (0..g).map(|h| qp.quad[[v, qp.starts[h] + choice[h]]]).sum();
+        for (r, row) in rows.iter().enumerate() {
+            used[r] += row.coef[v];
+        }
+        choice[g] = i;
+        descend(qp, rows, tail_min, g + 1, value + qp.quad[[v, v]] + qp.linear[v] + 2.0 * cross, choice, used, best);
+        for (r, row) in rows.iter().enumerate() {
+            used[r] -= row.coef[v];
+        }
+    }
+}
+
+/// The choice of least usage under the first row (ties broken by the others), or the first
+/// option everywhere without rows: a starting point that is feasible whenever one budget is.
+pub fn cheapest(qp: &ChoiceQp, rows: &[BudgetRow]) -> Choice {
+    (0..qp.sizes.len())
+        .map(|g| {
+            qp.group_range(g)
+                .min_by(|&a, &b| {
+                    let key = |i: usize| rows.iter().map(|r| r.coef[i]).collect::<Vec<f64>>();
+                    key(a).partial_cmp(&key(b)).expect("finite coefficients")
+                })
+                .map(|i| i - qp.starts[g])
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Improve a feasible choice by moves of one layer, then of two layers at once (trading budget
+/// between them), until no such move lowers the objective. Deterministic.
+pub fn local_search(qp: &ChoiceQp, rows: &[BudgetRow], start: &[usize]) -> Choice {
+    let n = qp.n();
+    let groups = qp.sizes.len();
+    let mut choice = start.to_vec();
+    let mut used: Vec<f64> = rows.iter().map(|r| r.usage(qp, &choice)).collect();
+    // field[v] = Σ_h quad[v, chosen_h] over every group h.
+    let mut field: Vec<f64> = (0..n).map(|v| (0..groups).map(|h| qp.quad[[v, qp.starts[h] + choice[h]]]).sum()).collect();
+    // Value change when a group moves from variable `from` to `to` of the same group (whose
+    // cross entry quad[to, from] is zero).
+    let gain = |field: &[f64], from: usize, to: usize| -> f64 {
+        qp.quad[[to, to]] - qp.quad[[from, from]] + qp.linear[to] - qp.linear[from]
+            + 2.0 * (field[to] - (field[from] - qp.quad[[from, from]]))
+    };
+    let fits = |used: &[f64], deltas: &[(usize, usize)]| {
+        rows.iter().zip(used).all(|(r, u)| u + deltas.iter().map(|&(to, from)| r.coef[to] - r.coef[from]).sum::<f64>() <= r.capacity())
+    };
+    let apply = |choice: &mut Choice, used: &mut Vec<f64>, field: &mut Vec<f64>, g: usize, to: usize| {
+        let from = qp.starts[g] + choice[g];
+        for (r, row) in rows.iter().enumerate() {
+            used[r] += row.coef[to] - row.coef[from];
+        }
+        for v in 0..n {
+            field[v] += qp.quad[[v, to]] - qp.quad[[v, from]];
+        }
+        choice[g] = to - qp.starts[g];
+    };
+    let tolerance = 1e-12 * qp.scale().max(f64::MIN_POSITIVE);
+    for _round in 0..1000 {
+        let mut improved = false;
+        for g in 0..groups {
+            let from = qp.starts[g] + choice[g];
+            let best = qp
+                .group_range(g)
+                .filter(|&to| to != from && fits(&used, &[(to, from)]))
+                .map(|to| (gain(&field, from, to), to))
+                .min_by(|a, b| a.partial_cmp(b).expect("finite"));
+            if let Some((d, to)) = best {
+                if d < -tolerance {
+                    apply(&mut choice, &mut used, &mut field, g, to);
+                    improved = true;
+                }
+            }
+        }
+        if improved {
+            continue;
+        }
+        // Pairs: move g and h together (the cross term of the two moves is corrected exactly).
+        let mut best: Option<(f64, usize, usize, usize, usize)> = None;
+        for g in 0..groups {
+            let fg = qp.starts[g] + choice[g];
+            for tg in qp.group_range(g).filter(|&t| t != fg) {
+                let dg = gain(&field, fg, tg);
+                for h in g + 1..groups {
+                    let fh = qp.starts[h] + choice[h];
+                    for th in qp.group_range(h).filter(|&t| t != fh) {
+                        let dh = gain(&field, fh, th);
+                        let cross = 2.0 * (qp.quad[[tg, th]] - qp.quad[[tg, fh]] - qp.quad[[fg, th]] + qp.quad[[fg, fh]]);
+                        let d = dg + dh + cross;
+                        if d < -tolerance && best.is_none_or(|b| d < b.0) && fits(&used, &[(tg, fg), (th, fh)]) {
+                            best = Some((d, g, tg, h, th));
+                        }
+                    }
+                }
+            }
+        }
+        match best {
+            Some((_, g, tg, h, th)) => {
+                apply(&mut choice, &mut used, &mut field, g, tg);
+                apply(&mut choice, &mut used, &mut field, h, th);
+            }
+            None => break,
+        }
+    }
+    choice
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synthetic;
+
+    #[test]
+    fn local_search_never_worsens_and_stays_feasible() {
+        let qp = synthetic::random_qp(8, 4, 5);
+        let start = vec![0; 8];
+        let better = local_search(&qp, &[], &start);
+        assert!(qp.value(&better) <= qp.value(&start));
+        let (best, v) = enumerate(&qp, &[]).unwrap();
+        assert!(v <= qp.value(&better));
+        assert_eq!(qp.value(&best), v);
+    }
+}

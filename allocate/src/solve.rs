@@ -1,0 +1,319 @@
+//! Solving one allocation: infeasibility first, a heuristic incumbent, then exact enumeration
+//! or SCIP, and an honest account of the bound and the gap on the original objective.
+
+use crate::convex::{convexify, Convexification, Weights};
+use crate::mip::{self, Limits, Objective};
+use crate::problem::{BudgetRow, Choice, ChoiceQp, Problem};
+use crate::reduce;
+use crate::search;
+use clado::budget::{Budget, BITS_PER_MB};
+use clado::{Error, Result};
+use std::time::Instant;
+
+/// Gaps are relative to max(|objective|, |bound|), floored at this fraction of the largest
+/// entry of the data, so that an objective of (nearly) zero does not make every gap infinite.
+pub const GAP_FLOOR: f64 = 1e-9;
+
+/// Which way to solve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Enumerate when there are at most [`search::ENUMERATION_LIMIT`] choices, else SCIP.
+    Auto,
+    /// Exact enumeration, whatever the size.
+    Enumerate,
+    /// SCIP, whatever the size.
+    Scip,
+}
+
+/// The SCIP formulation of the objective (see [`mip::Objective`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Formulation {
+    /// The local-polytope linearisation (the default: the fastest measured).
+    Linearized,
+    /// Dense products of binaries, as the seed wrote them.
+    Product,
+    /// A factored convex form after an exact convexification.
+    Convex { convexification: Convexification, split: bool },
+}
+
+impl Formulation {
+    /// Every formulation by name, for `--formulation` and the benchmark.
+    pub const ALL: [(&'static str, Formulation); 10] = [
+        ("linearized", Formulation::Linearized),
+        ("product", Formulation::Product),
+        ("projected", convex(Convexification::Projected(Weights::Uniform), false)),
+        ("projected-split", convex(Convexification::Projected(Weights::Uniform), true)),
+        ("projected-rows", convex(Convexification::Projected(Weights::RowSums), false)),
+        ("projected-rows-split", convex(Convexification::Projected(Weights::RowSums), true)),
+        ("projected-diag", convex(Convexification::Projected(Weights::Diagonal), false)),
+        ("projected-diag-split", convex(Convexification::Projected(Weights::Diagonal), true)),
+        ("identity", convex(Convexification::Identity, false)),
+        ("identity-split", convex(Convexification::Identity, true)),
+    ];
+
+    pub fn parse(text: &str) -> Result<Formulation> {
+        Formulation::ALL.iter().find(|(name, _)| *name == text).map(|(_, f)| *f).ok_or_else(|| {
+            let names: Vec<&str> = Formulation::ALL.iter().map(|(n, _)| *n).collect();
+            Error::usage(format!("--formulation {text}: expected one of {}", names.join(", ")))
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        Formulation::ALL.iter().find(|(_, f)| f == self).map(|(n, _)| *n).expect("every formulation is listed")
+    }
+}
+
+const fn convex(convexification: Convexification, split: bool) -> Formulation {
+    Formulation::Convex { convexification, split }
+}
+
+/// How to solve, and when to stop.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Seconds for one solve, everything included.
+    pub time_limit: f64,
+    /// Relative gap at which a solve may stop.
+    pub gap: f64,
+    pub method: Method,
+    pub formulation: Formulation,
+    /// Let SCIP print its log on stdout (experiments only: it would corrupt the tool's output).
+    pub scip_log: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { time_limit: 60.0, gap: 1e-6, method: Method::Auto, formulation: Formulation::Linearized, scip_log: false }
+    }
+}
+
+/// Why a solve stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Every choice was enumerated.
+    Exact,
+    /// SCIP proved optimality (within its tolerances).
+    Optimal,
+    /// SCIP reached the requested gap.
+    GapLimit,
+    /// The time limit: the best choice found, with its gap.
+    TimeLimit,
+    /// Another SCIP limit or status.
+    Other,
+}
+
+impl Stop {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Stop::Exact => "exact",
+            Stop::Optimal => "optimal",
+            Stop::GapLimit => "gap_limit",
+            Stop::TimeLimit => "time_limit",
+            Stop::Other => "stopped",
+        }
+    }
+}
+
+/// One solved allocation.
+#[derive(Clone, Debug)]
+pub struct Solved {
+    pub choice: Choice,
+    /// The objective of `choice` (xᵀGx, or its diagonal part under `--naive`).
+    pub objective: f64,
+    /// A proven lower bound on the objective over every feasible choice.
+    pub bound: f64,
+    /// (objective − bound) / max(|objective|, |bound|, floor); see [`GAP_FLOOR`].
+    pub gap: f64,
+    pub stop: Stop,
+    pub seconds: f64,
+    /// Branch-and-bound nodes (0 for enumeration).
+    pub nodes: usize,
+    /// `enumeration` or `scip/<formulation>`.
+    pub method: String,
+    /// The diagonal shift of the convex reformulation (0 for the other methods).
+    pub shift: f64,
+    /// Options removed by dominance before the search ([`crate::reduce`]).
+    pub removed: usize,
+}
+
+/// Solves allocations of one problem, for one budget or a sweep of them.
+pub struct Allocator<'p> {
+    problem: &'p Problem,
+    qp: ChoiceQp,
+    settings: Settings,
+}
+
+impl<'p> Allocator<'p> {
+    pub fn new(problem: &'p Problem, settings: Settings) -> Self {
+        Allocator { problem, qp: problem.reduced(), settings }
+    }
+
+    pub fn problem(&self) -> &Problem {
+        self.problem
+    }
+
+    pub fn qp(&self) -> &ChoiceQp {
+        &self.qp
+    }
+
+    /// Minimise under `budgets` (all at once; none = unconstrained). `warm` are earlier answers
+    /// (e.g. the previous budget of a sweep): those that meet the budgets seed the search.
+    /// An infeasible budget is [`Error::Infeasible`], naming the smallest feasible budget.
+    pub fn solve(&self, budgets: &[Budget], warm: &[Choice]) -> Result<Solved> {
+        let start = Instant::now();
+        let qp = &self.qp;
+        let rows = self.problem.budget_rows(budgets);
+        self.check_feasible(&rows)?;
+        let scale = qp.scale();
+        let gap_of = |objective: f64, bound: f64| {
+            let denom = objective.abs().max(bound.abs()).max(GAP_FLOOR * scale).max(f64::MIN_POSITIVE);
+            ((objective - bound) / denom).max(0.0)
+        };
+        let reduction = reduce::dominance(qp, &rows);
+        let small = &reduction.qp;
+        let enumerate = match self.settings.method {
+            Method::Enumerate => true,
+            Method::Scip => false,
+            Method::Auto => search::choices(small) <= search::ENUMERATION_LIMIT,
+        };
+        if enumerate {
+            let (choice, _) = search::enumerate(small, &reduction.rows).ok_or_else(|| self.jointly_infeasible(&rows))?;
+            let choice = reduction.lift(&choice);
+            let objective = self.problem.objective(&choice);
+            return Ok(Solved {
+                choice,
+                objective,
+                bound: objective,
+                gap: 0.0,
+                stop: Stop::Exact,
+                seconds: start.elapsed().as_secs_f64(),
+                nodes: 0,
+                method: "enumeration".into(),
+                shift: 0.0,
+                removed: reduction.removed,
+            });
+        }
+        // Incumbents: earlier answers that still fit, and a local search from the best of them
+        // or from the cheapest choice.
+        let mut starts: Vec<Choice> = warm.iter().filter(|c| search::feasible(qp, &rows, c)).cloned().collect();
+        let cheapest = search::cheapest(qp, &rows);
+        if search::feasible(qp, &rows, &cheapest) {
+            let seed = starts.iter().min_by(|a, b| qp.value(a).total_cmp(&qp.value(b))).cloned().unwrap_or(cheapest);
+            starts.push(search::local_search(qp, &rows, &seed));
+        }
+        let small_starts: Vec<Choice> = starts.iter().filter_map(|c| reduction.project(c)).collect();
+        let formulation = self.settings.formulation;
+        let limits = self.limits(start);
+        let (outcome, slack, shift) = match formulation {
+            Formulation::Linearized => {
+                (mip::solve(small, &reduction.rows, Objective::Linearized, limits, &small_starts), 0.0, 0.0)
+            }
+            Formulation::Product => (mip::solve(small, &reduction.rows, Objective::Product, limits, &small_starts), 0.0, 0.0),
+            Formulation::Convex { convexification, split } => {
+                let factored = convexify(small, convexification);
+                let limits = self.limits(start);
+                let outcome = mip::solve(small, &reduction.rows, Objective::Convex { factored: &factored, split }, limits, &small_starts);
+                (outcome, factored.lower_slack, factored.shift)
+            }
+        };
+        if outcome.status == russcip::Status::Infeasible {
+            return Err(self.jointly_infeasible(&rows));
+        }
+        let found = outcome.choice.as_ref().map(|c| reduction.lift(c));
+        let best = found
+            .iter()
+            .chain(&starts)
+            .filter(|c| search::feasible(qp, &rows, c))
+            .min_by(|a, b| qp.value(a).total_cmp(&qp.value(b)))
+            .cloned()
+            .ok_or_else(|| {
+                Error::other(format!(
+                    "no choice meeting the budgets was found within the time limit of {} s",
+                    self.settings.time_limit
+                ))
+            })?;
+        let objective = self.problem.objective(&best);
+        let bound = (outcome.bound - slack).min(objective);
+        let stop = match outcome.status {
+            russcip::Status::Optimal => Stop::Optimal,
+            russcip::Status::GapLimit => Stop::GapLimit,
+            russcip::Status::TimeLimit => Stop::TimeLimit,
+            _ => Stop::Other,
+        };
+        Ok(Solved {
+            choice: best,
+            objective,
+            bound,
+            gap: gap_of(objective, bound),
+            stop,
+            seconds: start.elapsed().as_secs_f64(),
+            nodes: outcome.nodes,
+            method: format!("scip/{}", formulation.name()),
+            shift,
+            removed: reduction.removed,
+        })
+    }
+
+    fn limits(&self, start: Instant) -> Limits {
+        Limits { time: (self.settings.time_limit - start.elapsed().as_secs_f64()).max(0.0), gap: self.settings.gap, log: self.settings.scip_log }
+    }
+
+    /// Each budget on its own: is the cheapest choice within it?
+    fn check_feasible(&self, rows: &[BudgetRow]) -> Result<()> {
+        for row in rows {
+            let least = row.min_total(&self.qp);
+            if least > row.limit * (1.0 + 1e-12) {
+                return Err(Error::Infeasible(format!(
+                    "budget {} is infeasible: the smallest feasible budget is {}{}",
+                    row.budget,
+                    smallest(row.budget, least, &self.problem.layers),
+                    self.pins_note()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn jointly_infeasible(&self, rows: &[BudgetRow]) -> Error {
+        let each: Vec<String> = rows
+            .iter()
+            .map(|r| format!("{} (smallest alone: {})", r.budget, smallest(r.budget, r.min_total(&self.qp), &self.problem.layers)))
+            .collect();
+        Error::Infeasible(format!("no choice meets all budgets together: {}{}", each.join(", "), self.pins_note()))
+    }
+
+    fn pins_note(&self) -> &'static str {
+        let fixed = self.problem.decisions.iter().any(|d| !matches!(d, crate::problem::Decision::Free { .. }));
+        if fixed {
+            " (with the pinned and fixed layers at their options)"
+        } else {
+            ""
+        }
+    }
+}
+
+/// `usage` (bits or BOPs) written as a budget of the same kind as `b`.
+fn smallest(b: Budget, usage: f64, layers: &[clado::format::LayerInfo]) -> String {
+    let params: f64 = layers.iter().map(|l| l.params as f64).sum();
+    match b {
+        Budget::AvgBits(_) => format!("avg-bits={}", round_up(usage / params)),
+        Budget::SizeBits(_) => format!("size-bits={usage}"),
+        Budget::SizeMb(_) => format!("size-mb={}", round_up(usage / BITS_PER_MB)),
+        Budget::Bops(_) => format!("bops={usage}"),
+    }
+}
+
+/// Round up to 6 significant digits, so the printed budget is itself feasible.
+fn round_up(v: f64) -> f64 {
+    if v <= 0.0 {
+        return v;
+    }
+    let digits = 6 - 1 - v.log10().floor() as i32;
+    let f = 10f64.powi(digits);
+    let r = (v * f).ceil() / f;
+    // Printing may show more digits than 6 for values like 2.0000000001; that is still exact.
+    if r < v {
+        v
+    } else {
+        r
+    }
+}
