@@ -7,7 +7,7 @@
 //! effect on the result.
 
 use super::fake_quant::ActQuant;
-use super::kernels::{self, Epilogue, Isa, MapShape};
+use super::kernels::{self, Epilogue, MapShape};
 use super::metrics::Logits;
 use super::network::{Geometry, Layout, Network, Op, Role};
 use super::plan::Plan;
@@ -435,7 +435,7 @@ impl Network {
                     };
                     if let Some(q) = &precision.input {
                         let qbuf = sized(quant, in_len);
-                        quantize_map(isa, q, src, shape.input, qbuf);
+                        quantize_map(q, src, shape.input, qbuf);
                         src = qbuf;
                     }
                     let weights = precision.weights.as_ref().map_or(&c.packed, |w| &w.packed);
@@ -480,7 +480,7 @@ impl Network {
                     let mut x: &[f32] = &vector[..n];
                     if let Some(q) = &precision.input {
                         let qbuf = sized(quant, n);
-                        q.apply_into(isa, x, qbuf);
+                        q.apply_into(x, qbuf);
                         x = qbuf;
                     }
                     let weights = precision.weights.as_ref().map_or(&f.weight, |w| &w.packed);
@@ -506,12 +506,12 @@ impl Network {
 
 /// Fake-quantizes the pixels of a padded map into `dst`, keeping the border zero (so padding is
 /// zero after quantization, as when PyTorch pads the quantized tensor).
-fn quantize_map(isa: Isa, q: &ActQuant, src: &[f32], shape: MapShape, dst: &mut [f32]) {
+fn quantize_map(q: &ActQuant, src: &[f32], shape: MapShape, dst: &mut [f32]) {
     kernels::zero_border(dst, shape);
     let row = (shape.w + 2) * shape.c;
     for y in 1..=shape.h {
         let range = y * row + shape.c..(y + 1) * row - shape.c;
-        q.apply_into(isa, &src[range.clone()], &mut dst[range]);
+        q.apply_into(&src[range.clone()], &mut dst[range]);
     }
 }
 

@@ -74,7 +74,7 @@ mod plan;
 #[cfg(test)]
 mod tests;
 
-pub use fake_quant::{fake_quantize_weights, ActQuant};
+pub use fake_quant::ActQuant;
 pub use forward::{Images, Parallelism, State};
 pub use metrics::{log_softmax, Logits};
 pub use network::{blocks_per_stage, Layer, LayerKind, Network, ARCHS, BN_EPS, INPUT_SIZE};

@@ -637,40 +637,74 @@ fn calibration_sees_every_layer_input() {
     assert!(seen[1].1.iter().all(|&v| v >= 0.0) && seen[21].1.iter().all(|&v| v >= 0.0));
 }
 
+/// The engine quantizes with `crate::quant`; these pin the values it gets through its own
+/// entry points (hand-checked against DESIGN.md) and the checks on their inputs.
 #[test]
-fn fake_quantizers_follow_design() {
+fn quantizers_follow_design() {
     // Activations: 2 bits over [-1, 2]: n = 3, s = 1, zp = 1; ties go to even.
     let q = ActQuant::new(2, -1.0, 2.0).unwrap();
-    assert_eq!((q.scale(), q.zero_point()), (1.0, 1.0));
+    assert_eq!((q.quantizer().scale, q.quantizer().zero_point), (1.0, 1.0));
     let got: Vec<f32> = [0.5, 1.5, 2.5, -3.0, -0.5, 0.0, 7.0]
         .iter()
         .map(|&v| q.apply(v))
         .collect();
-    assert_eq!(got, [0.0, 2.0, 2.0, -1.0, -0.0, 0.0, 2.0]);
+    assert_eq!(got, [0.0, 2.0, 2.0, -1.0, 0.0, 0.0, 2.0]);
     // 8 bits over [-0.5, 3.0]: s = 3.5/255, zp = round(36.43) = 36; x in range is within s/2.
     let q = ActQuant::new(8, -0.5, 3.0).unwrap();
-    assert_eq!(q.zero_point(), 36.0);
+    assert_eq!(q.quantizer().zero_point, 36.0);
     for i in 0..=100 {
         let x = -0.45 + i as f32 * 0.0345;
-        assert!(
-            (q.apply(x) - x).abs() <= q.scale() / 2.0 * (1.0 + 1e-5),
-            "{x}"
-        );
+        let s = q.quantizer().scale;
+        assert!((q.apply(x) - x).abs() <= s / 2.0 * (1.0 + 1e-5), "{x}");
     }
     assert_eq!(ActQuant::new(4, 0.0, 0.0).unwrap().apply(3.0), 0.0);
-    assert!(ActQuant::new(4, 0.5, 1.0).is_err() && ActQuant::new(0, -1.0, 1.0).is_err());
-    // Weights: 2 bits is ternary {-s, 0, s}; per channel; per tensor.
-    let w = [0.9, -0.2, 0.6, -1.0, 0.2, 0.0];
-    let t = fake_quantize_weights(&w, 2, 2, &[0.5, 1.0]).unwrap();
-    assert_eq!(t, [0.5, -0.0, 0.5, -1.0, 0.0, 0.0]);
-    let t = fake_quantize_weights(&w, 2, 4, &[0.1]).unwrap();
-    let want: Vec<f32> = [7.0f32, -2.0, 6.0, -7.0, 2.0, 0.0]
-        .iter()
-        .map(|v| v * 0.1)
-        .collect();
-    assert_eq!(t, want);
-    assert!(fake_quantize_weights(&w, 2, 4, &[0.1, 0.1, 0.1]).is_err());
-    assert!(fake_quantize_weights(&w, 2, 4, &[0.0, 0.1]).is_err());
+    assert!(ActQuant::new(4, 0.5, 1.0).is_err(), "range without 0");
+    assert!(ActQuant::new(1, -1.0, 1.0).is_err() && ActQuant::new(9, -1.0, 1.0).is_err());
+    assert!(ActQuant::new(4, f32::NEG_INFINITY, 1.0).is_err());
+
+    // Weights: 2 bits is ternary {-s, 0, s}, per output channel.
+    let mut sd = random_state_dict(3, 1, 10, 22);
+    let w = [0.9, -0.2, 0.6, -1.0, 0.2, 0.0, 0.1, 0.3, 0.4];
+    sd.get_mut("conv1.weight").unwrap().data[..9].copy_from_slice(&w);
+    let net = Network::from_state_dict("resnet20", &sd).unwrap();
+    let mut scales = vec![1.0; 16];
+    scales[0] = 0.5;
+    let got = net.quantized_weights(0, 2, &scales).unwrap();
+    let want = crate::quant::fake_quantize_weights(net.weights(0), 16, 2, &scales);
+    assert_eq!(&want[..9], [0.5, 0.0, 0.5, -0.5, 0.0, 0.0, 0.0, 0.5, 0.5]);
+    let plan = Plan::fp(&net)
+        .with(
+            0,
+            LayerPrecision {
+                weights: Some(got),
+                input: None,
+            },
+        )
+        .unwrap();
+    let same = net.prepare_weights(0, Some(2), &want).unwrap();
+    let plan2 = Plan::fp(&net)
+        .with(
+            0,
+            LayerPrecision {
+                weights: Some(same),
+                input: None,
+            },
+        )
+        .unwrap();
+    let x = random_images(1, 1, 32, 32, 23);
+    let images = Images::new(&x, [1, 1, 32, 32]).unwrap();
+    let a = net.forward(images, &plan, Parallelism::None).unwrap();
+    let b = net.forward(images, &plan2, Parallelism::None).unwrap();
+    assert_eq!(bits_of(a.data()), bits_of(b.data()));
+    let err = |bits: u8, scales: &[f32]| {
+        net.quantized_weights(0, bits, scales)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(4, &[0.1; 3]).contains("3 weight scales, expected 16"));
+    assert!(err(4, &[0.0; 16]).contains("weight scale 0 at channel 0"));
+    assert!(err(9, &[0.1; 16]).contains("weight bits 9 out of range 2..=8"));
+    assert!(net.quantized_weights(0, 4, &[0.1]).is_ok(), "per tensor");
 }
 
 #[test]
