@@ -22,8 +22,8 @@ echo "== 1. uniform precision on the test set" >&2
 echo "== 2. perturb -> psd -> allocate -> evaluate" >&2
 "$bin/perturb" --data "$data" --samples "$samples" --calib "$out/calib.json" --options "$options" \
   -o "$out/G.npy" --index "$out/index.json" --se "$out/G.se.npy" --resume "$out/perturb-work"
-# G is usually indefinite; allocate solves the indefinite problem exactly (it shifts the
-# diagonal internally, which leaves the argmin unchanged). psd reports the spectrum.
+# G is usually indefinite; allocate solves the indefinite problem exactly (an integer
+# program over the local polytope of the pairwise terms). psd reports the spectrum.
 "$bin/psd" --method shift --report "$out/psd-report.json" < "$out/G.npy" > "$out/Gpsd.npy"
 allocs=()
 "$bin/allocate" --matrix "$out/G.npy" --index "$out/index.json" -q > "$out/alloc-none.json"
