@@ -2,12 +2,12 @@
 //!
 //!     cargo bench -p psd --bench projection                   # N = 500, 2000, 5000
 //!     cargo bench -p psd --bench projection -- 1000 3000      # other sizes
-//!     PSD_BENCH_RUNS=5 PSD_BENCH_THREADS=2 cargo bench -p psd --bench projection
+//!     PSD_BENCH_RUNS=5 PSD_BENCH_DEGREE=1 cargo bench -p psd --bench projection
 //!
 //! Prints the median, min and max wall-clock seconds of `project` (what `psd` reports as
-//! `seconds`: symmetrise, eigendecompose, project, re-measure the output's spectrum) over
-//! PSD_BENCH_RUNS runs (default 3). PSD_BENCH_THREADS > 1 uses faer's rayon parallelism; the
-//! tool itself runs sequentially (bit-identical output on every machine).
+//! `seconds`: symmetrise, eigendecompose, project) over PSD_BENCH_RUNS runs (default 3), and
+//! the median CPU seconds of the process (all threads). PSD_BENCH_DEGREE is faer's parallel
+//! degree: by default the tool's own (`psd::PARALLEL_DEGREE`), 1 for sequential code.
 
 use ndarray::Array2;
 use psd::{project, Method};
@@ -29,12 +29,15 @@ fn random_symmetric(n: usize, seed: u64) -> Array2<f64> {
     g
 }
 
-/// CPU seconds this thread has run (Linux `/proc/thread-self/schedstat`), so that the numbers
-/// mean something on a machine shared with other jobs; `None` elsewhere.
-fn thread_cpu_seconds() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let nanos: f64 = text.split_whitespace().next()?.parse().ok()?;
-    Some(nanos * 1e-9)
+/// CPU seconds this process has run, all threads (Linux `/proc/self/stat`, in clock ticks of
+/// 1/100 s), so that the numbers mean something on a machine shared with other jobs; `None`
+/// elsewhere.
+fn process_cpu_seconds() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -53,10 +56,13 @@ fn main() {
         sizes = vec![500, 2000, 5000];
     }
     let runs = env_usize("PSD_BENCH_RUNS", 3).max(1);
-    let threads = env_usize("PSD_BENCH_THREADS", 1).max(1);
-    let par = if threads == 1 { faer::Par::Seq } else { faer::Par::rayon(threads) };
-    println!("psd projection benchmark: {runs} runs per cell, {threads} thread(s); seconds");
-    println!("(cpu: CPU seconds of this thread, meaningful for 1 thread on a loaded machine)");
+    let degree = env_usize("PSD_BENCH_DEGREE", psd::PARALLEL_DEGREE).max(1);
+    let par = if degree == 1 { faer::Par::Seq } else { faer::Par::rayon(degree) };
+    println!(
+        "psd projection benchmark: {runs} runs per cell, parallel degree {degree} on {} rayon thread(s); seconds",
+        rayon::current_num_threads()
+    );
+    println!("(cpu: CPU seconds of the process, all threads; on a loaded machine wall ≫ cpu)");
     println!("{:>6}  {:<6}  {:>9}  {:>9}  {:>9}  {:>9}", "N", "method", "median", "min", "max", "cpu");
     for &n in &sizes {
         let g = random_symmetric(n, 42);
@@ -64,15 +70,16 @@ fn main() {
             let mut wall = Vec::new();
             let mut cpu = Vec::new();
             for _ in 0..runs {
-                let (start, cpu_start) = (Instant::now(), thread_cpu_seconds());
+                let (start, cpu_start) = (Instant::now(), process_cpu_seconds());
                 let p = project(&g, method, par).expect("projection");
                 wall.push(start.elapsed().as_secs_f64());
-                if let (Some(a), Some(b)) = (cpu_start, thread_cpu_seconds()) {
+                if let (Some(a), Some(b)) = (cpu_start, process_cpu_seconds()) {
                     cpu.push(b - a);
                 }
                 std::hint::black_box(p);
             }
-            let (min, max) = (wall.iter().copied().fold(f64::INFINITY, f64::min), wall.iter().copied().fold(0.0, f64::max));
+            let (min, max) =
+                (wall.iter().copied().fold(f64::INFINITY, f64::min), wall.iter().copied().fold(0.0, f64::max));
             let cpu = if cpu.is_empty() { "-".to_string() } else { format!("{:.3}", median(cpu)) };
             println!("{n:>6}  {:<6}  {:>9.3}  {min:>9.3}  {max:>9.3}  {cpu:>9}", method.to_string(), median(wall));
         }

@@ -10,8 +10,8 @@
 pub mod projection;
 
 pub use projection::{
-    clip, eigen, eigenvalues, project, rounding_tolerance, shift, shift_amount, symmetrise, Method, Projection,
-    Spectrum, SHIFT_MARGIN,
+    clip, eigen, eigenvalues, parallelism, project, rounding_tolerance, shift, shift_amount, symmetrise, Method,
+    Projection, Spectrum, PARALLEL_DEGREE, ROUNDING_CONSTANT, SHIFT_MARGIN,
 };
 
 use clado::cli::Verbosity;
@@ -22,6 +22,7 @@ use ndarray::Array2;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
+use std::path::Path;
 use std::time::Instant;
 
 const LONG_ABOUT: &str = "\
@@ -120,7 +121,7 @@ pub struct Report {
     pub max_asymmetry: f64,
     /// Spectrum of the symmetrised input.
     pub before: Spectrum,
-    /// Spectrum of the output, measured again.
+    /// Spectrum of the output, derived from the same eigendecomposition (see [`Projection::after`]).
     pub after: Spectrum,
     /// Eigenvalues below −tolerance count as negative: 10·N·ε·‖G‖₂ (see [`rounding_tolerance`]).
     pub tolerance: f64,
@@ -141,10 +142,9 @@ impl Report {
     pub fn new(args: &Args, layers: Option<usize>, p: &Projection, seconds: f64) -> Self {
         let (objective_offset, objective_offset_note) = match (p.method, layers) {
             (Method::None, _) => (Some(0.0), "symmetrising leaves xᵀGx unchanged for every x".to_string()),
-            (Method::Clip, _) => (
-                None,
-                "clip changes xᵀGx by an amount that depends on x: there is no constant offset".to_string(),
-            ),
+            (Method::Clip, _) => {
+                (None, "clip changes xᵀGx by an amount that depends on x: there is no constant offset".to_string())
+            }
             (Method::Shift, Some(l)) => (
                 Some(p.shift * l as f64),
                 format!("every one-hot choice has xᵀx = L = {l}: subtract shift·L from predicted values"),
@@ -224,14 +224,23 @@ impl Report {
 /// Check the arguments before reading anything.
 fn check_args(args: &Args) -> Result<()> {
     if args.output == "-" && args.report.as_deref() == Some("-") {
-        return Err(Error::usage(
-            "--report - and the matrix would both go to stdout: give -o FILE or --report FILE",
-        ));
+        return Err(Error::usage("--report - and the matrix would both go to stdout: give -o FILE or --report FILE"));
+    }
+    if args.input == "-" && args.index.as_deref() == Some("-") {
+        return Err(Error::usage("the matrix and --index cannot both be read from stdin"));
+    }
+    for (flag, path) in [("-o", Some(&args.output)), ("--report", args.report.as_ref())] {
+        let Some(path) = path.filter(|p| *p != "-") else { continue };
+        let dir = match Path::new(path).parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(Error::usage(format!("{flag} {path}: directory {} does not exist", dir.display())));
+        }
     }
     if args.output == "-" && std::io::stdout().is_terminal() {
-        return Err(Error::usage(
-            "refusing to write a binary .npy to a terminal: redirect stdout or give -o FILE",
-        ));
+        return Err(Error::usage("refusing to write a binary .npy to a terminal: redirect stdout or give -o FILE"));
     }
     Ok(())
 }
@@ -276,8 +285,7 @@ pub fn run(args: &Args) -> Result<()> {
     };
 
     let start = Instant::now();
-    // Sequential faer: the output is bit-identical on every machine and thread count.
-    let projection = project(&g, args.method, faer::Par::Seq)?;
+    let projection = project(&g, args.method, parallelism())?;
     let seconds = start.elapsed().as_secs_f64();
 
     write_matrix(&args.output, &projection.matrix)?;
@@ -311,8 +319,7 @@ mod tests {
     use clap::Parser;
 
     fn index_with_variables(variables: &[(usize, usize)]) -> Index {
-        let vars: Vec<String> =
-            variables.iter().map(|(l, o)| format!(r#"{{"layer":{l},"option":{o}}}"#)).collect();
+        let vars: Vec<String> = variables.iter().map(|(l, o)| format!(r#"{{"layer":{l},"option":{o}}}"#)).collect();
         let text = format!(
             r#"{{"version":1,"arch":"resnet20","layers":[],"options":[],"variables":[{}],"metric":"loss",
                 "naive":false,"samples":8,"data":"npy:x.npy,y.npy","seed":0,"fp":{{"loss":0.3,"top1":91.0}}}}"#,
@@ -366,7 +373,8 @@ mod tests {
 
         let none = Report::new(&args(&["-m", "none"]), None, &project(&g, Method::None, faer::Par::Seq).unwrap(), 0.1);
         assert_eq!(none.objective_offset, Some(0.0));
-        let clip = Report::new(&args(&["-m", "clip"]), Some(2), &project(&g, Method::Clip, faer::Par::Seq).unwrap(), 0.1);
+        let clip =
+            Report::new(&args(&["-m", "clip"]), Some(2), &project(&g, Method::Clip, faer::Par::Seq).unwrap(), 0.1);
         assert_eq!(clip.objective_offset, None);
         assert_eq!(clip.before.negative_eigenvalues, 1);
         assert_eq!(clip.after.lambda_min, 0.0);
@@ -381,9 +389,13 @@ mod tests {
     }
 
     #[test]
-    fn report_and_matrix_cannot_both_go_to_stdout() {
+    fn conflicting_or_unwritable_destinations_are_usage_errors() {
         let e = check_args(&args(&["--report", "-"])).unwrap_err().to_string();
         assert!(e.contains("both go to stdout"), "{e}");
+        let e = check_args(&args(&["--index", "-"])).unwrap_err().to_string();
+        assert!(e.contains("cannot both be read from stdin"), "{e}");
+        let e = check_args(&args(&["-o", "G.npy", "--report", "no/such/dir/psd.json"])).unwrap_err().to_string();
+        assert_eq!(e, "--report no/such/dir/psd.json: directory no/such/dir does not exist");
     }
 
     #[test]

@@ -8,9 +8,9 @@
 //! a matrix within about n·ε·‖G‖₂ of G, which is where [`rounding_tolerance`] comes from.
 
 use clado::{Error, Result};
+use faer::diag::Diag;
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::evd::{self_adjoint_evd, self_adjoint_evd_scratch, ComputeEigenvectors};
-use faer::diag::Diag;
 use faer::{Accum, Mat, MatRef, Par};
 use ndarray::Array2;
 use serde::Serialize;
@@ -22,6 +22,17 @@ use serde::Serialize;
 /// N = 45,000 (a 16 GB matrix). The price is an extra 1e-10·‖G‖₂ per layer in the offset, far
 /// below any measured Δ.
 pub const SHIFT_MARGIN: f64 = 1e-10;
+
+/// faer splits its parallel loops into this many parts, whatever the number of cores, and sums
+/// the parts in a fixed order: the output is bit-identical on every machine and thread-pool size
+/// (tested), while 2+ cores still share the work. 4 balances a 2-core machine (the tasks share 2
+/// threads evenly) against larger ones.
+pub const PARALLEL_DEGREE: usize = 4;
+
+/// The parallelism `psd` runs with: [`PARALLEL_DEGREE`] parts on the rayon pool.
+pub fn parallelism() -> Par {
+    Par::rayon(PARALLEL_DEGREE)
+}
 
 /// How to make the matrix convex.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -103,21 +114,19 @@ pub fn symmetrise(g: &Array2<f64>) -> (Array2<f64>, f64) {
     (sym, max_asymmetry)
 }
 
-/// A faer view of a symmetric ndarray matrix, without copying (the transpose of a symmetric
-/// row-major matrix read column-major is the matrix itself; faer reads the lower triangle).
-fn faer_view(sym: &Array2<f64>) -> MatRef<'_, f64> {
-    let n = sym.nrows();
-    let data = sym.as_slice().expect("symmetrise returns a standard-layout matrix");
-    MatRef::from_row_major_slice(data, n, n)
-}
-
+/// faer's self-adjoint eigendecomposition of `sym` (eigenvectors into `vectors` when given).
 fn evd(sym: &Array2<f64>, vectors: Option<&mut Mat<f64>>, par: Par) -> Result<Vec<f64>> {
     let n = sym.nrows();
+    assert_eq!(n, sym.ncols(), "the eigendecomposition needs a square matrix");
+    // A row-major symmetric matrix read column-major is its transpose, i.e. itself: no copy
+    // (faer reads the lower triangle). Other layouts are copied to row-major first.
+    let row_major = sym.as_standard_layout();
+    let data = row_major.as_slice().expect("standard layout is contiguous");
     let compute = if vectors.is_some() { ComputeEigenvectors::Yes } else { ComputeEigenvectors::No };
     let mut values = Diag::<f64>::zeros(n);
     let mut buffer = MemBuffer::new(self_adjoint_evd_scratch::<f64>(n, compute, par, Default::default()));
     self_adjoint_evd(
-        faer_view(sym),
+        MatRef::from_row_major_slice(data, n, n),
         values.as_mut(),
         vectors.map(|u| u.as_mut()),
         par,
@@ -144,8 +153,8 @@ pub fn eigen(sym: &Array2<f64>, par: Par) -> Result<(Vec<f64>, Mat<f64>)> {
 /// The nearest PSD matrix in Frobenius norm: `sym` with its negative eigenvalues set to zero.
 /// Returns it with the eigenvalues of `sym`.
 ///
-/// Computed as sym + W Wᵀ with W = U₋·diag(√−λ₋) over the negative eigenpairs only, so entries
-/// far from the negative eigenspace keep their bits, and the work is n²·k for k negatives.
+/// Computed as sym + W Wᵀ with W = U₋·diag(√−λ₋) over the k negative eigenpairs only: n²·k work,
+/// and a rounding error that scales with the part removed rather than with all of G.
 pub fn clip(sym: &Array2<f64>, par: Par) -> Result<(Array2<f64>, Vec<f64>)> {
     let n = sym.nrows();
     let (values, vectors) = eigen(sym, par)?;
@@ -210,7 +219,8 @@ pub struct Projection {
 
 /// Apply `method` to a square matrix with finite entries.
 ///
-/// `par` is faer's parallelism; [`Par::Seq`] keeps the output bit-identical whatever the machine.
+/// `par` is faer's parallelism: [`parallelism()`] for the tool; for a fixed `par`, the output does
+/// not depend on the machine or the size of the thread pool.
 pub fn project(g: &Array2<f64>, method: Method, par: Par) -> Result<Projection> {
     let n = g.nrows();
     let (sym, max_asymmetry) = symmetrise(g);
@@ -403,7 +413,12 @@ mod tests {
                 assert!(measured.lambda_min >= -tolerance, "{method}: λ_min {:e}", measured.lambda_min);
                 assert_eq!(measured.negative_eigenvalues, 0);
                 assert!((measured.lambda_min - p.after.lambda_min).abs() <= tolerance, "{method}: derived λ_min");
-                assert!((measured.lambda_max - p.after.lambda_max).abs() <= tolerance, "{method}: derived λ_max {:e} vs {:e}, tol {tolerance:e}", p.after.lambda_max, measured.lambda_max);
+                assert!(
+                    (measured.lambda_max - p.after.lambda_max).abs() <= tolerance,
+                    "{method}: derived λ_max {:e} vs {:e}, tol {tolerance:e}",
+                    p.after.lambda_max,
+                    measured.lambda_max
+                );
                 // Independently of the eigensolver: adding the tolerance makes it definite.
                 let lifted = shift(&p.matrix, 2.0 * tolerance + f64::MIN_POSITIVE);
                 assert!(cholesky_succeeds(&lifted), "{method}, seed {seed}");
@@ -486,7 +501,10 @@ mod tests {
             let mut all = vec![vec![]];
             let mut first = 0;
             for &k in &self.options {
-                all = all.into_iter().flat_map(|c: Vec<usize>| (0..k).map(move |o| [c.clone(), vec![first + o]].concat())).collect();
+                all = all
+                    .into_iter()
+                    .flat_map(|c: Vec<usize>| (0..k).map(move |o| [c.clone(), vec![first + o]].concat()))
+                    .collect();
                 first += k;
             }
             all
@@ -538,9 +556,24 @@ mod tests {
             let inst = random_instance(1000 + seed);
             let p = project(&inst.g, Method::Clip, Par::Seq).unwrap();
             let choices = inst.choices();
-            argmin(&choices, |c| Instance::objective(&inst.g, c)) != argmin(&choices, |c| Instance::objective(&p.matrix, c))
+            argmin(&choices, |c| Instance::objective(&inst.g, c))
+                != argmin(&choices, |c| Instance::objective(&p.matrix, c))
         });
         assert!(changed.is_some(), "no instance among 200 where clip moves the minimiser");
+    }
+
+    #[test]
+    fn output_bits_do_not_depend_on_the_thread_pool() {
+        // N = 400 is above faer's threshold for parallel tridiagonalisation (≈ 314).
+        let g = random_symmetric(400, 1.0, &mut rng(11));
+        for method in [Method::Shift, Method::Clip] {
+            let in_pool = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| project(&g, method, parallelism()).unwrap().matrix)
+            };
+            let one = in_pool(1);
+            assert!(one == in_pool(2) && one == in_pool(3), "{method}: the bits depend on the pool size");
+        }
     }
 
     #[test]

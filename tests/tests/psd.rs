@@ -23,12 +23,7 @@ fn read_npy(bytes: &[u8]) -> Array2<f64> {
 /// An indefinite, slightly asymmetric 4×4 matrix: 2 layers × 2 options, with the matrix
 /// convention (same-layer off-diagonals 0).
 fn indefinite() -> Array2<f64> {
-    array![
-        [0.10, 0.00, -0.30, 0.05],
-        [0.00, 0.02, 0.20, -0.10],
-        [-0.30, 0.20, 0.04, 0.00],
-        [0.05, -0.10, 0.00, 0.01],
-    ]
+    array![[0.10, 0.00, -0.30, 0.05], [0.00, 0.02, 0.20, -0.10], [-0.30, 0.20, 0.04, 0.00], [0.05, -0.10, 0.00, 0.01],]
 }
 
 fn index_json(variables: &[(usize, usize)]) -> String {
@@ -77,11 +72,16 @@ fn float32_input_is_promoted_and_symmetrised() {
 #[test]
 fn files_index_and_report() {
     let dir = tempfile::tempdir().unwrap();
-    let (input, output, report, index) =
-        (dir.path().join("G.npy"), dir.path().join("Gpsd.npy"), dir.path().join("psd.json"), dir.path().join("index.json"));
+    let (input, output, report, index) = (
+        dir.path().join("G.npy"),
+        dir.path().join("Gpsd.npy"),
+        dir.path().join("psd.json"),
+        dir.path().join("index.json"),
+    );
     std::fs::write(&input, npy(&indefinite())).unwrap();
     std::fs::write(&index, index_json(&[(0, 0), (0, 1), (1, 0), (1, 1)])).unwrap();
-    let args = [path_str(&input), "-o", path_str(&output), "--report", path_str(&report), "--index", path_str(&index), "-q"];
+    let args =
+        [path_str(&input), "-o", path_str(&output), "--report", path_str(&report), "--index", path_str(&index), "-q"];
     let r = run("psd", &args, b"");
     assert_eq!(r.stderr, "", "-q prints nothing");
     assert!(r.success().is_empty(), "the matrix went to -o, not stdout");
@@ -125,7 +125,8 @@ fn clip_reports_to_stdout_when_the_matrix_goes_to_a_file() {
 fn help_is_the_manual() {
     let help = run("psd", &["--help"], b"").success();
     let text = String::from_utf8(help).unwrap();
-    for needle in ["--method", "shift", "clip", "none", "--index", "--report", "psd --method shift < G.npy > Gpsd.npy"] {
+    for needle in ["--method", "shift", "clip", "none", "--index", "--report", "psd --method shift < G.npy > Gpsd.npy"]
+    {
         assert!(text.contains(needle), "--help lacks {needle}");
     }
 }
@@ -160,7 +161,11 @@ fn bad_inputs_exit_2_with_one_line_and_write_nothing() {
     rejects(&[], b"0.1,0.2\n0.3,0.4\n", "not a .npy file");
     rejects(&[], &npy(&Array2::<i64>::zeros((2, 2))), "expected float64 or float32 data");
     rejects(&[], &npy(&Array2::<f64>::zeros((0, 0))), "expected a non-empty N×N matrix");
-    rejects(&["--method", "eigen"], &npy(&indefinite()), "invalid value 'eigen' for '--method <METHOD>' [possible values: clip, shift, none]");
+    rejects(
+        &["--method", "eigen"],
+        &npy(&indefinite()),
+        "invalid value 'eigen' for '--method <METHOD>' [possible values: clip, shift, none]",
+    );
     rejects(&["missing.npy"], b"", "missing.npy: No such file");
 }
 
