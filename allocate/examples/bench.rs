@@ -52,7 +52,8 @@ fn main() {
     for f in get("--formulations", "projected").split(',') {
         let formulation = Formulation::parse(f).unwrap();
         let scip_log = args.iter().any(|a| a == "--scip-log");
-        let settings = Settings { time_limit, gap, method: Method::Scip, formulation, scip_log };
+        let reductions = !args.iter().any(|a| a == "--no-reduce");
+        let settings = Settings { time_limit, gap, method: Method::Scip, formulation, reductions, scip_log };
         let allocator = Allocator::new(&problem, settings);
         let mut times = Vec::new();
         let mut prev = Vec::new();

@@ -122,6 +122,10 @@ pub struct Args {
     #[arg(long, value_name = "NAME", default_value = "linearized")]
     pub formulation: String,
 
+    /// Skip the exact reductions before the search (for experiments: slower, same answer).
+    #[arg(long)]
+    pub no_reduce: bool,
+
     /// Output file (written atomically); `-` is stdout.
     #[arg(short, long, value_name = "FILE", default_value = "-")]
     pub output: String,
@@ -240,6 +244,7 @@ impl Config {
             gap: a.gap,
             method,
             formulation: Formulation::parse(&a.formulation)?,
+            reductions: !a.no_reduce,
             scip_log: false,
         };
         Ok(Config {

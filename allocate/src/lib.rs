@@ -19,6 +19,7 @@
 
 pub mod cli;
 pub mod convex;
+pub mod dual;
 pub mod mip;
 pub mod problem;
 pub mod reduce;

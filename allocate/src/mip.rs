@@ -39,7 +39,8 @@ pub enum Objective<'a> {
     /// The local-polytope linearisation: y_uv = x_u·x_v for u, v in different layers, with
     /// Σ_{v∈h} y_uv = x_u for every variable u and every other layer h (and the same the other
     /// way). Exact for binary x, and its LP relaxation is exact on every pair of layers.
-    Linearized,
+    /// Pairs for which `allowed(u, v)` is false are left out (x_u and x_v never both 1).
+    Linearized { allowed: &'a dyn Fn(usize, usize) -> bool },
     /// min t + bᵀx + c with t ≥ xᵀQx as given: products of binaries, which SCIP linearises
     /// with AND constraints (the seed's form).
     Product,
@@ -66,7 +67,7 @@ pub fn solve(qp: &ChoiceQp, rows: &[BudgetRow], objective: Objective<'_>, limits
     let (linear, constant): (Vec<f64>, f64) = match &objective {
         Objective::Convex { factored, .. } => (factored.linear.clone(), factored.constant),
         // x_u² = x_u: the diagonal joins the linear term.
-        Objective::Linearized => ((0..n).map(|i| qp.linear[i] + qp.quad[[i, i]]).collect(), qp.constant),
+        Objective::Linearized { .. } => ((0..n).map(|i| qp.linear[i] + qp.quad[[i, i]]).collect(), qp.constant),
         Objective::Product => (qp.linear.clone(), qp.constant),
     };
     let mut pairs: Vec<(Variable, usize, usize)> = Vec::new();
@@ -125,35 +126,37 @@ pub fn solve(qp: &ChoiceQp, rows: &[BudgetRow], objective: Objective<'_>, limits
                 }
             }
         }
-        Objective::Linearized => {
+        Objective::Linearized { allowed } => {
             let groups = qp.sizes.len();
             for g in 0..groups {
                 for h in g + 1..groups {
-                    let mut y = Vec::new();
-                    for i in qp.group_range(g) {
-                        let row: Vec<Variable> = qp
-                            .group_range(h)
-                            .map(|j| {
-                                let v = model.add(var().cont(0.0..=1.0).obj(2.0 * qp.quad[[i, j]] / scale).name(&format!("y{i}_{j}")));
-                                pairs.push((v.clone(), i, j));
-                                v
-                            })
-                            .collect();
-                        y.push(row);
-                    }
-                    for (a, i) in qp.group_range(g).enumerate() {
-                        let mut vars: Vec<&Variable> = y[a].iter().collect();
-                        vars.push(&x[i]);
+                    // y[a][b] for the a-th option of g and the b-th of h, if allowed.
+                    let y: Vec<Vec<Option<Variable>>> = qp
+                        .group_range(g)
+                        .map(|i| {
+                            qp.group_range(h)
+                                .map(|j| {
+                                    allowed(i, j).then(|| {
+                                        let v = model.add(var().cont(0.0..=1.0).obj(2.0 * qp.quad[[i, j]] / scale).name(&format!("y{i}_{j}")));
+                                        pairs.push((v.clone(), i, j));
+                                        v
+                                    })
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    let mut marginal = |vars: Vec<&Variable>, xv: &Variable, name: String| {
+                        let mut vars = vars;
+                        vars.push(xv);
                         let mut coefs = vec![1.0; vars.len()];
-                        *coefs.last_mut().unwrap() = -1.0;
-                        model.add_cons(vars, &coefs, 0.0, 0.0, &format!("m{i}_{h}"));
+                        *coefs.last_mut().expect("x is in the row") = -1.0;
+                        model.add_cons(vars, &coefs, 0.0, 0.0, &name);
+                    };
+                    for (a, i) in qp.group_range(g).enumerate() {
+                        marginal(y[a].iter().flatten().collect(), &x[i], format!("m{i}_{h}"));
                     }
                     for (b, j) in qp.group_range(h).enumerate() {
-                        let mut vars: Vec<&Variable> = y.iter().map(|r| &r[b]).collect();
-                        vars.push(&x[j]);
-                        let mut coefs = vec![1.0; vars.len()];
-                        *coefs.last_mut().unwrap() = -1.0;
-                        model.add_cons(vars, &coefs, 0.0, 0.0, &format!("m{j}_{g}"));
+                        marginal(y.iter().filter_map(|r| r[b].as_ref()).collect(), &x[j], format!("m{j}_{g}"));
                     }
                 }
             }

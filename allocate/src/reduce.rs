@@ -37,6 +37,17 @@ impl Reduction {
         choice.iter().enumerate().map(|(g, &i)| self.kept[g].iter().position(|&k| k == i)).collect()
     }
 
+    /// The problem restricted to the variables marked alive (every group keeps one at least).
+    pub fn keep(qp: &ChoiceQp, rows: &[BudgetRow], alive: &[bool]) -> Reduction {
+        Reduction::build(qp, rows, alive)
+    }
+
+    /// This reduction followed by `inner`, a reduction of this one's problem.
+    pub fn then(&self, inner: Reduction) -> Reduction {
+        let kept = inner.kept.iter().enumerate().map(|(g, k)| k.iter().map(|&i| self.kept[g][i]).collect()).collect();
+        Reduction { qp: inner.qp, rows: inner.rows, kept, removed: self.removed + inner.removed }
+    }
+
     fn build(qp: &ChoiceQp, rows: &[BudgetRow], alive: &[bool]) -> Reduction {
         let groups = qp.sizes.len();
         let kept: Vec<Vec<usize>> =

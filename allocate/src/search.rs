@@ -89,6 +89,50 @@ pub fn cheapest(qp: &ChoiceQp, rows: &[BudgetRow]) -> Choice {
         .collect()
 }
 
+/// Improve a feasible choice greedily: repeatedly make the one-layer change with the largest
+/// decrease of the objective per unit of budget used (budgets normalised by their capacity;
+/// changes that use no budget first), as long as one fits. Then [`local_search`].
+pub fn greedy(qp: &ChoiceQp, rows: &[BudgetRow], start: &[usize]) -> Choice {
+    let n = qp.n();
+    let groups = qp.sizes.len();
+    let mut choice = start.to_vec();
+    let mut used: Vec<f64> = rows.iter().map(|r| r.usage(qp, &choice)).collect();
+    let mut field: Vec<f64> = (0..n).map(|v| (0..groups).map(|h| qp.quad[[v, qp.starts[h] + choice[h]]]).sum()).collect();
+    let tolerance = 1e-12 * qp.scale().max(f64::MIN_POSITIVE);
+    for _ in 0..(n * groups).max(1) {
+        let mut best: Option<(f64, usize, usize)> = None;
+        for g in 0..groups {
+            let from = qp.starts[g] + choice[g];
+            for to in qp.group_range(g).filter(|&t| t != from) {
+                if !rows.iter().zip(&used).all(|(r, u)| u + r.coef[to] - r.coef[from] <= r.capacity()) {
+                    continue;
+                }
+                let d = qp.quad[[to, to]] - qp.quad[[from, from]] + qp.linear[to] - qp.linear[from]
+                    + 2.0 * (field[to] - (field[from] - qp.quad[[from, from]]));
+                if d >= -tolerance {
+                    continue;
+                }
+                let spend: f64 = rows.iter().map(|r| (r.coef[to] - r.coef[from]) / r.capacity().abs().max(1.0)).sum();
+                // Decrease per unit spent; free or budget-saving improvements rank first.
+                let score = if spend <= 0.0 { f64::INFINITY } else { -d / spend };
+                if best.is_none_or(|(s, _, _)| score > s) {
+                    best = Some((score, g, to));
+                }
+            }
+        }
+        let Some((_, g, to)) = best else { break };
+        let from = qp.starts[g] + choice[g];
+        for (r, row) in rows.iter().enumerate() {
+            used[r] += row.coef[to] - row.coef[from];
+        }
+        for v in 0..n {
+            field[v] += qp.quad[[v, to]] - qp.quad[[v, from]];
+        }
+        choice[g] = to - qp.starts[g];
+    }
+    local_search(qp, rows, &choice)
+}
+
 /// Improve a feasible choice by moves of one layer, then of two layers at once (trading budget
 /// between them), until no such move lowers the objective. Deterministic.
 pub fn local_search(qp: &ChoiceQp, rows: &[BudgetRow], start: &[usize]) -> Choice {

@@ -4,6 +4,7 @@
 use crate::convex::{convexify, Convexification, Weights};
 use crate::mip::{self, Limits, Objective};
 use crate::problem::{BudgetRow, Choice, ChoiceQp, Problem};
+use crate::dual;
 use crate::reduce;
 use crate::search;
 use clado::budget::{Budget, BITS_PER_MB};
@@ -13,6 +14,13 @@ use std::time::Instant;
 /// Gaps are relative to max(|objective|, |bound|), floored at this fraction of the largest
 /// entry of the data, so that an objective of (nearly) zero does not make every gap infinite.
 pub const GAP_FLOOR: f64 = 1e-9;
+
+/// Options are removed when the dual bound proves them worse than the incumbent by more than
+/// this fraction of the data's scale per layer: far above the rounding of the bound's sums.
+pub const DUAL_MARGIN: f64 = 1e-12;
+
+/// Share of the time limit the Lagrangian bound may use before the search.
+pub const DUAL_SHARE: f64 = 0.2;
 
 /// Which way to solve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,13 +84,23 @@ pub struct Settings {
     pub gap: f64,
     pub method: Method,
     pub formulation: Formulation,
+    /// Remove infeasible, dominated and dual-fixed options before the search (exact; off only
+    /// to measure what it brings and to test the formulations on the whole problem).
+    pub reductions: bool,
     /// Let SCIP print its log on stdout (experiments only: it would corrupt the tool's output).
     pub scip_log: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { time_limit: 60.0, gap: 1e-6, method: Method::Auto, formulation: Formulation::Linearized, scip_log: false }
+        Settings {
+            time_limit: 60.0,
+            gap: 1e-6,
+            method: Method::Auto,
+            formulation: Formulation::Linearized,
+            reductions: true,
+            scip_log: false,
+        }
     }
 }
 
@@ -168,7 +186,18 @@ impl<'p> Allocator<'p> {
             let denom = objective.abs().max(bound.abs()).max(GAP_FLOOR * scale).max(f64::MIN_POSITIVE);
             ((objective - bound) / denom).max(0.0)
         };
-        let reduction = reduce::dominance(qp, &rows);
+        // Incumbents: earlier answers that still fit, and a local search from the best of them
+        // or from the cheapest choice.
+        let mut starts: Vec<Choice> = warm.iter().filter(|c| search::feasible(qp, &rows, c)).cloned().collect();
+        let cheapest = search::cheapest(qp, &rows);
+        if search::feasible(qp, &rows, &cheapest) {
+            let seed = starts.iter().min_by(|a, b| qp.value(a).total_cmp(&qp.value(b))).cloned().unwrap_or(cheapest.clone());
+            starts.push(search::local_search(qp, &rows, &seed));
+            starts.push(search::greedy(qp, &rows, &cheapest));
+        }
+        let incumbent = starts.iter().map(|c| qp.value(c)).fold(f64::INFINITY, f64::min);
+        let (reduction, dual_bound, pairs) = self.reduce(&rows, incumbent, start);
+        let margin = DUAL_MARGIN * qp.scale() * qp.sizes.len() as f64;
         let small = &reduction.qp;
         let enumerate = match self.settings.method {
             Method::Enumerate => true,
@@ -192,20 +221,17 @@ impl<'p> Allocator<'p> {
                 removed: reduction.removed,
             });
         }
-        // Incumbents: earlier answers that still fit, and a local search from the best of them
-        // or from the cheapest choice.
-        let mut starts: Vec<Choice> = warm.iter().filter(|c| search::feasible(qp, &rows, c)).cloned().collect();
-        let cheapest = search::cheapest(qp, &rows);
-        if search::feasible(qp, &rows, &cheapest) {
-            let seed = starts.iter().min_by(|a, b| qp.value(a).total_cmp(&qp.value(b))).cloned().unwrap_or(cheapest);
-            starts.push(search::local_search(qp, &rows, &seed));
-        }
         let small_starts: Vec<Choice> = starts.iter().filter_map(|c| reduction.project(c)).collect();
         let formulation = self.settings.formulation;
         let limits = self.limits(start);
         let (outcome, slack, shift) = match formulation {
             Formulation::Linearized => {
-                (mip::solve(small, &reduction.rows, Objective::Linearized, limits, &small_starts), 0.0, 0.0)
+                // Pairs the dual bound proves worse than the incumbent are left out.
+                let allowed = |i: usize, j: usize| match &pairs {
+                    Some(d) => d.allows(small, i, j, incumbent + margin),
+                    None => true,
+                };
+                (mip::solve(small, &reduction.rows, Objective::Linearized { allowed: &allowed }, limits, &small_starts), 0.0, 0.0)
             }
             Formulation::Product => (mip::solve(small, &reduction.rows, Objective::Product, limits, &small_starts), 0.0, 0.0),
             Formulation::Convex { convexification, split } => {
@@ -232,7 +258,7 @@ impl<'p> Allocator<'p> {
                 ))
             })?;
         let objective = self.problem.objective(&best);
-        let bound = (outcome.bound - slack).min(objective);
+        let bound = (outcome.bound - slack).max(dual_bound).min(objective);
         let stop = match outcome.status {
             russcip::Status::Optimal => Stop::Optimal,
             russcip::Status::GapLimit => Stop::GapLimit,
@@ -251,6 +277,41 @@ impl<'p> Allocator<'p> {
             shift,
             removed: reduction.removed,
         })
+    }
+
+    /// Remove options that are infeasible or dominated, then those the Lagrangian bound proves
+    /// worse than `incumbent`, until nothing changes. Returns the reduction and the best dual
+    /// bound (valid for the original problem: the removed options are in no choice better
+    /// than the incumbent, so the reduced problem keeps the optimum).
+    fn reduce(&self, rows: &[BudgetRow], incumbent: f64, start: Instant) -> (reduce::Reduction, f64, Option<dual::DualBound>) {
+        let qp = &self.qp;
+        let mut best_bound = f64::NEG_INFINITY;
+        let mut last = None;
+        if !self.settings.reductions {
+            return (reduce::Reduction::keep(qp, rows, &vec![true; qp.n()]), best_bound, last);
+        }
+        let mut reduction = reduce::dominance(qp, rows);
+        if !incumbent.is_finite() {
+            return (reduction, best_bound, last);
+        }
+        let margin = DUAL_MARGIN * qp.scale() * qp.sizes.len() as f64;
+        for _round in 0..8 {
+            let budget = (DUAL_SHARE * self.settings.time_limit - start.elapsed().as_secs_f64()).max(0.0);
+            let d = dual::bound(&reduction.qp, &reduction.rows, budget);
+            best_bound = best_bound.max(d.bound);
+            if self.settings.scip_log {
+                eprintln!("dual: bound {:.6e} incumbent {incumbent:.6e} sweeps {} n {} t {:.2}", d.bound, d.sweeps, reduction.qp.n(), start.elapsed().as_secs_f64());
+            }
+            let alive: Vec<bool> = d.reduced_cost.iter().map(|r| d.bound + r <= incumbent + margin).collect();
+            if alive.iter().all(|a| *a) {
+                last = Some(d);
+                break;
+            }
+            let fixed = reduce::Reduction::keep(&reduction.qp, &reduction.rows, &alive);
+            let again = reduce::dominance(&fixed.qp, &fixed.rows);
+            reduction = reduction.then(fixed).then(again);
+        }
+        (reduction, best_bound, last)
     }
 
     fn limits(&self, start: Instant) -> Limits {

@@ -1,0 +1,204 @@
+//! The solver against independent references on small instances: brute force over every
+//! choice (xᵀGx summed from the whole matrix, budgets checked with clado's own `Budget::allows`),
+//! and a knapsack dynamic program for `--naive`.
+
+use allocate::problem::Problem;
+use allocate::solve::{Allocator, Formulation, Method, Settings};
+use allocate::synthetic::{perturbation_instance, SplitMix64};
+use clado::budget::Budget;
+use clado::format::{Index, LayerInfo};
+use clado::options::QuantOption;
+use ndarray::Array2;
+
+/// Objectives of the same choice summed in different orders differ by rounding only; the
+/// solver's answers must match the reference to this relative precision (and its requested
+/// gap, 1e-9 here, is far below any difference between distinct choices of these instances).
+const SAME_VALUE: f64 = 1e-9;
+
+fn layers(params: &[u64]) -> Vec<LayerInfo> {
+    params
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| LayerInfo { name: format!("layer{i}"), kind: "conv".into(), params: p, macs: p * (16 >> (i % 3)) })
+        .collect()
+}
+
+/// A small instance whose G is made clearly indefinite: dense cross terms of both signs as
+/// large as a third of the diagonal's scale.
+fn instance(params: &[u64], options: &str, seed: u64) -> (Array2<f64>, Index) {
+    let options = QuantOption::parse_list(options).unwrap();
+    let (mut g, index) = perturbation_instance("test", &layers(params), &options, seed);
+    let k = options.len();
+    let scale = g.diag().iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let mut rng = SplitMix64::new(seed ^ 0xABCD);
+    let n = g.nrows();
+    for u in 0..n {
+        for v in u + 1..n {
+            if u / k != v / k {
+                let noise = 0.3 * scale * rng.normal() / (n as f64).sqrt();
+                g[[u, v]] += noise;
+                g[[v, u]] += noise;
+            }
+        }
+    }
+    assert!(allocate::convex::min_eigenvalue(&g) < 0.0, "the test wants an indefinite G");
+    (g, index)
+}
+
+/// Every choice of the free layers, by brute force on the whole matrix: (value, options).
+fn brute_force(problem: &Problem, budgets: &[Budget]) -> Option<(f64, Vec<QuantOption>)> {
+    let sizes: Vec<usize> = problem.groups.iter().map(|g| g.vars.len()).collect();
+    let mut choice = vec![0; sizes.len()];
+    let mut best: Option<(f64, Vec<QuantOption>)> = None;
+    loop {
+        let options = problem.layer_options(&choice);
+        if budgets.iter().all(|b| b.allows(&problem.layers, &options)) {
+            let vars = problem.chosen_vars(&choice);
+            let value: f64 = if problem.naive {
+                vars.iter().map(|&v| problem.matrix[[v, v]]).sum()
+            } else {
+                vars.iter().flat_map(|&u| vars.iter().map(move |&v| (u, v))).map(|(u, v)| problem.matrix[[u, v]]).sum()
+            };
+            if best.as_ref().is_none_or(|(b, _)| value < *b) {
+                best = Some((value, options));
+            }
+        }
+        // Next choice, odometer order.
+        let mut g = 0;
+        loop {
+            if g == sizes.len() {
+                return best;
+            }
+            choice[g] += 1;
+            if choice[g] < sizes[g] {
+                break;
+            }
+            choice[g] = 0;
+            g += 1;
+        }
+    }
+}
+
+fn settings(method: Method) -> Settings {
+    Settings { time_limit: 30.0, gap: 1e-9, method, ..Settings::default() }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= SAME_VALUE * a.abs().max(b.abs()).max(1e-12)
+}
+
+#[test]
+fn scip_and_enumeration_match_brute_force_on_indefinite_instances() {
+    let params = [144, 2304, 2304, 4608, 512, 640];
+    let total: u64 = params.iter().sum();
+    for seed in 0..4 {
+        let (g, index) = instance(&params, "w2a8,w4a8,w8a8", seed);
+        for pins in [vec![], vec![("layer0".to_string(), "w8a8".to_string()), ("layer5".to_string(), "w8a8".to_string())]] {
+            let problem = Problem::new(&index, "index.json", g.clone(), "G.npy", &pins, false).unwrap();
+            let bops_all8: f64 = index.layers.iter().map(|l| (l.macs * 64) as f64).sum();
+            let budgets: Vec<Vec<Budget>> = vec![
+                vec![],
+                vec![Budget::AvgBits(2.5)],
+                vec![Budget::AvgBits(4.0)],
+                vec![Budget::AvgBits(6.0)],
+                vec![Budget::SizeBits((total * 5) as f64)],
+                vec![Budget::Bops(bops_all8 * 0.4)],
+                vec![Budget::AvgBits(5.0), Budget::Bops(bops_all8 * 0.5)],
+            ];
+            for b in &budgets {
+                let reference = brute_force(&problem, b);
+                for (method, reductions) in [(Method::Scip, true), (Method::Scip, false), (Method::Enumerate, true)] {
+                    let got = Allocator::new(&problem, Settings { reductions, ..settings(method) }).solve(b, &[]);
+                    match (&reference, got) {
+                        (None, Err(e)) => assert_eq!(e.exit_code(), 1, "infeasible is exit 1: {e}"),
+                        (Some((value, _)), Ok(s)) => {
+                            assert!(
+                                close(s.objective, *value),
+                                "seed {seed}, pins {pins:?}, budget {b:?}, {method:?}: {} vs brute force {value}",
+                                s.objective
+                            );
+                            assert!(s.bound <= s.objective && s.bound <= value + SAME_VALUE * value.abs().max(1e-12));
+                            assert!(b.iter().all(|x| x.allows(&problem.layers, &problem.layer_options(&s.choice))));
+                            for (layer, option) in &pins {
+                                let l = problem.layers.iter().position(|x| &x.name == layer).unwrap();
+                                assert_eq!(problem.layer_options(&s.choice)[l].to_string(), *option);
+                            }
+                        }
+                        (r, g) => panic!("seed {seed}, budget {b:?}, {method:?}: brute force {r:?}, solver {g:?}"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_formulation_finds_the_same_optimum() {
+    let params = [144, 2304, 4608, 512, 640];
+    let (g, index) = instance(&params, "w2a8,w4a8,w8a8", 11);
+    let problem = Problem::new(&index, "index.json", g, "G.npy", &[], false).unwrap();
+    let budget = [Budget::AvgBits(4.0)];
+    let (value, _) = brute_force(&problem, &budget).unwrap();
+    for (name, formulation) in Formulation::ALL {
+        // On the whole problem, so that every formulation has work to do.
+        let s = Settings { formulation, reductions: false, ..settings(Method::Scip) };
+        let got = Allocator::new(&problem, s).solve(&budget, &[]).unwrap();
+        assert!(close(got.objective, value), "{name}: {} vs {value}", got.objective);
+        assert!(got.bound <= value + SAME_VALUE * value.abs(), "{name}: bound {} above the optimum {value}", got.bound);
+    }
+}
+
+/// Minimum of Σ G[v,v] with Σ size_bits ≤ capacity, by dynamic programming over the capacity
+/// (sizes are small integers here).
+fn knapsack(problem: &Problem, capacity: usize) -> f64 {
+    let mut best = vec![0.0f64; capacity + 1];
+    for group in &problem.groups {
+        let layer = &problem.layers[group.layer];
+        let mut next = vec![f64::INFINITY; capacity + 1];
+        for c in 0..=capacity {
+            for &v in &group.vars {
+                let size = clado::budget::layer_size_bits(layer, problem.option_of(v)) as usize;
+                if size <= c && best[c - size].is_finite() {
+                    next[c] = next[c].min(best[c - size] + problem.matrix[[v, v]]);
+                }
+            }
+        }
+        best = next;
+    }
+    best[capacity]
+}
+
+#[test]
+fn naive_matches_a_knapsack_dynamic_program() {
+    let params = [3, 5, 2, 7, 4, 6, 1, 8];
+    let (g, index) = instance(&params, "w2,w3,w4,w6,w8", 5);
+    let problem = Problem::new(&index, "index.json", g, "G.npy", &[], true).unwrap();
+    let total: u64 = params.iter().sum();
+    for capacity in (2 * total..=8 * total).step_by(7) {
+        let reference = knapsack(&problem, capacity as usize);
+        for method in [Method::Scip, Method::Enumerate] {
+            let got = Allocator::new(&problem, settings(method)).solve(&[Budget::SizeBits(capacity as f64)], &[]).unwrap();
+            assert!(close(got.objective, reference), "capacity {capacity}, {method:?}: {} vs DP {reference}", got.objective);
+        }
+    }
+}
+
+#[test]
+fn a_sweep_never_gets_worse_as_the_budget_grows() {
+    let layers = allocate::synthetic::resnet_layers(20, 1, 10);
+    let options = QuantOption::parse_list("w{2,4,8}a8").unwrap();
+    let (g, index) = perturbation_instance("resnet20", &layers, &options, 3);
+    let problem = Problem::new(&index, "index.json", g, "G.npy", &[], false).unwrap();
+    let allocator = Allocator::new(&problem, settings(Method::Auto));
+    let mut previous: Option<(f64, Vec<usize>)> = None;
+    for step in 0..=12 {
+        let b = Budget::AvgBits(2.0 + 0.5 * step as f64);
+        let warm: Vec<Vec<usize>> = previous.iter().map(|(_, c)| c.clone()).collect();
+        let s = allocator.solve(&[b], &warm).unwrap();
+        assert!(s.gap <= 1e-9, "{b}: gap {}", s.gap);
+        if let Some((v, _)) = &previous {
+            assert!(s.objective <= v + SAME_VALUE * v.abs(), "{b}: {} after {v}", s.objective);
+        }
+        previous = Some((s.objective, s.choice));
+    }
+}
