@@ -17,7 +17,11 @@ const OPTIONS: [&str; 3] = ["w2a8", "w4a8", "w8a8"];
 const PARAMS: [u64; 6] = [144, 2304, 2304, 4608, 512, 640];
 
 fn index() -> Index {
-    let layers = PARAMS
+    index_of(&PARAMS)
+}
+
+fn index_of(params: &[u64]) -> Index {
+    let layers = params
         .iter()
         .enumerate()
         .map(|(i, &p)| LayerInfo { name: format!("layer{i}"), kind: "conv".into(), params: p, macs: p * 64 })
@@ -28,7 +32,7 @@ fn index() -> Index {
         layers,
         fixed: BTreeMap::new(),
         options: OPTIONS.iter().map(|o| OptionInfo::from(QuantOption::parse(o).unwrap())).collect(),
-        variables: (0..PARAMS.len()).flat_map(|l| (0..OPTIONS.len()).map(move |o| Variable { layer: l, option: o })).collect(),
+        variables: (0..params.len()).flat_map(|l| (0..OPTIONS.len()).map(move |o| Variable { layer: l, option: o })).collect(),
         metric: Metric::Loss,
         naive: false,
         samples: 64,
@@ -41,8 +45,12 @@ fn index() -> Index {
 
 /// A perturbation-like G: diagonal 4^(−bits)·s_l, small cross terms of both signs.
 fn matrix() -> Array2<f64> {
+    matrix_of(PARAMS.len())
+}
+
+fn matrix_of(layers: usize) -> Array2<f64> {
     let k = OPTIONS.len();
-    let n = PARAMS.len() * k;
+    let n = layers * k;
     let bits = [2.0, 4.0, 8.0];
     Array2::from_shape_fn((n, n), |(u, v)| {
         let (lu, ou, lv, ov) = (u / k, u % k, v / k, v % k);
@@ -279,6 +287,21 @@ fn bad_files_exit_2_naming_the_file_and_the_problem() {
     write(dir.path(), &matrix(), &index());
     one_line_error(run_in("allocate", &["--matrix", "nope.npy", "--index", "index.json"], b"", Some(dir.path())), 2, "nope.npy");
     assert!(!dir.path().join("out.json").exists());
+}
+
+#[test]
+fn a_time_out_writes_the_best_allocation_with_its_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let params: Vec<u64> = (0..40).map(|l| 100 + 37 * (l % 7)).collect();
+    write(dir.path(), &matrix_of(params.len()), &index_of(&params));
+    let r = allocate(dir.path(), &["--avg-bits", "4.3", "--method", "scip", "--no-reduce", "--time-limit", "0.01"]);
+    let stderr = r.stderr.clone();
+    let alloc = parse(&r.success());
+    assert_eq!(alloc.solver.status, "time_limit");
+    assert!(alloc.avg_w_bits <= 4.3);
+    assert!(alloc.solver.bound <= alloc.solver.objective);
+    assert!(stderr.contains("warning") && stderr.contains("gap"), "{stderr}");
+    assert!(alloc.notes.contains_key("warning"));
 }
 
 #[test]
