@@ -104,11 +104,11 @@ pub struct Args {
     pub naive: bool,
 
     /// Seconds for one solve; the best allocation found by then is written with its gap.
-    #[arg(long, value_name = "S", default_value_t = 60.0)]
+    #[arg(long, value_name = "S", default_value_t = 60.0, allow_negative_numbers = true)]
     pub time_limit: f64,
 
     /// Relative gap (objective − bound) / max(|objective|, |bound|) at which a solve may stop.
-    #[arg(long, value_name = "G", default_value_t = 1e-6)]
+    #[arg(long, value_name = "G", default_value_t = 1e-6, allow_negative_numbers = true)]
     pub gap: f64,
 
     /// How to solve: `auto` enumerates small problems and gives the rest to SCIP.
