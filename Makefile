@@ -34,6 +34,12 @@ test: setup
 demo: setup build
 	bash scripts/demo.sh
 
+# Speed figures (release builds): forward engine, psd's eigendecomposition, allocate's solver.
+bench: setup-scip
+	$(CARGO) bench -p clado --bench engine
+	$(CARGO) bench -p psd
+	bash scripts/bench-allocate.sh
+
 clean:
 	$(CARGO) clean
 	rm -rf out
