@@ -16,9 +16,10 @@
 //! ([`CifarResNet`]), used for training and as the straightforward implementation that the fast
 //! engine is checked against.
 
+pub mod conv;
 mod resnet;
 
-pub use resnet::{state_dict_from_varmap, varmap_from_state_dict, BasicBlock, CifarResNet};
+pub use resnet::{state_dict_from_varmap, varmap_from_state_dict, BasicBlock, CifarResNet, ConvBackend};
 
 use crate::checkpoint::{StateDict, Tensor32, BATCHES_TRACKED_SUFFIX};
 use crate::format::LayerInfo;

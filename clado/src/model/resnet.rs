@@ -7,13 +7,43 @@
 use super::{ArchSpec, BlockSpec, BN_EPS, KERNEL, STAGE_CHANNELS};
 use crate::checkpoint::{StateDict, Tensor32};
 use candle_core::{DType, Device, Module, ModuleT, Tensor, D};
-use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear, VarBuilder, VarMap};
+use candle_nn::{BatchNorm, Linear, VarBuilder, VarMap};
 use std::collections::HashMap;
 
-fn conv(in_c: usize, out_c: usize, kernel: usize, stride: usize, vb: VarBuilder) -> candle_core::Result<Conv2d> {
-    let padding = kernel / 2;
-    let cfg = Conv2dConfig { padding, stride, ..Default::default() };
-    candle_nn::conv2d_no_bias(in_c, out_c, kernel, cfg, vb)
+/// Which conv2d implementation a model runs; both give the same results within float32
+/// reordering error (tested in `conv`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvBackend {
+    /// candle's own `conv2d`: the straightforward reference.
+    #[default]
+    Candle,
+    /// im2col + gemm with a fast backward pass ([`super::conv::conv2d_im2col`]), for training.
+    Im2col,
+}
+
+/// A bias-free Conv, `weight` `[out, in, k, k]`, padding k/2.
+#[derive(Clone, Debug)]
+struct Conv {
+    weight: Tensor,
+    stride: usize,
+    padding: usize,
+    backend: ConvBackend,
+}
+
+impl Conv {
+    fn new(in_c: usize, out_c: usize, kernel: usize, stride: usize, backend: ConvBackend, vb: VarBuilder) -> candle_core::Result<Self> {
+        let weight = vb.get_with_hints((out_c, in_c, kernel, kernel), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
+        Ok(Conv { weight, stride, padding: kernel / 2, backend })
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.backend {
+            ConvBackend::Candle => x.conv2d(&self.weight, self.padding, self.stride, 1, 1),
+            ConvBackend::Im2col => super::conv::conv2d_im2col(x, &self.weight, self.stride, self.padding),
+        }
+    }
 }
 
 fn batch_norm(channels: usize, vb: VarBuilder) -> candle_core::Result<BatchNorm> {
@@ -24,28 +54,28 @@ fn batch_norm(channels: usize, vb: VarBuilder) -> candle_core::Result<BatchNorm>
 /// shortcut is `downsample` (1×1 conv + BN) when present and the identity otherwise.
 #[derive(Clone, Debug)]
 pub struct BasicBlock {
-    conv1: Conv2d,
+    conv1: Conv,
     bn1: BatchNorm,
-    conv2: Conv2d,
+    conv2: Conv,
     bn2: BatchNorm,
-    downsample: Option<(Conv2d, BatchNorm)>,
+    downsample: Option<(Conv, BatchNorm)>,
 }
 
 impl BasicBlock {
-    pub fn new(spec: &BlockSpec, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(spec: &BlockSpec, backend: ConvBackend, vb: VarBuilder) -> candle_core::Result<Self> {
         let downsample = if spec.downsample {
             let vd = vb.pp("downsample");
             Some((
-                conv(spec.in_channels, spec.out_channels, 1, spec.stride, vd.pp("0"))?,
+                Conv::new(spec.in_channels, spec.out_channels, 1, spec.stride, backend, vd.pp("0"))?,
                 batch_norm(spec.out_channels, vd.pp("1"))?,
             ))
         } else {
             None
         };
         Ok(BasicBlock {
-            conv1: conv(spec.in_channels, spec.out_channels, KERNEL, spec.stride, vb.pp("conv1"))?,
+            conv1: Conv::new(spec.in_channels, spec.out_channels, KERNEL, spec.stride, backend, vb.pp("conv1"))?,
             bn1: batch_norm(spec.out_channels, vb.pp("bn1"))?,
-            conv2: conv(spec.out_channels, spec.out_channels, KERNEL, 1, vb.pp("conv2"))?,
+            conv2: Conv::new(spec.out_channels, spec.out_channels, KERNEL, 1, backend, vb.pp("conv2"))?,
             bn2: batch_norm(spec.out_channels, vb.pp("bn2"))?,
             downsample,
         })
@@ -68,20 +98,30 @@ impl ModuleT for BasicBlock {
 #[derive(Clone, Debug)]
 pub struct CifarResNet {
     spec: ArchSpec,
-    conv1: Conv2d,
+    conv1: Conv,
     bn1: BatchNorm,
     blocks: Vec<BasicBlock>,
     fc: Linear,
 }
 
 impl CifarResNet {
-    /// Build the model from `vb` (tensors named as in PyTorch: `conv1.weight`, ...). With a
-    /// `VarBuilder` over a `VarMap` the tensors are trainable variables.
+    /// Build the reference model (candle's conv2d) from `vb` (tensors named as in PyTorch:
+    /// `conv1.weight`, ...). With a `VarBuilder` over a `VarMap` the tensors are trainable
+    /// variables.
     pub fn new(spec: ArchSpec, vb: VarBuilder) -> candle_core::Result<Self> {
-        let blocks = spec.blocks().iter().map(|b| BasicBlock::new(b, vb.pp(&b.name))).collect::<Result<_, _>>()?;
+        Self::with_backend(spec, ConvBackend::Candle, vb)
+    }
+
+    /// Build the model with the given conv implementation.
+    pub fn with_backend(spec: ArchSpec, backend: ConvBackend, vb: VarBuilder) -> candle_core::Result<Self> {
+        let blocks = spec
+            .blocks()
+            .iter()
+            .map(|b| BasicBlock::new(b, backend, vb.pp(&b.name)))
+            .collect::<Result<_, _>>()?;
         Ok(CifarResNet {
             spec,
-            conv1: conv(spec.in_channels, STAGE_CHANNELS[0], KERNEL, 1, vb.pp("conv1"))?,
+            conv1: Conv::new(spec.in_channels, STAGE_CHANNELS[0], KERNEL, 1, backend, vb.pp("conv1"))?,
             bn1: batch_norm(STAGE_CHANNELS[0], vb.pp("bn1"))?,
             blocks,
             fc: candle_nn::linear(STAGE_CHANNELS[2], spec.num_classes, vb.pp("fc"))?,
@@ -91,12 +131,22 @@ impl CifarResNet {
     /// An evaluation model with fixed weights from a state_dict already checked with
     /// [`super::check_state_dict`].
     pub fn from_state_dict(spec: ArchSpec, state: &StateDict, device: &Device) -> crate::Result<Self> {
+        Self::from_state_dict_with_backend(spec, state, ConvBackend::Candle, device)
+    }
+
+    /// As [`CifarResNet::from_state_dict`], with the given conv implementation.
+    pub fn from_state_dict_with_backend(
+        spec: ArchSpec,
+        state: &StateDict,
+        backend: ConvBackend,
+        device: &Device,
+    ) -> crate::Result<Self> {
         let tensors = state
             .iter()
             .map(|(name, t)| Ok((name.clone(), t.to_candle(device)?)))
             .collect::<candle_core::Result<HashMap<_, _>>>()?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        Ok(CifarResNet::new(spec, vb)?)
+        Ok(CifarResNet::with_backend(spec, backend, vb)?)
     }
 
     pub fn spec(&self) -> &ArchSpec {
