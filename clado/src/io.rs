@@ -68,6 +68,14 @@ pub fn write_with(
         buffered.flush().map_err(|e| Error::io(path, e))?;
     }
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    // Temporary files are created private (0600); a finished output is an ordinary file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| Error::io(path, e))?;
+    }
     tmp.persist(target).map_err(|e| Error::io(path, e.error))?;
     Ok(())
 }
