@@ -120,27 +120,24 @@ pub fn convexify(qp: &ChoiceQp, how: Convexification) -> Factored {
                 }
             };
             let t = -min_generalized_on_subspace(qp, &a, &w);
-            let pap = projected(qp, &a);
             let mut m = a;
             for i in 0..n {
                 m[[i, i]] += t * w[i];
                 b[i] -= t * w[i];
             }
-            let lambda = t;
             let x0: Vec<f64> = (0..qp.sizes.len()).flat_map(|g| std::iter::repeat_n(1.0 / qp.sizes[g] as f64, qp.sizes[g])).collect();
             let mx0: Vec<f64> = (0..n).map(|i| (0..n).map(|j| m[[i, j]] * x0[j]).sum()).collect();
             let x0mx0: f64 = x0.iter().zip(&mx0).map(|(a, b)| a * b).sum();
             for i in 0..n {
                 b[i] += 2.0 * mx0[i];
             }
-            let _ = pap;
             let p = projected(qp, &m);
             let (factor, lower, upper) = factor_psd(&p, groups);
             Factored {
                 factor,
                 linear: b,
                 constant: qp.constant - x0mx0,
-                shift: lambda,
+                shift: t,
                 lower_slack: lower,
                 upper_slack: upper,
             }

@@ -13,8 +13,10 @@
 //! bisection on the subgradient; the bound is valid at every step, whatever the convergence.
 //!
 //! Reduced costs: with x_g = i, every term of L is at least its minimum plus the slack of i in
-//! it, so a choice using i is worth at least L + r_i, r_i = ũ_i + μ·c_i − min_k(ũ_k + μ·c_k).
-//! Options with L + r_i above an incumbent's value cannot improve on it and are removed.
+//! it: the node term by r_i = ũ_i + μ·c_i − min_k(ũ_k + μ·c_k), and every pair term (g,h) by
+//! min_j θ̃_ij − min θ̃. A choice using i is worth at least L + floor_i, the sum of those
+//! slacks; options whose floor lifts L above an incumbent's value cannot improve on it and are
+//! removed. Pairs of options likewise.
 
 use crate::problem::{BudgetRow, ChoiceQp};
 use std::time::Instant;
@@ -24,13 +26,38 @@ use std::time::Instant;
 pub struct DualBound {
     /// Valid for every choice that meets the budget rows.
     pub bound: f64,
-    /// r_i ≥ 0 per variable: a choice with variable i is worth at least bound + r_i.
-    pub reduced_cost: Vec<f64>,
+    /// floor_i ≥ 0 per variable: a choice with variable i is worth at least bound + floor_i.
+    pub floor: Vec<f64>,
     /// Per pair of layers (g < h, in order), row-major over g's and h's options: the slack
-    /// θ̃_ij − min θ̃ ≥ 0. A choice with i and j is worth at least bound + r_i + r_j + slack.
+    /// θ̃_ij − min θ̃ ≥ 0.
     pub pair_cost: Vec<Vec<f64>>,
-    /// Edge updates done.
+    /// Sweeps over all pairs done.
     pub sweeps: usize,
+    /// The messages of the bound, to warm-start another bound on a restriction of the problem.
+    pub messages: Messages,
+    /// Per group, the option of least priced reparametrised cost (a Lagrangian rounding).
+    pub rounding: Vec<usize>,
+}
+
+/// The messages λ of every pair of layers (g < h, in order): on g's options, on h's.
+#[derive(Clone, Debug)]
+pub struct Messages(Vec<(Vec<f64>, Vec<f64>)>);
+
+impl Messages {
+    /// The messages of the options kept (`kept[g]`: positions kept in group g, in order).
+    pub fn restrict(&self, kept: &[Vec<usize>]) -> Messages {
+        let groups = kept.len();
+        let mut out = Vec::with_capacity(self.0.len());
+        let mut e = 0;
+        for g in 0..groups {
+            for h in g + 1..groups {
+                let (to_g, to_h) = &self.0[e];
+                out.push((kept[g].iter().map(|&i| to_g[i]).collect(), kept[h].iter().map(|&j| to_h[j]).collect()));
+                e += 1;
+            }
+        }
+        Messages(out)
+    }
 }
 
 impl DualBound {
@@ -43,8 +70,14 @@ impl DualBound {
         let groups = qp.sizes.len();
         // Edges are listed (0,1), (0,2), …, (1,2), …
         let edge = g * groups - g * (g + 1) / 2 + (h - g - 1);
-        let slack = self.pair_cost[edge][(a - qp.starts[g]) * qp.sizes[h] + (b - qp.starts[h])];
-        self.bound + self.reduced_cost[i] + self.reduced_cost[j] + slack <= cutoff
+        let (x, y, kh) = (a - qp.starts[g], b - qp.starts[h], qp.sizes[h]);
+        let slacks = &self.pair_cost[edge];
+        let slack = slacks[x * kh + y];
+        // floor_a counts this edge's row minimum and floor_b its column minimum: swap them for
+        // the slack of the pair itself.
+        let row = slacks[x * kh..(x + 1) * kh].iter().fold(f64::INFINITY, |m, &v| m.min(v));
+        let col = (0..qp.sizes[g]).map(|r| slacks[r * kh + y]).fold(f64::INFINITY, f64::min);
+        self.bound + self.floor[a] + self.floor[b] - row - col + slack <= cutoff
     }
 }
 
@@ -58,8 +91,12 @@ struct Edge {
     theta: Vec<f64>,
 }
 
-/// Improve the bound for at most `seconds` (or until it stops improving).
-pub fn bound(qp: &ChoiceQp, rows: &[BudgetRow], seconds: f64) -> DualBound {
+/// The best point so far: reparametrised unaries, prices, pair slacks and messages.
+type State = (Vec<f64>, Vec<f64>, Vec<Vec<f64>>, Messages);
+
+/// Improve the bound for at most `seconds` (or until it stops improving), from `warm` messages
+/// if given (they must belong to a problem with the same groups and option counts).
+pub fn bound(qp: &ChoiceQp, rows: &[BudgetRow], seconds: f64, warm: Option<&Messages>) -> DualBound {
     let start = Instant::now();
     let groups = qp.sizes.len();
     let n = qp.n();
@@ -71,8 +108,24 @@ pub fn bound(qp: &ChoiceQp, rows: &[BudgetRow], seconds: f64) -> DualBound {
             edges.push(Edge { g, h, to_g: vec![0.0; qp.sizes[g]], to_h: vec![0.0; qp.sizes[h]], theta });
         }
     }
+    if let Some(Messages(m)) = warm {
+        for (e, (to_g, to_h)) in edges.iter_mut().zip(m) {
+            if to_g.len() == e.to_g.len() && to_h.len() == e.to_h.len() {
+                e.to_g.clone_from(to_g);
+                e.to_h.clone_from(to_h);
+            }
+        }
+    }
     // ũ_i = u_i + Σ_e λ_e(i), kept up to date.
     let mut reparam = unary.clone();
+    for e in &edges {
+        for (x, v) in e.to_g.iter().enumerate() {
+            reparam[qp.starts[e.g] + x] += v;
+        }
+        for (y, v) in e.to_h.iter().enumerate() {
+            reparam[qp.starts[e.h] + y] += v;
+        }
+    }
     let mut mu = vec![0.0; rows.len()];
     let priced = |reparam: &[f64], mu: &[f64], i: usize| -> f64 {
         reparam[i] + rows.iter().zip(mu).map(|(r, m)| m * r.coef[i]).sum::<f64>()
@@ -85,7 +138,7 @@ pub fn bound(qp: &ChoiceQp, rows: &[BudgetRow], seconds: f64) -> DualBound {
         qp.constant + nodes + pairs - rows.iter().zip(mu).map(|(r, m)| m * r.capacity()).sum::<f64>()
     };
     let mut best = f64::NEG_INFINITY;
-    let mut best_state: Option<(Vec<f64>, Vec<f64>, Vec<Vec<f64>>)> = None;
+    let mut best_state: Option<State> = None;
     let mut sweeps = 0;
     let tolerance = 1e-12 * qp.scale().max(f64::MIN_POSITIVE);
     loop {
@@ -94,7 +147,8 @@ pub fn bound(qp: &ChoiceQp, rows: &[BudgetRow], seconds: f64) -> DualBound {
         if value > best + tolerance || best_state.is_none() {
             let improved = value - best;
             best = value;
-            best_state = Some((reparam.clone(), mu.clone(), edge_slacks(&edges)));
+            let messages = Messages(edges.iter().map(|e| (e.to_g.clone(), e.to_h.clone())).collect());
+            best_state = Some((reparam.clone(), mu.clone(), edge_slacks(&edges), messages));
             if improved.is_finite() && improved < 1e-7 * best.abs().max(tolerance) {
                 break;
             }
@@ -113,15 +167,33 @@ pub fn bound(qp: &ChoiceQp, rows: &[BudgetRow], seconds: f64) -> DualBound {
             sweeps += 1;
         }
     }
-    let (reparam, mu, pair_cost) = best_state.expect("one evaluation at least");
-    let mut reduced_cost = vec![0.0; n];
+    let (reparam, mu, pair_cost, messages) = best_state.expect("one evaluation at least");
+    let mut floor = vec![0.0; n];
+    let mut rounding = vec![0; groups];
     for g in 0..groups {
         let least = qp.group_range(g).map(|i| priced(&reparam, &mu, i)).fold(f64::INFINITY, f64::min);
         for i in qp.group_range(g) {
-            reduced_cost[i] = priced(&reparam, &mu, i) - least;
+            floor[i] = priced(&reparam, &mu, i) - least;
+            if floor[i] == 0.0 {
+                rounding[g] = i - qp.starts[g];
+            }
         }
     }
-    DualBound { bound: best, reduced_cost, pair_cost, sweeps }
+    let mut e = 0;
+    for g in 0..groups {
+        for h in g + 1..groups {
+            let (kg, kh) = (qp.sizes[g], qp.sizes[h]);
+            let slacks = &pair_cost[e];
+            for x in 0..kg {
+                floor[qp.starts[g] + x] += slacks[x * kh..(x + 1) * kh].iter().fold(f64::INFINITY, |m, &v| m.min(v));
+            }
+            for y in 0..kh {
+                floor[qp.starts[h] + y] += (0..kg).map(|x| slacks[x * kh + y]).fold(f64::INFINITY, f64::min);
+            }
+            e += 1;
+        }
+    }
+    DualBound { bound: best, floor, pair_cost, sweeps, messages, rounding }
 }
 
 /// θ̃_ij − min θ̃ of every edge.
@@ -272,15 +344,22 @@ mod tests {
     fn the_bound_is_below_the_optimum_and_reduced_costs_are_sound() {
         for seed in 0..10 {
             let qp = synthetic::random_qp(6, 3, seed);
-            let d = bound(&qp, &[], 1.0);
+            let d = bound(&qp, &[], 1.0, None);
             let (best, v) = search::enumerate(&qp, &[]).unwrap();
             assert!(d.bound <= v + ROUNDING, "seed {seed}: bound {} above optimum {v}", d.bound);
-            // Every choice is worth at least the bound plus the reduced costs of its options.
+            // Every choice is worth at least the bound plus the floor of any of its options,
+            // and plus the cost of any pair of them.
             let mut rng = synthetic::SplitMix64::new(seed);
             for _ in 0..50 {
                 let c: Vec<usize> = qp.sizes.iter().map(|&k| rng.below(k)).collect();
-                let floor: f64 = qp.indices(&c).iter().map(|&i| d.reduced_cost[i]).sum();
-                assert!(qp.value(&c) >= d.bound + floor - ROUNDING);
+                let idx = qp.indices(&c);
+                let v = qp.value(&c);
+                for &i in &idx {
+                    assert!(v >= d.bound + d.floor[i] - ROUNDING);
+                    for &j in idx.iter().filter(|&&j| j != i) {
+                        assert!(d.allows(&qp, i, j, v + ROUNDING), "pair ({i}, {j}) wrongly excluded");
+                    }
+                }
             }
             let _ = best;
         }

@@ -85,7 +85,7 @@ pub fn solve(qp: &ChoiceQp, rows: &[BudgetRow], objective: Objective<'_>, limits
         model.add_cons(x.iter().collect(), &coefs, f64::NEG_INFINITY, rhs, &format!("budget{r}"));
     }
     // The objective's nonlinear part; `aux` are the continuous variables of a warm start.
-    let mut aux: Vec<(Variable, Box<dyn Fn(&[usize]) -> f64 + '_>)> = vec![(offset, Box::new(|_: &[usize]| 1.0))];
+    let mut aux: Vec<(Variable, WarmValue<'_>)> = vec![(offset, Box::new(|_: &[usize]| 1.0))];
     match objective {
         Objective::Convex { factored: f, split } => {
             let r = f.factor.ncols();
@@ -212,6 +212,9 @@ pub fn solve(qp: &ChoiceQp, rows: &[BudgetRow], objective: Objective<'_>, limits
     });
     MipOutcome { status, choice, bound: solved.best_bound() * scale, nodes: solved.n_nodes(), seconds: solved.solving_time() }
 }
+
+/// The value of an auxiliary variable at a warm start, from the variable indices chosen.
+type WarmValue<'a> = Box<dyn Fn(&[usize]) -> f64 + 'a>;
 
 fn sum_of_squares(cols: &[Vec<f64>], idx: &[usize]) -> f64 {
     cols.iter()

@@ -6,6 +6,9 @@ use crate::problem::{BudgetRow, Choice, ChoiceQp};
 /// Problems with at most this many choices are enumerated exactly.
 pub const ENUMERATION_LIMIT: f64 = 2e5;
 
+/// Enumeration is refused beyond this many choices, even when asked for: it would not finish.
+pub const ENUMERATION_REFUSED: f64 = 1e9;
+
 /// The number of choices of `qp` (as a float: it overflows integers quickly).
 pub fn choices(qp: &ChoiceQp) -> f64 {
     qp.sizes.iter().map(|&k| k as f64).product()
@@ -89,6 +92,46 @@ pub fn cheapest(qp: &ChoiceQp, rows: &[BudgetRow]) -> Choice {
         .collect()
 }
 
+/// Make a choice feasible: while a budget is exceeded, make the one-layer change that saves
+/// the most budget (normalised by capacity, summed over the exceeded rows) per unit of
+/// objective it costs. Returns `None` if no change helps any more.
+pub fn repair(qp: &ChoiceQp, rows: &[BudgetRow], start: &[usize]) -> Option<Choice> {
+    let mut choice = start.to_vec();
+    for _ in 0..=qp.n() {
+        let used: Vec<f64> = rows.iter().map(|r| r.usage(qp, &choice)).collect();
+        let over: Vec<bool> = rows.iter().zip(&used).map(|(r, u)| *u > r.capacity()).collect();
+        if !over.iter().any(|o| *o) {
+            return Some(choice);
+        }
+        let value = qp.value(&choice);
+        let mut best: Option<(f64, usize, usize)> = None;
+        for g in 0..qp.sizes.len() {
+            let from = choice[g];
+            for to in 0..qp.sizes[g] {
+                let saved: f64 = rows
+                    .iter()
+                    .zip(&over)
+                    .filter(|(_, o)| **o)
+                    .map(|(r, _)| (r.coef[qp.starts[g] + from] - r.coef[qp.starts[g] + to]) / r.capacity().abs().max(1.0))
+                    .sum();
+                if to == from || saved <= 0.0 {
+                    continue;
+                }
+                let mut next = choice.clone();
+                next[g] = to;
+                let cost = (qp.value(&next) - value).max(0.0);
+                let score = saved / (cost + f64::MIN_POSITIVE);
+                if best.is_none_or(|(s, _, _)| score > s) {
+                    best = Some((score, g, to));
+                }
+            }
+        }
+        let (_, g, to) = best?;
+        choice[g] = to;
+    }
+    None
+}
+
 /// Improve a feasible choice greedily: repeatedly make the one-layer change with the largest
 /// decrease of the objective per unit of budget used (budgets normalised by their capacity;
 /// changes that use no budget first), as long as one fits. Then [`local_search`].
@@ -131,6 +174,42 @@ pub fn greedy(qp: &ChoiceQp, rows: &[BudgetRow], start: &[usize]) -> Choice {
         choice[g] = to - qp.starts[g];
     }
     local_search(qp, rows, &choice)
+}
+
+/// Iterated local search: from the best choice so far, change a few random layers, repair the
+/// budgets, improve greedily and locally; keep the result when it is better. `rounds` rounds,
+/// seeded, so the result is deterministic (unless `deadline` stops it early).
+pub fn iterated(
+    qp: &ChoiceQp,
+    rows: &[BudgetRow],
+    start: &[usize],
+    rounds: usize,
+    seed: u64,
+    deadline: std::time::Instant,
+) -> Choice {
+    let mut rng = crate::synthetic::SplitMix64::new(seed);
+    let mut best = start.to_vec();
+    let mut best_value = qp.value(&best);
+    let groups = qp.sizes.len();
+    for round in 0..rounds {
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        let mut trial = best.clone();
+        let kicks = 2 + round % 4;
+        for _ in 0..kicks.min(groups) {
+            let g = rng.below(groups);
+            trial[g] = rng.below(qp.sizes[g]);
+        }
+        let Some(fixed) = repair(qp, rows, &trial) else { continue };
+        let candidate = greedy(qp, rows, &fixed);
+        let value = qp.value(&candidate);
+        if value < best_value && feasible(qp, rows, &candidate) {
+            best = candidate;
+            best_value = value;
+        }
+    }
+    best
 }
 
 /// Improve a feasible choice by moves of one layer, then of two layers at once (trading budget

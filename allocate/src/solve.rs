@@ -19,6 +19,9 @@ pub const GAP_FLOOR: f64 = 1e-9;
 /// this fraction of the data's scale per layer: far above the rounding of the bound's sums.
 pub const DUAL_MARGIN: f64 = 1e-12;
 
+/// Rounds of the iterated local search for a first incumbent.
+pub const ITERATED_ROUNDS: usize = 200;
+
 /// Share of the time limit the Lagrangian bound may use before the search.
 pub const DUAL_SHARE: f64 = 0.2;
 
@@ -195,8 +198,8 @@ impl<'p> Allocator<'p> {
             starts.push(search::local_search(qp, &rows, &seed));
             starts.push(search::greedy(qp, &rows, &cheapest));
         }
+        let (reduction, dual_bound, pairs) = self.reduce(&rows, &mut starts, start);
         let incumbent = starts.iter().map(|c| qp.value(c)).fold(f64::INFINITY, f64::min);
-        let (reduction, dual_bound, pairs) = self.reduce(&rows, incumbent, start);
         let margin = DUAL_MARGIN * qp.scale() * qp.sizes.len() as f64;
         let small = &reduction.qp;
         let enumerate = match self.settings.method {
@@ -204,6 +207,12 @@ impl<'p> Allocator<'p> {
             Method::Scip => false,
             Method::Auto => search::choices(small) <= search::ENUMERATION_LIMIT,
         };
+        if enumerate && search::choices(small) > search::ENUMERATION_REFUSED {
+            return Err(Error::usage(format!(
+                "--method enumerate: {:.3e} choices remain after the reductions, too many to enumerate (use --method auto)",
+                search::choices(small)
+            )));
+        }
         if enumerate {
             let (choice, _) = search::enumerate(small, &reduction.rows).ok_or_else(|| self.jointly_infeasible(&rows))?;
             let choice = reduction.lift(&choice);
@@ -283,8 +292,10 @@ impl<'p> Allocator<'p> {
     /// worse than `incumbent`, until nothing changes. Returns the reduction and the best dual
     /// bound (valid for the original problem: the removed options are in no choice better
     /// than the incumbent, so the reduced problem keeps the optimum).
-    fn reduce(&self, rows: &[BudgetRow], incumbent: f64, start: Instant) -> (reduce::Reduction, f64, Option<dual::DualBound>) {
+    /// A Lagrangian rounding that improves on the incumbents joins `starts`.
+    fn reduce(&self, rows: &[BudgetRow], starts: &mut Vec<Choice>, start: Instant) -> (reduce::Reduction, f64, Option<dual::DualBound>) {
         let qp = &self.qp;
+        let mut incumbent = starts.iter().map(|c| qp.value(c)).fold(f64::INFINITY, f64::min);
         let mut best_bound = f64::NEG_INFINITY;
         let mut last = None;
         if !self.settings.reductions {
@@ -295,20 +306,45 @@ impl<'p> Allocator<'p> {
             return (reduction, best_bound, last);
         }
         let margin = DUAL_MARGIN * qp.scale() * qp.sizes.len() as f64;
-        for _round in 0..8 {
+        let mut messages: Option<dual::Messages> = None;
+        for round in 0..8 {
             let budget = (DUAL_SHARE * self.settings.time_limit - start.elapsed().as_secs_f64()).max(0.0);
-            let d = dual::bound(&reduction.qp, &reduction.rows, budget);
+            let d = dual::bound(&reduction.qp, &reduction.rows, budget, messages.as_ref());
             best_bound = best_bound.max(d.bound);
+            if round == 0 {
+                // The Lagrangian rounding, repaired and improved, and an iterated local search
+                // from the best choice may beat the incumbents.
+                let small = &reduction.qp;
+                let mut candidates = Vec::new();
+                if let Some(fixed) = search::repair(small, &reduction.rows, &d.rounding) {
+                    candidates.push(search::greedy(small, &reduction.rows, &fixed));
+                }
+                if let Some(best) = starts.iter().min_by(|a, b| qp.value(a).total_cmp(&qp.value(b))).and_then(|c| reduction.project(c)) {
+                    let deadline = start + std::time::Duration::from_secs_f64(DUAL_SHARE * self.settings.time_limit);
+                    candidates.push(search::iterated(small, &reduction.rows, &best, ITERATED_ROUNDS, 1, deadline));
+                }
+                for candidate in candidates {
+                    let candidate = reduction.lift(&candidate);
+                    if search::feasible(qp, rows, &candidate) && qp.value(&candidate) < incumbent {
+                        incumbent = qp.value(&candidate);
+                        starts.push(candidate);
+                    }
+                }
+            }
+
             if self.settings.scip_log {
                 eprintln!("dual: bound {:.6e} incumbent {incumbent:.6e} sweeps {} n {} t {:.2}", d.bound, d.sweeps, reduction.qp.n(), start.elapsed().as_secs_f64());
             }
-            let alive: Vec<bool> = d.reduced_cost.iter().map(|r| d.bound + r <= incumbent + margin).collect();
+            let alive: Vec<bool> = d.floor.iter().map(|f| d.bound + f <= incumbent + margin).collect();
             if alive.iter().all(|a| *a) {
                 last = Some(d);
                 break;
             }
             let fixed = reduce::Reduction::keep(&reduction.qp, &reduction.rows, &alive);
             let again = reduce::dominance(&fixed.qp, &fixed.rows);
+            // Positions kept, relative to the problem the messages belong to.
+            let kept: Vec<Vec<usize>> = again.kept.iter().enumerate().map(|(g, k)| k.iter().map(|&i| fixed.kept[g][i]).collect()).collect();
+            messages = Some(d.messages.restrict(&kept));
             reduction = reduction.then(fixed).then(again);
         }
         (reduction, best_bound, last)

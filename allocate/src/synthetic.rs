@@ -49,7 +49,7 @@ impl SplitMix64 {
 /// 16/32/64 channels, 3×3 convolutions, 1×1 downsample convolutions, a 64→`classes` fc, on
 /// 32×32 inputs with `in_channels` channels. Names as PyTorch names the modules.
 pub fn resnet_layers(depth: usize, in_channels: u64, classes: u64) -> Vec<LayerInfo> {
-    assert!(depth >= 8 && (depth - 2) % 6 == 0, "CIFAR ResNet depth is 6n+2");
+    assert!(depth >= 8 && (depth - 2).is_multiple_of(6), "CIFAR ResNet depth is 6n+2");
     let blocks = (depth - 2) / 6;
     let conv = |name: String, cin: u64, cout: u64, k: u64, out_hw: u64| {
         let params = cout * cin * k * k;
