@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Tensor};
 use clado::checkpoint::{self, StateDict};
-use clado::model::{self, arch_from_name, check_state_dict, CifarResNet};
+use clado::model::{self, arch_from_name, check_state_dict, CifarResNet, ConvBackend};
 use ndarray::{Array2, Array4};
 use ndarray_npy::ReadNpyExt;
 
@@ -30,24 +30,25 @@ fn plain_checkpoint() -> StateDict {
 }
 
 #[test]
-fn pytorch_pth_gives_pytorch_logits() {
+fn pytorch_pth_gives_pytorch_logits_with_either_conv_backend() {
     let (spec, state) = model::load_checked(&fixture("resnet20_c1k10.pth"), "resnet20").unwrap();
     assert_eq!((spec.in_channels, spec.num_classes), (1, 10));
-    let net = CifarResNet::from_state_dict(spec, &state, &Device::Cpu).unwrap();
-
     let inputs: Array4<f32> = read_npy("resnet20_c1k10_inputs.npy");
     let expected: Array2<f32> = read_npy("resnet20_c1k10_logits.npy");
     let x = Tensor::from_slice(inputs.as_slice().unwrap(), inputs.shape(), &Device::Cpu).unwrap();
-    let logits = net.forward_eval(&x).unwrap().to_vec2::<f32>().unwrap();
 
-    assert_eq!(logits.len(), expected.nrows());
-    let mut worst = 0f32;
-    for (row, want) in logits.iter().zip(expected.rows()) {
-        for (got, want) in row.iter().zip(want.iter()) {
-            worst = worst.max((got - want).abs());
+    for backend in [ConvBackend::Candle, ConvBackend::Im2col] {
+        let net = CifarResNet::from_state_dict_with_backend(spec, &state, backend, &Device::Cpu).unwrap();
+        let logits = net.forward_eval(&x).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(logits.len(), expected.nrows());
+        let mut worst = 0f32;
+        for (row, want) in logits.iter().zip(expected.rows()) {
+            for (got, want) in row.iter().zip(want.iter()) {
+                worst = worst.max((got - want).abs());
+            }
         }
+        assert!(worst <= LOGIT_TOLERANCE, "{backend:?}: max |candle - torch| = {worst:e} > {LOGIT_TOLERANCE:e}");
     }
-    assert!(worst <= LOGIT_TOLERANCE, "max |candle - torch| = {worst:e} > {LOGIT_TOLERANCE:e}");
 }
 
 #[test]

@@ -21,7 +21,7 @@ pub enum ConvBackend {
     Im2col,
 }
 
-/// A bias-free Conv, `weight` `[out, in, k, k]`, padding k/2.
+/// A bias-free Conv2d, `weight` `[out, in, k, k]`, padding k/2.
 #[derive(Clone, Debug)]
 struct Conv {
     weight: Tensor,
