@@ -121,3 +121,12 @@ fn train_mode_uses_batch_statistics_and_updates_running_stats() {
     assert_ne!(after["bn1.running_mean"], state["bn1.running_mean"], "running mean must move");
     assert_eq!(after["conv1.weight"], state["conv1.weight"], "a forward pass changes no weight");
 }
+
+#[test]
+fn built_in_model_loads_as_a_one_channel_ten_class_resnet20() {
+    let path = format!("{}/../models/fmnist-resnet20.safetensors", env!("CARGO_MANIFEST_DIR"));
+    let (spec, state) = model::load_checked(&path, "resnet20").unwrap();
+    assert_eq!((spec.in_channels, spec.num_classes, spec.blocks_per_stage), (1, 10, 3));
+    // Running statistics were trained, not left at their 0/1 initial values.
+    assert!(state["bn1.running_var"].data.iter().any(|&v| (v - 1.0).abs() > 1e-3));
+}
