@@ -47,7 +47,10 @@ fn pytorch_pth_gives_pytorch_logits_with_either_conv_backend() {
                 worst = worst.max((got - want).abs());
             }
         }
-        assert!(worst <= LOGIT_TOLERANCE, "{backend:?}: max |candle - torch| = {worst:e} > {LOGIT_TOLERANCE:e}");
+        assert!(
+            worst <= LOGIT_TOLERANCE,
+            "{backend:?}: max |candle - torch| = {worst:e} > {LOGIT_TOLERANCE:e}"
+        );
     }
 }
 
@@ -94,7 +97,10 @@ fn wrong_arch_on_a_real_checkpoint_is_an_input_error() {
     let err = model::load_checked(&fixture("resnet20_c1k10.pth"), "resnet32").unwrap_err();
     assert_eq!(err.exit_code(), 2);
     let msg = err.to_string();
-    assert!(msg.contains("resnet20_c1k10.pth") && msg.contains("resnet32 expects 5 blocks per stage"), "{msg}");
+    assert!(
+        msg.contains("resnet20_c1k10.pth") && msg.contains("resnet32 expects 5 blocks per stage"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -116,10 +122,19 @@ fn train_mode_uses_batch_statistics_and_updates_running_stats() {
     use candle_core::ModuleT;
     let train_logits = net.forward_t(&x, true).unwrap().to_vec2::<f32>().unwrap();
     let eval_logits = net.forward_eval(&x).unwrap().to_vec2::<f32>().unwrap();
-    assert_ne!(train_logits, eval_logits, "train mode must normalise with batch statistics");
+    assert_ne!(
+        train_logits, eval_logits,
+        "train mode must normalise with batch statistics"
+    );
     let after = model::state_dict_from_varmap(&varmap).unwrap();
-    assert_ne!(after["bn1.running_mean"], state["bn1.running_mean"], "running mean must move");
-    assert_eq!(after["conv1.weight"], state["conv1.weight"], "a forward pass changes no weight");
+    assert_ne!(
+        after["bn1.running_mean"], state["bn1.running_mean"],
+        "running mean must move"
+    );
+    assert_eq!(
+        after["conv1.weight"], state["conv1.weight"],
+        "a forward pass changes no weight"
+    );
 }
 
 #[test]
