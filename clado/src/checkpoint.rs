@@ -38,7 +38,11 @@ pub const BATCHES_TRACKED_SUFFIX: &str = "num_batches_tracked";
 impl Tensor32 {
     /// A tensor of the given shape; `data.len()` must be the product of `shape`.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "Tensor32 data does not fill {shape:?}");
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "Tensor32 data does not fill {shape:?}"
+        );
         Tensor32 { shape, data }
     }
 
@@ -89,9 +93,8 @@ pub fn load(path: &str) -> Result<StateDict> {
 
 /// Load a zip-format `.pth` file written by `torch.save`.
 pub fn load_pth(path: &str) -> Result<StateDict> {
-    let bad = |e: candle_core::Error| {
-        Error::input(path, format!("cannot read as a PyTorch checkpoint: {}", first_line(&e)))
-    };
+    let bad =
+        |e: candle_core::Error| Error::input(path, format!("cannot read as a PyTorch checkpoint: {}", first_line(&e)));
     // Try the nested layout first: a top-level dict can hold stray tensors beside `state_dict`.
     // candle returns the top-level object itself when it is not a dict or lacks the key.
     let nested = match candle_core::pickle::read_all_with_key(path, Some(NESTED_KEY)) {
@@ -164,7 +167,13 @@ pub fn save_safetensors_with_metadata(
         .iter()
         .map(|(name, t)| {
             let bytes: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (name.clone(), OwnedView { shape: t.shape.clone(), bytes })
+            (
+                name.clone(),
+                OwnedView {
+                    shape: t.shape.clone(),
+                    bytes,
+                },
+            )
         })
         .collect::<Vec<_>>();
     let encoded = safetensors::serialize(views, metadata)
@@ -205,7 +214,10 @@ fn collect(path: &str, tensors: Vec<(String, Tensor)>) -> Result<StateDict> {
             }
             return Err(Error::input(
                 path,
-                format!("tensor '{name}' has dtype {:?}, expected a floating-point type", t.dtype()),
+                format!(
+                    "tensor '{name}' has dtype {:?}, expected a floating-point type",
+                    t.dtype()
+                ),
             ));
         }
         let t32 = Tensor32::from_candle(&t)
@@ -224,9 +236,15 @@ fn read_head(path: &str) -> Result<Vec<u8>> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut head = Vec::with_capacity(8);
-    f.by_ref().take(8).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
+    f.by_ref()
+        .take(8)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io(path, e))?;
     if head.is_empty() {
-        return Err(Error::input(path, "empty file, expected a .pth or .safetensors checkpoint"));
+        return Err(Error::input(
+            path,
+            "empty file, expected a .pth or .safetensors checkpoint",
+        ));
     }
     Ok(head)
 }
@@ -246,7 +264,10 @@ mod tests {
         let path = dir.path().join("x.safetensors");
         let path = path.to_str().unwrap();
         let mut state = StateDict::new();
-        state.insert("a.weight".into(), Tensor32::new(vec![2, 3], vec![1.0, -2.5, 3.25, 0.0, f32::MIN_POSITIVE, 7.0]));
+        state.insert(
+            "a.weight".into(),
+            Tensor32::new(vec![2, 3], vec![1.0, -2.5, 3.25, 0.0, f32::MIN_POSITIVE, 7.0]),
+        );
         state.insert("a.bias".into(), Tensor32::new(vec![2], vec![0.5, -0.5]));
         save_safetensors(path, &state).unwrap();
         assert_eq!(load(path).unwrap(), state);

@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Tensor};
 use clado::checkpoint::{self, StateDict};
-use clado::model::{self, arch_from_name, check_state_dict, CifarResNet};
+use clado::model::{self, arch_from_name, check_state_dict, CifarResNet, ConvBackend};
 use ndarray::{Array2, Array4};
 use ndarray_npy::ReadNpyExt;
 
@@ -30,24 +30,28 @@ fn plain_checkpoint() -> StateDict {
 }
 
 #[test]
-fn pytorch_pth_gives_pytorch_logits() {
+fn pytorch_pth_gives_pytorch_logits_with_either_conv_backend() {
     let (spec, state) = model::load_checked(&fixture("resnet20_c1k10.pth"), "resnet20").unwrap();
     assert_eq!((spec.in_channels, spec.num_classes), (1, 10));
-    let net = CifarResNet::from_state_dict(spec, &state, &Device::Cpu).unwrap();
-
     let inputs: Array4<f32> = read_npy("resnet20_c1k10_inputs.npy");
     let expected: Array2<f32> = read_npy("resnet20_c1k10_logits.npy");
     let x = Tensor::from_slice(inputs.as_slice().unwrap(), inputs.shape(), &Device::Cpu).unwrap();
-    let logits = net.forward_eval(&x).unwrap().to_vec2::<f32>().unwrap();
 
-    assert_eq!(logits.len(), expected.nrows());
-    let mut worst = 0f32;
-    for (row, want) in logits.iter().zip(expected.rows()) {
-        for (got, want) in row.iter().zip(want.iter()) {
-            worst = worst.max((got - want).abs());
+    for backend in [ConvBackend::Candle, ConvBackend::Im2col] {
+        let net = CifarResNet::from_state_dict_with_backend(spec, &state, backend, &Device::Cpu).unwrap();
+        let logits = net.forward_eval(&x).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(logits.len(), expected.nrows());
+        let mut worst = 0f32;
+        for (row, want) in logits.iter().zip(expected.rows()) {
+            for (got, want) in row.iter().zip(want.iter()) {
+                worst = worst.max((got - want).abs());
+            }
         }
+        assert!(
+            worst <= LOGIT_TOLERANCE,
+            "{backend:?}: max |candle - torch| = {worst:e} > {LOGIT_TOLERANCE:e}"
+        );
     }
-    assert!(worst <= LOGIT_TOLERANCE, "max |candle - torch| = {worst:e} > {LOGIT_TOLERANCE:e}");
 }
 
 #[test]
@@ -93,7 +97,10 @@ fn wrong_arch_on_a_real_checkpoint_is_an_input_error() {
     let err = model::load_checked(&fixture("resnet20_c1k10.pth"), "resnet32").unwrap_err();
     assert_eq!(err.exit_code(), 2);
     let msg = err.to_string();
-    assert!(msg.contains("resnet20_c1k10.pth") && msg.contains("resnet32 expects 5 blocks per stage"), "{msg}");
+    assert!(
+        msg.contains("resnet20_c1k10.pth") && msg.contains("resnet32 expects 5 blocks per stage"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -115,8 +122,26 @@ fn train_mode_uses_batch_statistics_and_updates_running_stats() {
     use candle_core::ModuleT;
     let train_logits = net.forward_t(&x, true).unwrap().to_vec2::<f32>().unwrap();
     let eval_logits = net.forward_eval(&x).unwrap().to_vec2::<f32>().unwrap();
-    assert_ne!(train_logits, eval_logits, "train mode must normalise with batch statistics");
+    assert_ne!(
+        train_logits, eval_logits,
+        "train mode must normalise with batch statistics"
+    );
     let after = model::state_dict_from_varmap(&varmap).unwrap();
-    assert_ne!(after["bn1.running_mean"], state["bn1.running_mean"], "running mean must move");
-    assert_eq!(after["conv1.weight"], state["conv1.weight"], "a forward pass changes no weight");
+    assert_ne!(
+        after["bn1.running_mean"], state["bn1.running_mean"],
+        "running mean must move"
+    );
+    assert_eq!(
+        after["conv1.weight"], state["conv1.weight"],
+        "a forward pass changes no weight"
+    );
+}
+
+#[test]
+fn built_in_model_loads_as_a_one_channel_ten_class_resnet20() {
+    let path = format!("{}/../models/fmnist-resnet20.safetensors", env!("CARGO_MANIFEST_DIR"));
+    let (spec, state) = model::load_checked(&path, "resnet20").unwrap();
+    assert_eq!((spec.in_channels, spec.num_classes, spec.blocks_per_stage), (1, 10, 3));
+    // Running statistics were trained, not left at their 0/1 initial values.
+    assert!(state["bn1.running_var"].data.iter().any(|&v| (v - 1.0).abs() > 1e-3));
 }

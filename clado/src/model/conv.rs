@@ -68,7 +68,10 @@ impl Geometry {
     /// the image.
     fn valid_columns(&self, kx: usize) -> (usize, usize) {
         let lo = self.padding.saturating_sub(kx).div_ceil(self.stride);
-        let hi = (self.in_w + self.padding).saturating_sub(kx).div_ceil(self.stride).min(self.out_w);
+        let hi = (self.in_w + self.padding)
+            .saturating_sub(kx)
+            .div_ceil(self.stride)
+            .min(self.out_w);
         (lo, hi.max(lo))
     }
 
@@ -129,7 +132,6 @@ impl Geometry {
 
 /// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with explicit row/column strides, single-threaded
 /// (parallelism is over images).
-#[allow(clippy::too_many_arguments)]
 fn matmul(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
@@ -139,8 +141,8 @@ fn matmul(
     rhs: &[f32],
     (rhs_rs, rhs_cs): (usize, usize),
 ) {
-    assert!(dst.len() >= m * n && lhs.len() >= (m - 1) * lhs_rs + (k - 1) * lhs_cs + 1);
-    assert!(rhs.len() >= (k - 1) * rhs_rs + (n - 1) * rhs_cs + 1);
+    assert!(dst.len() >= m * n && lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
     // SAFETY: the asserts bound every index gemm reads or writes; the slices do not overlap.
     unsafe {
         gemm::gemm(
@@ -168,7 +170,9 @@ fn matmul(
 }
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else { candle_core::bail!("conv2d_im2col: {what} must be f32") };
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("conv2d_im2col: {what} must be f32")
+    };
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("conv2d_im2col: {what} must be contiguous"),
@@ -190,21 +194,45 @@ impl CustomOp2 for ConvForward {
         let g = Geometry::new(xl.dims(), wl.dims(), self.stride, self.padding)?;
         let (x, w) = (contiguous(xs, xl, "input")?, contiguous(ws, wl, "weight")?);
         let mut y = vec![0f32; g.batch * g.out_len()];
-        y.par_chunks_mut(g.out_len()).zip(x.par_chunks(g.in_len())).for_each_init(
-            || vec![0f32; g.patch() * g.out_pixels()],
-            |cols, (y, x)| {
-                g.im2col(x, cols);
-                matmul((g.out_c, g.out_pixels(), g.patch()), y, false, w, (g.patch(), 1), cols, (g.out_pixels(), 1));
-            },
-        );
+        y.par_chunks_mut(g.out_len())
+            .zip(x.par_chunks(g.in_len()))
+            .for_each_init(
+                || vec![0f32; g.patch() * g.out_pixels()],
+                |cols, (y, x)| {
+                    g.im2col(x, cols);
+                    matmul(
+                        (g.out_c, g.out_pixels(), g.patch()),
+                        y,
+                        false,
+                        w,
+                        (g.patch(), 1),
+                        cols,
+                        (g.out_pixels(), 1),
+                    );
+                },
+            );
         Ok((CpuStorage::F32(y), Shape::from((g.batch, g.out_c, g.out_h, g.out_w))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         let geometry = (self.stride, self.padding, x.dims().to_vec());
-        let dx = dy.apply_op2_no_bwd(w, &InputGrad { stride: self.stride, padding: self.padding, input: geometry.2 })?;
-        let dw = x.apply_op2_no_bwd(&dy, &WeightGrad { stride: self.stride, padding: self.padding, weight: w.dims().to_vec() })?;
+        let dx = dy.apply_op2_no_bwd(
+            w,
+            &InputGrad {
+                stride: self.stride,
+                padding: self.padding,
+                input: geometry.2,
+            },
+        )?;
+        let dw = x.apply_op2_no_bwd(
+            &dy,
+            &WeightGrad {
+                stride: self.stride,
+                padding: self.padding,
+                weight: w.dims().to_vec(),
+            },
+        )?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -225,14 +253,24 @@ impl CustomOp2 for InputGrad {
         let g = Geometry::new(&self.input, wl.dims(), self.stride, self.padding)?;
         let (dy, w) = (contiguous(dys, dyl, "output gradient")?, contiguous(ws, wl, "weight")?);
         let mut dx = vec![0f32; g.batch * g.in_len()];
-        dx.par_chunks_mut(g.in_len()).zip(dy.par_chunks(g.out_len())).for_each_init(
-            || vec![0f32; g.patch() * g.out_pixels()],
-            |dcols, (dx, dy)| {
-                // wᵀ: element (patch row r, out channel o) sits at w[o * patch + r].
-                matmul((g.patch(), g.out_pixels(), g.out_c), dcols, false, w, (1, g.patch()), dy, (g.out_pixels(), 1));
-                g.col2im_add(dcols, dx);
-            },
-        );
+        dx.par_chunks_mut(g.in_len())
+            .zip(dy.par_chunks(g.out_len()))
+            .for_each_init(
+                || vec![0f32; g.patch() * g.out_pixels()],
+                |dcols, (dx, dy)| {
+                    // wᵀ: element (patch row r, out channel o) sits at w[o * patch + r].
+                    matmul(
+                        (g.patch(), g.out_pixels(), g.out_c),
+                        dcols,
+                        false,
+                        w,
+                        (1, g.patch()),
+                        dy,
+                        (g.out_pixels(), 1),
+                    );
+                    g.col2im_add(dcols, dx);
+                },
+            );
         Ok((CpuStorage::F32(dx), Shape::from(self.input.as_slice())))
     }
 }
@@ -262,7 +300,15 @@ impl CustomOp2 for WeightGrad {
                 for (x, dy) in xs.chunks(g.in_len()).zip(dys.chunks(g.out_len())) {
                     g.im2col(x, &mut cols);
                     // im2col(x)ᵀ: element (pixel p, patch row r) sits at cols[r * out_pixels + p].
-                    matmul((g.out_c, g.patch(), g.out_pixels()), &mut dw, true, dy, (g.out_pixels(), 1), &cols, (1, g.out_pixels()));
+                    matmul(
+                        (g.out_c, g.patch(), g.out_pixels()),
+                        &mut dw,
+                        true,
+                        dy,
+                        (g.out_pixels(), 1),
+                        &cols,
+                        (1, g.out_pixels()),
+                    );
                 }
                 dw
             })
@@ -279,7 +325,8 @@ impl CustomOp2 for WeightGrad {
 
 /// Differentiable conv2d of an NCHW f32 input with an `[out, in, k, k]` weight.
 pub fn conv2d_im2col(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&w.contiguous()?, ConvForward { stride, padding })
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, ConvForward { stride, padding })
 }
 
 #[cfg(test)]
@@ -292,20 +339,50 @@ mod tests {
     const TOLERANCE: f32 = 1e-4;
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     #[test]
     fn output_and_gradients_match_candle_conv2d() {
         let dev = Device::Cpu;
-        for (in_c, out_c, k, stride, padding, side) in [(3, 5, 3, 1, 1, 7), (4, 6, 3, 2, 1, 8), (4, 6, 1, 2, 0, 8), (2, 3, 3, 1, 0, 5), (3, 4, 3, 2, 1, 7), (2, 2, 3, 1, 1, 1)] {
+        for (in_c, out_c, k, stride, padding, side) in [
+            (3, 5, 3, 1, 1, 7),
+            (4, 6, 3, 2, 1, 8),
+            (4, 6, 1, 2, 0, 8),
+            (2, 3, 3, 1, 0, 5),
+            (3, 4, 3, 2, 1, 7),
+            (2, 2, 3, 1, 1, 1),
+        ] {
             let x = Var::randn(0f32, 1.0, (3, in_c, side, side), &dev).unwrap();
             let w = Var::randn(0f32, 1.0, (out_c, in_c, k, k), &dev).unwrap();
-            let probe = Tensor::randn(0f32, 1.0, (3, out_c, (side + 2 * padding - k) / stride + 1, (side + 2 * padding - k) / stride + 1), &dev).unwrap();
+            let probe = Tensor::randn(
+                0f32,
+                1.0,
+                (
+                    3,
+                    out_c,
+                    (side + 2 * padding - k) / stride + 1,
+                    (side + 2 * padding - k) / stride + 1,
+                ),
+                &dev,
+            )
+            .unwrap();
 
             let ours = conv2d_im2col(x.as_tensor(), w.as_tensor(), stride, padding).unwrap();
             let theirs = x.as_tensor().conv2d(w.as_tensor(), padding, stride, 1, 1).unwrap();
-            assert!(max_abs_diff(&ours, &theirs) < TOLERANCE, "forward k{k} s{stride} p{padding}");
+            assert!(
+                max_abs_diff(&ours, &theirs) < TOLERANCE,
+                "forward k{k} s{stride} p{padding}"
+            );
 
             let g_ours = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
             let g_theirs = (theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();

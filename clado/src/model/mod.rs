@@ -66,10 +66,26 @@ pub struct BlockSpec {
 /// Look up an architecture by name (`resnet20`, `resnet32`, `resnet44`, `resnet56`).
 pub fn arch_from_name(name: &str) -> Result<Arch> {
     let arch = match name {
-        "resnet20" => Arch { name: "resnet20", depth: 20, blocks_per_stage: 3 },
-        "resnet32" => Arch { name: "resnet32", depth: 32, blocks_per_stage: 5 },
-        "resnet44" => Arch { name: "resnet44", depth: 44, blocks_per_stage: 7 },
-        "resnet56" => Arch { name: "resnet56", depth: 56, blocks_per_stage: 9 },
+        "resnet20" => Arch {
+            name: "resnet20",
+            depth: 20,
+            blocks_per_stage: 3,
+        },
+        "resnet32" => Arch {
+            name: "resnet32",
+            depth: 32,
+            blocks_per_stage: 5,
+        },
+        "resnet44" => Arch {
+            name: "resnet44",
+            depth: 44,
+            blocks_per_stage: 7,
+        },
+        "resnet56" => Arch {
+            name: "resnet56",
+            depth: 56,
+            blocks_per_stage: 9,
+        },
         other => {
             return Err(Error::usage(format!(
                 "unknown architecture '{other}'; expected one of {}",
@@ -82,7 +98,12 @@ pub fn arch_from_name(name: &str) -> Result<Arch> {
 
 impl ArchSpec {
     pub fn new(arch: &Arch, in_channels: usize, num_classes: usize) -> Self {
-        ArchSpec { depth: arch.depth, blocks_per_stage: arch.blocks_per_stage, in_channels, num_classes }
+        ArchSpec {
+            depth: arch.depth,
+            blocks_per_stage: arch.blocks_per_stage,
+            in_channels,
+            num_classes,
+        }
     }
 
     /// `resnet20` etc.
@@ -125,12 +146,30 @@ impl ArchSpec {
         conv(&mut out, "conv1", STAGE_CHANNELS[0], self.in_channels, KERNEL);
         bn(&mut out, "bn1", STAGE_CHANNELS[0]);
         for b in self.blocks() {
-            conv(&mut out, &format!("{}.conv1", b.name), b.out_channels, b.in_channels, KERNEL);
+            conv(
+                &mut out,
+                &format!("{}.conv1", b.name),
+                b.out_channels,
+                b.in_channels,
+                KERNEL,
+            );
             bn(&mut out, &format!("{}.bn1", b.name), b.out_channels);
-            conv(&mut out, &format!("{}.conv2", b.name), b.out_channels, b.out_channels, KERNEL);
+            conv(
+                &mut out,
+                &format!("{}.conv2", b.name),
+                b.out_channels,
+                b.out_channels,
+                KERNEL,
+            );
             bn(&mut out, &format!("{}.bn2", b.name), b.out_channels);
             if b.downsample {
-                conv(&mut out, &format!("{}.downsample.0", b.name), b.out_channels, b.in_channels, 1);
+                conv(
+                    &mut out,
+                    &format!("{}.downsample.0", b.name),
+                    b.out_channels,
+                    b.in_channels,
+                    1,
+                );
                 bn(&mut out, &format!("{}.downsample.1", b.name), b.out_channels);
             }
         }
@@ -158,7 +197,10 @@ pub fn check_state_dict(arch: &Arch, state: &StateDict, source: &str) -> Result<
     check_blocks_per_stage(arch, state, source)?;
 
     let conv1 = state.get("conv1.weight").ok_or_else(|| {
-        Error::input(source, format!("tensor 'conv1.weight' is missing ({name} expects shape [16, C, 3, 3])"))
+        Error::input(
+            source,
+            format!("tensor 'conv1.weight' is missing ({name} expects shape [16, C, 3, 3])"),
+        )
     })?;
     let in_channels = match conv1.shape.as_slice() {
         &[16, c, 3, 3] if c > 0 => c,
@@ -170,7 +212,10 @@ pub fn check_state_dict(arch: &Arch, state: &StateDict, source: &str) -> Result<
         }
     };
     let fc = state.get("fc.weight").ok_or_else(|| {
-        Error::input(source, format!("tensor 'fc.weight' is missing ({name} expects shape [K, 64])"))
+        Error::input(
+            source,
+            format!("tensor 'fc.weight' is missing ({name} expects shape [K, 64])"),
+        )
     })?;
     let num_classes = match fc.shape.as_slice() {
         &[k, 64] if k > 0 => k,
@@ -202,7 +247,10 @@ pub fn check_state_dict(arch: &Arch, state: &StateDict, source: &str) -> Result<
                 if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
                     return Err(Error::input(
                         source,
-                        format!("tensor '{tensor}' holds {} at flat index {i}, expected finite values", t.data[i]),
+                        format!(
+                            "tensor '{tensor}' holds {} at flat index {i}, expected finite values",
+                            t.data[i]
+                        ),
                     ));
                 }
             }
@@ -218,7 +266,10 @@ pub fn check_state_dict(arch: &Arch, state: &StateDict, source: &str) -> Result<
         if !known {
             return Err(Error::input(
                 source,
-                format!("unexpected tensor '{tensor}': it is not part of {name} ({} tensors)", expected.len()),
+                format!(
+                    "unexpected tensor '{tensor}': it is not part of {name} ({} tensors)",
+                    expected.len()
+                ),
             ));
         }
     }
@@ -232,7 +283,9 @@ fn check_blocks_per_stage(arch: &Arch, state: &StateDict, source: &str) -> Resul
     let mut found = [0usize; 3];
     for key in state.keys() {
         for (s, count) in found.iter_mut().enumerate() {
-            let Some(rest) = key.strip_prefix(&format!("layer{}.", s + 1)) else { continue };
+            let Some(rest) = key.strip_prefix(&format!("layer{}.", s + 1)) else {
+                continue;
+            };
             if let Some(k) = rest.split('.').next().and_then(|k| k.parse::<usize>().ok()) {
                 *count = (*count).max(k + 1);
             }
@@ -298,22 +351,53 @@ fn conv_out(size: usize, kernel: usize, stride: usize, padding: usize) -> usize 
 pub fn quantizable_layers(spec: &ArchSpec, height: usize, width: usize) -> Vec<LayerInfo> {
     let conv = |name: String, in_c: usize, out_c: usize, k: usize, h: usize, w: usize| {
         let params = (out_c * in_c * k * k) as u64;
-        LayerInfo { name, kind: "conv".into(), params, macs: params * (h * w) as u64 }
+        LayerInfo {
+            name,
+            kind: "conv".into(),
+            params,
+            macs: params * (h * w) as u64,
+        }
     };
     let (mut h, mut w) = (conv_out(height, KERNEL, 1, 1), conv_out(width, KERNEL, 1, 1));
     let mut layers = vec![conv("conv1".into(), spec.in_channels, STAGE_CHANNELS[0], KERNEL, h, w)];
     for b in spec.blocks() {
         let (oh, ow) = (conv_out(h, KERNEL, b.stride, 1), conv_out(w, KERNEL, b.stride, 1));
-        layers.push(conv(format!("{}.conv1", b.name), b.in_channels, b.out_channels, KERNEL, oh, ow));
-        layers.push(conv(format!("{}.conv2", b.name), b.out_channels, b.out_channels, KERNEL, oh, ow));
+        layers.push(conv(
+            format!("{}.conv1", b.name),
+            b.in_channels,
+            b.out_channels,
+            KERNEL,
+            oh,
+            ow,
+        ));
+        layers.push(conv(
+            format!("{}.conv2", b.name),
+            b.out_channels,
+            b.out_channels,
+            KERNEL,
+            oh,
+            ow,
+        ));
         if b.downsample {
             let (dh, dw) = (conv_out(h, 1, b.stride, 0), conv_out(w, 1, b.stride, 0));
-            layers.push(conv(format!("{}.downsample.0", b.name), b.in_channels, b.out_channels, 1, dh, dw));
+            layers.push(conv(
+                format!("{}.downsample.0", b.name),
+                b.in_channels,
+                b.out_channels,
+                1,
+                dh,
+                dw,
+            ));
         }
         (h, w) = (oh, ow);
     }
     let fc_params = (spec.num_classes * STAGE_CHANNELS[2]) as u64;
-    layers.push(LayerInfo { name: "fc".into(), kind: "linear".into(), params: fc_params, macs: fc_params });
+    layers.push(LayerInfo {
+        name: "fc".into(),
+        kind: "linear".into(),
+        params: fc_params,
+        macs: fc_params,
+    });
     layers
 }
 
@@ -362,8 +446,14 @@ mod tests {
         let layers = quantizable_layers(&spec("resnet20", 1, 10), 32, 32);
         assert_eq!(layers.len(), 22);
         let names: Vec<_> = layers.iter().map(|l| l.name.as_str()).collect();
-        assert_eq!(&names[..4], ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1"]);
-        assert_eq!(&names[7..10], ["layer2.0.conv1", "layer2.0.conv2", "layer2.0.downsample.0"]);
+        assert_eq!(
+            &names[..4],
+            ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1"]
+        );
+        assert_eq!(
+            &names[7..10],
+            ["layer2.0.conv1", "layer2.0.conv2", "layer2.0.downsample.0"]
+        );
         assert_eq!(names[21], "fc");
         // conv1: 16·1·3·3 weights at 32×32; layer2.0.conv1: 32·16·9 at 16×16; shortcut 32·16 at 16×16.
         assert_eq!((layers[0].params, layers[0].macs), (144, 144 * 1024));
@@ -397,14 +487,20 @@ mod tests {
     #[test]
     fn unknown_arch_lists_the_valid_names() {
         let err = arch_from_name("resnet18").unwrap_err().to_string();
-        assert!(err.contains("resnet18") && err.contains("resnet20, resnet32, resnet44, resnet56"), "{err}");
+        assert!(
+            err.contains("resnet18") && err.contains("resnet20, resnet32, resnet44, resnet56"),
+            "{err}"
+        );
     }
 
     #[test]
     fn initial_state_dict_checks_and_is_deterministic() {
         let s = spec("resnet32", 3, 100);
         let a = initial_state_dict(&s, 7);
-        assert_eq!(check_state_dict(&arch_from_name("resnet32").unwrap(), &a, "init").unwrap(), s);
+        assert_eq!(
+            check_state_dict(&arch_from_name("resnet32").unwrap(), &a, "init").unwrap(),
+            s
+        );
         assert_eq!(a, initial_state_dict(&s, 7));
         assert_ne!(a, initial_state_dict(&s, 8));
     }
@@ -412,11 +508,23 @@ mod tests {
     #[test]
     fn depth_mismatch_is_named() {
         let r32 = initial_state_dict(&spec("resnet32", 1, 10), 0);
-        let err = check_state_dict(&arch_from_name("resnet20").unwrap(), &r32, "r32.pth").unwrap_err().to_string();
-        assert!(err.contains("r32.pth") && err.contains("resnet20 expects 3 blocks per stage") && err.contains("layer1.3.*"), "{err}");
+        let err = check_state_dict(&arch_from_name("resnet20").unwrap(), &r32, "r32.pth")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("r32.pth")
+                && err.contains("resnet20 expects 3 blocks per stage")
+                && err.contains("layer1.3.*"),
+            "{err}"
+        );
         let r20 = initial_state_dict(&spec("resnet20", 1, 10), 0);
-        let err = check_state_dict(&arch_from_name("resnet56").unwrap(), &r20, "r20.pth").unwrap_err().to_string();
-        assert!(err.contains("resnet56 expects 9 blocks per stage") && err.contains("resnet20"), "{err}");
+        let err = check_state_dict(&arch_from_name("resnet56").unwrap(), &r20, "r20.pth")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("resnet56 expects 9 blocks per stage") && err.contains("resnet20"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -425,14 +533,23 @@ mod tests {
         let good = initial_state_dict(&spec("resnet20", 1, 10), 0);
 
         let mut bad = good.clone();
-        bad.insert("layer2.1.conv2.weight".into(), Tensor32::new(vec![32, 32, 1, 1], vec![0.0; 1024]));
+        bad.insert(
+            "layer2.1.conv2.weight".into(),
+            Tensor32::new(vec![32, 32, 1, 1], vec![0.0; 1024]),
+        );
         let err = check_state_dict(&arch, &bad, "x.pth").unwrap_err().to_string();
-        assert!(err.contains("'layer2.1.conv2.weight' has shape [32, 32, 1, 1]") && err.contains("[32, 32, 3, 3]"), "{err}");
+        assert!(
+            err.contains("'layer2.1.conv2.weight' has shape [32, 32, 1, 1]") && err.contains("[32, 32, 3, 3]"),
+            "{err}"
+        );
 
         let mut bad = good.clone();
         bad.remove("layer3.0.downsample.1.running_var");
         let err = check_state_dict(&arch, &bad, "x.pth").unwrap_err().to_string();
-        assert!(err.contains("'layer3.0.downsample.1.running_var' is missing") && err.contains("[64]"), "{err}");
+        assert!(
+            err.contains("'layer3.0.downsample.1.running_var' is missing") && err.contains("[64]"),
+            "{err}"
+        );
 
         let mut bad = good.clone();
         bad.insert("classifier.weight".into(), Tensor32::new(vec![1], vec![0.0]));

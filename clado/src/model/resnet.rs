@@ -21,7 +21,7 @@ pub enum ConvBackend {
     Im2col,
 }
 
-/// A bias-free Conv, `weight` `[out, in, k, k]`, padding k/2.
+/// A bias-free Conv2d, `weight` `[out, in, k, k]`, padding k/2.
 #[derive(Clone, Debug)]
 struct Conv {
     weight: Tensor,
@@ -31,9 +31,25 @@ struct Conv {
 }
 
 impl Conv {
-    fn new(in_c: usize, out_c: usize, kernel: usize, stride: usize, backend: ConvBackend, vb: VarBuilder) -> candle_core::Result<Self> {
-        let weight = vb.get_with_hints((out_c, in_c, kernel, kernel), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
-        Ok(Conv { weight, stride, padding: kernel / 2, backend })
+    fn new(
+        in_c: usize,
+        out_c: usize,
+        kernel: usize,
+        stride: usize,
+        backend: ConvBackend,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let weight = vb.get_with_hints(
+            (out_c, in_c, kernel, kernel),
+            "weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        )?;
+        Ok(Conv {
+            weight,
+            stride,
+            padding: kernel / 2,
+            backend,
+        })
     }
 }
 
@@ -47,7 +63,14 @@ impl Module for Conv {
 }
 
 fn batch_norm(channels: usize, vb: VarBuilder) -> candle_core::Result<BatchNorm> {
-    candle_nn::batch_norm(channels, candle_nn::BatchNormConfig { eps: BN_EPS, ..Default::default() }, vb)
+    candle_nn::batch_norm(
+        channels,
+        candle_nn::BatchNormConfig {
+            eps: BN_EPS,
+            ..Default::default()
+        },
+        vb,
+    )
 }
 
 /// `out = relu(bn1(conv1(x))); out = bn2(conv2(out)); relu(out + shortcut(x))`, where the
@@ -73,7 +96,14 @@ impl BasicBlock {
             None
         };
         Ok(BasicBlock {
-            conv1: Conv::new(spec.in_channels, spec.out_channels, KERNEL, spec.stride, backend, vb.pp("conv1"))?,
+            conv1: Conv::new(
+                spec.in_channels,
+                spec.out_channels,
+                KERNEL,
+                spec.stride,
+                backend,
+                vb.pp("conv1"),
+            )?,
             bn1: batch_norm(spec.out_channels, vb.pp("bn1"))?,
             conv2: Conv::new(spec.out_channels, spec.out_channels, KERNEL, 1, backend, vb.pp("conv2"))?,
             bn2: batch_norm(spec.out_channels, vb.pp("bn2"))?,

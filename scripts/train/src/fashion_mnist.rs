@@ -42,20 +42,33 @@ pub fn read_split(dir: &Path, prefix: &str) -> Result<Split> {
     let (label_path, label_bytes) = read_maybe_gz(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
     let (dims, pixels) = parse_idx(&image_path, &image_bytes, 0x0803)?;
     if dims.len() != 3 || dims[1] != SIDE || dims[2] != SIDE {
-        return Err(Error::input(&image_path, format!("images have shape {dims:?}, expected [N, 28, 28]")));
+        return Err(Error::input(
+            &image_path,
+            format!("images have shape {dims:?}, expected [N, 28, 28]"),
+        ));
     }
     let (label_dims, labels) = parse_idx(&label_path, &label_bytes, 0x0801)?;
     if label_dims != [dims[0]] {
         return Err(Error::input(
             &label_path,
-            format!("{} labels for {} images in {image_path}", label_dims.first().unwrap_or(&0), dims[0]),
+            format!(
+                "{} labels for {} images in {image_path}",
+                label_dims.first().unwrap_or(&0),
+                dims[0]
+            ),
         ));
     }
     if let Some(bad) = labels.iter().find(|&&l| l as usize >= CLASSES) {
-        return Err(Error::input(&label_path, format!("label {bad} out of range 0..{CLASSES}")));
+        return Err(Error::input(
+            &label_path,
+            format!("label {bad} out of range 0..{CLASSES}"),
+        ));
     }
     let images = pixels.iter().map(|&p| (p as f32 / 255.0 - MEAN) / STD).collect();
-    Ok(Split { images, labels: labels.to_vec() })
+    Ok(Split {
+        images,
+        labels: labels.to_vec(),
+    })
 }
 
 fn read_maybe_gz(dir: &Path, stem: &str) -> Result<(String, Vec<u8>)> {
@@ -80,7 +93,10 @@ fn parse_idx<'a>(name: &str, bytes: &'a [u8], magic: u32) -> Result<(Vec<usize>,
     let word = |i: usize| -> Option<u32> { Some(u32::from_be_bytes(bytes.get(4 * i..4 * i + 4)?.try_into().ok()?)) };
     let found = word(0).ok_or_else(|| Error::input(name, "truncated IDX header"))?;
     if found != magic {
-        return Err(Error::input(name, format!("IDX magic {found:#010x}, expected {magic:#010x}")));
+        return Err(Error::input(
+            name,
+            format!("IDX magic {found:#010x}, expected {magic:#010x}"),
+        ));
     }
     let rank = (magic & 0xff) as usize;
     let dims = (1..=rank)
@@ -89,9 +105,12 @@ fn parse_idx<'a>(name: &str, bytes: &'a [u8], magic: u32) -> Result<(Vec<usize>,
         .ok_or_else(|| Error::input(name, "truncated IDX header"))?;
     let start = 4 * (rank + 1);
     let len: usize = dims.iter().product();
-    let data = bytes
-        .get(start..start + len)
-        .ok_or_else(|| Error::input(name, format!("truncated: {} data bytes, expected {len}", bytes.len() - start)))?;
+    let data = bytes.get(start..start + len).ok_or_else(|| {
+        Error::input(
+            name,
+            format!("truncated: {} data bytes, expected {len}", bytes.len() - start),
+        )
+    })?;
     Ok((dims, data))
 }
 
@@ -122,8 +141,14 @@ mod tests {
         bytes.extend([1, 2, 3]);
         let (dims, data) = parse_idx("l", &bytes, 0x0801).unwrap();
         assert_eq!((dims, data), (vec![3], &[1u8, 2, 3][..]));
-        assert!(parse_idx("l", &bytes[..9], 0x0801).unwrap_err().to_string().contains("truncated"));
-        assert!(parse_idx("l", &bytes, 0x0803).unwrap_err().to_string().contains("magic"));
+        assert!(parse_idx("l", &bytes[..9], 0x0801)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
+        assert!(parse_idx("l", &bytes, 0x0803)
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
     }
 
     #[test]

@@ -75,7 +75,11 @@ impl SgdMomentum {
                 Some(v) => ((v * self.momentum)? + &grad)?,
                 None => grad.clone(),
             };
-            let update = if self.nesterov { (&grad + (&v * self.momentum)?)? } else { v.clone() };
+            let update = if self.nesterov {
+                (&grad + (&v * self.momentum)?)?
+            } else {
+                v.clone()
+            };
             var.set(&(var.as_tensor() - (update * lr)?)?.detach())?;
             *velocity = Some(v.detach());
         }
@@ -93,13 +97,23 @@ pub fn learning_rate(hyper: &Hyper, step: usize, total: usize) -> f64 {
 }
 
 /// Build the NCHW batch `[len, 1, 32, 32]` of the given images with their placements.
-fn batch_tensor(split: &Split, indices: &[usize], placement: impl Fn(usize) -> (usize, usize, bool)) -> candle_core::Result<(Tensor, Tensor)> {
+fn batch_tensor(
+    split: &Split,
+    indices: &[usize],
+    placement: impl Fn(usize) -> (usize, usize, bool),
+) -> candle_core::Result<(Tensor, Tensor)> {
     let pixels = PADDED * PADDED;
     let mut data = vec![0f32; indices.len() * pixels];
     let mut labels = Vec::with_capacity(indices.len());
     for (slot, &i) in indices.iter().enumerate() {
         let (dy, dx, flip) = placement(slot);
-        fashion_mnist::place(split.image(i), &mut data[slot * pixels..(slot + 1) * pixels], dy, dx, flip);
+        fashion_mnist::place(
+            split.image(i),
+            &mut data[slot * pixels..(slot + 1) * pixels],
+            dy,
+            dx,
+            flip,
+        );
         labels.push(split.labels[i] as u32);
     }
     let x = Tensor::from_vec(data, (indices.len(), 1, PADDED, PADDED), &Device::Cpu)?;
@@ -109,7 +123,12 @@ fn batch_tensor(split: &Split, indices: &[usize], placement: impl Fn(usize) -> (
 
 /// Number of correct top-1 predictions in a batch.
 fn correct(logits: &Tensor, labels: &Tensor) -> candle_core::Result<usize> {
-    let hits = logits.argmax(D::Minus1)?.eq(labels)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+    let hits = logits
+        .argmax(D::Minus1)?
+        .eq(labels)?
+        .to_dtype(DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()?;
     Ok(hits as usize)
 }
 
@@ -125,7 +144,10 @@ pub fn evaluate(net: &CifarResNet, split: &Split, batch_size: usize) -> Result<E
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64;
         loss_sum += loss * chunk.len() as f64;
     }
-    Ok(Evaluation { top1: hits as f64 / split.len() as f64, loss: loss_sum / split.len() as f64 })
+    Ok(Evaluation {
+        top1: hits as f64 / split.len() as f64,
+        loss: loss_sum / split.len() as f64,
+    })
 }
 
 /// Train from a seeded initialisation; returns the final weights and the epoch logs.
