@@ -1,19 +1,42 @@
 //! `allocate`: one quantization option per layer, minimising the predicted change xᵀGx of the
 //! metric under budgets, solved exactly with a proven bound (DESIGN.md, issue 6).
 //!
-//! The pieces, in the order a run uses them:
-//! - [`cli`]: arguments checked into a [`cli::Config`];
-//! - [`problem`]: index, matrix and pins checked against each other into a [`problem::Problem`];
-//!   pinned layers fold into a [`problem::ChoiceQp`] over the free layers, budgets into
-//!   [`problem::BudgetRow`]s;
-//! - [`reduce`]: options that are infeasible or dominated are removed (exactly);
-//! - [`search`]: enumeration of small problems, a local search for a first incumbent;
-//! - [`mip`]: SCIP through russcip, in one of several formulations, the local-polytope
-//!   linearisation by default; [`convex`] holds the exact convex reformulations measured
-//!   against it;
-//! - [`solve`]: the [`solve::Allocator`] tying them together, with an honest bound and gap;
-//! - [`sanity`]: the unconstrained sanity check;
-//! - [`synthetic`]: seeded ResNet-sized instances for tests and the benchmark.
+//! # How a solve goes
+//! 1. [`problem`]: index, matrix and pins are checked against each other; pinned layers fold
+//!    into a [`problem::ChoiceQp`] over the free layers (min xᵀQx + bᵀx + c, one option per
+//!    layer), budgets into [`problem::BudgetRow`]s. An infeasible budget stops here (exit 1).
+//! 2. Incumbents ([`search`]): earlier answers of a sweep that still fit, a greedy fill by
+//!    objective gained per budget spent, a local search over one- and two-layer moves, and
+//!    later an iterated local search and a Lagrangian rounding.
+//! 3. Exact reductions ([`reduce`], [`dual`]): options over budget or dominated by another
+//!    option of their layer go; then a Lagrangian bound — the dual of the local-polytope
+//!    relaxation, improved by MPLP's block-coordinate ascent with budget prices found by
+//!    bisection — proves options and pairs of options worse than the incumbent (reduced-cost
+//!    fixing, then probing each remaining option). Every removal keeps an optimal choice.
+//! 4. The rest is enumerated when small ([`search::enumerate`]) or solved by SCIP ([`mip`]).
+//! 5. The bound reported is the best of SCIP's and the Lagrangian bound, on the original
+//!    objective; the gap is (objective − bound) / max(|objective|, |bound|).
+//!
+//! # Which formulation, measured
+//! Seeded ResNet-shaped instances ([`synthetic`]: 22 and 58 layers × w{2,4,8}a{2,4,8},
+//! indefinite dense G with λ_min ≈ −0.6 and −0.9), avg-bits budgets, gap 1e-6, 60 s limit,
+//! `scripts/bench-allocate.sh` (release build, a shared 2-core machine; CPU seconds alongside):
+//!
+//! | ResNet-20 (22×9), per budget | proven optimal | time |
+//! | --- | --- | --- |
+//! | convex factored forms on the whole problem (`projected`, `identity`, `-diag`, `-rows`) | none of 7 | 60 s each, gap ≥ 0.4: a PSD shift large enough for the noisy 8-bit block (λ ≈ 0.1–0.6, or 1.7–3.8× the diagonal) ruins the relaxation |
+//! | local-polytope linearisation (`linearized`) on the whole problem | 7 of 7 | 0.6–3.3 s |
+//! | `linearized` after the reductions (default) | 13 of 13 | see below |
+//!
+//! ResNet-56 (58×9): `linearized` on the whole problem proves 2 of 7 budgets in 60 s (its root
+//! LP has 52k columns); with dominance only 3 of 7; with the Lagrangian fixing, pair fixing and
+//! probing, see below. The convex `projected` form after the same reductions is a close second
+//! on ResNet-20 but times out on 6 of 13 ResNet-56 budgets.
+//!
+//! `constraints/nonlinear/assumeconvex` is never set. [`convex`] keeps the exact convex
+//! reformulations (diagonal into the linear term, projection onto the one-hot affine hull,
+//! smallest uniform or weighted shift, eigen-factorisation with a rigorous slack) for
+//! comparison and for data where G is close to PSD.
 //!
 //! [`run`] is the whole tool; `main.rs` only parses the command line.
 
