@@ -19,19 +19,32 @@
 //!
 //! # Which formulation, measured
 //! Seeded ResNet-shaped instances ([`synthetic`]: 22 and 58 layers × w{2,4,8}a{2,4,8},
-//! indefinite dense G with λ_min ≈ −0.6 and −0.9), avg-bits budgets, gap 1e-6, 60 s limit,
-//! `scripts/bench-allocate.sh` (release build, a shared 2-core machine; CPU seconds alongside):
+//! indefinite dense G with λ_min ≈ −0.6 and −0.9), gap 1e-6, release build, on a shared 2-core
+//! machine (load 3–11, so CPU seconds are given too), with `scripts/bench-allocate.sh`.
 //!
-//! | ResNet-20 (22×9), per budget | proven optimal | time |
+//! Formulations on the whole problem (`--no-reduce`), ResNet-20, avg-bits 3, 5, 7, 30 s limit:
+//!
+//! | formulation | proven optimal | time or gap at the limit |
 //! | --- | --- | --- |
-//! | convex factored forms on the whole problem (`projected`, `identity`, `-diag`, `-rows`) | none of 7 | 60 s each, gap ≥ 0.4: a PSD shift large enough for the noisy 8-bit block (λ ≈ 0.1–0.6, or 1.7–3.8× the diagonal) ruins the relaxation |
-//! | local-polytope linearisation (`linearized`) on the whole problem | 7 of 7 | 0.6–3.3 s |
-//! | `linearized` after the reductions (default) | 13 of 13 | see below |
+//! | `product` (the seed's dense products; SCIP's AND linearisation) | 0 of 3 | gap 0.75–1.7 |
+//! | `identity` (G + λI, λ = −λ_min(G), factored convex) | 0 of 3 | gap ≥ 1.0 |
+//! | `projected` (one-hot-aware smallest shift, factored convex) | 0 of 3 | gap ≥ 1.0 |
+//! | `linearized` (local polytope) | 3 of 3 | 5.2–8.6 s (CPU 1.7–3.3 s) |
 //!
-//! ResNet-56 (58×9): `linearized` on the whole problem proves 2 of 7 budgets in 60 s (its root
-//! LP has 52k columns); with dominance only 3 of 7; with the Lagrangian fixing, pair fixing and
-//! probing, see below. The convex `projected` form after the same reductions is a close second
-//! on ResNet-20 but times out on 6 of 13 ResNet-56 budgets.
+//! The convex forms fail because the PSD shift G needs (0.1–0.6 uniform; 1.7–3.8× the diagonal
+//! when weighted by it) dwarfs the 8-bit entries, whose cross terms are estimation noise, and
+//! the relaxation's bound falls below zero. On ResNet-56 even `linearized` proves nothing in
+//! 30 s without reductions: its root LP has 52k columns.
+//!
+//! The default (`linearized` after the reductions), 60 s limit:
+//! - ResNet-20, avg-bits=2:8:0.25: 25 of 25 proven optimal, median 0.10 s, max 0.32 s;
+//!   bops=2e8:2e9:3e8: 7 of 7, max 0.21 s.
+//! - ResNet-56, seed 1, avg-bits=2:8:0.5: 13 of 13, median 3.0 s, max 8.4 s (CPU 6.6 s);
+//!   seed 3, avg-bits=2:8:1: 7 of 7, max 18 s; seed 2: 6 of 7, avg-bits=6 stops at the limit
+//!   with gap 9.6e-3.
+//! - ResNet-56, bops=1e9:8e9:1e9: 6 of 8 (max 43 s); bops=5e9 and 6e9 stop at the limit with
+//!   gaps 4.8e-2 and 0.22. There the local-polytope relaxation itself is weak (root LP 0.149
+//!   against the best answer 0.202; 300 s of SCIP lift the bound to 0.175 only).
 //!
 //! `constraints/nonlinear/assumeconvex` is never set. [`convex`] keeps the exact convex
 //! reformulations (diagonal into the linear term, projection onto the one-hot affine hull,
