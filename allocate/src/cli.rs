@@ -55,7 +55,7 @@ Examples:
   # the seed's ZeroQ-like baseline: only the diagonal of G
   allocate --matrix G.npy --index index.json --avg-bits 4 --naive";
 
-/// `allocate --help` is the manual; see [`LONG_ABOUT`].
+/// `allocate --help` is the manual (the long help text below).
 #[derive(Debug, Parser)]
 #[command(
     name = "allocate",
