@@ -18,12 +18,13 @@ as alloc.json (or JSON lines with --sweep): every layer's option and bits, the p
 (xᵀGx with the matrix given), size_bits, avg_w_bits, BOPs, and the solver's status, objective,
 proven lower bound, gap and seconds.
 
-The problem is solved exactly: options that cannot be optimal are removed first (dominance and
-budget arguments), small problems are enumerated, larger ones go to SCIP as an integer linear
-program over the local polytope of the pairwise terms (y_uv = x_u·x_v with marginal
-constraints), which is exact and has a strong relaxation even for indefinite G. A time limit
-always applies: on a time-out the best allocation found is written with its proven bound and
-gap, and a warning goes to stderr.
+The problem is solved exactly. Options that cannot be optimal are removed first: those over
+budget, those dominated by another option of the same layer, and those a Lagrangian lower bound
+(the dual of the local-polytope relaxation) proves worse than a heuristic answer. What remains
+is enumerated when small, or given to SCIP as an integer linear program over the local polytope
+of the pairwise terms (y_uv = x_u·x_v with marginal constraints): exact, and with a strong
+relaxation even for indefinite G. A time limit always applies: on a time-out the best
+allocation found is written with its proven bound and gap, and a warning goes to stderr.
 
 Without a budget the tool runs the sanity check: the answer should be the highest-precision
 option everywhere; when it is not, stderr and notes.sanity name the deviating layers and the
@@ -54,7 +55,7 @@ Examples:
   # the seed's ZeroQ-like baseline: only the diagonal of G
   allocate --matrix G.npy --index index.json --avg-bits 4 --naive";
 
-/// `allocate --help` is the manual; see [`LONG_ABOUT`].
+/// `allocate --help` is the manual (the long help text below).
 #[derive(Debug, Parser)]
 #[command(
     name = "allocate",

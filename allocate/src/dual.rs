@@ -91,12 +91,16 @@ struct Edge {
     theta: Vec<f64>,
 }
 
+/// The ascent stops when five sweeps improve the bound by less than this fraction.
+pub const STALL: f64 = 1e-6;
+
 /// The best point so far: reparametrised unaries, prices, pair slacks and messages.
 type State = (Vec<f64>, Vec<f64>, Vec<Vec<f64>>, Messages);
 
-/// Improve the bound for at most `seconds` (or until it stops improving), from `warm` messages
-/// if given (they must belong to a problem with the same groups and option counts).
-pub fn bound(qp: &ChoiceQp, rows: &[BudgetRow], seconds: f64, warm: Option<&Messages>) -> DualBound {
+/// Improve the bound for at most `seconds` and `max_sweeps` sweeps (or until it stops
+/// improving), from `warm` messages if given (they must belong to a problem with the same
+/// groups and option counts).
+pub fn bound(qp: &ChoiceQp, rows: &[BudgetRow], seconds: f64, max_sweeps: usize, warm: Option<&Messages>) -> DualBound {
     let start = Instant::now();
     let groups = qp.sizes.len();
     let n = qp.n();
@@ -149,13 +153,13 @@ pub fn bound(qp: &ChoiceQp, rows: &[BudgetRow], seconds: f64, warm: Option<&Mess
             best = value;
             let messages = Messages(edges.iter().map(|e| (e.to_g.clone(), e.to_h.clone())).collect());
             best_state = Some((reparam.clone(), mu.clone(), edge_slacks(&edges), messages));
-            if improved.is_finite() && improved < 1e-7 * best.abs().max(tolerance) {
+            if improved.is_finite() && improved < STALL * best.abs().max(tolerance) {
                 break;
             }
         } else {
             break;
         }
-        if start.elapsed().as_secs_f64() > seconds {
+        if start.elapsed().as_secs_f64() > seconds || sweeps >= max_sweeps {
             break;
         }
         let price: Vec<f64> = (0..n).map(|i| rows.iter().zip(&mu).map(|(r, m)| m * r.coef[i]).sum()).collect();
@@ -344,7 +348,7 @@ mod tests {
     fn the_bound_is_below_the_optimum_and_reduced_costs_are_sound() {
         for seed in 0..10 {
             let qp = synthetic::random_qp(6, 3, seed);
-            let d = bound(&qp, &[], 1.0, None);
+            let d = bound(&qp, &[], 1.0, usize::MAX, None);
             let (best, v) = search::enumerate(&qp, &[]).unwrap();
             assert!(d.bound <= v + ROUNDING, "seed {seed}: bound {} above optimum {v}", d.bound);
             // Every choice is worth at least the bound plus the floor of any of its options,

@@ -1,19 +1,55 @@
 //! `allocate`: one quantization option per layer, minimising the predicted change xᵀGx of the
 //! metric under budgets, solved exactly with a proven bound (DESIGN.md, issue 6).
 //!
-//! The pieces, in the order a run uses them:
-//! - [`cli`]: arguments checked into a [`cli::Config`];
-//! - [`problem`]: index, matrix and pins checked against each other into a [`problem::Problem`];
-//!   pinned layers fold into a [`problem::ChoiceQp`] over the free layers, budgets into
-//!   [`problem::BudgetRow`]s;
-//! - [`reduce`]: options that are infeasible or dominated are removed (exactly);
-//! - [`search`]: enumeration of small problems, a local search for a first incumbent;
-//! - [`mip`]: SCIP through russcip, in one of several formulations, the local-polytope
-//!   linearisation by default; [`convex`] holds the exact convex reformulations measured
-//!   against it;
-//! - [`solve`]: the [`solve::Allocator`] tying them together, with an honest bound and gap;
-//! - [`sanity`]: the unconstrained sanity check;
-//! - [`synthetic`]: seeded ResNet-sized instances for tests and the benchmark.
+//! # How a solve goes
+//! 1. [`problem`]: index, matrix and pins are checked against each other; pinned layers fold
+//!    into a [`problem::ChoiceQp`] over the free layers (min xᵀQx + bᵀx + c, one option per
+//!    layer), budgets into [`problem::BudgetRow`]s. An infeasible budget stops here (exit 1).
+//! 2. Incumbents ([`search`]): earlier answers of a sweep that still fit, a greedy fill by
+//!    objective gained per budget spent, a local search over one- and two-layer moves, and
+//!    later an iterated local search and a Lagrangian rounding.
+//! 3. Exact reductions ([`reduce`], [`dual`]): options over budget or dominated by another
+//!    option of their layer go; then a Lagrangian bound — the dual of the local-polytope
+//!    relaxation, improved by MPLP's block-coordinate ascent with budget prices found by
+//!    bisection — proves options and pairs of options worse than the incumbent (reduced-cost
+//!    fixing, then probing each remaining option). Every removal keeps an optimal choice.
+//! 4. The rest is enumerated when small ([`search::enumerate`]) or solved by SCIP ([`mip`]).
+//! 5. The bound reported is the best of SCIP's and the Lagrangian bound, on the original
+//!    objective; the gap is (objective − bound) / max(|objective|, |bound|).
+//!
+//! # Which formulation, measured
+//! Seeded ResNet-shaped instances ([`synthetic`]: 22 and 58 layers × w{2,4,8}a{2,4,8},
+//! indefinite dense G with λ_min ≈ −0.6 and −0.9), gap 1e-6, release build, on a shared 2-core
+//! machine (load 3–11, so CPU seconds are given too), with `scripts/bench-allocate.sh`.
+//!
+//! Formulations on the whole problem (`--no-reduce`), ResNet-20, avg-bits 3, 5, 7, 30 s limit:
+//!
+//! | formulation | proven optimal | time or gap at the limit |
+//! | --- | --- | --- |
+//! | `product` (the seed's dense products; SCIP's AND linearisation) | 0 of 3 | gap 0.75–1.7 |
+//! | `identity` (G + λI, λ = −λ_min(G), factored convex) | 0 of 3 | gap ≥ 1.0 |
+//! | `projected` (one-hot-aware smallest shift, factored convex) | 0 of 3 | gap ≥ 1.0 |
+//! | `linearized` (local polytope) | 3 of 3 | 5.2–8.6 s (CPU 1.7–3.3 s) |
+//!
+//! The convex forms fail because the PSD shift G needs (0.1–0.6 uniform; 1.7–3.8× the diagonal
+//! when weighted by it) dwarfs the 8-bit entries, whose cross terms are estimation noise, and
+//! the relaxation's bound falls below zero. On ResNet-56 even `linearized` proves nothing in
+//! 30 s without reductions: its root LP has 52k columns.
+//!
+//! The default (`linearized` after the reductions), 60 s limit:
+//! - ResNet-20, avg-bits=2:8:0.25: 25 of 25 proven optimal, median 0.10 s, max 0.32 s;
+//!   bops=2e8:2e9:3e8: 7 of 7, max 0.21 s.
+//! - ResNet-56, seed 1, avg-bits=2:8:0.5: 13 of 13, median 3.0 s, max 8.4 s (CPU 6.6 s);
+//!   seed 3, avg-bits=2:8:1: 7 of 7, max 18 s; seed 2: 6 of 7, avg-bits=6 stops at the limit
+//!   with gap 9.6e-3.
+//! - ResNet-56, bops=1e9:8e9:1e9: 6 of 8 (max 43 s); bops=5e9 and 6e9 stop at the limit with
+//!   gaps 4.8e-2 and 0.22. There the local-polytope relaxation itself is weak (root LP 0.149
+//!   against the best answer 0.202; 300 s of SCIP lift the bound to 0.175 only).
+//!
+//! `constraints/nonlinear/assumeconvex` is never set. [`convex`] keeps the exact convex
+//! reformulations (diagonal into the linear term, projection onto the one-hot affine hull,
+//! smallest uniform or weighted shift, eigen-factorisation with a rigorous slack) for
+//! comparison and for data where G is close to PSD.
 //!
 //! [`run`] is the whole tool; `main.rs` only parses the command line.
 

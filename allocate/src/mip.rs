@@ -245,3 +245,24 @@ fn gcd(a: u64, b: u64) -> u64 {
         gcd(b, a % b)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SCIP is linked and answers: max 3x + 2y + z with x, y binary, z ∈ {0..5} integer and
+    /// 2x + 2y + z ≤ 3 has the optimum 4 at x = 1, y = 0, z = 1.
+    #[test]
+    fn scip_solves_a_three_variable_mip() {
+        let mut model = Model::default().hide_output().maximize();
+        let x = model.add(var().bin().obj(3.0).name("x"));
+        let y = model.add(var().bin().obj(2.0).name("y"));
+        let z = model.add(var().int(0..=5).obj(1.0).name("z"));
+        model.add(cons().name("c").coef(&x, 2.0).coef(&y, 2.0).coef(&z, 1.0).le(3.0));
+        let solved = model.solve();
+        assert_eq!(solved.status(), Status::Optimal);
+        let sol = solved.best_sol().expect("a solution");
+        assert_eq!((sol.val(&x).round(), sol.val(&y).round(), sol.val(&z).round()), (1.0, 0.0, 1.0));
+        assert_eq!(solved.obj_val().round(), 4.0);
+    }
+}

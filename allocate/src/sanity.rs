@@ -2,7 +2,7 @@
 //!
 //! Without a budget the least predicted change should come from the highest-precision option
 //! everywhere. When it does not, some estimates say that quantizing more *lowers* the metric:
-//! a negative single-layer estimate d(v) < 0, or negative cross terms G[u,v] < 0 that reward
+//! a negative single-layer estimate d(v) < 0, or negative cross terms G\[u,v\] < 0 that reward
 //! two layers quantized together. The report names every deviating layer, what keeping it at
 //! the highest precision would cost (split into its single and cross parts), and the negative
 //! estimates responsible.
@@ -18,7 +18,7 @@ pub const MAX_LISTED: usize = 5;
 pub struct NegativeEstimate {
     pub layer: String,
     pub option: String,
-    /// The partner of a cross term; absent for a single-layer estimate G[v,v].
+    /// The partner of a cross term; absent for a single-layer estimate G\[v,v\].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub other_layer: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -32,13 +32,13 @@ pub struct Deviation {
     pub layer: String,
     pub chosen: String,
     pub highest: String,
-    /// G[v,v] of the chosen and of the highest option.
+    /// G\[v,v\] of the chosen and of the highest option.
     pub single_chosen: f64,
     pub single_highest: f64,
-    /// 2·Σ_u G[v,u] over the other chosen variables u, for the chosen and the highest option.
+    /// 2·Σ_u G\[v,u\] over the other chosen variables u, for the chosen and the highest option.
     pub cross_chosen: f64,
     pub cross_highest: f64,
-    /// Negative estimates that favour the chosen option: its G[v,v] if negative, and its most
+    /// Negative estimates that favour the chosen option: its G\[v,v\] if negative, and its most
     /// negative cross terms with the other chosen options.
     pub negative_estimates: Vec<NegativeEstimate>,
 }
@@ -52,9 +52,9 @@ pub struct Sanity {
     /// Predicted Δ of the answer and of the highest precision everywhere.
     pub objective: f64,
     pub objective_highest: f64,
-    /// How many single-layer estimates G[v,v] are negative, over the whole matrix.
+    /// How many single-layer estimates G\[v,v\] are negative, over the whole matrix.
     pub negative_single: usize,
-    /// How many cross terms G[u,v] (u < v, different layers) are negative.
+    /// How many cross terms G\[u,v\] (u < v, different layers) are negative.
     pub negative_cross: usize,
 }
 

@@ -19,6 +19,9 @@ pub const GAP_FLOOR: f64 = 1e-9;
 /// this fraction of the data's scale per layer: far above the rounding of the bound's sums.
 pub const DUAL_MARGIN: f64 = 1e-12;
 
+/// Sweeps of the dual bound when probing one forced option.
+pub const PROBE_SWEEPS: usize = 40;
+
 /// Rounds of the iterated local search for a first incumbent.
 pub const ITERATED_ROUNDS: usize = 200;
 
@@ -309,7 +312,7 @@ impl<'p> Allocator<'p> {
         let mut messages: Option<dual::Messages> = None;
         for round in 0..8 {
             let budget = (DUAL_SHARE * self.settings.time_limit - start.elapsed().as_secs_f64()).max(0.0);
-            let d = dual::bound(&reduction.qp, &reduction.rows, budget, messages.as_ref());
+            let d = dual::bound(&reduction.qp, &reduction.rows, budget, usize::MAX, messages.as_ref());
             best_bound = best_bound.max(d.bound);
             if round == 0 {
                 // The Lagrangian rounding, repaired and improved, and an iterated local search
@@ -335,10 +338,14 @@ impl<'p> Allocator<'p> {
             if self.settings.scip_log {
                 eprintln!("dual: bound {:.6e} incumbent {incumbent:.6e} sweeps {} n {} t {:.2}", d.bound, d.sweeps, reduction.qp.n(), start.elapsed().as_secs_f64());
             }
-            let alive: Vec<bool> = d.floor.iter().map(|f| d.bound + f <= incumbent + margin).collect();
+            let mut alive: Vec<bool> = d.floor.iter().map(|f| d.bound + f <= incumbent + margin).collect();
             if alive.iter().all(|a| *a) {
-                last = Some(d);
-                break;
+                let deadline = start + std::time::Duration::from_secs_f64(DUAL_SHARE * self.settings.time_limit);
+                alive = probe(&reduction, &d, incumbent + margin, deadline);
+                if alive.iter().all(|a| *a) {
+                    last = Some(d);
+                    break;
+                }
             }
             let fixed = reduce::Reduction::keep(&reduction.qp, &reduction.rows, &alive);
             let again = reduce::dominance(&fixed.qp, &fixed.rows);
@@ -386,6 +393,33 @@ impl<'p> Allocator<'p> {
             ""
         }
     }
+}
+
+/// Probing: for every option that is not the cheapest of its layer in the dual, bound the
+/// problem with the layer forced to it (messages warm-started, [`PROBE_SWEEPS`] sweeps at most)
+/// and mark it dead when the bound exceeds `cutoff`. Stops marking at `deadline`.
+fn probe(reduction: &reduce::Reduction, d: &dual::DualBound, cutoff: f64, deadline: Instant) -> Vec<bool> {
+    let small = &reduction.qp;
+    let mut alive = vec![true; small.n()];
+    for g in 0..small.sizes.len() {
+        for i in small.group_range(g) {
+            if small.sizes[g] == 1 || d.floor[i] == 0.0 {
+                continue;
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now()).as_secs_f64();
+            if remaining == 0.0 {
+                return alive;
+            }
+            let only: Vec<bool> = (0..small.n()).map(|k| !small.group_range(g).contains(&k) || k == i).collect();
+            let forced = reduce::Reduction::keep(small, &reduction.rows, &only);
+            let warm = d.messages.restrict(&forced.kept);
+            let b = dual::bound(&forced.qp, &forced.rows, remaining, PROBE_SWEEPS, Some(&warm));
+            if b.bound > cutoff {
+                alive[i] = false;
+            }
+        }
+    }
+    alive
 }
 
 /// `usage` (bits or BOPs) written as a budget of the same kind as `b`.

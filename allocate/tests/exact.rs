@@ -202,3 +202,17 @@ fn a_sweep_never_gets_worse_as_the_budget_grows() {
         previous = Some((s.objective, s.choice));
     }
 }
+
+#[test]
+fn every_layer_pinned_leaves_nothing_to_choose() {
+    let params = [144, 2304, 4608];
+    let (g, index) = instance(&params, "w2a8,w4a8,w8a8", 2);
+    let pins: Vec<(String, String)> = ["w2a8", "w8a8", "w4a8"].iter().enumerate().map(|(l, o)| (format!("layer{l}"), o.to_string())).collect();
+    let problem = Problem::new(&index, "index.json", g.clone(), "G.npy", &pins, false).unwrap();
+    let s = Allocator::new(&problem, settings(Method::Auto)).solve(&[Budget::AvgBits(8.0)], &[]).unwrap();
+    let vars = [0, 5, 7];
+    let expected: f64 = vars.iter().map(|&u| vars.iter().map(|&v| g[[u, v]]).sum::<f64>()).sum();
+    assert!(close(s.objective, expected), "{} vs {expected}", s.objective);
+    let err = Allocator::new(&problem, settings(Method::Auto)).solve(&[Budget::AvgBits(3.0)], &[]).unwrap_err();
+    assert_eq!(err.exit_code(), 1, "{err}");
+}
