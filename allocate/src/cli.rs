@@ -30,6 +30,17 @@ Without a budget the tool runs the sanity check: the answer should be the highes
 option everywhere; when it is not, stderr and notes.sanity name the deviating layers and the
 negative estimates (G[v,v] < 0, or negative cross terms) that make the deviation pay.
 
+Noise (--confidence Z with --se): every entry of G is a mean over calibration samples with a
+standard error. For a choice x and the highest-precision choice x₀, the predicted difference
+Δ(x) − Δ(x₀) sums the entries of x not in x₀ minus those of x₀ not in x, so its standard error
+is at most the sum of their standard errors, whatever the correlations (the triangle inequality
+for standard deviations). The tool minimises that difference plus Z times this bound: an
+upper confidence bound, itself a quadratic form in x (G + Z·P, P = the standard errors with the
+sign of x₀'s own entries flipped), solved exactly like G. x₀ scores 0, so a layer leaves its
+highest precision only where the saving is significant at level Z; without a budget the
+answer is the highest precision everywhere unless an improvement is significant. notes.confidence
+reports the plain estimate, the bound and the reference.
+
 Exit status: 0 success (also after a time-out, with the gap reported); 1 the budget is
 infeasible (the message names the smallest feasible budget); 2 bad usage or input.";
 
@@ -51,6 +62,10 @@ Examples:
   allocate --matrix G.npy --index index.json -o unconstrained.json
   allocate --matrix G.npy --index index.json --pin conv1=w8a8,fc=w8a8 \\
            --sweep avg-bits=2:8:0.25 > front.jsonl
+
+  # do not chase calibration noise: a pessimistic objective from perturb's standard errors
+  perturb ... -o G.npy --index index.json --se G.se.npy
+  allocate --matrix G.npy --index index.json --se G.se.npy --confidence 2 --avg-bits 4
 
   # the seed's ZeroQ-like baseline: only the diagonal of G
   allocate --matrix G.npy --index index.json --avg-bits 4 --naive";
@@ -104,12 +119,33 @@ pub struct Args {
     #[arg(long)]
     pub naive: bool,
 
+    /// Standard errors of G's entries (same shape as G, e.g. `perturb --se G.se.npy`). With it,
+    /// alloc.json reports a bound on the standard error of the predicted Δ.
+    #[arg(long, value_name = "G.se.npy")]
+    pub se: Option<String>,
+
+    /// Minimise a pessimistic estimate instead of xᵀGx: the upper Z-standard-error bound on
+    /// the predicted Δ relative to the highest precision everywhere (needs --se; see the
+    /// long help). 2 is a sound default; 0 is the plain objective.
+    #[arg(long, value_name = "Z", requires = "se", allow_negative_numbers = true)]
+    pub confidence: Option<f64>,
+
     /// Seconds for one solve; the best allocation found by then is written with its gap.
-    #[arg(long, value_name = "S", default_value_t = 60.0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "S",
+        default_value_t = 60.0,
+        allow_negative_numbers = true
+    )]
     pub time_limit: f64,
 
     /// Relative gap (objective − bound) / max(|objective|, |bound|) at which a solve may stop.
-    #[arg(long, value_name = "G", default_value_t = 1e-6, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "G",
+        default_value_t = 1e-6,
+        allow_negative_numbers = true
+    )]
     pub gap: f64,
 
     /// How to solve: `auto` enumerates small problems and gives the rest to SCIP.
@@ -163,13 +199,19 @@ where
         Err(e) => {
             // clap's message up to the usage block, on one line.
             let text = e.render().to_string();
-            let message: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
             let message = message.join(" ");
             let message = message.trim_start_matches("error: ");
             return Err(Error::usage(format!("{message} (see allocate --help)")));
         }
     };
-    Args::from_arg_matches(&matches).map(Some).map_err(|e| Error::usage(e.to_string()))
+    Args::from_arg_matches(&matches)
+        .map(Some)
+        .map_err(|e| Error::usage(e.to_string()))
 }
 
 /// A sweep over one budget kind.
@@ -194,6 +236,10 @@ pub struct Config {
     /// (layer, option) pairs.
     pub pins: Vec<(String, String)>,
     pub naive: bool,
+    /// Standard errors of G (`--se`).
+    pub se: Option<String>,
+    /// Z of the confidence rule; 0 = the plain objective.
+    pub confidence: f64,
     pub settings: Settings,
     pub verbosity: Verbosity,
 }
@@ -202,7 +248,12 @@ impl Config {
     /// Check the arguments against each other.
     pub fn from_args(a: &Args) -> Result<Config> {
         let mut budgets = Vec::new();
-        for (kind, value) in [("avg-bits", &a.avg_bits), ("size-bits", &a.size_bits), ("size-mb", &a.size_mb), ("bops", &a.bops)] {
+        for (kind, value) in [
+            ("avg-bits", &a.avg_bits),
+            ("size-bits", &a.size_bits),
+            ("size-mb", &a.size_mb),
+            ("bops", &a.bops),
+        ] {
             if let Some(v) = value {
                 budgets.push(Budget::parse(&format!("{kind}={v}")).map_err(|_| {
                     Error::usage(format!("--{kind} {v}: expected a positive number"))
@@ -223,16 +274,33 @@ impl Config {
             return Err(Error::usage("--matrix and --index cannot both read stdin"));
         }
         if !(a.time_limit.is_finite() && a.time_limit > 0.0) {
-            return Err(Error::usage(format!("--time-limit {}: expected a positive number of seconds", a.time_limit)));
+            return Err(Error::usage(format!(
+                "--time-limit {}: expected a positive number of seconds",
+                a.time_limit
+            )));
         }
         if !(a.gap.is_finite() && (0.0..1.0).contains(&a.gap)) {
-            return Err(Error::usage(format!("--gap {}: expected a number in [0, 1)", a.gap)));
+            return Err(Error::usage(format!(
+                "--gap {}: expected a number in [0, 1)",
+                a.gap
+            )));
+        }
+        let confidence = a.confidence.unwrap_or(0.0);
+        if !(confidence.is_finite() && confidence >= 0.0) {
+            return Err(Error::usage(format!(
+                "--confidence {confidence}: expected a number of standard errors ≥ 0, e.g. 2"
+            )));
+        }
+        if a.se.as_deref() == Some("-") && (a.matrix == "-" || a.index == "-") {
+            return Err(Error::usage(
+                "--se and --matrix/--index cannot both read stdin",
+            ));
         }
         let mut pins = Vec::new();
         for p in &a.pin {
-            let (layer, option) = p
-                .split_once('=')
-                .ok_or_else(|| Error::usage(format!("--pin {p}: expected LAYER=OPTION, e.g. conv1=w8a8")))?;
+            let (layer, option) = p.split_once('=').ok_or_else(|| {
+                Error::usage(format!("--pin {p}: expected LAYER=OPTION, e.g. conv1=w8a8"))
+            })?;
             pins.push((layer.trim().to_string(), option.trim().to_string()));
         }
         let method = match a.method {
@@ -256,6 +324,8 @@ impl Config {
             sweep,
             pins,
             naive: a.naive,
+            se: a.se.clone(),
+            confidence,
             settings,
             verbosity: Verbosity::from_flags(a.quiet, a.verbose),
         })
@@ -264,14 +334,26 @@ impl Config {
 
 /// Parse `avg-bits=2:8:0.25`.
 pub fn parse_sweep(text: &str) -> Result<Sweep> {
-    let bad = |why: &str| Error::usage(format!("--sweep {text}: {why} (expected KIND=START:STOP:STEP, e.g. avg-bits=2:8:0.25)"));
+    let bad = |why: &str| {
+        Error::usage(format!(
+            "--sweep {text}: {why} (expected KIND=START:STOP:STEP, e.g. avg-bits=2:8:0.25)"
+        ))
+    };
     let (kind, range) = text.split_once('=').ok_or_else(|| bad("no '='"))?;
-    let kind = Budget::from_kind(kind, 1.0).map_err(|_| bad("unknown budget kind"))?.kind();
+    let kind = Budget::from_kind(kind, 1.0)
+        .map_err(|_| bad("unknown budget kind"))?
+        .kind();
     let parts: Vec<&str> = range.split(':').collect();
     if parts.len() != 3 {
         return Err(bad("expected three numbers"));
     }
-    let num = |s: &str| s.trim().parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| bad(&format!("'{s}' is not a number")));
+    let num = |s: &str| {
+        s.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| bad(&format!("'{s}' is not a number")))
+    };
     let (start, stop, step) = (num(parts[0])?, num(parts[1])?, num(parts[2])?);
     if start <= 0.0 {
         return Err(bad("budgets must be positive"));
@@ -284,7 +366,9 @@ pub fn parse_sweep(text: &str) -> Result<Sweep> {
         return Err(bad(&format!("{count} budgets, at most {MAX_SWEEP}")));
     }
     // Multiples of the step, rounded to 12 significant digits so 2 + 3·0.1 prints as 2.3.
-    let values = (0..count).map(|i| round_significant(start + step * i as f64, 12)).collect();
+    let values = (0..count)
+        .map(|i| round_significant(start + step * i as f64, 12))
+        .collect();
     Ok(Sweep { kind, values })
 }
 
@@ -306,8 +390,19 @@ mod tests {
         assert_eq!(s.kind, "avg-bits");
         assert_eq!(s.values, vec![2.0, 2.25, 2.5, 2.75, 3.0]);
         assert_eq!(parse_sweep("bops=1e6:1e6:1").unwrap().values, vec![1e6]);
-        assert_eq!(parse_sweep("size-mb=0.1:0.4:0.1").unwrap().values, vec![0.1, 0.2, 0.3, 0.4]);
-        for bad in ["avg-bits=2:8", "colour=1:2:1", "avg-bits=0:2:1", "avg-bits=3:2:1", "avg-bits=2:8:0", "avg-bits", "avg-bits=1:1e9:1e-3"] {
+        assert_eq!(
+            parse_sweep("size-mb=0.1:0.4:0.1").unwrap().values,
+            vec![0.1, 0.2, 0.3, 0.4]
+        );
+        for bad in [
+            "avg-bits=2:8",
+            "colour=1:2:1",
+            "avg-bits=0:2:1",
+            "avg-bits=3:2:1",
+            "avg-bits=2:8:0",
+            "avg-bits",
+            "avg-bits=1:1e9:1e-3",
+        ] {
             assert!(parse_sweep(bad).is_err(), "{bad}");
         }
     }
@@ -329,12 +424,31 @@ mod tests {
             &["--gap", "1.5"],
             &["--pin", "conv1"],
             &["--formulation", "magic"],
+            &["--se", "S.npy", "--confidence", "-1"],
+            &["--se", "S.npy", "--confidence", "inf"],
         ] {
             let e = Config::from_args(&args(bad)).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad:?}");
             assert!(!e.to_string().contains('\n'), "one line: {e}");
         }
-        let e = parse(["allocate", "--matrix", "G.npy"]).unwrap_err().to_string();
+        let e = parse([
+            "allocate",
+            "--matrix",
+            "G.npy",
+            "--index",
+            "i.json",
+            "--confidence",
+            "2",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--se") && !e.contains('\n'),
+            "--confidence needs --se: {e}"
+        );
+        let e = parse(["allocate", "--matrix", "G.npy"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--index") && !e.contains('\n'), "{e}");
     }
 }

@@ -82,7 +82,20 @@ pub fn run(config: &Config) -> Result<()> {
     let matrix_name = display_name(&config.matrix, false);
     let index: Index = clado::io::read_json(&config.index)?;
     let matrix = clado::io::read_matrix(&config.matrix)?;
-    let problem = Problem::new(&index, &index_name, matrix, &matrix_name, &config.pins, config.naive)?;
+    let mut problem = Problem::new(
+        &index,
+        &index_name,
+        matrix,
+        &matrix_name,
+        &config.pins,
+        config.naive,
+    )?;
+    if let Some(path) = &config.se {
+        problem.set_se(clado::io::read_matrix(path)?, &display_name(path, false))?;
+        if config.confidence > 0.0 {
+            problem.apply_confidence(config.confidence);
+        }
+    }
     let allocator = Allocator::new(&problem, config.settings);
     match &config.sweep {
         None => {
@@ -113,7 +126,9 @@ fn run_sweep(config: &Config, allocator: &Allocator<'_>, sweep: &cli::Sweep) -> 
                 answers.push(solved.choice);
                 if to_stdout {
                     let mut out = std::io::stdout().lock();
-                    out.write_all(line.as_bytes()).and_then(|()| out.flush()).map_err(|e| Error::io("<stdout>", e))?;
+                    out.write_all(line.as_bytes())
+                        .and_then(|()| out.flush())
+                        .map_err(|e| Error::io("<stdout>", e))?;
                 } else {
                     lines.push(line);
                 }
@@ -128,7 +143,9 @@ fn run_sweep(config: &Config, allocator: &Allocator<'_>, sweep: &cli::Sweep) -> 
         }
     }
     if answers.is_empty() {
-        return Err(Error::Infeasible(last_infeasible.unwrap_or_else(|| "no budget in the sweep".into())));
+        return Err(Error::Infeasible(
+            last_infeasible.unwrap_or_else(|| "no budget in the sweep".into()),
+        ));
     }
     if !to_stdout {
         clado::io::write_bytes(&config.output, lines.concat().as_bytes())?;
@@ -140,11 +157,18 @@ fn run_sweep(config: &Config, allocator: &Allocator<'_>, sweep: &cli::Sweep) -> 
 fn report(config: &Config, problem: &Problem, budgets: &[Budget], solved: &Solved) -> Alloc {
     let options = problem.layer_options(&solved.choice);
     let cost = clado::budget::cost(&problem.layers, &options);
-    debug_assert!(budgets.iter().all(|b| b.allows(&problem.layers, &options)), "the answer meets every budget");
+    debug_assert!(
+        budgets.iter().all(|b| b.allows(&problem.layers, &options)),
+        "the answer meets every budget"
+    );
     let budget = if budgets.is_empty() {
         "none".to_string()
     } else {
-        budgets.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",")
+        budgets
+            .iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     };
     let mut notes: BTreeMap<String, Value> = BTreeMap::new();
     notes.insert("method".into(), json!(solved.method));
@@ -153,8 +177,22 @@ fn report(config: &Config, problem: &Problem, budgets: &[Budget], solved: &Solve
     if solved.shift != 0.0 {
         notes.insert("diagonal_shift".into(), json!(solved.shift));
     }
+    if let Some(c) = problem.confidence_report(&solved.choice, config.confidence) {
+        let mut value = serde_json::to_value(&c).expect("plain data serialises");
+        let rule = if config.confidence > 0.0 {
+            "minimised delta_vs_highest + z·delta_vs_highest_se_bound (allocate --help, Noise)"
+        } else {
+            "plain objective; standard errors reported only"
+        };
+        value["rule"] = json!(rule);
+        notes.insert("confidence".into(), value);
+    }
     if !config.pins.is_empty() {
-        let pins: BTreeMap<&str, &str> = config.pins.iter().map(|(l, o)| (l.as_str(), o.as_str())).collect();
+        let pins: BTreeMap<&str, &str> = config
+            .pins
+            .iter()
+            .map(|(l, o)| (l.as_str(), o.as_str()))
+            .collect();
         notes.insert("pinned".into(), json!(pins));
     }
     if problem.naive {
@@ -163,7 +201,11 @@ fn report(config: &Config, problem: &Problem, budgets: &[Budget], solved: &Solve
             json!("optimised the diagonal of G only; solver.objective is Σ G[v,v], predicted_delta the whole xᵀGx"),
         );
     }
-    let label = if budgets.is_empty() { "no budget".to_string() } else { budget.clone() };
+    let label = if budgets.is_empty() {
+        "no budget".to_string()
+    } else {
+        budget.clone()
+    };
     if config.verbosity >= Verbosity::Verbose {
         eprintln!(
             "allocate: {label}: {} in {:.3} s ({}, {} nodes, {} options removed): objective {:.9e}, bound {:.9e}, gap {:.2e}",
@@ -194,7 +236,10 @@ fn report(config: &Config, problem: &Problem, budgets: &[Budget], solved: &Solve
         if config.verbosity > Verbosity::Quiet {
             eprintln!("allocate: {}", sanity.summary());
         }
-        notes.insert("sanity".into(), serde_json::to_value(&sanity).expect("plain data serialises"));
+        notes.insert(
+            "sanity".into(),
+            serde_json::to_value(&sanity).expect("plain data serialises"),
+        );
     }
     Alloc {
         version: FORMAT_VERSION,
@@ -202,7 +247,12 @@ fn report(config: &Config, problem: &Problem, budgets: &[Budget], solved: &Solve
             .layers
             .iter()
             .zip(&options)
-            .map(|(l, o)| LayerChoice { name: l.name.clone(), option: o.to_string(), w_bits: o.w_bits, a_bits: o.a_bits })
+            .map(|(l, o)| LayerChoice {
+                name: l.name.clone(),
+                option: o.to_string(),
+                w_bits: o.w_bits,
+                a_bits: o.a_bits,
+            })
             .collect(),
         predicted_delta: problem.predicted_delta(&solved.choice),
         size_bits: cost.size_bits,

@@ -58,6 +58,26 @@ pub struct Problem {
     /// Whether only the diagonal of G is optimised (`--naive`); [`Problem::matrix`] stays whole
     /// so that the predicted Δ can include the cross terms.
     pub naive: bool,
+    /// Standard errors of G's entries (`--se`), checked like G.
+    pub se: Option<Array2<f64>>,
+    /// Z·P of the confidence rule ([`Problem::apply_confidence`]), added to G in the objective.
+    pub penalty: Option<Array2<f64>>,
+}
+
+/// What the confidence rule says about one choice x, against the reference x₀ (the highest
+/// precision everywhere). See [`Problem::apply_confidence`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ConfidenceReport {
+    pub z: f64,
+    /// Σ of the standard errors of x's entries: a bound on the standard error of xᵀGx.
+    pub predicted_delta_se_bound: f64,
+    /// xᵀGx − x₀ᵀGx₀: the predicted change against the highest precision everywhere.
+    pub delta_vs_highest: f64,
+    /// Σ of the standard errors of the entries in x or x₀ but not both: a bound on the
+    /// standard error of `delta_vs_highest`.
+    pub delta_vs_highest_se_bound: f64,
+    /// `delta_vs_highest + z · delta_vs_highest_se_bound`: what was minimised, up to a constant.
+    pub delta_vs_highest_upper: f64,
 }
 
 impl Problem {
@@ -83,8 +103,8 @@ impl Problem {
         }
         let mut options = Vec::with_capacity(index.options.len());
         for (i, o) in index.options.iter().enumerate() {
-            let parsed = QuantOption::parse(&o.name)
-                .map_err(|e| bad(format!("options[{i}]: {e}")))?;
+            let parsed =
+                QuantOption::parse(&o.name).map_err(|e| bad(format!("options[{i}]: {e}")))?;
             if parsed != o.option() {
                 return Err(bad(format!(
                     "options[{i}] \"{}\" says w_bits {:?}, a_bits {:?}, which is not what its name means",
@@ -141,9 +161,12 @@ impl Problem {
                 .get(name.as_str())
                 .ok_or_else(|| bad(format!("fixed layer \"{name}\" is not among the layers")))?;
             if var_layer.contains(&l) {
-                return Err(bad(format!("layer \"{name}\" is both fixed and a variable")));
+                return Err(bad(format!(
+                    "layer \"{name}\" is both fixed and a variable"
+                )));
             }
-            let o = QuantOption::parse(option).map_err(|e| bad(format!("fixed layer \"{name}\": {e}")))?;
+            let o = QuantOption::parse(option)
+                .map_err(|e| bad(format!("fixed layer \"{name}\": {e}")))?;
             decisions[l] = Some(Decision::Fixed(o));
         }
         for (name, option) in pins {
@@ -153,7 +176,8 @@ impl Problem {
                     list(index.layers.iter().map(|l| l.name.as_str()))
                 )));
             };
-            let o = QuantOption::parse(option).map_err(|e| Error::usage(format!("--pin {name}={option}: {e}")))?;
+            let o = QuantOption::parse(option)
+                .map_err(|e| Error::usage(format!("--pin {name}={option}: {e}")))?;
             match &decisions[l] {
                 Some(Decision::Fixed(f)) if *f == o => continue,
                 Some(Decision::Fixed(f)) => {
@@ -166,10 +190,15 @@ impl Problem {
                 }
                 _ => {}
             }
-            let var = options.iter().position(|&x| x == o).and_then(|oi| var_of.get(&(l, oi)).copied());
+            let var = options
+                .iter()
+                .position(|&x| x == o)
+                .and_then(|oi| var_of.get(&(l, oi)).copied());
             let Some(var) = var else {
-                let mut have: Vec<String> =
-                    var_of.range((l, 0)..(l + 1, 0)).map(|(&(_, oi), _)| options[oi].to_string()).collect();
+                let mut have: Vec<String> = var_of
+                    .range((l, 0)..(l + 1, 0))
+                    .map(|(&(_, oi), _)| options[oi].to_string())
+                    .collect();
                 have.dedup();
                 return Err(Error::usage(format!(
                     "--pin {name}={option}: layer \"{name}\" has no variable for option {o} (its options: {})",
@@ -192,11 +221,118 @@ impl Problem {
             }
             let mut vars = vars;
             vars.sort_unstable();
-            decisions[l] = Some(Decision::Free { group: groups.len() });
+            decisions[l] = Some(Decision::Free {
+                group: groups.len(),
+            });
             groups.push(Group { layer: l, vars });
         }
-        let decisions = decisions.into_iter().map(|d| d.expect("every layer decided above")).collect();
-        Ok(Problem { layers: index.layers.clone(), options, var_option, var_layer, decisions, groups, matrix, naive })
+        let decisions = decisions
+            .into_iter()
+            .map(|d| d.expect("every layer decided above"))
+            .collect();
+        Ok(Problem {
+            layers: index.layers.clone(),
+            options,
+            var_option,
+            var_layer,
+            decisions,
+            groups,
+            matrix,
+            naive,
+            se: None,
+            penalty: None,
+        })
+    }
+
+    /// Attach the standard errors of G's entries (same shape as G, finite, ≥ 0, symmetric).
+    pub fn set_se(&mut self, mut se: Array2<f64>, se_name: &str) -> Result<()> {
+        let n = self.matrix.nrows();
+        if se.dim() != (n, n) {
+            return Err(Error::input(
+                se_name,
+                format!(
+                    "standard errors are {}×{}, but G is {n}×{n} (expected the same shape)",
+                    se.nrows(),
+                    se.ncols()
+                ),
+            ));
+        }
+        clado::io::check_finite(se_name, &se)?;
+        if let Some(((i, j), v)) = se.indexed_iter().find(|(_, v)| **v < 0.0) {
+            return Err(Error::input(
+                se_name,
+                format!("entry [{i}, {j}] is {v}: a standard error must be ≥ 0"),
+            ));
+        }
+        symmetrise(se_name, &mut se)?;
+        self.se = Some(se);
+        Ok(())
+    }
+
+    /// The confidence rule: minimise an upper confidence bound of the predicted change against
+    /// x₀, the highest precision everywhere, instead of xᵀGx.
+    ///
+    /// Let E(x) be the entries of G that count in xᵀGx (the diagonal entries of the chosen
+    /// variables and the pairs between them) and s_e the standard error of entry e. Then
+    /// Δ(x) − Δ(x₀) is the sum of the entries in E(x) \ E(x₀) minus those in E(x₀) \ E(x), and
+    /// since the standard deviation of a sum is at most the sum of the standard deviations
+    /// (for any correlation), its standard error is at most
+    /// Σ_{e ∈ E(x) Δ E(x₀)} s_e = Σ_{e ∈ E(x)} s_e·(1 − 2·[e ∈ E(x₀)]) + Σ_{e ∈ E(x₀)} s_e.
+    /// So Δ(x) − Δ(x₀) + Z·bound = xᵀ(G + Z·P)x + constant, with P = S where an entry is not x₀'s
+    /// own and −S where it is: a quadratic form of the same shape, solved by the same machinery.
+    /// x₀ scores exactly 0 on the bound, so another choice wins only where it is better by more
+    /// than Z standard errors (bounded): noise is not chased. Needs [`Problem::set_se`].
+    pub fn apply_confidence(&mut self, z: f64) {
+        let se = self.se.as_ref().expect("set_se before apply_confidence");
+        let reference = self.chosen_vars(&self.highest_precision());
+        let mut in_reference = vec![false; self.matrix.nrows()];
+        for &v in &reference {
+            in_reference[v] = true;
+        }
+        let penalty = Array2::from_shape_fn(se.dim(), |(u, v)| {
+            let sign = if in_reference[u] && in_reference[v] {
+                -1.0
+            } else {
+                1.0
+            };
+            z * sign * se[[u, v]]
+        });
+        self.penalty = Some(penalty);
+    }
+
+    /// The confidence rule's view of a choice (None without `--se`).
+    pub fn confidence_report(&self, choice: &[usize], z: f64) -> Option<ConfidenceReport> {
+        let se = self.se.as_ref()?;
+        let chosen = self.chosen_vars(choice);
+        let reference = self.chosen_vars(&self.highest_precision());
+        let entries = |vars: &[usize]| -> std::collections::BTreeSet<(usize, usize)> {
+            let counted = |u: usize, v: usize| {
+                u == v || (self.var_layer[u] != self.var_layer[v] && !self.naive)
+            };
+            vars.iter()
+                .flat_map(|&u| vars.iter().map(move |&v| (u, v)))
+                .filter(|&(u, v)| counted(u, v))
+                .collect()
+        };
+        let (mine, theirs) = (entries(&chosen), entries(&reference));
+        let bound: f64 = mine
+            .symmetric_difference(&theirs)
+            .map(|&(u, v)| se[[u, v]])
+            .sum();
+        let own: f64 = mine.iter().map(|&(u, v)| se[[u, v]]).sum();
+        let delta = self.objective_plain(choice) - self.objective_plain(&self.highest_precision());
+        Some(ConfidenceReport {
+            z,
+            predicted_delta_se_bound: own,
+            delta_vs_highest: delta,
+            delta_vs_highest_se_bound: bound,
+            delta_vs_highest_upper: delta + z * bound,
+        })
+    }
+
+    /// Entry (u, v) of the matrix the solver minimises: G, plus Z·P under the confidence rule.
+    fn objective_entry(&self, u: usize, v: usize) -> f64 {
+        self.matrix[[u, v]] + self.penalty.as_ref().map_or(0.0, |p| p[[u, v]])
     }
 
     /// Matrix indices of every chosen variable: pinned ones, then one per group.
@@ -217,13 +353,35 @@ impl Problem {
     /// xᵀMx for the one-hot x of `choice` (pinned layers included).
     pub fn quadratic_form(&self, m: &Array2<f64>, choice: &[usize]) -> f64 {
         let vars = self.chosen_vars(choice);
-        vars.iter().map(|&u| vars.iter().map(|&v| m[[u, v]]).sum::<f64>()).sum()
+        vars.iter()
+            .map(|&u| vars.iter().map(|&v| m[[u, v]]).sum::<f64>())
+            .sum()
     }
 
-    /// The objective being minimised: xᵀGx, with only the diagonal under `--naive`.
+    /// The objective being minimised: xᵀGx (plus the confidence penalty when applied), with
+    /// only the diagonal under `--naive`.
     pub fn objective(&self, choice: &[usize]) -> f64 {
+        let vars = self.chosen_vars(choice);
         if self.naive {
-            self.chosen_vars(choice).iter().map(|&v| self.matrix[[v, v]]).sum()
+            vars.iter().map(|&v| self.objective_entry(v, v)).sum()
+        } else {
+            vars.iter()
+                .map(|&u| {
+                    vars.iter()
+                        .map(|&v| self.objective_entry(u, v))
+                        .sum::<f64>()
+                })
+                .sum()
+        }
+    }
+
+    /// [`Problem::objective`] without the confidence penalty.
+    pub fn objective_plain(&self, choice: &[usize]) -> f64 {
+        if self.naive {
+            self.chosen_vars(choice)
+                .iter()
+                .map(|&v| self.matrix[[v, v]])
+                .sum()
         } else {
             self.predicted_delta(choice)
         }
@@ -241,7 +399,9 @@ impl Problem {
             .map(|d| match *d {
                 Decision::Fixed(o) => o,
                 Decision::Pinned { var } => self.options[self.var_option[var]],
-                Decision::Free { group } => self.options[self.var_option[self.groups[group].vars[choice[group]]]],
+                Decision::Free { group } => {
+                    self.options[self.var_option[self.groups[group].vars[choice[group]]]]
+                }
             })
             .collect()
     }
@@ -254,22 +414,42 @@ impl Problem {
     /// The reduced quadratic program over the free layers (see [`ChoiceQp`]).
     pub fn reduced(&self) -> ChoiceQp {
         let sizes: Vec<usize> = self.groups.iter().map(|g| g.vars.len()).collect();
-        let vars: Vec<usize> = self.groups.iter().flat_map(|g| g.vars.iter().copied()).collect();
-        let group_of: Vec<usize> = sizes.iter().enumerate().flat_map(|(g, &k)| std::iter::repeat_n(g, k)).collect();
+        let vars: Vec<usize> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.vars.iter().copied())
+            .collect();
+        let group_of: Vec<usize> = sizes
+            .iter()
+            .enumerate()
+            .flat_map(|(g, &k)| std::iter::repeat_n(g, k))
+            .collect();
         let pinned = self.chosen_vars(&vec![0; self.groups.len()]);
         let pinned = &pinned[..pinned.len() - self.groups.len()];
         let n = vars.len();
         let quad = Array2::from_shape_fn((n, n), |(i, j)| {
             if i == j || (group_of[i] != group_of[j] && !self.naive) {
-                self.matrix[[vars[i], vars[j]]]
+                self.objective_entry(vars[i], vars[j])
             } else {
                 // x_u x_v = 0 for two options of one layer: these entries never count.
                 0.0
             }
         });
-        let entry = |u: usize, v: usize| if u == v || !self.naive { self.matrix[[u, v]] } else { 0.0 };
-        let linear = vars.iter().map(|&v| pinned.iter().map(|&p| 2.0 * entry(p, v)).sum()).collect();
-        let constant = pinned.iter().map(|&p| pinned.iter().map(|&q| entry(p, q)).sum::<f64>()).sum();
+        let entry = |u: usize, v: usize| {
+            if u == v || !self.naive {
+                self.objective_entry(u, v)
+            } else {
+                0.0
+            }
+        };
+        let linear = vars
+            .iter()
+            .map(|&v| pinned.iter().map(|&p| 2.0 * entry(p, v)).sum())
+            .collect();
+        let constant = pinned
+            .iter()
+            .map(|&p| pinned.iter().map(|&q| entry(p, q)).sum::<f64>())
+            .sum();
         ChoiceQp::new(sizes, quad, linear, constant)
     }
 
@@ -281,7 +461,11 @@ impl Problem {
                 let coef: Vec<f64> = self
                     .groups
                     .iter()
-                    .flat_map(|g| g.vars.iter().map(|&v| b.coefficient(&self.layers[g.layer], self.option_of(v))))
+                    .flat_map(|g| {
+                        g.vars
+                            .iter()
+                            .map(|&v| b.coefficient(&self.layers[g.layer], self.option_of(v)))
+                    })
                     .collect();
                 let fixed_use: f64 = self
                     .decisions
@@ -294,7 +478,12 @@ impl Problem {
                     })
                     .sum();
                 let limit = b.limit(&self.layers);
-                BudgetRow { budget: *b, coef, fixed_use, limit }
+                BudgetRow {
+                    budget: *b,
+                    coef,
+                    fixed_use,
+                    limit,
+                }
             })
             .collect()
     }
@@ -304,7 +493,9 @@ impl Problem {
         self.groups
             .iter()
             .map(|g| {
-                (0..g.vars.len()).max_by_key(|&i| self.option_of(g.vars[i]).precision_key()).expect("groups are not empty")
+                (0..g.vars.len())
+                    .max_by_key(|&i| self.option_of(g.vars[i]).precision_key())
+                    .expect("groups are not empty")
             })
             .collect()
     }
@@ -330,14 +521,22 @@ impl BudgetRow {
 
     /// Usage of a choice (free layers only) under this row.
     pub fn usage(&self, qp: &ChoiceQp, choice: &[usize]) -> f64 {
-        choice.iter().enumerate().map(|(g, &i)| self.coef[qp.starts[g] + i]).sum()
+        choice
+            .iter()
+            .enumerate()
+            .map(|(g, &i)| self.coef[qp.starts[g] + i])
+            .sum()
     }
 
     /// The least usage over all choices (each free layer at its cheapest option), whole model.
     pub fn min_total(&self, qp: &ChoiceQp) -> f64 {
         self.fixed_use
             + (0..qp.sizes.len())
-                .map(|g| qp.group_range(g).map(|i| self.coef[i]).fold(f64::INFINITY, f64::min))
+                .map(|g| {
+                    qp.group_range(g)
+                        .map(|i| self.coef[i])
+                        .fold(f64::INFINITY, f64::min)
+                })
                 .sum::<f64>()
     }
 }
@@ -367,7 +566,13 @@ impl ChoiceQp {
         let n: usize = sizes.iter().sum();
         assert_eq!(quad.dim(), (n, n));
         assert_eq!(linear.len(), n);
-        ChoiceQp { sizes, starts, quad, linear, constant }
+        ChoiceQp {
+            sizes,
+            starts,
+            quad,
+            linear,
+            constant,
+        }
     }
 
     pub fn n(&self) -> usize {
@@ -380,13 +585,20 @@ impl ChoiceQp {
 
     /// Variable indices of a choice.
     pub fn indices(&self, choice: &[usize]) -> Vec<usize> {
-        choice.iter().enumerate().map(|(g, &i)| self.starts[g] + i).collect()
+        choice
+            .iter()
+            .enumerate()
+            .map(|(g, &i)| self.starts[g] + i)
+            .collect()
     }
 
     /// The objective of a choice.
     pub fn value(&self, choice: &[usize]) -> f64 {
         let idx = self.indices(choice);
-        let quad: f64 = idx.iter().map(|&i| idx.iter().map(|&j| self.quad[[i, j]]).sum::<f64>()).sum();
+        let quad: f64 = idx
+            .iter()
+            .map(|&i| idx.iter().map(|&j| self.quad[[i, j]]).sum::<f64>())
+            .sum();
         quad + idx.iter().map(|&i| self.linear[i]).sum::<f64>() + self.constant
     }
 
@@ -400,14 +612,19 @@ impl ChoiceQp {
 
 fn symmetrise(name: &str, m: &mut Array2<f64>) -> Result<()> {
     let n = m.nrows();
-    let scale = m.iter().fold(0.0f64, |a, v| a.max(v.abs())).max(f64::MIN_POSITIVE);
+    let scale = m
+        .iter()
+        .fold(0.0f64, |a, v| a.max(v.abs()))
+        .max(f64::MIN_POSITIVE);
     for i in 0..n {
         for j in i + 1..n {
             let (a, b) = (m[[i, j]], m[[j, i]]);
             if (a - b).abs() > SYMMETRY_TOLERANCE * scale {
                 return Err(Error::input(
                     name,
-                    format!("matrix is not symmetric: entry [{i}, {j}] is {a} but [{j}, {i}] is {b}"),
+                    format!(
+                        "matrix is not symmetric: entry [{i}, {j}] is {a} but [{j}, {i}] is {b}"
+                    ),
                 ));
             }
             let mean = 0.5 * (a + b);

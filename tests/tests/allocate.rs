@@ -197,6 +197,44 @@ fn no_budget_runs_the_sanity_check() {
 }
 
 #[test]
+fn the_confidence_rule_ignores_insignificant_negative_estimates() {
+    let dir = setup();
+    let mut g = matrix();
+    g[[2 * 3, 2 * 3]] = -0.5;
+    write(dir.path(), &g, &index());
+    let write_se = |scale: f64| {
+        let se = g.mapv(|v| if v == 0.0 { 0.0 } else { scale });
+        let mut bytes = Vec::new();
+        se.write_npy(&mut bytes).unwrap();
+        std::fs::write(dir.path().join("G.se.npy"), bytes).unwrap();
+    };
+    // The -0.5 is within two standard errors of 0 (se 0.3 each: bound 2·(0.3 + 0.3) on the
+    // difference to 8 bits) : the rule keeps layer2 at w8a8 and the sanity check passes.
+    write_se(0.3);
+    let r = allocate(dir.path(), &["--se", "G.se.npy", "--confidence", "2"]);
+    let alloc = parse(&r.stdout);
+    assert!(alloc.layers.iter().all(|c| c.option == "w8a8"), "{}", r.stdout_text());
+    assert_eq!(alloc.notes["sanity"]["passed"], serde_json::json!(true));
+    let c = &alloc.notes["confidence"];
+    assert_eq!(c["z"], serde_json::json!(2.0));
+    assert_eq!(c["delta_vs_highest"], serde_json::json!(0.0));
+    assert!((alloc.predicted_delta - delta(&alloc, &g)).abs() < 1e-12, "predicted_delta stays xᵀGx");
+    // With tiny standard errors the estimate is significant and the rule follows it.
+    write_se(1e-6);
+    let r = allocate(dir.path(), &["--se", "G.se.npy", "--confidence", "2"]);
+    let alloc = parse(&r.stdout);
+    assert_eq!(alloc.layers[2].option, "w2a8");
+    let upper = alloc.notes["confidence"]["delta_vs_highest_upper"].as_f64().unwrap();
+    assert!(upper < 0.0, "a significant improvement over 8 bits: {upper}");
+    // --se alone reports without changing the answer; --confidence without --se is refused.
+    let r = allocate(dir.path(), &["--se", "G.se.npy"]);
+    let alloc = parse(&r.stdout);
+    assert_eq!(alloc.layers[2].option, "w2a8");
+    assert!(alloc.notes["confidence"]["predicted_delta_se_bound"].as_f64().unwrap() > 0.0);
+    one_line_error(allocate(dir.path(), &["--confidence", "2"]), 2, "--se");
+}
+
+#[test]
 fn naive_uses_the_diagonal_and_reports_the_whole_delta() {
     let dir = setup();
     let alloc = parse(&allocate(dir.path(), &["--avg-bits", "4", "--naive"]).success());
