@@ -73,9 +73,7 @@ impl Factored {
 
     /// z = Fᵀx for the one-hot x of `idx`.
     pub fn z(&self, idx: &[usize]) -> Vec<f64> {
-        (0..self.factor.ncols())
-            .map(|k| idx.iter().map(|&i| self.factor[(i, k)]).sum())
-            .collect()
+        (0..self.factor.ncols()).map(|k| idx.iter().map(|&i| self.factor[(i, k)]).sum()).collect()
     }
 }
 
@@ -112,19 +110,13 @@ pub fn convexify(qp: &ChoiceQp, how: Convexification) -> Factored {
             let w: Vec<f64> = match weights {
                 Weights::Uniform => vec![1.0; n],
                 Weights::RowSums => {
-                    let rows: Vec<f64> = (0..n)
-                        .map(|i| a.row(i).iter().map(|v| v.abs()).sum())
-                        .collect();
+                    let rows: Vec<f64> = (0..n).map(|i| a.row(i).iter().map(|v| v.abs()).sum()).collect();
                     let mean = rows.iter().sum::<f64>() / n as f64;
-                    rows.iter()
-                        .map(|r| r + 1e-3 * mean + f64::MIN_POSITIVE)
-                        .collect()
+                    rows.iter().map(|r| r + 1e-3 * mean + f64::MIN_POSITIVE).collect()
                 }
                 Weights::Diagonal => {
                     let mean = diag.iter().map(|d| d.abs()).sum::<f64>() / n as f64;
-                    diag.iter()
-                        .map(|d| d.abs() + 1e-2 * mean + f64::MIN_POSITIVE)
-                        .collect()
+                    diag.iter().map(|d| d.abs() + 1e-2 * mean + f64::MIN_POSITIVE).collect()
                 }
             };
             let t = -min_generalized_on_subspace(qp, &a, &w);
@@ -133,12 +125,8 @@ pub fn convexify(qp: &ChoiceQp, how: Convexification) -> Factored {
                 m[[i, i]] += t * w[i];
                 b[i] -= t * w[i];
             }
-            let x0: Vec<f64> = (0..qp.sizes.len())
-                .flat_map(|g| std::iter::repeat_n(1.0 / qp.sizes[g] as f64, qp.sizes[g]))
-                .collect();
-            let mx0: Vec<f64> = (0..n)
-                .map(|i| (0..n).map(|j| m[[i, j]] * x0[j]).sum())
-                .collect();
+            let x0: Vec<f64> = (0..qp.sizes.len()).flat_map(|g| std::iter::repeat_n(1.0 / qp.sizes[g] as f64, qp.sizes[g])).collect();
+            let mx0: Vec<f64> = (0..n).map(|i| (0..n).map(|j| m[[i, j]] * x0[j]).sum()).collect();
             let x0mx0: f64 = x0.iter().zip(&mx0).map(|(a, b)| a * b).sum();
             for i in 0..n {
                 b[i] += 2.0 * mx0[i];
@@ -182,9 +170,7 @@ fn min_generalized_on_subspace(qp: &ChoiceQp, a: &Array2<f64>, w: &[f64]) -> f64
     let a_s = basis.transpose() * to_faer(a) * &basis;
     let wb = Mat::from_fn(n, m, |i, j| w[i] * basis[(i, j)]);
     let w_s = basis.transpose() * &wb;
-    let llt = w_s
-        .llt(faer::Side::Lower)
-        .expect("PᵀWP is positive definite for w > 0");
+    let llt = w_s.llt(faer::Side::Lower).expect("PᵀWP is positive definite for w > 0");
     let l = llt.L();
     let mut x = a_s.clone();
     faer::linalg::triangular_solve::solve_lower_triangular_in_place(l, x.as_mut(), Par::Seq);
@@ -209,13 +195,10 @@ fn projected(qp: &ChoiceQp, m: &Array2<f64>) -> Array2<f64> {
     let mut block_mean = Array2::<f64>::zeros((groups, groups));
     for g in 0..groups {
         for h in 0..groups {
-            block_mean[[g, h]] =
-                qp.group_range(g).map(|i| row_mean[[i, h]]).sum::<f64>() / qp.sizes[g] as f64;
+            block_mean[[g, h]] = qp.group_range(g).map(|i| row_mean[[i, h]]).sum::<f64>() / qp.sizes[g] as f64;
         }
     }
-    let group_of: Vec<usize> = (0..groups)
-        .flat_map(|g| std::iter::repeat_n(g, qp.sizes[g]))
-        .collect();
+    let group_of: Vec<usize> = (0..groups).flat_map(|g| std::iter::repeat_n(g, qp.sizes[g])).collect();
     Array2::from_shape_fn((n, n), |(i, j)| {
         let (gi, gj) = (group_of[i], group_of[j]);
         m[[i, j]] - row_mean[[i, gj]] - row_mean[[j, gi]] + block_mean[[gi, gj]]
@@ -235,12 +218,7 @@ pub fn eigh(m: &Array2<f64>) -> (Vec<f64>, Mat<f64>) {
     let a = to_faer(m);
     let mut s = faer::diag::Diag::<f64>::zeros(n);
     let mut u = Mat::<f64>::zeros(n, n);
-    let scratch = evd::self_adjoint_evd_scratch::<f64>(
-        n,
-        evd::ComputeEigenvectors::Yes,
-        Par::Seq,
-        Default::default(),
-    );
+    let scratch = evd::self_adjoint_evd_scratch::<f64>(n, evd::ComputeEigenvectors::Yes, Par::Seq, Default::default());
     evd::self_adjoint_evd(
         a.as_ref(),
         s.as_mut(),
@@ -295,11 +273,7 @@ fn factor_psd(p: &Array2<f64>, groups: f64) -> (Mat<f64>, f64, f64) {
     let dropped_neg: f64 = mu.iter().filter(|&&m| m < 0.0).map(|m| -m).sum();
     let dropped_pos: f64 = mu.iter().filter(|&&m| m >= 0.0 && m <= tol).sum();
     let common = (resid + rounding) * groups * groups;
-    (
-        f,
-        groups * dropped_neg + common,
-        groups * dropped_pos + common,
-    )
+    (f, groups * dropped_neg + common, groups * dropped_pos + common)
 }
 
 #[cfg(test)]
@@ -319,24 +293,13 @@ mod tests {
     #[test]
     fn reformulations_equal_the_objective_on_one_hot_points() {
         let qp = synthetic::random_qp(12, 5, 7);
-        for how in [
-            Convexification::Projected(Weights::Uniform),
-            Convexification::Projected(Weights::RowSums),
-            Convexification::Projected(Weights::Diagonal),
-            Convexification::Identity,
-        ] {
+        for how in [Convexification::Projected(Weights::Uniform), Convexification::Projected(Weights::RowSums), Convexification::Projected(Weights::Diagonal), Convexification::Identity] {
             let f = convexify(&qp, how);
             for s in 0..50 {
                 let c = random_choice(&qp, s);
                 let (exact, model) = (qp.value(&c), f.value(&qp.indices(&c)));
-                assert!(
-                    (exact - model).abs() <= EXACTNESS * qp.scale(),
-                    "{how:?}: {exact} vs {model}"
-                );
-                assert!(
-                    model - f.lower_slack <= exact + EXACTNESS
-                        && exact <= model + f.upper_slack + EXACTNESS
-                );
+                assert!((exact - model).abs() <= EXACTNESS * qp.scale(), "{how:?}: {exact} vs {model}");
+                assert!(model - f.lower_slack <= exact + EXACTNESS && exact <= model + f.upper_slack + EXACTNESS);
             }
         }
     }
@@ -349,10 +312,7 @@ mod tests {
         let p = convexify(&qp, Convexification::Projected(Weights::Uniform));
         let i = convexify(&qp, Convexification::Identity);
         assert!(p.shift <= i.shift + EXACTNESS, "{} > {}", p.shift, i.shift);
-        assert!(
-            p.factor.ncols() <= qp.n() - qp.sizes.len(),
-            "rank above the subspace dimension"
-        );
+        assert!(p.factor.ncols() <= qp.n() - qp.sizes.len(), "rank above the subspace dimension");
     }
 
     #[test]
