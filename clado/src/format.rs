@@ -104,6 +104,24 @@ pub struct Diagnostics {
     pub evaluations: u64,
     /// Wall-clock seconds of the perturbation.
     pub seconds: f64,
+    /// How the estimates compare with their standard errors (absent in files from before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<NoiseSummary>,
+}
+
+/// Which estimates of G are distinguishable from 0 at `z` standard errors (|value| > z·se).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoiseSummary {
+    pub z: f64,
+    /// Single-layer estimates d(v) within z standard errors of 0, and how many there are.
+    pub single_within: usize,
+    pub single: usize,
+    /// Of the negative d(v), how many are significantly negative (d(v) < −z·se).
+    pub single_significantly_negative: usize,
+    /// Cross terms G\[u,v\] (u < v, different layers) within z standard errors of 0, of how many.
+    pub cross_within: usize,
+    pub cross: usize,
 }
 
 /// `index.json`: what each row and column of `G.npy` means, and how it was measured.

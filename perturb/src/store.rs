@@ -2,7 +2,7 @@
 
 use crate::measure::{FpBatch, Moments, UnitResult};
 use crate::{Job, Reporting};
-use clado::format::{Diagnostics, FpReference, Index, OptionInfo, Variable, FORMAT_VERSION};
+use clado::format::{Diagnostics, FpReference, Index, NoiseSummary, OptionInfo, Variable, FORMAT_VERSION};
 use clado::io::Versioned;
 use clado::options::QuantOption;
 use clado::{Error, Result};
@@ -332,7 +332,9 @@ pub fn assemble_named(names: &[String], partials: &[Partial]) -> Result<Assemble
         top1: 100.0 * fp.values().map(|f| f.correct).sum::<usize>() as f64 / fp_n.max(1) as f64,
     };
     let (lambda_min, lambda_max) = extreme_eigenvalues(&g);
+    let noise = noise_summary(&g, &se, job.options.len(), NOISE_Z);
     let diagnostics = Diagnostics {
+        noise: Some(noise),
         negative_single: (0..nvar).filter(|&v| g[[v, v]] < 0.0).count(),
         lambda_min,
         lambda_max,
@@ -340,6 +342,29 @@ pub fn assemble_named(names: &[String], partials: &[Partial]) -> Result<Assemble
         seconds,
     };
     Ok(Assembled { job: job.clone(), g, se, fp: fp_ref, diagnostics })
+}
+
+/// Standard errors at which `index.json`'s noise summary calls an estimate distinguishable
+/// from 0 (two-sided, about 95 % under a normal approximation).
+pub const NOISE_Z: f64 = 2.0;
+
+/// Count the estimates of G within `z` standard errors of 0 (variables are layer-major with
+/// `options` per layer; entries within a layer are not estimates).
+pub fn noise_summary(g: &Array2<f64>, se: &Array2<f64>, options: usize, z: f64) -> NoiseSummary {
+    let n = g.nrows();
+    let within = |u: usize, v: usize| g[[u, v]].abs() <= z * se[[u, v]];
+    let cross: Vec<(usize, usize)> = (0..n)
+        .flat_map(|u| (u + 1..n).map(move |v| (u, v)))
+        .filter(|&(u, v)| u / options != v / options)
+        .collect();
+    NoiseSummary {
+        z,
+        single_within: (0..n).filter(|&v| within(v, v)).count(),
+        single: n,
+        single_significantly_negative: (0..n).filter(|&v| g[[v, v]] < -z * se[[v, v]]).count(),
+        cross_within: cross.iter().filter(|&&(u, v)| within(u, v)).count(),
+        cross: cross.len(),
+    }
 }
 
 /// Smallest and largest eigenvalue of a symmetric matrix.
@@ -415,6 +440,12 @@ impl Assembled {
                 self.fp.loss,
                 n = self.g.nrows()
             );
+            if let Some(z) = &d.noise {
+                eprintln!(
+                    "perturb: within {} standard errors of 0: {} of {} single-layer estimates ({} significantly negative), {} of {} cross terms",
+                    z.z, z.single_within, z.single, z.single_significantly_negative, z.cross_within, z.cross
+                );
+            }
         }
         Ok(())
     }
@@ -449,5 +480,27 @@ impl Progress {
 
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noise_summary_counts_estimates_within_z_standard_errors() {
+        // Two layers × two options: variables 0, 1 (layer 0) and 2, 3 (layer 1).
+        let g = ndarray::arr2(&[
+            [0.10, 0.00, 0.01, -0.30],
+            [0.00, -0.05, 0.00, 0.02],
+            [0.01, 0.00, -0.50, 0.00],
+            [-0.30, 0.02, 0.00, 0.03],
+        ]);
+        let se = Array2::from_elem((4, 4), 0.1);
+        let s = noise_summary(&g, &se, 2, 2.0);
+        // |d| ≤ 0.2: 0.10, −0.05, 0.03; −0.50 is significantly negative.
+        assert_eq!((s.single_within, s.single, s.single_significantly_negative), (3, 4, 1));
+        // Cross terms (0,2) 0.01, (0,3) −0.30, (1,2) 0, (1,3) 0.02: all but −0.30 within.
+        assert_eq!((s.cross_within, s.cross), (3, 4));
     }
 }
