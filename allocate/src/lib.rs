@@ -51,6 +51,12 @@
 //! smallest uniform or weighted shift, eigen-factorisation with a rigorous slack) for
 //! comparison and for data where G is close to PSD.
 //!
+//! # Noise
+//! With `--se` and `--confidence Z` the objective becomes an upper confidence bound of the
+//! predicted change against the highest precision everywhere ([`problem::Problem::apply_confidence`]
+//! has the derivation): G + Z·P, a quadratic form of the same shape, so every step above applies
+//! unchanged, and alloc.json's `notes.confidence` reports the plain estimate beside the bound.
+//!
 //! [`run`] is the whole tool; `main.rs` only parses the command line.
 
 pub mod cli;
