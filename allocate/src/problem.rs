@@ -315,10 +315,8 @@ impl Problem {
                 .collect()
         };
         let (mine, theirs) = (entries(&chosen), entries(&reference));
-        let bound: f64 = mine
-            .symmetric_difference(&theirs)
-            .map(|&(u, v)| se[[u, v]])
-            .sum();
+        // + 0.0: an empty sum of f64 is −0.0.
+        let bound: f64 = mine.symmetric_difference(&theirs).map(|&(u, v)| se[[u, v]]).sum::<f64>() + 0.0;
         let own: f64 = mine.iter().map(|&(u, v)| se[[u, v]]).sum();
         let delta = self.objective_plain(choice) - self.objective_plain(&self.highest_precision());
         Some(ConfidenceReport {
