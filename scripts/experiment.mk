@@ -30,20 +30,25 @@
 EXP ?= main
 OUT ?= out/$(EXP)
 
-# The seed's variants and this project's main experiment: default options and budgets by name.
-OPTIONS_main    := w2a8,w4a8,w8a8
-BUDGETS_main    := 2.5 3 3.5 4 5 6
-OPTIONS_binary  := w4,fp
-BUDGETS_binary  := 6 8 12 16 24
-OPTIONS_multi   := w2,w4,w8
-BUDGETS_multi   := 2.5 3 3.5 4 5 6
-OPTIONS_general := w{2,4,8}a{2,4,8}
-BUDGETS_general := 2.5 3 3.5 4 5 6
+# The seed's variants and this project's main experiment: default options and budgets by name
+# (FULL=1: the finer sweep). `general` (9 options) has the most expensive perturbation.
+OPTIONS_main         := w2a8,w4a8,w8a8
+BUDGETS_main         := 2.5 3 4 5 6
+BUDGETS_FULL_main    := 2.25 2.5 2.75 3 3.5 4 4.5 5 5.5 6 7
+OPTIONS_binary       := w4,fp
+BUDGETS_binary       := 6 8 12 16
+BUDGETS_FULL_binary  := 5 6 8 10 12 16 20 24
+OPTIONS_multi        := w2,w4,w8
+BUDGETS_multi        := 2.5 3 4 5 6
+BUDGETS_FULL_multi   := 2.25 2.5 2.75 3 3.5 4 4.5 5 5.5 6 7
+OPTIONS_general      := w{2,4,8}a{2,4,8}
+BUDGETS_general      := 2.5 3 4 5 6
+BUDGETS_FULL_general := 2.25 2.5 2.75 3 3.5 4 4.5 5 5.5 6 7
 
 # Quantization options per layer (option grammar of DESIGN.md; brace expansion allowed).
 OPTIONS ?= $(or $(OPTIONS_$(EXP)),w2a8,w4a8,w8a8)
 # Budgets of kind BUDGET_KIND (an allocate flag: avg-bits, size-mb, size-bits or bops).
-BUDGETS ?= $(or $(BUDGETS_$(EXP)),3 4 5 6)
+BUDGETS ?= $(or $(if $(FULL),$(BUDGETS_FULL_$(EXP))),$(BUDGETS_$(EXP)),3 4 5 6)
 BUDGET_KIND ?= avg-bits
 # Calibration (train split): samples, seed of their selection, range calibration of quantizers.
 SAMPLES ?= 256
@@ -107,7 +112,8 @@ stamp = $(if $(call differ,$(file <$(OUT)/.$(1).vars),$(1): $(strip $(2))),$(fil
 $(call stamp,calib,$(MODEL) $(OPTIONS) $(SAMPLES) $(SEED) $(W_CALIB) $(A_CALIB))
 $(call stamp,perturb,$(PERTURB_FLAGS))
 $(call stamp,allocate,$(BUDGET_KIND) $(TIME_LIMIT) $(ALLOCATE_FLAGS) $(CONFIDENCE))
-$(call stamp,evaluate,$(EVAL_SAMPLES))
+$(call stamp,evaluate,$(EVAL_SAMPLES) $(BUDGETS))
+$(call stamp,report,$(EXP) $(METHODS) $(PLOT_X))
 
 # ---- calibrate ---------------------------------------------------------------------------------
 
@@ -189,12 +195,12 @@ REPORT_INPUTS := $(OUT)/eval/fp.jsonl $(foreach m,$(METHODS),$(OUT)/eval/$(m).js
   $(foreach m,$(METHODS),$(if $(call psd_report,$(m)),$(patsubst :%,%,$(call psd_report,$(m))))) \
   $(foreach m,$(NEEDED_METRICS),$(OUT)/$(m)/index.json)
 
-$(OUT)/table.md $(OUT)/table.csv $(OUT)/sanity.md &: $(REPORT_INPUTS) $(SCRIPTS)/table.py
+$(OUT)/table.md $(OUT)/table.csv $(OUT)/sanity.md &: $(REPORT_INPUTS) $(OUT)/.report.vars $(SCRIPTS)/table.py
 	$(PYTHON) $(SCRIPTS)/table.py --out $(OUT) --experiment '$(EXP)' --options '$(OPTIONS)' \
 	  --budget-kind $(BUDGET_KIND) \
 	  $(foreach m,$(METHODS),--method $(m)=$(METHOD_METRIC_$(m))$(call psd_report,$(m)))
 
-$(OUT)/plot.png $(OUT)/plot.svg &: $(OUT)/table.csv $(PLOT)
+$(OUT)/plot.png $(OUT)/plot.svg &: $(OUT)/table.csv $(OUT)/.report.vars $(PLOT)
 	$(PLOT) $< --png $(OUT)/plot.png --svg $(OUT)/plot.svg --x $(PLOT_X) \
 	  --title '$(EXP): test top-1 against size ($(ARCH), options $(OPTIONS))'
 
