@@ -66,8 +66,10 @@ METRICS ?= $(or $(METRIC),loss kl)
 PSD_METHODS ?= $(or $(PSD_METHOD),clip shift)
 # The baselines (any of uniform naive zeroq).
 BASELINES ?= uniform naive zeroq
-# Z of `allocate --confidence` for the method clado-loss-conf (empty: the method is left out).
+# Z of `allocate --confidence` for the method clado-loss-conf (empty: the method is left out),
+# and the flags that pass it with the standard errors of G (issue 9: adjust to allocate's flags).
 CONFIDENCE ?=
+CONFIDENCE_FLAGS ?= --confidence $(CONFIDENCE) --se $(OUT)/loss/G.se.npy
 # Extra flags: for every perturb run, for every allocate run (e.g. --pin conv1=w8a8,fc=w8a8).
 PERTURB_FLAGS ?=
 ALLOCATE_FLAGS ?=
@@ -111,7 +113,7 @@ stamp = $(if $(call differ,$(file <$(OUT)/.$(1).vars),$(1): $(strip $(2))),$(fil
 
 $(call stamp,calib,$(MODEL) $(OPTIONS) $(SAMPLES) $(SEED) $(W_CALIB) $(A_CALIB))
 $(call stamp,perturb,$(PERTURB_FLAGS))
-$(call stamp,allocate,$(BUDGET_KIND) $(TIME_LIMIT) $(ALLOCATE_FLAGS) $(CONFIDENCE))
+$(call stamp,allocate,$(BUDGET_KIND) $(TIME_LIMIT) $(ALLOCATE_FLAGS) $(if $(CONFIDENCE),$(CONFIDENCE_FLAGS)))
 $(call stamp,evaluate,$(EVAL_SAMPLES) $(BUDGETS))
 $(call stamp,report,$(EXP) $(METHODS) $(PLOT_X))
 
@@ -158,7 +160,7 @@ $(eval $(call method,naive,loss,$(OUT)/loss/G.npy,--naive))
 $(eval $(call method,zeroq,kl,$(OUT)/kl/G.npy,--naive))
 $(foreach m,$(METRICS),$(foreach p,$(PSD_METHODS),\
   $(eval $(call method,clado-$(m)-$(p),$(m),$(OUT)/$(m)/G-$(p).npy,))))
-$(eval $(call method,clado-loss-conf,loss,$(OUT)/loss/G.npy,--confidence $(CONFIDENCE) --se $(OUT)/loss/G.se.npy))
+$(eval $(call method,clado-loss-conf,loss,$(OUT)/loss/G.npy,$(CONFIDENCE_FLAGS)))
 
 # uniform: every layer pinned to the highest-precision option the budget allows (its predicted Δ
 # comes from the loss G).

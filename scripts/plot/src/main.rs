@@ -15,6 +15,8 @@ use std::process::ExitCode;
 const LONG_ABOUT: &str = "\
 Draw test top-1 accuracy against model size from the experiment graph's table.csv: one curve
 per method (points at each budget, joined in order of size), the FP model as a dashed line.
+When top-1 spans more than 15 points (a collapsed low-bit model), a second panel zooms on the
+configurations within 8 points of the best.
 
 table.csv is written by scripts/table.py; the columns read here are `method`, `top1`,
 `avg_w_bits` and `size_mb` (other columns are ignored). The row with method `fp` is the
@@ -24,8 +26,8 @@ Example:
   clado-plot out/main/table.csv --png out/main/plot.png --svg out/main/plot.svg \\
              --title 'ResNet-20, Fashion-MNIST, options w2a8,w4a8,w8a8'";
 
-/// The PNG's size in pixels (wide enough for a legend of eight methods beside the curves).
-const PNG_SIZE: (u32, u32) = (1200, 800);
+/// The picture's size in pixels (room for two panels side by side, each with its legend).
+const PNG_SIZE: (u32, u32) = (1600, 800);
 /// Default font: Debian's fonts-dejavu-core.
 const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
@@ -146,37 +148,63 @@ const COLOURS: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
+/// Above this spread of top-1 (percentage points) a second panel zooms on the best
+/// configurations, so that a collapsed model (e.g. uniform 2-bit) does not flatten the others.
+const ZOOM_ABOVE_SPREAD: f64 = 15.0;
+/// The zoomed panel shows top-1 within this many points of the best configuration.
+const ZOOM_DEPTH: f64 = 8.0;
+
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, points: &[Point], args: &Args) -> Result<(), String>
 where
     DB::ErrorType: 'static,
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(err)?;
+    let root = root.titled(&args.title, ("sans-serif", 28)).map_err(err)?;
+    let (y_min, y_max) =
+        points.iter().map(|p| p.top1).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    if y_max - y_min > ZOOM_ABOVE_SPREAD {
+        let (left, right) = root.split_horizontally(root.dim_in_pixel().0 / 2);
+        panel(&left, points, args, (y_min, y_max), "all configurations").map_err(err)?;
+        let zoom = (y_max - ZOOM_DEPTH, y_max);
+        let near: Vec<Point> = points.iter().filter(|p| p.top1 >= zoom.0).cloned().collect();
+        let caption = format!("zoom: within {ZOOM_DEPTH} points of the best");
+        panel(&right, &near, args, zoom, &caption).map_err(err)?;
+    } else {
+        panel(&root, points, args, (y_min, y_max), "").map_err(err)?;
+    }
+    root.present().map_err(err)
+}
+
+/// One chart: the curves of `points` with top-1 in `y_range` (padded), and the legend.
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    points: &[Point],
+    args: &Args,
+    y_range: (f64, f64),
+    caption: &str,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let (curves, fp) = curves(points);
     let xs = points.iter().filter(|p| p.method != "fp").map(|p| p.x);
     let (x_min, x_max) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x), hi.max(x)));
     let (x_min, x_max) = if x_min.is_finite() { (x_min, x_max) } else { (0.0, 1.0) };
     let x_pad = ((x_max - x_min) * 0.05).max(0.05 * x_max.abs().max(1e-3));
-    let ys = points.iter().map(|p| p.top1);
-    let (y_min, y_max) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| (lo.min(y), hi.max(y)));
-    let y_pad = ((y_max - y_min) * 0.05).max(0.5);
-    let (y_lo, y_hi) = ((y_min - y_pad).max(0.0), (y_max + y_pad).min(100.0));
+    let y_pad = ((y_range.1 - y_range.0) * 0.05).max(0.2);
+    let (y_lo, y_hi) = ((y_range.0 - y_pad).max(0.0), (y_range.1 + y_pad).min(100.0));
 
-    root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(&args.title, ("sans-serif", 28))
-        .margin(20)
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 20))
+        .margin(15)
         .x_label_area_size(60)
-        .y_label_area_size(80)
-        .build_cartesian_2d((x_min - x_pad)..(x_max + x_pad), y_lo..y_hi)
-        .map_err(err)?;
+        .y_label_area_size(70)
+        .build_cartesian_2d((x_min - x_pad)..(x_max + x_pad), y_lo..y_hi)?;
     chart
         .configure_mesh()
         .x_desc(args.x.label())
         .y_desc("test top-1 accuracy (%)")
-        .axis_desc_style(("sans-serif", 20))
-        .label_style(("sans-serif", 16))
-        .draw()
-        .map_err(err)?;
+        .axis_desc_style(("sans-serif", 18))
+        .label_style(("sans-serif", 15))
+        .draw()?;
     if let Some(top1) = fp {
         let grey = RGBColor(90, 90, 90);
         chart
@@ -185,17 +213,15 @@ where
                 8,
                 6,
                 grey.stroke_width(2),
-            ))
-            .map_err(err)?
+            ))?
             .label(format!("FP ({top1:.2} %)"))
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], grey.stroke_width(2)));
     }
     for (i, (method, xy)) in curves.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
-        chart.draw_series(LineSeries::new(xy.iter().copied(), colour.stroke_width(2))).map_err(err)?;
+        chart.draw_series(LineSeries::new(xy.iter().copied(), colour.stroke_width(2)))?;
         chart
-            .draw_series(xy.iter().map(|&(x, y)| Circle::new((x, y), 5, colour.filled())))
-            .map_err(err)?
+            .draw_series(xy.iter().map(|&(x, y)| Circle::new((x, y), 5, colour.filled())))?
             .label(method.as_str())
             .legend(move |(x, y)| {
                 EmptyElement::at((x, y))
@@ -208,10 +234,8 @@ where
         .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .label_font(("sans-serif", 18))
+        .label_font(("sans-serif", 16))
         .draw()
-        .map_err(err)?;
-    root.present().map_err(err)
 }
 
 fn load_font(path: &Path) -> Result<(), String> {
