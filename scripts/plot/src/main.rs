@@ -160,26 +160,32 @@ where
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(err)?;
-    let root = root.titled(&args.title, ("sans-serif", 28)).map_err(err)?;
-    let (y_min, y_max) =
-        points.iter().map(|p| p.top1).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    let root = root.margin(12, 0, 0, 0).titled(&args.title, ("sans-serif", 28)).map_err(err)?;
+    // Colours by method, the same in both panels.
+    let (all_curves, _) = curves(points);
+    let methods: Vec<&str> = all_curves.iter().map(|(m, _)| m.as_str()).collect();
+    let range = |pts: &[Point]| {
+        pts.iter().map(|p| p.top1).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| (lo.min(y), hi.max(y)))
+    };
+    let (y_min, y_max) = range(points);
     if y_max - y_min > ZOOM_ABOVE_SPREAD {
         let (left, right) = root.split_horizontally(root.dim_in_pixel().0 / 2);
-        panel(&left, points, args, (y_min, y_max), "all configurations").map_err(err)?;
-        let zoom = (y_max - ZOOM_DEPTH, y_max);
-        let near: Vec<Point> = points.iter().filter(|p| p.top1 >= zoom.0).cloned().collect();
+        panel(&left, points, &methods, args, (y_min, y_max), "all configurations").map_err(err)?;
+        let near: Vec<Point> = points.iter().filter(|p| p.top1 >= y_max - ZOOM_DEPTH).cloned().collect();
         let caption = format!("zoom: within {ZOOM_DEPTH} points of the best");
-        panel(&right, &near, args, zoom, &caption).map_err(err)?;
+        panel(&right, &near, &methods, args, range(&near), &caption).map_err(err)?;
     } else {
-        panel(&root, points, args, (y_min, y_max), "").map_err(err)?;
+        panel(&root, points, &methods, args, (y_min, y_max), "").map_err(err)?;
     }
     root.present().map_err(err)
 }
 
-/// One chart: the curves of `points` with top-1 in `y_range` (padded), and the legend.
+/// One chart: the curves of `points` with top-1 in `y_range` (padded), and the legend; a
+/// method's colour is given by its position in `methods`.
 fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     points: &[Point],
+    methods: &[&str],
     args: &Args,
     y_range: (f64, f64),
     caption: &str,
@@ -217,7 +223,8 @@ fn panel<DB: DrawingBackend>(
             .label(format!("FP ({top1:.2} %)"))
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], grey.stroke_width(2)));
     }
-    for (i, (method, xy)) in curves.iter().enumerate() {
+    for (method, xy) in &curves {
+        let i = methods.iter().position(|m| m == method).unwrap_or(0);
         let colour = COLOURS[i % COLOURS.len()];
         chart.draw_series(LineSeries::new(xy.iter().copied(), colour.stroke_width(2)))?;
         chart
