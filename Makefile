@@ -4,8 +4,8 @@
 # Other targets: setup (system packages, SCIP, font), build (release binaries), bench.
 #
 # `make demo` runs scripts/experiment.mk once per experiment of EXPERIMENTS (JOBS stages at a
-# time) and prints each experiment's table. FULL=1: the seed's 9-option variant too and finer
-# budget sweeps. Any variable of scripts/experiment.mk passes through, e.g.
+# time) and prints each experiment's table. FULL=1: all four experiments and finer budget
+# sweeps. Any variable of scripts/experiment.mk passes through, e.g.
 #   make demo EXPERIMENTS=main PSD_METHOD=clip SAMPLES=512
 
 CARGO ?= cargo
@@ -14,8 +14,9 @@ BIN := target/release
 FONT ?= /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 JOBS ?= 2
 # The reduced graph by default: this project's main experiment (w2a8,w4a8,w8a8) and the seed's
-# binaryWeight (w4,fp) and multiWeight (w2,w4,w8) variants; FULL=1 adds the 9-option general one.
-EXPERIMENTS ?= main binary multi $(if $(FULL),general)
+# binaryWeight variant (w4,fp); FULL=1 adds its multiWeight (w2,w4,w8) and 9-option general
+# variants and the finer budget sweeps.
+EXPERIMENTS ?= main binary $(if $(FULL),multi general)
 
 .PHONY: all setup setup-data setup-scip setup-font build test demo bench clean
 
