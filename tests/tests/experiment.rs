@@ -30,7 +30,12 @@ fn make(out: &Path, extra: &[&str]) -> std::process::Output {
         .arg(format!("OUT={}", out.display()))
         .arg(format!("BIN={}", bindir.display()))
         .arg(format!("WEIGHTS={}", root.join("tests/fixtures/resnet20_c1k10.pth").display()))
-        .args(["SAMPLES=8", "EVAL_SAMPLES=64", &format!("OPTIONS={OPTIONS}"), &format!("BUDGETS={}", BUDGETS.join(" "))])
+        .args([
+            "SAMPLES=8",
+            "EVAL_SAMPLES=64",
+            &format!("OPTIONS={OPTIONS}"),
+            &format!("BUDGETS={}", BUDGETS.join(" ")),
+        ])
         .args(extra)
         .output()
         .expect("run make (GNU make is needed for the experiment graph)")
@@ -56,11 +61,13 @@ fn experiment_graph_runs_end_to_end_and_the_table_matches_its_files() {
     assert!(run.status.success(), "make failed:\n{}", String::from_utf8_lossy(&run.stderr));
 
     // Every stage's files.
-    let mut expected: Vec<String> = ["calib.json", "eval/fp.jsonl", "table.md", "table.csv", "sanity.md", "plot.png", "plot.svg"]
-        .map(String::from)
-        .to_vec();
+    let mut expected: Vec<String> =
+        ["calib.json", "eval/fp.jsonl", "table.md", "table.csv", "sanity.md", "plot.png", "plot.svg"]
+            .map(String::from)
+            .to_vec();
     for metric in ["loss", "kl"] {
-        for file in ["G.npy", "G.se.npy", "index.json", "G-clip.npy", "psd-clip.json", "G-shift.npy", "psd-shift.json"] {
+        for file in ["G.npy", "G.se.npy", "index.json", "G-clip.npy", "psd-clip.json", "G-shift.npy", "psd-shift.json"]
+        {
             expected.push(format!("{metric}/{file}"));
         }
     }
@@ -110,7 +117,8 @@ fn experiment_graph_runs_end_to_end_and_the_table_matches_its_files() {
     // table.csv against the JSON files it came from.
     let offset = |metric: &str| -> f64 {
         let report: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join(format!("{metric}/psd-shift.json"))).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(out.join(format!("{metric}/psd-shift.json"))).unwrap())
+                .unwrap();
         report["objective_offset"].as_f64().expect("shift's offset with --index")
     };
     let fp = read_metrics(&out.join("eval/fp.jsonl")).remove(0);
@@ -150,7 +158,8 @@ fn experiment_graph_runs_end_to_end_and_the_table_matches_its_files() {
                 let tolerance = ROUND_TRIP_ULPS * scale.abs().max(f64::MIN_POSITIVE);
                 assert!((got - want).abs() <= tolerance, "{file}: table.csv {column} = {got}, the JSON says {want}");
             }
-            let md_row = format!("| {b} | {method} | {:.2} | {:.4} | {:.4} | {:.3} ", m.top1, m.loss, m.kl, alloc.avg_w_bits);
+            let md_row =
+                format!("| {b} | {method} | {:.2} | {:.4} | {:.4} | {:.3} ", m.top1, m.loss, m.kl, alloc.avg_w_bits);
             assert!(table_md.contains(&md_row), "table.md lacks `{md_row}`");
         }
     }

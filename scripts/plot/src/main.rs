@@ -114,9 +114,12 @@ fn parse_table(text: &str, x_column: &str) -> Result<Vec<Point>, String> {
     Ok(points)
 }
 
+/// A method's points (size, top-1), sorted by size.
+type Curve = (String, Vec<(f64, f64)>);
+
 /// Curves in order of first appearance, each sorted by size; and the FP reference, if present.
-fn curves(points: &[Point]) -> (Vec<(String, Vec<(f64, f64)>)>, Option<f64>) {
-    let mut curves: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+fn curves(points: &[Point]) -> (Vec<Curve>, Option<f64>) {
+    let mut curves: Vec<Curve> = Vec::new();
     let mut fp = None;
     for p in points {
         if p.method == "fp" {
@@ -247,7 +250,10 @@ fn panel<DB: DrawingBackend>(
 
 fn load_font(path: &Path) -> Result<(), String> {
     let bytes = std::fs::read(path).map_err(|e| {
-        format!("{}: cannot read the font ({e}); install Debian's fonts-dejavu-core or pass --font FILE.ttf", path.display())
+        format!(
+            "{}: cannot read the font ({e}); install Debian's fonts-dejavu-core or pass --font FILE.ttf",
+            path.display()
+        )
     })?;
     // plotters keeps registered fonts for the life of the process.
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
