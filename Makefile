@@ -1,17 +1,28 @@
 # CLADO toolkit: the two commands of the README.
-#   make demo   set everything up, build, and run the main job on the built-in model
+#   make demo   set everything up, build, and run the experiment graph on the built-in model
 #   make test   set everything up and run the whole test suite
-# Other targets: setup (system packages, SCIP), build (release binaries), bench.
+# Other targets: setup (system packages, SCIP, font), build (release binaries), bench.
+#
+# `make demo` runs scripts/experiment.mk once per experiment of EXPERIMENTS (JOBS stages at a
+# time) and prints each experiment's table. FULL=1: all four experiments and finer budget
+# sweeps. Any variable of scripts/experiment.mk passes through, e.g.
+#   make demo EXPERIMENTS=main PSD_METHOD=clip SAMPLES=512
 
 CARGO ?= cargo
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 BIN := target/release
+FONT ?= /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+JOBS ?= 2
+# The reduced graph by default: this project's main experiment (w2a8,w4a8,w8a8) and the seed's
+# binaryWeight variant (w4,fp); FULL=1 adds its multiWeight (w2,w4,w8) and 9-option general
+# variants and the finer budget sweeps.
+EXPERIMENTS ?= main binary $(if $(FULL),multi general)
 
-.PHONY: all setup setup-data setup-scip build test demo bench clean
+.PHONY: all setup setup-data setup-scip setup-font build test demo bench clean
 
 all: build
 
-setup: setup-data setup-scip
+setup: setup-data setup-scip setup-font
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist package (IDX files).
 setup-data:
@@ -24,6 +35,13 @@ setup-data:
 setup-scip:
 	@bash scripts/setup-scip.sh
 
+# The TrueType font clado-plot draws the PNG's text with (Debian's fonts-dejavu-core).
+setup-font:
+	@if [ ! -e $(FONT) ]; then \
+	  echo "setup: installing Debian package fonts-dejavu-core" >&2; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-dejavu-core >/dev/null; \
+	fi
+
 build: setup-scip
 	$(CARGO) build --release --workspace --bins
 
@@ -32,7 +50,14 @@ test: setup
 	$(CARGO) test --workspace
 
 demo: setup build
-	bash scripts/demo.sh
+	@set -e; for exp in $(EXPERIMENTS); do \
+	  echo "== experiment $$exp" >&2; \
+	  $(MAKE) --no-print-directory -f scripts/experiment.mk -j$(JOBS) EXP=$$exp BIN=$(BIN); \
+	done
+	@for exp in $(EXPERIMENTS); do \
+	  echo; cat out/$$exp/table.md; echo; \
+	  echo "Sanity check: out/$$exp/sanity.md; plot: out/$$exp/plot.png (and .svg); CSV: out/$$exp/table.csv"; \
+	done
 
 # Speed figures (release builds): forward engine, psd's eigendecomposition, allocate's solver.
 bench: setup-scip
