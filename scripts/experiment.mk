@@ -21,7 +21,7 @@
 #   zeroq              kl G, diagonal only (ZeroQ's sensitivity)
 #   clado-M-P          the whole matrix of metric M after psd method P (shift keeps the exact
 #                      minimiser of the indefinite G; clip changes the objective, as the seed did)
-#   clado-loss-conf    loss G with allocate --confidence $(CONFIDENCE) (when CONFIDENCE is set)
+#   clado-loss-conf    the raw loss G with allocate --se G.se.npy --confidence $(CONFIDENCE) (default 2)
 # The calibration samples (train split) and the evaluation images (test split) are disjoint, so
 # the measured Δ of every allocation is held out.
 
@@ -66,9 +66,9 @@ METRICS ?= $(or $(METRIC),loss kl)
 PSD_METHODS ?= $(or $(PSD_METHOD),clip shift)
 # The baselines (any of uniform naive zeroq).
 BASELINES ?= uniform naive zeroq
-# Z of `allocate --confidence` for the method clado-loss-conf (empty: the method is left out),
-# and the flags that pass it with the standard errors of G (issue 9: adjust to allocate's flags).
-CONFIDENCE ?=
+# Z of `allocate --confidence` for the method clado-loss-conf: the raw loss G with the upper
+# confidence bound of allocate --help, Noise (CONFIDENCE= leaves the method out).
+CONFIDENCE ?= 2
 CONFIDENCE_FLAGS ?= --confidence $(CONFIDENCE) --se $(OUT)/loss/G.se.npy
 # Extra flags: for every perturb run, for every allocate run (e.g. --pin conv1=w8a8,fc=w8a8).
 PERTURB_FLAGS ?=

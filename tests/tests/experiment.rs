@@ -11,8 +11,16 @@ use std::process::Command;
 
 const OPTIONS: &str = "w2a8,w8a8";
 const BUDGETS: [&str; 2] = ["4", "6"];
-const METHODS: [&str; 7] =
-    ["uniform", "naive", "zeroq", "clado-loss-clip", "clado-loss-shift", "clado-kl-clip", "clado-kl-shift"];
+const METHODS: [&str; 8] = [
+    "uniform",
+    "naive",
+    "zeroq",
+    "clado-loss-clip",
+    "clado-loss-shift",
+    "clado-kl-clip",
+    "clado-kl-shift",
+    "clado-loss-conf",
+];
 /// The resnet20 fixture has 22 quantizable layers.
 const LAYERS: usize = 22;
 /// table.csv writes floats with Python's repr (shortest round trip, correctly rounded), but
