@@ -117,10 +117,16 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let mut cli = Cli::parse();
+    clado::cli::main_with_args("perturb", run)
+}
+
+fn run(mut cli: Cli) -> clado::Result<()> {
     cli.data.samples.get_or_insert(DEFAULT_SAMPLES);
-    clado::cli::main("perturb", || match cli.command {
+    match cli.command {
         Some(Command::Merge { parts, output, index, se, quiet }) => {
+            let mut outputs = vec![("-o", output.as_str()), ("--index", index.as_str())];
+            outputs.extend(se.as_deref().map(|p| ("--se", p)));
+            clado::io::check_distinct_outputs(&outputs)?;
             perturb::merge(&parts, &output, &index, se.as_deref(), &Reporting { quiet, reference: false })
         }
         None => {
@@ -151,9 +157,15 @@ fn main() -> std::process::ExitCode {
                     }
                     Output::Partial { path: output_path, shard }
                 }
-                None => Output::Matrix { matrix: output_path, index: cli.index.expect("required by clap"), se: cli.se },
+                None => {
+                    let index = cli.index.expect("required by clap");
+                    let mut outputs = vec![("-o", output_path.as_str()), ("--index", index.as_str())];
+                    outputs.extend(cli.se.as_deref().map(|p| ("--se", p)));
+                    clado::io::check_distinct_outputs(&outputs)?;
+                    Output::Matrix { matrix: output_path, index, se: cli.se }
+                }
             };
             perturb::run(&cli.model, &cli.data, &settings, &output, cli.resume.as_deref(), &Reporting { quiet: cli.quiet, reference: cli.reference })
         }
-    })
+    }
 }
