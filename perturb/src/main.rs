@@ -90,6 +90,13 @@ struct Cli {
     /// for checking the fast path, which reuses unchanged prefixes).
     #[arg(long)]
     reference: bool,
+    /// Refuse up front, with the estimate, when the estimated peak memory exceeds SIZE
+    /// (bytes, or K/M/G/T in powers of 1024: `4G`, `512M`). The estimate counts the loaded
+    /// model and samples and what the measurement adds (the FP states of a batch before every
+    /// variable layer, per-thread work, quantized weights, results); --batch-size and
+    /// RAYON_NUM_THREADS lower it.
+    #[arg(long, value_name = "SIZE")]
+    max_memory: Option<String>,
     /// No progress or notes on stderr.
     #[arg(short, long)]
     quiet: bool,
@@ -147,6 +154,7 @@ fn run(mut cli: Cli) -> clado::Result<()> {
                 calib_file: cli.calib,
                 layers: cli.layers,
                 exclude: cli.exclude,
+                max_memory: cli.max_memory.map(|t| perturb::memory::parse_size(&t).map(|b| (b, t))).transpose()?,
             };
             let output_path = cli.output.expect("required by clap");
             let output = match cli.shard {

@@ -587,6 +587,8 @@ fn perturb_refuses_bad_input() {
         case("shard: bad grammar", set(&[("--shard", Some("3/2")), ("--index", None), ("--se", None)]), &["3/2", "K/N"]),
         case("conflict: -o and --index the same file", set(&[("--index", Some("./G.npy"))]), &["-o G.npy", "--index ./G.npy", "same file"]),
         case("conflict: --se on stdout beside -o -", set(&[("-o", Some("-")), ("--se", Some("-"))]), &["stdout"]),
+        case("memory: the estimate does not fit", set(&[("--max-memory", Some("16M"))]), &["--max-memory 16M", "estimated peak", "FP states"]),
+        case("memory: bad size", set(&[("--max-memory", Some("4X"))]), &["--max-memory 4X", "4G"]),
         case("missing --options", set(&[("--options", None)]), &["--options"]),
         case("missing -o", set(&[("-o", None)]), &["--output"]),
     ]);
