@@ -1,13 +1,14 @@
 # CLADO toolkit: the two commands of the README.
 #   make demo   set everything up, build, and run the main job on the built-in model
 #   make test   set everything up and run the whole test suite
-# Other targets: setup (system packages, SCIP), build (release binaries), bench.
+# Other targets: setup (system packages, SCIP), build (release binaries), bench, fuzz-smoke
+# (a few seconds of each fuzz target; part of `make test`), fuzz (FUZZ_SECONDS per target).
 
 CARGO ?= cargo
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 BIN := target/release
 
-.PHONY: all setup setup-data setup-scip build test demo bench clean
+.PHONY: all setup setup-data setup-scip build test fuzz-smoke fuzz demo bench clean
 
 all: build
 
@@ -27,9 +28,19 @@ setup-scip:
 build: setup-scip
 	$(CARGO) build --release --workspace --bins
 
-test: setup
+test: setup fuzz-smoke
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+# Coverage-guided fuzzing on the stable toolchain (scripts/fuzz.sh installs cargo-fuzz into
+# .deps/cargo-fuzz). The smoke run skips the two checkpoint targets (they build candle).
+FUZZ_SMOKE_SECONDS ?= 4
+FUZZ_SECONDS ?= 300
+fuzz-smoke:
+	bash scripts/fuzz.sh $(FUZZ_SMOKE_SECONDS) --smoke
+
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 demo: setup build
 	bash scripts/demo.sh
