@@ -1,7 +1,8 @@
 # CLADO toolkit: the two commands of the README.
 #   make demo   set everything up, build, and run the experiment graph on the built-in model
 #   make test   set everything up and run the whole test suite
-# Other targets: setup (system packages, SCIP, font), build (release binaries), bench.
+# Other targets: setup (system packages, SCIP, font), build (release binaries), bench, fuzz-smoke
+# (a few seconds of each fuzz target; part of `make test`), fuzz (FUZZ_SECONDS per target).
 #
 # `make demo` runs scripts/experiment.mk once per experiment of EXPERIMENTS (JOBS stages at a
 # time) and prints each experiment's table. FULL=1: all four experiments and finer budget
@@ -18,7 +19,7 @@ JOBS ?= 2
 # variants and the finer budget sweeps.
 EXPERIMENTS ?= main binary $(if $(FULL),multi general)
 
-.PHONY: all setup setup-data setup-scip setup-font build test demo bench clean
+.PHONY: all setup setup-data setup-scip setup-font build test fuzz-smoke fuzz demo bench clean
 
 all: build
 
@@ -45,9 +46,19 @@ setup-font:
 build: setup-scip
 	$(CARGO) build --release --workspace --bins
 
-test: setup
+test: setup fuzz-smoke
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+# Coverage-guided fuzzing on the stable toolchain (scripts/fuzz.sh installs cargo-fuzz into
+# .deps/cargo-fuzz). The smoke run skips the two checkpoint targets (they build candle).
+FUZZ_SMOKE_SECONDS ?= 4
+FUZZ_SECONDS ?= 300
+fuzz-smoke:
+	bash scripts/fuzz.sh $(FUZZ_SMOKE_SECONDS) --smoke
+
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 demo: setup build
 	@set -e; for exp in $(EXPERIMENTS); do \

@@ -84,7 +84,10 @@ pub fn check_calib(calib: &Calib, source: &str, net: &Network, options: &[QuantO
         let missing = names.iter().find(|n| !got.contains(n));
         let extra = got.iter().find(|n| !names.contains(n));
         let what = match (missing, extra) {
-            (Some(m), _) => format!("has no entry for layer '{m}'"),
+            (Some(m), Some(e)) => {
+                format!("names layer '{e}', which {} does not have, and has no entry for layer '{m}'", net.arch())
+            }
+            (Some(m), None) => format!("has no entry for layer '{m}'"),
             (None, Some(e)) => format!("names layer '{e}', which {} does not have", net.arch()),
             (None, None) => "lists the layers in another order than the model".into(),
         };

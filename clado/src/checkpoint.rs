@@ -120,7 +120,12 @@ pub fn load_pth(path: &str) -> Result<StateDict> {
 /// Load a `.safetensors` file.
 pub fn load_safetensors(path: &str) -> Result<StateDict> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
+    safetensors_from_bytes(path, &bytes)
+}
+
+/// Parse the bytes of a `.safetensors` file read from `path` (named in messages).
+pub fn safetensors_from_bytes(path: &str, bytes: &[u8]) -> Result<StateDict> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| Error::input(path, format!("not a valid .safetensors file: {e}")))?;
     let mut tensors = Vec::new();
     for (name, view) in st.tensors() {

@@ -80,6 +80,31 @@ pub fn write_with(
     Ok(())
 }
 
+/// Check that the outputs of one run, `(flag, path)` pairs, are different files: two outputs
+/// renamed onto one path would leave only the last, and two `-` would mix on stdout.
+pub fn check_distinct_outputs(outputs: &[(&str, &str)]) -> Result<()> {
+    let key = |path: &str| -> (std::path::PathBuf, Option<std::ffi::OsString>) {
+        if path == "-" {
+            return (std::path::PathBuf::from("-"), None);
+        }
+        let p = Path::new(path);
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        (dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()), p.file_name().map(|n| n.to_os_string()))
+    };
+    for (i, (flag_a, a)) in outputs.iter().enumerate() {
+        for (flag_b, b) in &outputs[i + 1..] {
+            if key(a) == key(b) {
+                let what = if *a == "-" { "both write stdout".to_string() } else { format!("name the same file {a}") };
+                return Err(Error::usage(format!("{flag_a} {a} and {flag_b} {b} {what}: give different outputs")));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Read an N×N (or any 2-D) float matrix from a `.npy` file or stdin. float64 is read as is;
 /// float32 is promoted. Anything else is an input error naming the file.
 pub fn read_matrix(path: &str) -> Result<Array2<f64>> {
@@ -111,8 +136,21 @@ pub fn matrix_from_npy_bytes(name: &str, bytes: &[u8]) -> Result<Array2<f64>> {
             return Err(Error::input(name, format!("expected float64 or float32 data, got dtype '{other}'")))
         }
     }
-    .map_err(|e| Error::input(name, format!("bad .npy data: {e}")))?;
+    .map_err(|e| Error::input(name, describe_npy_error(e)))?;
     Ok(m)
+}
+
+/// One line for `.npy` data that cannot be read.
+fn describe_npy_error(e: ndarray_npy::ReadNpyError) -> String {
+    use ndarray_npy::ReadNpyError;
+    match e {
+        ReadNpyError::MissingData => "truncated: the data is shorter than the header's shape says".into(),
+        ReadNpyError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "truncated: the data is shorter than the header's shape says".into()
+        }
+        ReadNpyError::ExtraBytes(n) => format!("{n} bytes after the data the header's shape announces"),
+        other => format!("bad .npy data: {other}"),
+    }
 }
 
 /// Check that every entry is finite; the error names the first bad entry.
@@ -193,7 +231,14 @@ pub fn json_from_bytes<T: DeserializeOwned + Versioned>(name: &str, bytes: &[u8]
             ))
         }
     }
-    serde_json::from_value(value).map_err(|e| Error::input(name, format!("{}: {e}", T::KIND)))
+    // The path of the offending field (`layers[3].params`), so the message says where to look.
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        match path.as_str() {
+            "." => Error::input(name, format!("{}: {}", T::KIND, e.inner())),
+            _ => Error::input(name, format!("{}: {path}: {}", T::KIND, e.inner())),
+        }
+    })
 }
 
 /// Write a JSON document (pretty, one trailing newline), atomically or to stdout for `-`.
@@ -244,7 +289,16 @@ mod tests {
         m.write_npy(&mut b).unwrap();
         b.truncate(b.len() - 8);
         let e = matrix_from_npy_bytes("G.npy", &b).unwrap_err().to_string();
-        assert!(e.contains("bad .npy data"), "{e}");
+        assert!(e.contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn outputs_must_differ() {
+        assert!(check_distinct_outputs(&[("-o", "G.npy"), ("--index", "index.json"), ("--se", "-")]).is_ok());
+        let e = check_distinct_outputs(&[("-o", "G.npy"), ("--index", "./G.npy")]).unwrap_err().to_string();
+        assert!(e.contains("-o G.npy") && e.contains("--index ./G.npy") && e.contains("same file"), "{e}");
+        let e = check_distinct_outputs(&[("-o", "-"), ("--se", "-")]).unwrap_err().to_string();
+        assert!(e.contains("stdout"), "{e}");
     }
 
     #[test]

@@ -124,6 +124,11 @@ impl std::str::FromStr for QuantOption {
     }
 }
 
+/// At most this many items after brace expansion. There are only 64 + 7 + 7 + 1 distinct
+/// options and a list may not repeat one, so a longer expansion is an error anyway; the cap
+/// stops `{a,b}{a,b}{a,b}…` from growing exponentially (found by fuzzing: it ran out of memory).
+pub const MAX_EXPANDED: usize = 1024;
+
 /// Expand `w{2,4}a8,fp` into `["w2a8", "w4a8", "fp"]`: commas inside braces separate
 /// alternatives, commas outside separate items; braces do not nest.
 pub fn expand_braces(text: &str) -> Result<Vec<String>> {
@@ -159,6 +164,9 @@ pub fn expand_braces(text: &str) -> Result<Vec<String>> {
             let close = open + rest[open..].find('}').expect("balanced braces checked above");
             let prefix = &rest[..open];
             let alts: Vec<&str> = rest[open + 1..close].split(',').map(str::trim).collect();
+            if (out.len() + words.len()).saturating_mul(alts.len()) > MAX_EXPANDED {
+                return Err(too_many(text));
+            }
             words = words
                 .iter()
                 .flat_map(|w| alts.iter().map(move |a| format!("{w}{prefix}{a}")))
@@ -166,8 +174,17 @@ pub fn expand_braces(text: &str) -> Result<Vec<String>> {
             rest = &rest[close + 1..];
         }
         out.extend(words.into_iter().map(|w| format!("{w}{rest}")));
+        if out.len() > MAX_EXPANDED {
+            return Err(too_many(text));
+        }
     }
     Ok(out)
+}
+
+fn too_many(text: &str) -> Error {
+    let shown: String = text.chars().take(40).collect();
+    let more = if shown.len() < text.len() { "…" } else { "" };
+    Error::usage(format!("'{shown}{more}': expands to more than {MAX_EXPANDED} options"))
 }
 
 #[cfg(test)]
@@ -201,5 +218,17 @@ mod tests {
         assert!(QuantOption::parse_list("w4a8,w4a8").is_err());
         assert!(QuantOption::parse_list("w{2,4").is_err());
         assert!(QuantOption::parse_list("").is_err());
+    }
+
+    #[test]
+    fn expansion_is_capped() {
+        // Found by the `options` fuzz target: 40 brace groups of two alternatives asked for
+        // 2^40 items and ran out of memory. Now an error, at once.
+        let bomb = "{w,a}".repeat(40);
+        let e = expand_braces(&bomb).unwrap_err().to_string();
+        assert!(e.contains("more than 1024 options"), "{e}");
+        let crash = include_bytes!("../../fuzz/seeds/options/oom-brace-expansion");
+        assert!(QuantOption::parse_list(&String::from_utf8_lossy(crash)).is_err());
+        assert_eq!(expand_braces("w{2,3,4,5,6,7,8}a{2,3,4,5,6,7,8},w{2,4,8},a{2,4,8},fp").unwrap().len(), 56);
     }
 }

@@ -68,8 +68,7 @@ fn calibration(flag: &str, text: &str) -> clado::Result<Calibration> {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    clado::cli::main("evaluate", || {
+    clado::cli::main_with_args("evaluate", |cli: Cli| {
         let mut configs = Vec::new();
         if cli.fp || (cli.uniform.is_empty() && cli.alloc.is_empty()) {
             configs.push(Config::Fp);

@@ -11,6 +11,7 @@
 //! bitwise deterministic and sums run in sample order in f64.
 
 pub mod measure;
+pub mod memory;
 pub mod store;
 
 use clado::calib::{self, CalibSettings, PrecisionTable};
@@ -85,6 +86,9 @@ pub struct Settings {
     /// Layer names to perturb (default all), and names to leave out.
     pub layers: Option<Vec<String>>,
     pub exclude: Vec<String>,
+    /// `--max-memory`: refuse, before measuring, when the estimated peak exceeds this many
+    /// bytes (with the flag's text, for the message).
+    pub max_memory: Option<(u64, String)>,
 }
 
 /// Where the results go.
@@ -122,6 +126,21 @@ pub fn run(
     let variables = choose_layers(net.layers().iter().map(|l| l.name.as_str()).collect(), settings)?;
     let data = setup::load_data(data_args, Split::Train, net)?;
     let ds = &data.data;
+    if let Some((limit, text)) = &settings.max_memory {
+        let estimate = memory::estimate(&memory::Shape {
+            net,
+            variables: &variables,
+            options: settings.options.len(),
+            weight_bit_widths: calib::bits_needed(&settings.options).0.len(),
+            samples: ds.len(),
+            batch_size: data_args.batch_size,
+            image: ds.image_shape(),
+            threads: rayon::current_num_threads(),
+            naive: settings.naive,
+        })?;
+        memory::check(&estimate, *limit, text)?;
+        note(report, format_args!("--max-memory {text}: {}", estimate.describe()));
+    }
 
     let calib: Calib = match &settings.calib_file {
         Some(path) => {

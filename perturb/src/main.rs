@@ -90,6 +90,13 @@ struct Cli {
     /// for checking the fast path, which reuses unchanged prefixes).
     #[arg(long)]
     reference: bool,
+    /// Refuse up front, with the estimate, when the estimated peak memory exceeds SIZE
+    /// (bytes, or K/M/G/T in powers of 1024: `4G`, `512M`). The estimate counts the loaded
+    /// model and samples and what the measurement adds (the FP states of a batch before every
+    /// variable layer, per-thread work, quantized weights, results); --batch-size and
+    /// RAYON_NUM_THREADS lower it.
+    #[arg(long, value_name = "SIZE")]
+    max_memory: Option<String>,
     /// No progress or notes on stderr.
     #[arg(short, long)]
     quiet: bool,
@@ -117,10 +124,16 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let mut cli = Cli::parse();
+    clado::cli::main_with_args("perturb", run)
+}
+
+fn run(mut cli: Cli) -> clado::Result<()> {
     cli.data.samples.get_or_insert(DEFAULT_SAMPLES);
-    clado::cli::main("perturb", || match cli.command {
+    match cli.command {
         Some(Command::Merge { parts, output, index, se, quiet }) => {
+            let mut outputs = vec![("-o", output.as_str()), ("--index", index.as_str())];
+            outputs.extend(se.as_deref().map(|p| ("--se", p)));
+            clado::io::check_distinct_outputs(&outputs)?;
             perturb::merge(&parts, &output, &index, se.as_deref(), &Reporting { quiet, reference: false })
         }
         None => {
@@ -141,6 +154,7 @@ fn main() -> std::process::ExitCode {
                 calib_file: cli.calib,
                 layers: cli.layers,
                 exclude: cli.exclude,
+                max_memory: cli.max_memory.map(|t| perturb::memory::parse_size(&t).map(|b| (b, t))).transpose()?,
             };
             let output_path = cli.output.expect("required by clap");
             let output = match cli.shard {
@@ -151,9 +165,15 @@ fn main() -> std::process::ExitCode {
                     }
                     Output::Partial { path: output_path, shard }
                 }
-                None => Output::Matrix { matrix: output_path, index: cli.index.expect("required by clap"), se: cli.se },
+                None => {
+                    let index = cli.index.expect("required by clap");
+                    let mut outputs = vec![("-o", output_path.as_str()), ("--index", index.as_str())];
+                    outputs.extend(cli.se.as_deref().map(|p| ("--se", p)));
+                    clado::io::check_distinct_outputs(&outputs)?;
+                    Output::Matrix { matrix: output_path, index, se: cli.se }
+                }
             };
             perturb::run(&cli.model, &cli.data, &settings, &output, cli.resume.as_deref(), &Reporting { quiet: cli.quiet, reference: cli.reference })
         }
-    })
+    }
 }

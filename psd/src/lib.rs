@@ -233,6 +233,9 @@ fn check_args(args: &Args) -> Result<()> {
     if args.output == "-" && args.report.as_deref() == Some("-") {
         return Err(Error::usage("--report - and the matrix would both go to stdout: give -o FILE or --report FILE"));
     }
+    if let Some(report) = &args.report {
+        clado::io::check_distinct_outputs(&[("-o", &args.output), ("--report", report)])?;
+    }
     if args.input == "-" && args.index.as_deref() == Some("-") {
         return Err(Error::usage("the matrix and --index cannot both be read from stdin"));
     }

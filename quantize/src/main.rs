@@ -109,8 +109,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    clado::cli::main("quantize", || match cli.command {
+    clado::cli::main_with_args("quantize", |cli: Cli| match cli.command {
         Command::Calibrate { model, mut data, options, calib, output, quiet } => {
             let options = QuantOption::parse_list(&options)?;
             let (w, a): (BTreeSet<u8>, BTreeSet<u8>) = calib::bits_needed(&options);
@@ -118,6 +117,9 @@ fn main() -> std::process::ExitCode {
             quantize::calibrate(&model, &data, &w, &a, calib.settings()?, &output, quiet)
         }
         Command::Apply { model, alloc, calib, mut data, flags, output, export_int, quiet } => {
+            let mut outputs = vec![("-o", output.as_str())];
+            outputs.extend(export_int.as_deref().map(|p| ("--export-int", p)));
+            clado::io::check_distinct_outputs(&outputs)?;
             let params = match calib {
                 Some(path) => Params::File(path),
                 None => {

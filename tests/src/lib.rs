@@ -63,8 +63,13 @@ pub fn run(name: &str, args: &[&str], stdin: &[u8]) -> Run {
 
 /// As [`run`], in directory `cwd`.
 pub fn run_in(name: &str, args: &[&str], stdin: &[u8], cwd: Option<&Path>) -> Run {
+    run_with_env(name, args, stdin, cwd, &[])
+}
+
+/// As [`run_in`], with extra environment variables (e.g. `RAYON_NUM_THREADS`).
+pub fn run_with_env(name: &str, args: &[&str], stdin: &[u8], cwd: Option<&Path>, env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(bin(name));
-    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args).envs(env.iter().copied()).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }

@@ -111,6 +111,12 @@ pub(super) fn load(layout: Layout, dir: &Path, split: Split) -> Result<Dataset> 
     Dataset::new(images, labels, [CHANNELS, SIDE, SIDE], layout.num_classes(), folder.display().to_string())
 }
 
+/// Check the bytes of a CIFAR binary file `name` as the loader does; the number of records.
+pub(super) fn count_records(layout: Layout, name: &str, bytes: &[u8]) -> Result<usize> {
+    check_records(layout, Path::new(name), bytes)?;
+    Ok(bytes.len() / layout.record_len())
+}
+
 /// A file must be a non-empty whole number of records with every label byte in range.
 fn check_records(layout: Layout, path: &Path, bytes: &[u8]) -> Result<()> {
     let record_len = layout.record_len();

@@ -30,8 +30,13 @@ pub(super) struct IdxArray {
 pub(super) fn read_idx(path: &Path, ndim: usize) -> Result<IdxArray> {
     let name = path.display().to_string();
     let bytes = read_file(path)?;
-    let bytes = if bytes.starts_with(&GZIP_MAGIC) { gunzip(&name, &bytes)? } else { bytes };
-    parse_idx(&name, &bytes, ndim)
+    decode_idx(&name, bytes, ndim)
+}
+
+/// Decode the bytes of an IDX file (gzipped or not) of unsigned bytes with `ndim` dimensions.
+pub(super) fn decode_idx(name: &str, bytes: Vec<u8>, ndim: usize) -> Result<IdxArray> {
+    let bytes = if bytes.starts_with(&GZIP_MAGIC) { gunzip(name, &bytes)? } else { bytes };
+    parse_idx(name, &bytes, ndim)
 }
 
 fn gunzip(name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
@@ -69,9 +74,12 @@ pub(super) fn parse_idx(name: &str, bytes: &[u8], ndim: usize) -> Result<IdxArra
     };
     let dims: Vec<usize> =
         header.chunks_exact(4).map(|d| u32::from_be_bytes(d.try_into().expect("4 bytes")) as usize).collect();
-    let expected = dims.iter().product::<usize>();
     let found = bytes.len() - header_len;
     let shape = dims.iter().map(usize::to_string).collect::<Vec<_>>().join("×");
+    // Four u32 sizes can multiply beyond any file (found by fuzzing: it overflowed usize).
+    let Some(expected) = dims.iter().try_fold(1usize, |p, &d| p.checked_mul(d)) else {
+        return Err(Error::input(name, format!("the header announces {shape} bytes of data, more than any file holds; found {found}")));
+    };
     if found != expected {
         let problem = if found < expected { "truncated" } else { "too long" };
         return Err(Error::input(

@@ -303,6 +303,30 @@ pub fn load(spec: &DataSpec, split: Split) -> Result<Dataset> {
     Ok(ds)
 }
 
+/// The parsers of the data set files as functions of one file's bytes (what the loaders run
+/// on each file; the fuzz targets in `fuzz/` call them).
+pub mod bytes {
+    use super::{cifar, idx};
+    use crate::{Error, Result};
+
+    pub use super::npy::{images_from_npy_bytes, labels_from_npy_bytes};
+
+    /// The dimensions of an IDX file of unsigned bytes with `ndim` dimensions (gzipped or not).
+    pub fn idx_dims(name: &str, bytes: &[u8], ndim: usize) -> Result<Vec<usize>> {
+        Ok(idx::decode_idx(name, bytes.to_vec(), ndim)?.dims)
+    }
+
+    /// The number of records of a CIFAR binary file (`kind`: `cifar10` or `cifar100`).
+    pub fn cifar_records(kind: &str, name: &str, bytes: &[u8]) -> Result<usize> {
+        let layout = match kind {
+            "cifar10" => cifar::Layout::Cifar10,
+            "cifar100" => cifar::Layout::Cifar100,
+            other => return Err(Error::usage(format!("CIFAR kind '{other}': expected cifar10 or cifar100"))),
+        };
+        cifar::count_records(layout, name, bytes)
+    }
+}
+
 /// The indices [`select`] picks: all of `0..len` in order for `None`, else `samples` distinct
 /// indices chosen by `seed` (see the module docs), in increasing order. `samples` of 0 or above
 /// `len` is a usage error that names the count available in `source`.

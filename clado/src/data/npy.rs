@@ -41,26 +41,39 @@ pub(super) fn load(images_path: &Path, labels_path: &Path) -> Result<Dataset> {
 fn read_images(path: &Path) -> Result<Array4<f32>> {
     let file = std::fs::File::open(path).map_err(|e| open_error(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path.display(), e))?.len();
-    if len == 0 {
-        return Err(Error::input(path.display(), "empty file, expected a .npy array of float32 images"));
-    }
-    Array4::<f32>::read_npy(BufReader::new(file))
-        .map_err(|e| Error::input(path.display(), describe(e, "float32 ('<f4')", "4-D N×C×H×W")))
+    images_from_reader(&path.display().to_string(), len, BufReader::new(file))
 }
 
-/// Labels as u32 from int64 or int32; negative or oversized labels are errors.
+/// Images from a `.npy` stream of `len` bytes read from `name`.
+fn images_from_reader(name: &str, len: u64, reader: impl std::io::Read) -> Result<Array4<f32>> {
+    if len == 0 {
+        return Err(Error::input(name, "empty file, expected a .npy array of float32 images"));
+    }
+    Array4::<f32>::read_npy(reader).map_err(|e| Error::input(name, describe(e, "float32 ('<f4')", "4-D N×C×H×W")))
+}
+
+/// The images of an `npy:` data set from the bytes of the file `name` (float32 N×C×H×W).
+pub fn images_from_npy_bytes(name: &str, bytes: &[u8]) -> Result<Array4<f32>> {
+    images_from_reader(name, bytes.len() as u64, Cursor::new(bytes))
+}
+
 fn read_labels(path: &Path) -> Result<Vec<u32>> {
+    let bytes = std::fs::read(path).map_err(|e| open_error(path, e))?;
+    labels_from_npy_bytes(&path.display().to_string(), &bytes)
+}
+
+/// The labels of an `npy:` data set from the bytes of the file `name`: u32 from int64 or
+/// int32; negative or oversized labels are errors.
+pub fn labels_from_npy_bytes(name: &str, bytes: &[u8]) -> Result<Vec<u32>> {
     const EXPECTED_DTYPE: &str = "int64 ('<i8') or int32 ('<i4')";
     const EXPECTED_RANK: &str = "1-D";
-    let name = path.display();
-    let bytes = std::fs::read(path).map_err(|e| open_error(path, e))?;
     if bytes.is_empty() {
         return Err(Error::input(name, "empty file, expected a .npy array of int64 or int32 labels"));
     }
-    let wide: Vec<i64> = match Array1::<i64>::read_npy(Cursor::new(&bytes)) {
+    let wide: Vec<i64> = match Array1::<i64>::read_npy(Cursor::new(bytes)) {
         Ok(a) => a.to_vec(),
-        Err(ReadNpyError::WrongDescriptor(_)) => Array1::<i32>::read_npy(Cursor::new(&bytes))
-            .map_err(|e| Error::input(&name, describe(e, EXPECTED_DTYPE, EXPECTED_RANK)))?
+        Err(ReadNpyError::WrongDescriptor(_)) => Array1::<i32>::read_npy(Cursor::new(bytes))
+            .map_err(|e| Error::input(name, describe(e, EXPECTED_DTYPE, EXPECTED_RANK)))?
             .iter()
             .map(|&l| i64::from(l))
             .collect(),
@@ -70,7 +83,7 @@ fn read_labels(path: &Path) -> Result<Vec<u32>> {
         .enumerate()
         .map(|(i, &l)| {
             u32::try_from(l).map_err(|_| {
-                Error::input(&name, format!("label {l} of sample {i} is out of range (expected 0 or more, below 2^32)"))
+                Error::input(name, format!("label {l} of sample {i} is out of range (expected 0 or more, below 2^32)"))
             })
         })
         .collect()

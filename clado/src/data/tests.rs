@@ -512,3 +512,23 @@ fn uniform_below_covers_the_range_evenly() {
     }
     assert!(counts.iter().all(|&c| c.abs_diff(10_000) <= COUNT_TOL), "{counts:?}");
 }
+
+/// Regressions found by the fuzz targets (`fuzz/`, `scripts/fuzz.sh`): each input once made a
+/// parser panic; now it is an input error naming the file.
+mod fuzz_regressions {
+    use super::super::bytes;
+
+    #[test]
+    fn idx_sizes_whose_product_overflows() {
+        // fuzz target `idx`: 26368 × 16777216 × 469762048 overflowed usize in the size check.
+        let mut header = vec![0, 0, 8, 3];
+        for d in [0x0000_6700u32, 0x0100_0000, 0x1c00_0000] {
+            header.extend(d.to_be_bytes());
+        }
+        header.extend([1, 2, 3]);
+        let e = bytes::idx_dims("images-idx3-ubyte", &header, 3).unwrap_err().to_string();
+        assert!(e.contains("images-idx3-ubyte") && e.contains("more than any file holds"), "{e}");
+        let crash = include_bytes!("../../../fuzz/seeds/idx/crash-overflowing-sizes");
+        assert!(bytes::idx_dims("crash", crash, 3).is_err());
+    }
+}

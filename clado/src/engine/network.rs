@@ -369,6 +369,20 @@ impl Network {
         }
     }
 
+    /// Floats that one image's state holds before each position 0..=L (the main map and the
+    /// kept shortcut, padded as stored), for inputs of `h×w` pixels: what keeping a state costs.
+    pub fn state_floats_per_image(&self, h: usize, w: usize) -> Result<Vec<usize>> {
+        let geo = self.geometry(h, w)?;
+        Ok(geo
+            .layouts
+            .iter()
+            .map(|l| {
+                let (main, shortcut) = l.lens();
+                main + shortcut
+            })
+            .collect())
+    }
+
     /// Runs with the given instruction set (tests compare them; all agree bitwise).
     #[cfg(test)]
     pub(crate) fn with_isa(mut self, isa: Isa) -> Self {

@@ -1,0 +1,122 @@
+"""Write the seed inputs of the fuzz targets into fuzz/seeds/<target>/ (committed; rerun after a
+format change). One valid input per target, small, so libFuzzer mutates from inside the format.
+Needs only the Python standard library (the .pth seed mimics what torch.save writes)."""
+
+import gzip
+import io
+import json
+import pickle
+import struct
+import sys
+import types
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+SEEDS = Path(__file__).resolve().parent / "seeds"
+
+
+def write(target, name, data):
+    d = SEEDS / target
+    d.mkdir(parents=True, exist_ok=True)
+    (d / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+
+
+def npy(descr, shape, payload):
+    header = "{'descr': '%s', 'fortran_order': False, 'shape': %s, }" % (descr, repr(tuple(shape)))
+    header = header.ljust(64 - 10 - 1) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + payload
+
+
+def main():
+    write("npy_matrix", "g2x2.npy", npy("<f8", (2, 2), struct.pack("<4d", 1.0, 0.5, 0.5, 2.0)))
+    write("npy_matrix", "g2x2_f32.npy", npy("<f4", (2, 2), struct.pack("<4f", 1.0, 0.5, 0.5, 2.0)))
+    write("npy_dataset", "x.npy", npy("<f4", (1, 1, 2, 2), struct.pack("<4f", 0.1, 0.2, 0.3, 0.4)))
+    write("npy_dataset", "y.npy", npy("<i8", (3,), struct.pack("<3q", 0, 1, 9)))
+    write("npy_dataset", "y32.npy", npy("<i4", (2,), struct.pack("<2i", 3, 4)))
+
+    layers = [{"name": "conv1", "kind": "conv", "params": 144, "macs": 147456},
+              {"name": "fc", "kind": "linear", "params": 640, "macs": 640}]
+    options = [{"name": "w2a8", "w_bits": 2, "a_bits": 8}, {"name": "w8", "w_bits": 8, "a_bits": None}]
+    index = {"version": 1, "arch": "resnet20", "layers": layers, "fixed": {"fc": "fp"}, "options": options,
+             "variables": [{"layer": 0, "option": 0}, {"layer": 0, "option": 1}], "metric": "loss", "naive": False,
+             "samples": 256, "data": "fashion-mnist:/d:train", "seed": 0, "fp": {"loss": 0.27, "top1": 90.4},
+             "diagnostics": {"negative_single": 0, "lambda_min": -0.1, "lambda_max": 1.0, "evaluations": 2, "seconds": 1.5}}
+    write("json_index", "index.json", json.dumps(index, indent=1))
+    calib = {"version": 1, "arch": "resnet20", "w_calib": "minmax", "a_calib": "mse", "per_tensor": False, "samples": 8,
+             "data": "npy:x.npy,y.npy:train", "seed": 0,
+             "layers": [{"name": "conv1", "weight_scales": {"2": [0.5, 0.25], "8": [0.01]}, "act_ranges": {"8": {"lo": -1.0, "hi": 2.5}}}]}
+    write("json_calib", "calib.json", json.dumps(calib, indent=1))
+    alloc = {"version": 1, "layers": [{"name": "conv1", "option": "w4a8", "w_bits": 4, "a_bits": 8},
+                                      {"name": "fc", "option": "fp", "w_bits": None, "a_bits": None}],
+             "predicted_delta": 0.01, "size_bits": 21056, "avg_w_bits": 26.9, "bops": 4718592, "budget": "avg-bits=4",
+             "solver": {"status": "optimal", "objective": 0.01, "bound": 0.0099, "gap": 1e-6, "seconds": 0.1},
+             "notes": {"method": "enumerate", "sanity": {"deviating": ["conv1"]}}}
+    write("json_alloc", "alloc.json", json.dumps(alloc, indent=1))
+    metrics = {"version": 1, "config": "uniform:w4a8", "arch": "resnet20", "data": "fashion-mnist:/d:test", "samples": 10000,
+               "top1": 89.9, "top5": 99.7, "loss": 0.2855, "kl": 0.0169, "size_bits": 1082000, "size_mb": 0.135,
+               "avg_w_bits": 4.0, "bops": 162000000}
+    write("json_metrics", "metrics.json", json.dumps(metrics))
+
+    for i, text in enumerate(["w{2,4,8}a{2,4,8}", "w4,fp", "w2a8,w4a8,w8a8", "a4,w8"]):
+        write("options", f"options{i}.txt", text)
+    for i, text in enumerate(["avg-bits=4", "size-bits=1e6", "size-mb=0.1", "bops=2.5e9"]):
+        write("budget", f"budget{i}.txt", text)
+
+    # safetensors: an 8-byte little-endian header length, a JSON header, the tensor bytes.
+    header = json.dumps({"conv1.weight": {"dtype": "F32", "shape": [2, 1, 1, 1], "data_offsets": [0, 8]},
+                         "bn1.num_batches_tracked": {"dtype": "I64", "shape": [], "data_offsets": [8, 16]},
+                         "__metadata__": {"format": "pt"}}).encode()
+    write("checkpoint_safetensors", "w.safetensors", struct.pack("<Q", len(header)) + header + struct.pack("<2f", 0.5, -0.5) + struct.pack("<q", 3))
+
+    write("idx", "labels-idx1-ubyte", bytes([0, 0, 8, 1]) + struct.pack(">I", 3) + bytes([0, 1, 9]))
+    images = bytes([0, 0, 8, 3]) + struct.pack(">3I", 1, 28, 28) + bytes(range(256)) * 3 + bytes(16)
+    write("idx", "images-idx3-ubyte", images)
+    write("idx", "images-idx3-ubyte.gz", gzip.compress(images, mtime=0))
+    write("cifar", "data_batch_1.bin", bytes([3]) + bytes(range(256)) * 12)
+    write("cifar", "train.bin", bytes([7, 42]) + bytes(range(256)) * 12)
+
+    write("checkpoint_pth", "tiny.pth", tiny_pth())
+
+
+def tiny_pth():
+    """A state_dict of one float32 tensor as torch.save writes it: a zip holding a pickle whose
+    tensors are torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...) with the
+    storage as a persistent id ('storage', torch.FloatStorage, key, 'cpu', numel)."""
+    torch = types.ModuleType("torch")
+    utils = types.ModuleType("torch._utils")
+    sys.modules["torch"], sys.modules["torch._utils"] = torch, utils
+
+    def _rebuild_tensor_v2(*args):
+        raise NotImplementedError
+
+    class FloatStorage:
+        pass
+
+    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+    FloatStorage.__module__, FloatStorage.__qualname__ = "torch", "FloatStorage"
+    utils._rebuild_tensor_v2, torch.FloatStorage = _rebuild_tensor_v2, FloatStorage
+
+    class Storage:
+        pass
+
+    class Tensor:
+        def __reduce__(self):
+            return (_rebuild_tensor_v2, (Storage(), 0, (2, 1, 1, 1), (1, 1, 1, 1), False, OrderedDict()))
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", FloatStorage, "0", "cpu", 2) if isinstance(obj, Storage) else None
+
+    buf = io.BytesIO()
+    Pickler(buf, protocol=2).dump(OrderedDict([("conv1.weight", Tensor())]))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", buf.getvalue())
+        z.writestr("archive/data/0", struct.pack("<2f", 0.5, -0.5))
+        z.writestr("archive/version", "3\n")
+    return out.getvalue()
+
+
+if __name__ == "__main__":
+    main()
