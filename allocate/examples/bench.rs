@@ -23,7 +23,10 @@ fn cpu_seconds() -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let get = |flag: &str, default: &str| -> String {
-        args.iter().position(|a| a == flag).map(|i| args[i + 1].clone()).unwrap_or_else(|| default.to_string())
+        args.iter()
+            .position(|a| a == flag)
+            .map(|i| args[i + 1].clone())
+            .unwrap_or_else(|| default.to_string())
     };
     let depth: usize = get("--depth", "20").parse().unwrap();
     let options = QuantOption::parse_list(&get("--options", "w{2,4,8}a{2,4,8}")).unwrap();
@@ -34,7 +37,10 @@ fn main() {
     let sweep = get("--sweep", "avg-bits=2:8:0.5");
     let (kind, range) = sweep.split_once('=').unwrap();
     let r: Vec<f64> = range.split(':').map(|v| v.parse().unwrap()).collect();
-    let budgets: Vec<f64> = (0..).map(|i| r[0] + r[2] * i as f64).take_while(|v| *v <= r[1] + 1e-9).collect();
+    let budgets: Vec<f64> = (0..)
+        .map(|i| r[0] + r[2] * i as f64)
+        .take_while(|v| *v <= r[1] + 1e-9)
+        .collect();
 
     let layers = synthetic::resnet_layers(depth, 1, 10);
     let (g, index) = synthetic::perturbation_instance(&format!("resnet{depth}"), &layers, &options, seed);
@@ -56,7 +62,11 @@ fn main() {
     let qp = problem.reduced();
     let diag: Vec<f64> = problem.matrix.diag().to_vec();
     let max_diag = diag.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-    let max_off = qp.quad.indexed_iter().filter(|((i, j), _)| i != j).fold(0.0f64, |a, (_, v)| a.max(v.abs()));
+    let max_off = qp
+        .quad
+        .indexed_iter()
+        .filter(|((i, j), _)| i != j)
+        .fold(0.0f64, |a, (_, v)| a.max(v.abs()));
     let low = problem.objective(&vec![0; qp.sizes.len()]);
     let high = problem.objective(&problem.highest_precision());
     println!("# max|diag| {max_diag:.3e}, max|offdiag| {max_off:.3e}, scale {:.3e}; objective lowest options {low:.4e}, highest {high:.4e}", qp.scale());
@@ -64,7 +74,14 @@ fn main() {
         let formulation = Formulation::parse(f).unwrap();
         let scip_log = args.iter().any(|a| a == "--scip-log");
         let reductions = !args.iter().any(|a| a == "--no-reduce");
-        let settings = Settings { time_limit, gap, method: Method::Scip, formulation, reductions, scip_log };
+        let settings = Settings {
+            time_limit,
+            gap,
+            method: Method::Scip,
+            formulation,
+            reductions,
+            scip_log,
+        };
         let allocator = Allocator::new(&problem, settings);
         let mut times = Vec::new();
         let mut prev = Vec::new();
@@ -80,7 +97,15 @@ fn main() {
                     let cpu = cpu_seconds() - cpu0;
                     println!(
                         "{:<16} {:>9} {:>9.3} {:>9.3} {:>11} {:>9.2e} {:>8} {:>14.8e} {:>8}",
-                        f, b, s.seconds, cpu, s.stop.as_str(), s.gap, s.nodes, s.objective, s.removed
+                        f,
+                        b,
+                        s.seconds,
+                        cpu,
+                        s.stop.as_str(),
+                        s.gap,
+                        s.nodes,
+                        s.objective,
+                        s.removed
                     );
                     times.push((s.seconds, cpu));
                     if warm {
@@ -98,7 +123,10 @@ fn main() {
             let m = wall.len();
             println!(
                 "# {f}: wall median {:.3} s, max {:.3} s; cpu median {:.3} s, max {:.3} s; over {m} budgets",
-                wall[m / 2], wall[m - 1], cpu[m / 2], cpu[m - 1]
+                wall[m / 2],
+                wall[m - 1],
+                cpu[m / 2],
+                cpu[m - 1]
             );
         }
     }

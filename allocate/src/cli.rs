@@ -131,21 +131,11 @@ pub struct Args {
     pub confidence: Option<f64>,
 
     /// Seconds for one solve; the best allocation found by then is written with its gap.
-    #[arg(
-        long,
-        value_name = "S",
-        default_value_t = 60.0,
-        allow_negative_numbers = true
-    )]
+    #[arg(long, value_name = "S", default_value_t = 60.0, allow_negative_numbers = true)]
     pub time_limit: f64,
 
     /// Relative gap (objective − bound) / max(|objective|, |bound|) at which a solve may stop.
-    #[arg(
-        long,
-        value_name = "G",
-        default_value_t = 1e-6,
-        allow_negative_numbers = true
-    )]
+    #[arg(long, value_name = "G", default_value_t = 1e-6, allow_negative_numbers = true)]
     pub gap: f64,
 
     /// How to solve: `auto` enumerates small problems and gives the rest to SCIP.
@@ -255,9 +245,10 @@ impl Config {
             ("bops", &a.bops),
         ] {
             if let Some(v) = value {
-                budgets.push(Budget::parse(&format!("{kind}={v}")).map_err(|_| {
-                    Error::usage(format!("--{kind} {v}: expected a positive number"))
-                })?);
+                budgets.push(
+                    Budget::parse(&format!("{kind}={v}"))
+                        .map_err(|_| Error::usage(format!("--{kind} {v}: expected a positive number")))?,
+                );
             }
         }
         let sweep = a.sweep.as_deref().map(parse_sweep).transpose()?;
@@ -280,10 +271,7 @@ impl Config {
             )));
         }
         if !(a.gap.is_finite() && (0.0..1.0).contains(&a.gap)) {
-            return Err(Error::usage(format!(
-                "--gap {}: expected a number in [0, 1)",
-                a.gap
-            )));
+            return Err(Error::usage(format!("--gap {}: expected a number in [0, 1)", a.gap)));
         }
         let confidence = a.confidence.unwrap_or(0.0);
         if !(confidence.is_finite() && confidence >= 0.0) {
@@ -292,15 +280,13 @@ impl Config {
             )));
         }
         if a.se.as_deref() == Some("-") && (a.matrix == "-" || a.index == "-") {
-            return Err(Error::usage(
-                "--se and --matrix/--index cannot both read stdin",
-            ));
+            return Err(Error::usage("--se and --matrix/--index cannot both read stdin"));
         }
         let mut pins = Vec::new();
         for p in &a.pin {
-            let (layer, option) = p.split_once('=').ok_or_else(|| {
-                Error::usage(format!("--pin {p}: expected LAYER=OPTION, e.g. conv1=w8a8"))
-            })?;
+            let (layer, option) = p
+                .split_once('=')
+                .ok_or_else(|| Error::usage(format!("--pin {p}: expected LAYER=OPTION, e.g. conv1=w8a8")))?;
             pins.push((layer.trim().to_string(), option.trim().to_string()));
         }
         let method = match a.method {
@@ -442,13 +428,8 @@ mod tests {
         ])
         .unwrap_err()
         .to_string();
-        assert!(
-            e.contains("--se") && !e.contains('\n'),
-            "--confidence needs --se: {e}"
-        );
-        let e = parse(["allocate", "--matrix", "G.npy"])
-            .unwrap_err()
-            .to_string();
+        assert!(e.contains("--se") && !e.contains('\n'), "--confidence needs --se: {e}");
+        let e = parse(["allocate", "--matrix", "G.npy"]).unwrap_err().to_string();
         assert!(e.contains("--index") && !e.contains('\n'), "{e}");
     }
 }

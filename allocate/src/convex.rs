@@ -73,7 +73,9 @@ impl Factored {
 
     /// z = Fᵀx for the one-hot x of `idx`.
     pub fn z(&self, idx: &[usize]) -> Vec<f64> {
-        (0..self.factor.ncols()).map(|k| idx.iter().map(|&i| self.factor[(i, k)]).sum()).collect()
+        (0..self.factor.ncols())
+            .map(|k| idx.iter().map(|&i| self.factor[(i, k)]).sum())
+            .collect()
     }
 }
 
@@ -125,7 +127,9 @@ pub fn convexify(qp: &ChoiceQp, how: Convexification) -> Factored {
                 m[[i, i]] += t * w[i];
                 b[i] -= t * w[i];
             }
-            let x0: Vec<f64> = (0..qp.sizes.len()).flat_map(|g| std::iter::repeat_n(1.0 / qp.sizes[g] as f64, qp.sizes[g])).collect();
+            let x0: Vec<f64> = (0..qp.sizes.len())
+                .flat_map(|g| std::iter::repeat_n(1.0 / qp.sizes[g] as f64, qp.sizes[g]))
+                .collect();
             let mx0: Vec<f64> = (0..n).map(|i| (0..n).map(|j| m[[i, j]] * x0[j]).sum()).collect();
             let x0mx0: f64 = x0.iter().zip(&mx0).map(|(a, b)| a * b).sum();
             for i in 0..n {
@@ -293,12 +297,20 @@ mod tests {
     #[test]
     fn reformulations_equal_the_objective_on_one_hot_points() {
         let qp = synthetic::random_qp(12, 5, 7);
-        for how in [Convexification::Projected(Weights::Uniform), Convexification::Projected(Weights::RowSums), Convexification::Projected(Weights::Diagonal), Convexification::Identity] {
+        for how in [
+            Convexification::Projected(Weights::Uniform),
+            Convexification::Projected(Weights::RowSums),
+            Convexification::Projected(Weights::Diagonal),
+            Convexification::Identity,
+        ] {
             let f = convexify(&qp, how);
             for s in 0..50 {
                 let c = random_choice(&qp, s);
                 let (exact, model) = (qp.value(&c), f.value(&qp.indices(&c)));
-                assert!((exact - model).abs() <= EXACTNESS * qp.scale(), "{how:?}: {exact} vs {model}");
+                assert!(
+                    (exact - model).abs() <= EXACTNESS * qp.scale(),
+                    "{how:?}: {exact} vs {model}"
+                );
                 assert!(model - f.lower_slack <= exact + EXACTNESS && exact <= model + f.upper_slack + EXACTNESS);
             }
         }
@@ -312,7 +324,10 @@ mod tests {
         let p = convexify(&qp, Convexification::Projected(Weights::Uniform));
         let i = convexify(&qp, Convexification::Identity);
         assert!(p.shift <= i.shift + EXACTNESS, "{} > {}", p.shift, i.shift);
-        assert!(p.factor.ncols() <= qp.n() - qp.sizes.len(), "rank above the subspace dimension");
+        assert!(
+            p.factor.ncols() <= qp.n() - qp.sizes.len(),
+            "rank above the subspace dimension"
+        );
     }
 
     #[test]

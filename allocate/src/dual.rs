@@ -52,7 +52,10 @@ impl Messages {
         for g in 0..groups {
             for h in g + 1..groups {
                 let (to_g, to_h) = &self.0[e];
-                out.push((kept[g].iter().map(|&i| to_g[i]).collect(), kept[h].iter().map(|&j| to_h[j]).collect()));
+                out.push((
+                    kept[g].iter().map(|&i| to_g[i]).collect(),
+                    kept[h].iter().map(|&j| to_h[j]).collect(),
+                ));
                 e += 1;
             }
         }
@@ -66,7 +69,11 @@ impl DualBound {
     pub fn allows(&self, qp: &ChoiceQp, i: usize, j: usize, cutoff: f64) -> bool {
         let group_of = |v: usize| qp.starts.partition_point(|&s| s <= v) - 1;
         let (gi, gj) = (group_of(i), group_of(j));
-        let ((g, a), (h, b)) = if gi < gj { ((gi, i), (gj, j)) } else { ((gj, j), (gi, i)) };
+        let ((g, a), (h, b)) = if gi < gj {
+            ((gi, i), (gj, j))
+        } else {
+            ((gj, j), (gi, i))
+        };
         let groups = qp.sizes.len();
         // Edges are listed (0,1), (0,2), …, (1,2), …
         let edge = g * groups - g * (g + 1) / 2 + (h - g - 1);
@@ -75,8 +82,12 @@ impl DualBound {
         let slack = slacks[x * kh + y];
         // floor_a counts this edge's row minimum and floor_b its column minimum: swap them for
         // the slack of the pair itself.
-        let row = slacks[x * kh..(x + 1) * kh].iter().fold(f64::INFINITY, |m, &v| m.min(v));
-        let col = (0..qp.sizes[g]).map(|r| slacks[r * kh + y]).fold(f64::INFINITY, f64::min);
+        let row = slacks[x * kh..(x + 1) * kh]
+            .iter()
+            .fold(f64::INFINITY, |m, &v| m.min(v));
+        let col = (0..qp.sizes[g])
+            .map(|r| slacks[r * kh + y])
+            .fold(f64::INFINITY, f64::min);
         self.bound + self.floor[a] + self.floor[b] - row - col + slack <= cutoff
     }
 }
@@ -108,8 +119,17 @@ pub fn bound(qp: &ChoiceQp, rows: &[BudgetRow], seconds: f64, max_sweeps: usize,
     let mut edges: Vec<Edge> = Vec::with_capacity(groups * groups.saturating_sub(1) / 2);
     for g in 0..groups {
         for h in g + 1..groups {
-            let theta = qp.group_range(g).flat_map(|i| qp.group_range(h).map(move |j| 2.0 * qp.quad[[i, j]])).collect();
-            edges.push(Edge { g, h, to_g: vec![0.0; qp.sizes[g]], to_h: vec![0.0; qp.sizes[h]], theta });
+            let theta = qp
+                .group_range(g)
+                .flat_map(|i| qp.group_range(h).map(move |j| 2.0 * qp.quad[[i, j]]))
+                .collect();
+            edges.push(Edge {
+                g,
+                h,
+                to_g: vec![0.0; qp.sizes[g]],
+                to_h: vec![0.0; qp.sizes[h]],
+                theta,
+            });
         }
     }
     if let Some(Messages(m)) = warm {
@@ -136,7 +156,11 @@ pub fn bound(qp: &ChoiceQp, rows: &[BudgetRow], seconds: f64, max_sweeps: usize,
     };
     let evaluate = |reparam: &[f64], mu: &[f64], edges: &[Edge]| -> f64 {
         let nodes: f64 = (0..groups)
-            .map(|g| qp.group_range(g).map(|i| priced(reparam, mu, i)).fold(f64::INFINITY, f64::min))
+            .map(|g| {
+                qp.group_range(g)
+                    .map(|i| priced(reparam, mu, i))
+                    .fold(f64::INFINITY, f64::min)
+            })
             .sum();
         let pairs: f64 = edges.iter().map(edge_min).sum();
         qp.constant + nodes + pairs - rows.iter().zip(mu).map(|(r, m)| m * r.capacity()).sum::<f64>()
@@ -162,7 +186,9 @@ pub fn bound(qp: &ChoiceQp, rows: &[BudgetRow], seconds: f64, max_sweeps: usize,
         if start.elapsed().as_secs_f64() > seconds || sweeps >= max_sweeps {
             break;
         }
-        let price: Vec<f64> = (0..n).map(|i| rows.iter().zip(&mu).map(|(r, m)| m * r.coef[i]).sum()).collect();
+        let price: Vec<f64> = (0..n)
+            .map(|i| rows.iter().zip(&mu).map(|(r, m)| m * r.coef[i]).sum())
+            .collect();
         let mut scratch = Scratch::default();
         for _ in 0..5 {
             for e in edges.iter_mut() {
@@ -175,7 +201,10 @@ pub fn bound(qp: &ChoiceQp, rows: &[BudgetRow], seconds: f64, max_sweeps: usize,
     let mut floor = vec![0.0; n];
     let mut rounding = vec![0; groups];
     for g in 0..groups {
-        let least = qp.group_range(g).map(|i| priced(&reparam, &mu, i)).fold(f64::INFINITY, f64::min);
+        let least = qp
+            .group_range(g)
+            .map(|i| priced(&reparam, &mu, i))
+            .fold(f64::INFINITY, f64::min);
         for i in qp.group_range(g) {
             floor[i] = priced(&reparam, &mu, i) - least;
             if floor[i] == 0.0 {
@@ -189,7 +218,9 @@ pub fn bound(qp: &ChoiceQp, rows: &[BudgetRow], seconds: f64, max_sweeps: usize,
             let (kg, kh) = (qp.sizes[g], qp.sizes[h]);
             let slacks = &pair_cost[e];
             for x in 0..kg {
-                floor[qp.starts[g] + x] += slacks[x * kh..(x + 1) * kh].iter().fold(f64::INFINITY, |m, &v| m.min(v));
+                floor[qp.starts[g] + x] += slacks[x * kh..(x + 1) * kh]
+                    .iter()
+                    .fold(f64::INFINITY, |m, &v| m.min(v));
             }
             for y in 0..kh {
                 floor[qp.starts[h] + y] += (0..kg).map(|x| slacks[x * kh + y]).fold(f64::INFINITY, f64::min);
@@ -197,7 +228,14 @@ pub fn bound(qp: &ChoiceQp, rows: &[BudgetRow], seconds: f64, max_sweeps: usize,
             e += 1;
         }
     }
-    DualBound { bound: best, floor, pair_cost, sweeps, messages, rounding }
+    DualBound {
+        bound: best,
+        floor,
+        pair_cost,
+        sweeps,
+        messages,
+        rounding,
+    }
 }
 
 /// θ̃_ij − min θ̃ of every edge.
@@ -207,7 +245,11 @@ fn edge_slacks(edges: &[Edge]) -> Vec<Vec<f64>> {
         .map(|e| {
             let least = edge_min(e);
             let kh = e.to_h.len();
-            e.theta.iter().enumerate().map(|(k, t)| t - e.to_g[k / kh] - e.to_h[k % kh] - least).collect()
+            e.theta
+                .iter()
+                .enumerate()
+                .map(|(k, t)| t - e.to_g[k / kh] - e.to_h[k % kh] - least)
+                .collect()
         })
         .collect()
 }
@@ -277,7 +319,8 @@ fn optimise_prices(qp: &ChoiceQp, rows: &[BudgetRow], reparam: &[f64], mu: &mut 
                 let best = qp
                     .group_range(g)
                     .min_by(|&i, &j| {
-                        let p = |k: usize| reparam[k] + rows.iter().zip(mu).map(|(row, m)| m * row.coef[k]).sum::<f64>();
+                        let p =
+                            |k: usize| reparam[k] + rows.iter().zip(mu).map(|(row, m)| m * row.coef[k]).sum::<f64>();
                         // Ties: the cheaper option, so the subgradient is the smallest one.
                         p(i).total_cmp(&p(j)).then(rows[r].coef[i].total_cmp(&rows[r].coef[j]))
                     })
@@ -296,8 +339,14 @@ fn optimise_prices(qp: &ChoiceQp, rows: &[BudgetRow], reparam: &[f64], mu: &mut 
                 continue;
             }
             // Some price makes the cheapest options the minimisers: find one, then bisect.
-            let spread = reparam.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(f64::MIN_POSITIVE);
-            let least_coef = rows[r].coef.iter().fold(f64::INFINITY, |m, &c| if c > 0.0 { m.min(c) } else { m });
+            let spread = reparam
+                .iter()
+                .fold(0.0f64, |m, v| m.max(v.abs()))
+                .max(f64::MIN_POSITIVE);
+            let least_coef = rows[r]
+                .coef
+                .iter()
+                .fold(f64::INFINITY, |m, &c| if c > 0.0 { m.min(c) } else { m });
             let mut hi = (spread / least_coef.max(f64::MIN_POSITIVE)).max(f64::MIN_POSITIVE);
             let mut lo = 0.0;
             for _ in 0..200 {
@@ -350,7 +399,11 @@ mod tests {
             let qp = synthetic::random_qp(6, 3, seed);
             let d = bound(&qp, &[], 1.0, usize::MAX, None);
             let (best, v) = search::enumerate(&qp, &[]).unwrap();
-            assert!(d.bound <= v + ROUNDING, "seed {seed}: bound {} above optimum {v}", d.bound);
+            assert!(
+                d.bound <= v + ROUNDING,
+                "seed {seed}: bound {} above optimum {v}",
+                d.bound
+            );
             // Every choice is worth at least the bound plus the floor of any of its options,
             // and plus the cost of any pair of them.
             let mut rng = synthetic::SplitMix64::new(seed);

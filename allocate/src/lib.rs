@@ -88,14 +88,7 @@ pub fn run(config: &Config) -> Result<()> {
     let matrix_name = display_name(&config.matrix, false);
     let index: Index = clado::io::read_json(&config.index)?;
     let matrix = clado::io::read_matrix(&config.matrix)?;
-    let mut problem = Problem::new(
-        &index,
-        &index_name,
-        matrix,
-        &matrix_name,
-        &config.pins,
-        config.naive,
-    )?;
+    let mut problem = Problem::new(&index, &index_name, matrix, &matrix_name, &config.pins, config.naive)?;
     if let Some(path) = &config.se {
         problem.set_se(clado::io::read_matrix(path)?, &display_name(path, false))?;
         if config.confidence > 0.0 {
@@ -170,11 +163,7 @@ fn report(config: &Config, problem: &Problem, budgets: &[Budget], solved: &Solve
     let budget = if budgets.is_empty() {
         "none".to_string()
     } else {
-        budgets
-            .iter()
-            .map(|b| b.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
+        budgets.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",")
     };
     let mut notes: BTreeMap<String, Value> = BTreeMap::new();
     notes.insert("method".into(), json!(solved.method));
@@ -194,11 +183,7 @@ fn report(config: &Config, problem: &Problem, budgets: &[Budget], solved: &Solve
         notes.insert("confidence".into(), value);
     }
     if !config.pins.is_empty() {
-        let pins: BTreeMap<&str, &str> = config
-            .pins
-            .iter()
-            .map(|(l, o)| (l.as_str(), o.as_str()))
-            .collect();
+        let pins: BTreeMap<&str, &str> = config.pins.iter().map(|(l, o)| (l.as_str(), o.as_str())).collect();
         notes.insert("pinned".into(), json!(pins));
     }
     if problem.naive {

@@ -51,7 +51,13 @@ pub enum Objective<'a> {
 }
 
 /// Build and solve. `warm` are feasible choices handed to SCIP as starting solutions.
-pub fn solve(qp: &ChoiceQp, rows: &[BudgetRow], objective: Objective<'_>, limits: Limits, warm: &[Choice]) -> MipOutcome {
+pub fn solve(
+    qp: &ChoiceQp,
+    rows: &[BudgetRow],
+    objective: Objective<'_>,
+    limits: Limits,
+    warm: &[Choice],
+) -> MipOutcome {
     let n = qp.n();
     let scale = qp.scale().max(f64::MIN_POSITIVE);
     let model = Model::new();
@@ -71,7 +77,9 @@ pub fn solve(qp: &ChoiceQp, rows: &[BudgetRow], objective: Objective<'_>, limits
         Objective::Product => (qp.linear.clone(), qp.constant),
     };
     let mut pairs: Vec<(Variable, usize, usize)> = Vec::new();
-    let x: Vec<Variable> = (0..n).map(|i| model.add(var().bin().obj(linear[i] / scale).name(&format!("x{i}")))).collect();
+    let x: Vec<Variable> = (0..n)
+        .map(|i| model.add(var().bin().obj(linear[i] / scale).name(&format!("x{i}"))))
+        .collect();
     // The constant as a variable fixed at 1 (presolve turns it into SCIP's objective offset).
     let offset = model.add(var().cont(1.0..=1.0).obj(constant / scale).name("offset"));
     for g in 0..qp.sizes.len() {
@@ -82,7 +90,13 @@ pub fn solve(qp: &ChoiceQp, rows: &[BudgetRow], objective: Objective<'_>, limits
         let unit = gcd_of(&row.coef);
         let coefs: Vec<f64> = row.coef.iter().map(|c| c / unit).collect();
         let rhs = (row.capacity() / unit).floor();
-        model.add_cons(x.iter().collect(), &coefs, f64::NEG_INFINITY, rhs, &format!("budget{r}"));
+        model.add_cons(
+            x.iter().collect(),
+            &coefs,
+            f64::NEG_INFINITY,
+            rhs,
+            &format!("budget{r}"),
+        );
     }
     // The objective's nonlinear part; `aux` are the continuous variables of a warm start.
     let mut aux: Vec<(Variable, WarmValue<'_>)> = vec![(offset, Box::new(|_: &[usize]| 1.0))];
@@ -96,7 +110,10 @@ pub fn solve(qp: &ChoiceQp, rows: &[BudgetRow], objective: Objective<'_>, limits
                 // z_k ranges over Σ_g [min, max] of its column within each group.
                 let (lo, hi) = (0..qp.sizes.len()).fold((0.0, 0.0), |(lo, hi), g| {
                     let vals = qp.group_range(g).map(|i| col[i]);
-                    (lo + vals.clone().fold(f64::INFINITY, f64::min), hi + vals.fold(f64::NEG_INFINITY, f64::max))
+                    (
+                        lo + vals.clone().fold(f64::INFINITY, f64::min),
+                        hi + vals.fold(f64::NEG_INFINITY, f64::max),
+                    )
                 });
                 let zk = model.add(var().cont(lo..=hi).name(&format!("z{k}")));
                 let mut vars: Vec<&Variable> = x.iter().collect();
@@ -105,7 +122,10 @@ pub fn solve(qp: &ChoiceQp, rows: &[BudgetRow], objective: Objective<'_>, limits
                 coefs.push(1.0);
                 model.add_cons(vars, &coefs, 0.0, 0.0, &format!("factor{k}"));
                 let colk = col.clone();
-                aux.push((zk.clone(), Box::new(move |idx: &[usize]| idx.iter().map(|&i| colk[i]).sum())));
+                aux.push((
+                    zk.clone(),
+                    Box::new(move |idx: &[usize]| idx.iter().map(|&i| colk[i]).sum()),
+                ));
                 z.push((zk, col));
             }
             if r == 0 {
@@ -114,15 +134,36 @@ pub fn solve(qp: &ChoiceQp, rows: &[BudgetRow], objective: Objective<'_>, limits
                 let t = model.add(var().cont(0.0..).obj(1.0).name("t"));
                 let zs: Vec<&Variable> = z.iter().map(|(v, _)| v).collect();
                 let mut ones = vec![1.0; r];
-                model.add_cons_quadratic(vec![&t], &mut [-1.0], zs.clone(), zs, &mut ones, f64::NEG_INFINITY, 0.0, "convex");
+                model.add_cons_quadratic(
+                    vec![&t],
+                    &mut [-1.0],
+                    zs.clone(),
+                    zs,
+                    &mut ones,
+                    f64::NEG_INFINITY,
+                    0.0,
+                    "convex",
+                );
                 let cols: Vec<Vec<f64>> = z.iter().map(|(_, c)| c.clone()).collect();
                 aux.push((t, Box::new(move |idx: &[usize]| sum_of_squares(&cols, idx))));
             } else {
                 for (k, (zk, col)) in z.iter().enumerate() {
                     let tk = model.add(var().cont(0.0..).obj(1.0).name(&format!("t{k}")));
-                    model.add_cons_quadratic(vec![&tk], &mut [-1.0], vec![zk], vec![zk], &mut [1.0], f64::NEG_INFINITY, 0.0, &format!("convex{k}"));
+                    model.add_cons_quadratic(
+                        vec![&tk],
+                        &mut [-1.0],
+                        vec![zk],
+                        vec![zk],
+                        &mut [1.0],
+                        f64::NEG_INFINITY,
+                        0.0,
+                        &format!("convex{k}"),
+                    );
                     let col = col.clone();
-                    aux.push((tk, Box::new(move |idx: &[usize]| sum_of_squares(std::slice::from_ref(&col), idx))));
+                    aux.push((
+                        tk,
+                        Box::new(move |idx: &[usize]| sum_of_squares(std::slice::from_ref(&col), idx)),
+                    ));
                 }
             }
         }
@@ -137,7 +178,12 @@ pub fn solve(qp: &ChoiceQp, rows: &[BudgetRow], objective: Objective<'_>, limits
                             qp.group_range(h)
                                 .map(|j| {
                                     allowed(i, j).then(|| {
-                                        let v = model.add(var().cont(0.0..=1.0).obj(2.0 * qp.quad[[i, j]] / scale).name(&format!("y{i}_{j}")));
+                                        let v = model.add(
+                                            var()
+                                                .cont(0.0..=1.0)
+                                                .obj(2.0 * qp.quad[[i, j]] / scale)
+                                                .name(&format!("y{i}_{j}")),
+                                        );
                                         pairs.push((v.clone(), i, j));
                                         v
                                     })
@@ -156,7 +202,11 @@ pub fn solve(qp: &ChoiceQp, rows: &[BudgetRow], objective: Objective<'_>, limits
                         marginal(y[a].iter().flatten().collect(), &x[i], format!("m{i}_{h}"));
                     }
                     for (b, j) in qp.group_range(h).enumerate() {
-                        marginal(y.iter().filter_map(|r| r[b].as_ref()).collect(), &x[j], format!("m{j}_{g}"));
+                        marginal(
+                            y.iter().filter_map(|r| r[b].as_ref()).collect(),
+                            &x[j],
+                            format!("m{j}_{g}"),
+                        );
                     }
                 }
             }
@@ -174,11 +224,26 @@ pub fn solve(qp: &ChoiceQp, rows: &[BudgetRow], objective: Objective<'_>, limits
                     }
                 }
             }
-            model.add_cons_quadratic(vec![&t], &mut [-1.0], v1, v2, &mut coefs, f64::NEG_INFINITY, 0.0, "product");
+            model.add_cons_quadratic(
+                vec![&t],
+                &mut [-1.0],
+                v1,
+                v2,
+                &mut coefs,
+                f64::NEG_INFINITY,
+                0.0,
+                "product",
+            );
             let quad = &qp.quad;
-            aux.push((t, Box::new(move |idx: &[usize]| {
-                idx.iter().map(|&i| idx.iter().map(|&j| quad[[i, j]]).sum::<f64>()).sum::<f64>() / scale
-            })));
+            aux.push((
+                t,
+                Box::new(move |idx: &[usize]| {
+                    idx.iter()
+                        .map(|&i| idx.iter().map(|&j| quad[[i, j]]).sum::<f64>())
+                        .sum::<f64>()
+                        / scale
+                }),
+            ));
         }
     }
     for start in warm {
@@ -210,7 +275,13 @@ pub fn solve(qp: &ChoiceQp, rows: &[BudgetRow], objective: Objective<'_>, limits
             })
             .collect()
     });
-    MipOutcome { status, choice, bound: solved.best_bound() * scale, nodes: solved.n_nodes(), seconds: solved.solving_time() }
+    MipOutcome {
+        status,
+        choice,
+        bound: solved.best_bound() * scale,
+        nodes: solved.n_nodes(),
+        seconds: solved.solving_time(),
+    }
 }
 
 /// The value of an auxiliary variable at a warm start, from the variable indices chosen.
@@ -262,7 +333,10 @@ mod tests {
         let solved = model.solve();
         assert_eq!(solved.status(), Status::Optimal);
         let sol = solved.best_sol().expect("a solution");
-        assert_eq!((sol.val(&x).round(), sol.val(&y).round(), sol.val(&z).round()), (1.0, 0.0, 1.0));
+        assert_eq!(
+            (sol.val(&x).round(), sol.val(&y).round(), sol.val(&z).round()),
+            (1.0, 0.0, 1.0)
+        );
         assert_eq!(solved.obj_val().round(), 4.0);
     }
 }

@@ -103,8 +103,7 @@ impl Problem {
         }
         let mut options = Vec::with_capacity(index.options.len());
         for (i, o) in index.options.iter().enumerate() {
-            let parsed =
-                QuantOption::parse(&o.name).map_err(|e| bad(format!("options[{i}]: {e}")))?;
+            let parsed = QuantOption::parse(&o.name).map_err(|e| bad(format!("options[{i}]: {e}")))?;
             if parsed != o.option() {
                 return Err(bad(format!(
                     "options[{i}] \"{}\" says w_bits {:?}, a_bits {:?}, which is not what its name means",
@@ -161,12 +160,9 @@ impl Problem {
                 .get(name.as_str())
                 .ok_or_else(|| bad(format!("fixed layer \"{name}\" is not among the layers")))?;
             if var_layer.contains(&l) {
-                return Err(bad(format!(
-                    "layer \"{name}\" is both fixed and a variable"
-                )));
+                return Err(bad(format!("layer \"{name}\" is both fixed and a variable")));
             }
-            let o = QuantOption::parse(option)
-                .map_err(|e| bad(format!("fixed layer \"{name}\": {e}")))?;
+            let o = QuantOption::parse(option).map_err(|e| bad(format!("fixed layer \"{name}\": {e}")))?;
             decisions[l] = Some(Decision::Fixed(o));
         }
         for (name, option) in pins {
@@ -176,8 +172,7 @@ impl Problem {
                     list(index.layers.iter().map(|l| l.name.as_str()))
                 )));
             };
-            let o = QuantOption::parse(option)
-                .map_err(|e| Error::usage(format!("--pin {name}={option}: {e}")))?;
+            let o = QuantOption::parse(option).map_err(|e| Error::usage(format!("--pin {name}={option}: {e}")))?;
             match &decisions[l] {
                 Some(Decision::Fixed(f)) if *f == o => continue,
                 Some(Decision::Fixed(f)) => {
@@ -186,7 +181,9 @@ impl Problem {
                     )))
                 }
                 Some(Decision::Pinned { .. }) => {
-                    return Err(Error::usage(format!("--pin: layer \"{name}\" is pinned more than once")))
+                    return Err(Error::usage(format!(
+                        "--pin: layer \"{name}\" is pinned more than once"
+                    )))
                 }
                 _ => {}
             }
@@ -221,9 +218,7 @@ impl Problem {
             }
             let mut vars = vars;
             vars.sort_unstable();
-            decisions[l] = Some(Decision::Free {
-                group: groups.len(),
-            });
+            decisions[l] = Some(Decision::Free { group: groups.len() });
             groups.push(Group { layer: l, vars });
         }
         let decisions = decisions
@@ -290,11 +285,7 @@ impl Problem {
             in_reference[v] = true;
         }
         let penalty = Array2::from_shape_fn(se.dim(), |(u, v)| {
-            let sign = if in_reference[u] && in_reference[v] {
-                -1.0
-            } else {
-                1.0
-            };
+            let sign = if in_reference[u] && in_reference[v] { -1.0 } else { 1.0 };
             z * sign * se[[u, v]]
         });
         self.penalty = Some(penalty);
@@ -306,9 +297,7 @@ impl Problem {
         let chosen = self.chosen_vars(choice);
         let reference = self.chosen_vars(&self.highest_precision());
         let entries = |vars: &[usize]| -> std::collections::BTreeSet<(usize, usize)> {
-            let counted = |u: usize, v: usize| {
-                u == v || (self.var_layer[u] != self.var_layer[v] && !self.naive)
-            };
+            let counted = |u: usize, v: usize| u == v || (self.var_layer[u] != self.var_layer[v] && !self.naive);
             vars.iter()
                 .flat_map(|&u| vars.iter().map(move |&v| (u, v)))
                 .filter(|&(u, v)| counted(u, v))
@@ -316,7 +305,11 @@ impl Problem {
         };
         let (mine, theirs) = (entries(&chosen), entries(&reference));
         // + 0.0: an empty sum of f64 is −0.0.
-        let bound: f64 = mine.symmetric_difference(&theirs).map(|&(u, v)| se[[u, v]]).sum::<f64>() + 0.0;
+        let bound: f64 = mine
+            .symmetric_difference(&theirs)
+            .map(|&(u, v)| se[[u, v]])
+            .sum::<f64>()
+            + 0.0;
         let own: f64 = mine.iter().map(|&(u, v)| se[[u, v]]).sum();
         let delta = self.objective_plain(choice) - self.objective_plain(&self.highest_precision());
         Some(ConfidenceReport {
@@ -351,9 +344,7 @@ impl Problem {
     /// xᵀMx for the one-hot x of `choice` (pinned layers included).
     pub fn quadratic_form(&self, m: &Array2<f64>, choice: &[usize]) -> f64 {
         let vars = self.chosen_vars(choice);
-        vars.iter()
-            .map(|&u| vars.iter().map(|&v| m[[u, v]]).sum::<f64>())
-            .sum()
+        vars.iter().map(|&u| vars.iter().map(|&v| m[[u, v]]).sum::<f64>()).sum()
     }
 
     /// The objective being minimised: xᵀGx (plus the confidence penalty when applied), with
@@ -364,11 +355,7 @@ impl Problem {
             vars.iter().map(|&v| self.objective_entry(v, v)).sum()
         } else {
             vars.iter()
-                .map(|&u| {
-                    vars.iter()
-                        .map(|&v| self.objective_entry(u, v))
-                        .sum::<f64>()
-                })
+                .map(|&u| vars.iter().map(|&v| self.objective_entry(u, v)).sum::<f64>())
                 .sum()
         }
     }
@@ -376,10 +363,7 @@ impl Problem {
     /// [`Problem::objective`] without the confidence penalty.
     pub fn objective_plain(&self, choice: &[usize]) -> f64 {
         if self.naive {
-            self.chosen_vars(choice)
-                .iter()
-                .map(|&v| self.matrix[[v, v]])
-                .sum()
+            self.chosen_vars(choice).iter().map(|&v| self.matrix[[v, v]]).sum()
         } else {
             self.predicted_delta(choice)
         }
@@ -397,9 +381,7 @@ impl Problem {
             .map(|d| match *d {
                 Decision::Fixed(o) => o,
                 Decision::Pinned { var } => self.options[self.var_option[var]],
-                Decision::Free { group } => {
-                    self.options[self.var_option[self.groups[group].vars[choice[group]]]]
-                }
+                Decision::Free { group } => self.options[self.var_option[self.groups[group].vars[choice[group]]]],
             })
             .collect()
     }
@@ -412,11 +394,7 @@ impl Problem {
     /// The reduced quadratic program over the free layers (see [`ChoiceQp`]).
     pub fn reduced(&self) -> ChoiceQp {
         let sizes: Vec<usize> = self.groups.iter().map(|g| g.vars.len()).collect();
-        let vars: Vec<usize> = self
-            .groups
-            .iter()
-            .flat_map(|g| g.vars.iter().copied())
-            .collect();
+        let vars: Vec<usize> = self.groups.iter().flat_map(|g| g.vars.iter().copied()).collect();
         let group_of: Vec<usize> = sizes
             .iter()
             .enumerate()
@@ -530,11 +508,7 @@ impl BudgetRow {
     pub fn min_total(&self, qp: &ChoiceQp) -> f64 {
         self.fixed_use
             + (0..qp.sizes.len())
-                .map(|g| {
-                    qp.group_range(g)
-                        .map(|i| self.coef[i])
-                        .fold(f64::INFINITY, f64::min)
-                })
+                .map(|g| qp.group_range(g).map(|i| self.coef[i]).fold(f64::INFINITY, f64::min))
                 .sum::<f64>()
     }
 }
@@ -583,11 +557,7 @@ impl ChoiceQp {
 
     /// Variable indices of a choice.
     pub fn indices(&self, choice: &[usize]) -> Vec<usize> {
-        choice
-            .iter()
-            .enumerate()
-            .map(|(g, &i)| self.starts[g] + i)
-            .collect()
+        choice.iter().enumerate().map(|(g, &i)| self.starts[g] + i).collect()
     }
 
     /// The objective of a choice.
@@ -610,19 +580,14 @@ impl ChoiceQp {
 
 fn symmetrise(name: &str, m: &mut Array2<f64>) -> Result<()> {
     let n = m.nrows();
-    let scale = m
-        .iter()
-        .fold(0.0f64, |a, v| a.max(v.abs()))
-        .max(f64::MIN_POSITIVE);
+    let scale = m.iter().fold(0.0f64, |a, v| a.max(v.abs())).max(f64::MIN_POSITIVE);
     for i in 0..n {
         for j in i + 1..n {
             let (a, b) = (m[[i, j]], m[[j, i]]);
             if (a - b).abs() > SYMMETRY_TOLERANCE * scale {
                 return Err(Error::input(
                     name,
-                    format!(
-                        "matrix is not symmetric: entry [{i}, {j}] is {a} but [{j}, {i}] is {b}"
-                    ),
+                    format!("matrix is not symmetric: entry [{i}, {j}] is {a} but [{j}, {i}] is {b}"),
                 ));
             }
             let mean = 0.5 * (a + b);

@@ -34,7 +34,11 @@ impl Reduction {
 
     /// The reduced choice of an original one, if it uses kept options only.
     pub fn project(&self, choice: &[usize]) -> Option<Choice> {
-        choice.iter().enumerate().map(|(g, &i)| self.kept[g].iter().position(|&k| k == i)).collect()
+        choice
+            .iter()
+            .enumerate()
+            .map(|(g, &i)| self.kept[g].iter().position(|&k| k == i))
+            .collect()
     }
 
     /// The problem restricted to the variables marked alive (every group keeps one at least).
@@ -44,25 +48,47 @@ impl Reduction {
 
     /// This reduction followed by `inner`, a reduction of this one's problem.
     pub fn then(&self, inner: Reduction) -> Reduction {
-        let kept = inner.kept.iter().enumerate().map(|(g, k)| k.iter().map(|&i| self.kept[g][i]).collect()).collect();
-        Reduction { qp: inner.qp, rows: inner.rows, kept, removed: self.removed + inner.removed }
+        let kept = inner
+            .kept
+            .iter()
+            .enumerate()
+            .map(|(g, k)| k.iter().map(|&i| self.kept[g][i]).collect())
+            .collect();
+        Reduction {
+            qp: inner.qp,
+            rows: inner.rows,
+            kept,
+            removed: self.removed + inner.removed,
+        }
     }
 
     fn build(qp: &ChoiceQp, rows: &[BudgetRow], alive: &[bool]) -> Reduction {
         let groups = qp.sizes.len();
-        let kept: Vec<Vec<usize>> =
-            (0..groups).map(|g| (0..qp.sizes[g]).filter(|&i| alive[qp.starts[g] + i]).collect()).collect();
-        let vars: Vec<usize> = (0..groups).flat_map(|g| kept[g].iter().map(move |&i| (g, i))).map(|(g, i)| qp.starts[g] + i).collect();
+        let kept: Vec<Vec<usize>> = (0..groups)
+            .map(|g| (0..qp.sizes[g]).filter(|&i| alive[qp.starts[g] + i]).collect())
+            .collect();
+        let vars: Vec<usize> = (0..groups)
+            .flat_map(|g| kept[g].iter().map(move |&i| (g, i)))
+            .map(|(g, i)| qp.starts[g] + i)
+            .collect();
         let m = vars.len();
         let quad = Array2::from_shape_fn((m, m), |(a, b)| qp.quad[[vars[a], vars[b]]]);
         let linear = vars.iter().map(|&v| qp.linear[v]).collect();
         let reduced = ChoiceQp::new(kept.iter().map(Vec::len).collect(), quad, linear, qp.constant);
         let rows = rows
             .iter()
-            .map(|r| BudgetRow { coef: vars.iter().map(|&v| r.coef[v]).collect(), ..r.clone() })
+            .map(|r| BudgetRow {
+                coef: vars.iter().map(|&v| r.coef[v]).collect(),
+                ..r.clone()
+            })
             .collect();
         let removed = alive.iter().filter(|a| !**a).count();
-        Reduction { qp: reduced, rows, kept, removed }
+        Reduction {
+            qp: reduced,
+            rows,
+            kept,
+            removed,
+        }
     }
 }
 
@@ -72,7 +98,9 @@ pub fn dominance(qp: &ChoiceQp, rows: &[BudgetRow]) -> Reduction {
     let groups = qp.sizes.len();
     let mut alive = vec![true; n];
     for r in rows {
-        let least: Vec<f64> = (0..groups).map(|g| qp.group_range(g).map(|i| r.coef[i]).fold(f64::INFINITY, f64::min)).collect();
+        let least: Vec<f64> = (0..groups)
+            .map(|g| qp.group_range(g).map(|i| r.coef[i]).fold(f64::INFINITY, f64::min))
+            .collect();
         let total: f64 = least.iter().sum();
         for g in 0..groups {
             for i in qp.group_range(g) {
@@ -139,7 +167,10 @@ mod tests {
             let red = dominance(&qp, &[]);
             let (full, v_full) = search::enumerate(&qp, &[]).unwrap();
             let (small, v_small) = search::enumerate(&red.qp, &red.rows).unwrap();
-            assert!((v_full - v_small).abs() <= SAME * qp.scale(), "seed {seed}: {v_full} vs {v_small}");
+            assert!(
+                (v_full - v_small).abs() <= SAME * qp.scale(),
+                "seed {seed}: {v_full} vs {v_small}"
+            );
             assert!((qp.value(&red.lift(&small)) - v_small).abs() <= SAME * qp.scale());
             let _ = full;
         }

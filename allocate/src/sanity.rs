@@ -64,7 +64,11 @@ impl Sanity {
         if self.passed {
             return "sanity check passed: the unconstrained answer is the highest precision everywhere".into();
         }
-        let layers: Vec<String> = self.deviations.iter().map(|d| format!("{} at {} (not {})", d.layer, d.chosen, d.highest)).collect();
+        let layers: Vec<String> = self
+            .deviations
+            .iter()
+            .map(|d| format!("{} at {} (not {})", d.layer, d.chosen, d.highest))
+            .collect();
         format!(
             "sanity check failed: {} layer(s) below the highest precision: {}; predicted Δ {:.6e} vs {:.6e} at the highest \
              precision, because of negative estimates ({} single, {} cross terms in G; see notes.sanity)",
@@ -90,7 +94,11 @@ pub fn check(problem: &Problem, choice: &Choice) -> Sanity {
         if problem.naive {
             return 0.0;
         }
-        chosen.iter().filter(|&&u| problem.var_layer[u] != layer).map(|&u| 2.0 * g[[v, u]]).sum()
+        chosen
+            .iter()
+            .filter(|&&u| problem.var_layer[u] != layer)
+            .map(|&u| 2.0 * g[[v, u]])
+            .sum()
     };
     let mut deviations = Vec::new();
     for (group, (&c, &h)) in choice.iter().zip(&highest).enumerate() {
@@ -101,7 +109,13 @@ pub fn check(problem: &Problem, choice: &Choice) -> Sanity {
         let layer = problem.groups[group].layer;
         let mut negative = Vec::new();
         if g[[v, v]] < 0.0 {
-            negative.push(NegativeEstimate { layer: name(v), option: option(v), other_layer: None, other_option: None, value: g[[v, v]] });
+            negative.push(NegativeEstimate {
+                layer: name(v),
+                option: option(v),
+                other_layer: None,
+                other_option: None,
+                value: g[[v, v]],
+            });
         }
         if !problem.naive {
             let mut cross_terms: Vec<NegativeEstimate> = chosen

@@ -61,7 +61,12 @@ fn descend(
     }
     for i in 0..qp.sizes[g] {
         let v = qp.starts[g] + i;
-        if rows.iter().zip(used.iter()).enumerate().any(|(r, (row, u))| u + row.coef[v] + tail_min[r][g + 1] > row.capacity()) {
+        if rows
+            .iter()
+            .zip(used.iter())
+            .enumerate()
+            .any(|(r, (row, u))| u + row.coef[v] + tail_min[r][g + 1] > row.capacity())
+        {
             continue;
         }
         let cross: f64 = (0..g).map(|h| qp.quad[[v, qp.starts[h] + choice[h]]]).sum();
@@ -69,7 +74,16 @@ fn descend(
             used[r] += row.coef[v];
         }
         choice[g] = i;
-        descend(qp, rows, tail_min, g + 1, value + qp.quad[[v, v]] + qp.linear[v] + 2.0 * cross, choice, used, best);
+        descend(
+            qp,
+            rows,
+            tail_min,
+            g + 1,
+            value + qp.quad[[v, v]] + qp.linear[v] + 2.0 * cross,
+            choice,
+            used,
+            best,
+        );
         for (r, row) in rows.iter().enumerate() {
             used[r] -= row.coef[v];
         }
@@ -112,7 +126,9 @@ pub fn repair(qp: &ChoiceQp, rows: &[BudgetRow], start: &[usize]) -> Option<Choi
                     .iter()
                     .zip(&over)
                     .filter(|(_, o)| **o)
-                    .map(|(r, _)| (r.coef[qp.starts[g] + from] - r.coef[qp.starts[g] + to]) / r.capacity().abs().max(1.0))
+                    .map(|(r, _)| {
+                        (r.coef[qp.starts[g] + from] - r.coef[qp.starts[g] + to]) / r.capacity().abs().max(1.0)
+                    })
                     .sum();
                 if to == from || saved <= 0.0 {
                     continue;
@@ -140,14 +156,20 @@ pub fn greedy(qp: &ChoiceQp, rows: &[BudgetRow], start: &[usize]) -> Choice {
     let groups = qp.sizes.len();
     let mut choice = start.to_vec();
     let mut used: Vec<f64> = rows.iter().map(|r| r.usage(qp, &choice)).collect();
-    let mut field: Vec<f64> = (0..n).map(|v| (0..groups).map(|h| qp.quad[[v, qp.starts[h] + choice[h]]]).sum()).collect();
+    let mut field: Vec<f64> = (0..n)
+        .map(|v| (0..groups).map(|h| qp.quad[[v, qp.starts[h] + choice[h]]]).sum())
+        .collect();
     let tolerance = 1e-12 * qp.scale().max(f64::MIN_POSITIVE);
     for _ in 0..(n * groups).max(1) {
         let mut best: Option<(f64, usize, usize)> = None;
         for g in 0..groups {
             let from = qp.starts[g] + choice[g];
             for to in qp.group_range(g).filter(|&t| t != from) {
-                if !rows.iter().zip(&used).all(|(r, u)| u + r.coef[to] - r.coef[from] <= r.capacity()) {
+                if !rows
+                    .iter()
+                    .zip(&used)
+                    .all(|(r, u)| u + r.coef[to] - r.coef[from] <= r.capacity())
+                {
                     continue;
                 }
                 let d = qp.quad[[to, to]] - qp.quad[[from, from]] + qp.linear[to] - qp.linear[from]
@@ -155,7 +177,10 @@ pub fn greedy(qp: &ChoiceQp, rows: &[BudgetRow], start: &[usize]) -> Choice {
                 if d >= -tolerance {
                     continue;
                 }
-                let spend: f64 = rows.iter().map(|r| (r.coef[to] - r.coef[from]) / r.capacity().abs().max(1.0)).sum();
+                let spend: f64 = rows
+                    .iter()
+                    .map(|r| (r.coef[to] - r.coef[from]) / r.capacity().abs().max(1.0))
+                    .sum();
                 // Decrease per unit spent; free or budget-saving improvements rank first.
                 let score = if spend <= 0.0 { f64::INFINITY } else { -d / spend };
                 if best.is_none_or(|(s, _, _)| score > s) {
@@ -201,7 +226,9 @@ pub fn iterated(
             let g = rng.below(groups);
             trial[g] = rng.below(qp.sizes[g]);
         }
-        let Some(fixed) = repair(qp, rows, &trial) else { continue };
+        let Some(fixed) = repair(qp, rows, &trial) else {
+            continue;
+        };
         let candidate = greedy(qp, rows, &fixed);
         let value = qp.value(&candidate);
         if value < best_value && feasible(qp, rows, &candidate) {
@@ -220,7 +247,9 @@ pub fn local_search(qp: &ChoiceQp, rows: &[BudgetRow], start: &[usize]) -> Choic
     let mut choice = start.to_vec();
     let mut used: Vec<f64> = rows.iter().map(|r| r.usage(qp, &choice)).collect();
     // field[v] = Σ_h quad[v, chosen_h] over every group h.
-    let mut field: Vec<f64> = (0..n).map(|v| (0..groups).map(|h| qp.quad[[v, qp.starts[h] + choice[h]]]).sum()).collect();
+    let mut field: Vec<f64> = (0..n)
+        .map(|v| (0..groups).map(|h| qp.quad[[v, qp.starts[h] + choice[h]]]).sum())
+        .collect();
     // Value change when a group moves from variable `from` to `to` of the same group (whose
     // cross entry quad[to, from] is zero).
     let gain = |field: &[f64], from: usize, to: usize| -> f64 {
@@ -228,7 +257,9 @@ pub fn local_search(qp: &ChoiceQp, rows: &[BudgetRow], start: &[usize]) -> Choic
             + 2.0 * (field[to] - (field[from] - qp.quad[[from, from]]))
     };
     let fits = |used: &[f64], deltas: &[(usize, usize)]| {
-        rows.iter().zip(used).all(|(r, u)| u + deltas.iter().map(|&(to, from)| r.coef[to] - r.coef[from]).sum::<f64>() <= r.capacity())
+        rows.iter()
+            .zip(used)
+            .all(|(r, u)| u + deltas.iter().map(|&(to, from)| r.coef[to] - r.coef[from]).sum::<f64>() <= r.capacity())
     };
     let apply = |choice: &mut Choice, used: &mut Vec<f64>, field: &mut Vec<f64>, g: usize, to: usize| {
         let from = qp.starts[g] + choice[g];
@@ -270,7 +301,8 @@ pub fn local_search(qp: &ChoiceQp, rows: &[BudgetRow], start: &[usize]) -> Choic
                     let fh = qp.starts[h] + choice[h];
                     for th in qp.group_range(h).filter(|&t| t != fh) {
                         let dh = gain(&field, fh, th);
-                        let cross = 2.0 * (qp.quad[[tg, th]] - qp.quad[[tg, fh]] - qp.quad[[fg, th]] + qp.quad[[fg, fh]]);
+                        let cross =
+                            2.0 * (qp.quad[[tg, th]] - qp.quad[[tg, fh]] - qp.quad[[fg, th]] + qp.quad[[fg, fh]]);
                         let d = dg + dh + cross;
                         if d < -tolerance && best.is_none_or(|b| d < b.0) && fits(&used, &[(tg, fg), (th, fh)]) {
                             best = Some((d, g, tg, h, th));

@@ -2,9 +2,9 @@
 //! or SCIP, and an honest account of the bound and the gap on the original objective.
 
 use crate::convex::{convexify, Convexification, Weights};
+use crate::dual;
 use crate::mip::{self, Limits, Objective};
 use crate::problem::{BudgetRow, Choice, ChoiceQp, Problem};
-use crate::dual;
 use crate::reduce;
 use crate::search;
 use clado::budget::{Budget, BITS_PER_MB};
@@ -47,7 +47,10 @@ pub enum Formulation {
     /// Dense products of binaries, as the seed wrote them.
     Product,
     /// A factored convex form after an exact convexification.
-    Convex { convexification: Convexification, split: bool },
+    Convex {
+        convexification: Convexification,
+        split: bool,
+    },
 }
 
 impl Formulation {
@@ -56,24 +59,47 @@ impl Formulation {
         ("linearized", Formulation::Linearized),
         ("product", Formulation::Product),
         ("projected", convex(Convexification::Projected(Weights::Uniform), false)),
-        ("projected-split", convex(Convexification::Projected(Weights::Uniform), true)),
-        ("projected-rows", convex(Convexification::Projected(Weights::RowSums), false)),
-        ("projected-rows-split", convex(Convexification::Projected(Weights::RowSums), true)),
-        ("projected-diag", convex(Convexification::Projected(Weights::Diagonal), false)),
-        ("projected-diag-split", convex(Convexification::Projected(Weights::Diagonal), true)),
+        (
+            "projected-split",
+            convex(Convexification::Projected(Weights::Uniform), true),
+        ),
+        (
+            "projected-rows",
+            convex(Convexification::Projected(Weights::RowSums), false),
+        ),
+        (
+            "projected-rows-split",
+            convex(Convexification::Projected(Weights::RowSums), true),
+        ),
+        (
+            "projected-diag",
+            convex(Convexification::Projected(Weights::Diagonal), false),
+        ),
+        (
+            "projected-diag-split",
+            convex(Convexification::Projected(Weights::Diagonal), true),
+        ),
         ("identity", convex(Convexification::Identity, false)),
         ("identity-split", convex(Convexification::Identity, true)),
     ];
 
     pub fn parse(text: &str) -> Result<Formulation> {
-        Formulation::ALL.iter().find(|(name, _)| *name == text).map(|(_, f)| *f).ok_or_else(|| {
-            let names: Vec<&str> = Formulation::ALL.iter().map(|(n, _)| *n).collect();
-            Error::usage(format!("--formulation {text}: expected one of {}", names.join(", ")))
-        })
+        Formulation::ALL
+            .iter()
+            .find(|(name, _)| *name == text)
+            .map(|(_, f)| *f)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Formulation::ALL.iter().map(|(n, _)| *n).collect();
+                Error::usage(format!("--formulation {text}: expected one of {}", names.join(", ")))
+            })
     }
 
     pub fn name(&self) -> &'static str {
-        Formulation::ALL.iter().find(|(_, f)| f == self).map(|(n, _)| *n).expect("every formulation is listed")
+        Formulation::ALL
+            .iter()
+            .find(|(_, f)| f == self)
+            .map(|(n, _)| *n)
+            .expect("every formulation is listed")
     }
 }
 
@@ -168,7 +194,11 @@ pub struct Allocator<'p> {
 
 impl<'p> Allocator<'p> {
     pub fn new(problem: &'p Problem, settings: Settings) -> Self {
-        Allocator { problem, qp: problem.reduced(), settings }
+        Allocator {
+            problem,
+            qp: problem.reduced(),
+            settings,
+        }
     }
 
     pub fn problem(&self) -> &Problem {
@@ -189,15 +219,27 @@ impl<'p> Allocator<'p> {
         self.check_feasible(&rows)?;
         let scale = qp.scale();
         let gap_of = |objective: f64, bound: f64| {
-            let denom = objective.abs().max(bound.abs()).max(GAP_FLOOR * scale).max(f64::MIN_POSITIVE);
+            let denom = objective
+                .abs()
+                .max(bound.abs())
+                .max(GAP_FLOOR * scale)
+                .max(f64::MIN_POSITIVE);
             ((objective - bound) / denom).max(0.0)
         };
         // Incumbents: earlier answers that still fit, and a local search from the best of them
         // or from the cheapest choice.
-        let mut starts: Vec<Choice> = warm.iter().filter(|c| search::feasible(qp, &rows, c)).cloned().collect();
+        let mut starts: Vec<Choice> = warm
+            .iter()
+            .filter(|c| search::feasible(qp, &rows, c))
+            .cloned()
+            .collect();
         let cheapest = search::cheapest(qp, &rows);
         if search::feasible(qp, &rows, &cheapest) {
-            let seed = starts.iter().min_by(|a, b| qp.value(a).total_cmp(&qp.value(b))).cloned().unwrap_or(cheapest.clone());
+            let seed = starts
+                .iter()
+                .min_by(|a, b| qp.value(a).total_cmp(&qp.value(b)))
+                .cloned()
+                .unwrap_or(cheapest.clone());
             starts.push(search::local_search(qp, &rows, &seed));
             starts.push(search::greedy(qp, &rows, &cheapest));
         }
@@ -217,7 +259,8 @@ impl<'p> Allocator<'p> {
             )));
         }
         if enumerate {
-            let (choice, _) = search::enumerate(small, &reduction.rows).ok_or_else(|| self.jointly_infeasible(&rows))?;
+            let (choice, _) =
+                search::enumerate(small, &reduction.rows).ok_or_else(|| self.jointly_infeasible(&rows))?;
             let choice = reduction.lift(&choice);
             let objective = self.problem.objective(&choice);
             return Ok(Solved {
@@ -243,13 +286,36 @@ impl<'p> Allocator<'p> {
                     Some(d) => d.allows(small, i, j, incumbent + margin),
                     None => true,
                 };
-                (mip::solve(small, &reduction.rows, Objective::Linearized { allowed: &allowed }, limits, &small_starts), 0.0, 0.0)
+                (
+                    mip::solve(
+                        small,
+                        &reduction.rows,
+                        Objective::Linearized { allowed: &allowed },
+                        limits,
+                        &small_starts,
+                    ),
+                    0.0,
+                    0.0,
+                )
             }
-            Formulation::Product => (mip::solve(small, &reduction.rows, Objective::Product, limits, &small_starts), 0.0, 0.0),
+            Formulation::Product => (
+                mip::solve(small, &reduction.rows, Objective::Product, limits, &small_starts),
+                0.0,
+                0.0,
+            ),
             Formulation::Convex { convexification, split } => {
                 let factored = convexify(small, convexification);
                 let limits = self.limits(start);
-                let outcome = mip::solve(small, &reduction.rows, Objective::Convex { factored: &factored, split }, limits, &small_starts);
+                let outcome = mip::solve(
+                    small,
+                    &reduction.rows,
+                    Objective::Convex {
+                        factored: &factored,
+                        split,
+                    },
+                    limits,
+                    &small_starts,
+                );
                 (outcome, factored.lower_slack, factored.shift)
             }
         };
@@ -296,7 +362,12 @@ impl<'p> Allocator<'p> {
     /// bound (valid for the original problem: the removed options are in no choice better
     /// than the incumbent, so the reduced problem keeps the optimum).
     /// A Lagrangian rounding that improves on the incumbents joins `starts`.
-    fn reduce(&self, rows: &[BudgetRow], starts: &mut Vec<Choice>, start: Instant) -> (reduce::Reduction, f64, Option<dual::DualBound>) {
+    fn reduce(
+        &self,
+        rows: &[BudgetRow],
+        starts: &mut Vec<Choice>,
+        start: Instant,
+    ) -> (reduce::Reduction, f64, Option<dual::DualBound>) {
         let qp = &self.qp;
         let mut incumbent = starts.iter().map(|c| qp.value(c)).fold(f64::INFINITY, f64::min);
         let mut best_bound = f64::NEG_INFINITY;
@@ -322,9 +393,20 @@ impl<'p> Allocator<'p> {
                 if let Some(fixed) = search::repair(small, &reduction.rows, &d.rounding) {
                     candidates.push(search::greedy(small, &reduction.rows, &fixed));
                 }
-                if let Some(best) = starts.iter().min_by(|a, b| qp.value(a).total_cmp(&qp.value(b))).and_then(|c| reduction.project(c)) {
+                if let Some(best) = starts
+                    .iter()
+                    .min_by(|a, b| qp.value(a).total_cmp(&qp.value(b)))
+                    .and_then(|c| reduction.project(c))
+                {
                     let deadline = start + std::time::Duration::from_secs_f64(DUAL_SHARE * self.settings.time_limit);
-                    candidates.push(search::iterated(small, &reduction.rows, &best, ITERATED_ROUNDS, 1, deadline));
+                    candidates.push(search::iterated(
+                        small,
+                        &reduction.rows,
+                        &best,
+                        ITERATED_ROUNDS,
+                        1,
+                        deadline,
+                    ));
                 }
                 for candidate in candidates {
                     let candidate = reduction.lift(&candidate);
@@ -336,7 +418,13 @@ impl<'p> Allocator<'p> {
             }
 
             if self.settings.scip_log {
-                eprintln!("dual: bound {:.6e} incumbent {incumbent:.6e} sweeps {} n {} t {:.2}", d.bound, d.sweeps, reduction.qp.n(), start.elapsed().as_secs_f64());
+                eprintln!(
+                    "dual: bound {:.6e} incumbent {incumbent:.6e} sweeps {} n {} t {:.2}",
+                    d.bound,
+                    d.sweeps,
+                    reduction.qp.n(),
+                    start.elapsed().as_secs_f64()
+                );
             }
             let mut alive: Vec<bool> = d.floor.iter().map(|f| d.bound + f <= incumbent + margin).collect();
             if alive.iter().all(|a| *a) {
@@ -350,7 +438,12 @@ impl<'p> Allocator<'p> {
             let fixed = reduce::Reduction::keep(&reduction.qp, &reduction.rows, &alive);
             let again = reduce::dominance(&fixed.qp, &fixed.rows);
             // Positions kept, relative to the problem the messages belong to.
-            let kept: Vec<Vec<usize>> = again.kept.iter().enumerate().map(|(g, k)| k.iter().map(|&i| fixed.kept[g][i]).collect()).collect();
+            let kept: Vec<Vec<usize>> = again
+                .kept
+                .iter()
+                .enumerate()
+                .map(|(g, k)| k.iter().map(|&i| fixed.kept[g][i]).collect())
+                .collect();
             messages = Some(d.messages.restrict(&kept));
             reduction = reduction.then(fixed).then(again);
         }
@@ -358,7 +451,11 @@ impl<'p> Allocator<'p> {
     }
 
     fn limits(&self, start: Instant) -> Limits {
-        Limits { time: (self.settings.time_limit - start.elapsed().as_secs_f64()).max(0.0), gap: self.settings.gap, log: self.settings.scip_log }
+        Limits {
+            time: (self.settings.time_limit - start.elapsed().as_secs_f64()).max(0.0),
+            gap: self.settings.gap,
+            log: self.settings.scip_log,
+        }
     }
 
     /// Each budget on its own: is the cheapest choice within it?
@@ -380,13 +477,27 @@ impl<'p> Allocator<'p> {
     fn jointly_infeasible(&self, rows: &[BudgetRow]) -> Error {
         let each: Vec<String> = rows
             .iter()
-            .map(|r| format!("{} (smallest alone: {})", r.budget, smallest(r.budget, r.min_total(&self.qp), &self.problem.layers)))
+            .map(|r| {
+                format!(
+                    "{} (smallest alone: {})",
+                    r.budget,
+                    smallest(r.budget, r.min_total(&self.qp), &self.problem.layers)
+                )
+            })
             .collect();
-        Error::Infeasible(format!("no choice meets all budgets together: {}{}", each.join(", "), self.pins_note()))
+        Error::Infeasible(format!(
+            "no choice meets all budgets together: {}{}",
+            each.join(", "),
+            self.pins_note()
+        ))
     }
 
     fn pins_note(&self) -> &'static str {
-        let fixed = self.problem.decisions.iter().any(|d| !matches!(d, crate::problem::Decision::Free { .. }));
+        let fixed = self
+            .problem
+            .decisions
+            .iter()
+            .any(|d| !matches!(d, crate::problem::Decision::Free { .. }));
         if fixed {
             " (with the pinned and fixed layers at their options)"
         } else {
@@ -410,7 +521,9 @@ fn probe(reduction: &reduce::Reduction, d: &dual::DualBound, cutoff: f64, deadli
             if remaining == 0.0 {
                 return alive;
             }
-            let only: Vec<bool> = (0..small.n()).map(|k| !small.group_range(g).contains(&k) || k == i).collect();
+            let only: Vec<bool> = (0..small.n())
+                .map(|k| !small.group_range(g).contains(&k) || k == i)
+                .collect();
             let forced = reduce::Reduction::keep(small, &reduction.rows, &only);
             let warm = d.messages.restrict(&forced.kept);
             let b = dual::bound(&forced.qp, &forced.rows, remaining, PROBE_SWEEPS, Some(&warm));

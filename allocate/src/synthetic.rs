@@ -49,11 +49,19 @@ impl SplitMix64 {
 /// 16/32/64 channels, 3×3 convolutions, 1×1 downsample convolutions, a 64→`classes` fc, on
 /// 32×32 inputs with `in_channels` channels. Names as PyTorch names the modules.
 pub fn resnet_layers(depth: usize, in_channels: u64, classes: u64) -> Vec<LayerInfo> {
-    assert!(depth >= 8 && (depth - 2).is_multiple_of(6), "CIFAR ResNet depth is 6n+2");
+    assert!(
+        depth >= 8 && (depth - 2).is_multiple_of(6),
+        "CIFAR ResNet depth is 6n+2"
+    );
     let blocks = (depth - 2) / 6;
     let conv = |name: String, cin: u64, cout: u64, k: u64, out_hw: u64| {
         let params = cout * cin * k * k;
-        LayerInfo { name, kind: "conv".into(), params, macs: params * out_hw * out_hw }
+        LayerInfo {
+            name,
+            kind: "conv".into(),
+            params,
+            macs: params * out_hw * out_hw,
+        }
     };
     let mut layers = vec![conv("conv1".into(), in_channels, 16, 3, 32)];
     let mut cin = 16;
@@ -68,7 +76,12 @@ pub fn resnet_layers(depth: usize, in_channels: u64, classes: u64) -> Vec<LayerI
             cin = cout;
         }
     }
-    layers.push(LayerInfo { name: "fc".into(), kind: "linear".into(), params: 64 * classes, macs: 64 * classes });
+    layers.push(LayerInfo {
+        name: "fc".into(),
+        kind: "linear".into(),
+        params: 64 * classes,
+        macs: 64 * classes,
+    });
     layers
 }
 
@@ -76,7 +89,12 @@ pub fn resnet_layers(depth: usize, in_channels: u64, classes: u64) -> Vec<LayerI
 /// its index. Single-layer estimates d ≈ s_w·4^(−w) + s_a·4^(−a) per layer (quantization noise
 /// power), with noise; cross terms ρ_lm·√(d_u d_v) with ρ mostly small and positive, some
 /// negative, decaying with the distance between layers.
-pub fn perturbation_instance(arch: &str, layers: &[LayerInfo], options: &[QuantOption], seed: u64) -> (Array2<f64>, Index) {
+pub fn perturbation_instance(
+    arch: &str,
+    layers: &[LayerInfo],
+    options: &[QuantOption],
+    seed: u64,
+) -> (Array2<f64>, Index) {
     let mut rng = SplitMix64::new(seed);
     let (nl, k) = (layers.len(), options.len());
     let n = nl * k;
@@ -114,7 +132,9 @@ pub fn perturbation_instance(arch: &str, layers: &[LayerInfo], options: &[QuantO
         layers: layers.to_vec(),
         fixed: BTreeMap::new(),
         options: options.iter().map(|&o| OptionInfo::from(o)).collect(),
-        variables: (0..nl).flat_map(|l| (0..k).map(move |o| Variable { layer: l, option: o })).collect(),
+        variables: (0..nl)
+            .flat_map(|l| (0..k).map(move |o| Variable { layer: l, option: o }))
+            .collect(),
         metric: Metric::Loss,
         naive: false,
         samples: 0,

@@ -38,9 +38,7 @@ fn standard_errors(index: &Index, scale: f64, seed: u64) -> Array2<f64> {
             if u != v && a.layer == b.layer {
                 continue;
             }
-            let bits = |var: clado::format::Variable| {
-                f64::from(index.options[var.option].w_bits.unwrap_or(32))
-            };
+            let bits = |var: clado::format::Variable| f64::from(index.options[var.option].w_bits.unwrap_or(32));
             let s = scale * (0.5 + rng.uniform()) * (8.0 / bits(a) + 8.0 / bits(b));
             se[[u, v]] = s;
             se[[v, u]] = s;
@@ -93,10 +91,7 @@ fn the_penalised_objective_is_the_upper_bound_up_to_a_constant() {
         // Independently: the entries counted by x and by x₀, and their symmetric difference.
         let entries = |c: &Choice| {
             let vars = problem.chosen_vars(c);
-            let mut e: Vec<(usize, usize)> = vars
-                .iter()
-                .flat_map(|&u| vars.iter().map(move |&v| (u, v)))
-                .collect();
+            let mut e: Vec<(usize, usize)> = vars.iter().flat_map(|&u| vars.iter().map(move |&v| (u, v))).collect();
             e.retain(|&(u, v)| u == v || problem.var_layer[u] != problem.var_layer[v]);
             e
         };
@@ -136,11 +131,7 @@ fn the_solver_minimises_the_upper_bound_exactly() {
             .set_se(standard_errors(&index, 2e-3, seed + 10), "G.se.npy")
             .unwrap();
         problem.apply_confidence(2.0);
-        for budgets in [
-            vec![],
-            vec![Budget::AvgBits(4.0)],
-            vec![Budget::AvgBits(6.0)],
-        ] {
+        for budgets in [vec![], vec![Budget::AvgBits(4.0)], vec![Budget::AvgBits(6.0)]] {
             let best = all_choices(&problem)
                 .into_iter()
                 .filter(|c| {
@@ -148,20 +139,13 @@ fn the_solver_minimises_the_upper_bound_exactly() {
                         .iter()
                         .all(|b| b.allows(&problem.layers, &problem.layer_options(c)))
                 })
-                .map(|c| {
-                    problem
-                        .confidence_report(&c, 2.0)
-                        .unwrap()
-                        .delta_vs_highest_upper
-                })
+                .map(|c| problem.confidence_report(&c, 2.0).unwrap().delta_vs_highest_upper)
                 .fold(f64::INFINITY, f64::min);
             let settings = Settings {
                 gap: 1e-9,
                 ..Settings::default()
             };
-            let solved = Allocator::new(&problem, settings)
-                .solve(&budgets, &[])
-                .unwrap();
+            let solved = Allocator::new(&problem, settings).solve(&budgets, &[]).unwrap();
             let got = problem
                 .confidence_report(&solved.choice, 2.0)
                 .unwrap()
@@ -206,11 +190,7 @@ fn noisy_model(seed: u64) -> (Problem, Vec<usize>) {
             } else {
                 continue;
             };
-            let true_value = if u == v {
-                truth(a.layer, a.option)
-            } else {
-                0.0
-            };
+            let true_value = if u == v { truth(a.layer, a.option) } else { 0.0 };
             let estimate = true_value + s * rng.normal();
             g[[u, v]] = estimate;
             g[[v, u]] = estimate;
@@ -234,15 +214,9 @@ fn with_known_noise_the_rule_keeps_zero_effect_layers_at_high_precision() {
             gap: 1e-9,
             ..Settings::default()
         };
-        let plain = Allocator::new(&problem, settings)
-            .solve(&[], &[])
-            .unwrap()
-            .choice;
+        let plain = Allocator::new(&problem, settings).solve(&[], &[]).unwrap().choice;
         problem.apply_confidence(2.0);
-        let confident = Allocator::new(&problem, settings)
-            .solve(&[], &[])
-            .unwrap()
-            .choice;
+        let confident = Allocator::new(&problem, settings).solve(&[], &[]).unwrap().choice;
         let low = |choice: &Choice| zero.iter().filter(|&&l| choice[l] != highest[l]).count();
         plain_deviated += usize::from(low(&plain) > 0);
         confident_deviated += usize::from(low(&confident) > 0);

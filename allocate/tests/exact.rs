@@ -19,7 +19,12 @@ fn layers(params: &[u64]) -> Vec<LayerInfo> {
     params
         .iter()
         .enumerate()
-        .map(|(i, &p)| LayerInfo { name: format!("layer{i}"), kind: "conv".into(), params: p, macs: p * (16 >> (i % 3)) })
+        .map(|(i, &p)| LayerInfo {
+            name: format!("layer{i}"),
+            kind: "conv".into(),
+            params: p,
+            macs: p * (16 >> (i % 3)),
+        })
         .collect()
 }
 
@@ -41,7 +46,10 @@ fn instance(params: &[u64], options: &str, seed: u64) -> (Array2<f64>, Index) {
             }
         }
     }
-    assert!(allocate::convex::min_eigenvalue(&g) < 0.0, "the test wants an indefinite G");
+    assert!(
+        allocate::convex::min_eigenvalue(&g) < 0.0,
+        "the test wants an indefinite G"
+    );
     (g, index)
 }
 
@@ -57,7 +65,10 @@ fn brute_force(problem: &Problem, budgets: &[Budget]) -> Option<(f64, Vec<QuantO
             let value: f64 = if problem.naive {
                 vars.iter().map(|&v| problem.matrix[[v, v]]).sum()
             } else {
-                vars.iter().flat_map(|&u| vars.iter().map(move |&v| (u, v))).map(|(u, v)| problem.matrix[[u, v]]).sum()
+                vars.iter()
+                    .flat_map(|&u| vars.iter().map(move |&v| (u, v)))
+                    .map(|(u, v)| problem.matrix[[u, v]])
+                    .sum()
             };
             if best.as_ref().is_none_or(|(b, _)| value < *b) {
                 best = Some((value, options));
@@ -80,7 +91,12 @@ fn brute_force(problem: &Problem, budgets: &[Budget]) -> Option<(f64, Vec<QuantO
 }
 
 fn settings(method: Method) -> Settings {
-    Settings { time_limit: 30.0, gap: 1e-9, method, ..Settings::default() }
+    Settings {
+        time_limit: 30.0,
+        gap: 1e-9,
+        method,
+        ..Settings::default()
+    }
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -93,7 +109,13 @@ fn scip_and_enumeration_match_brute_force_on_indefinite_instances() {
     let total: u64 = params.iter().sum();
     for seed in 0..4 {
         let (g, index) = instance(&params, "w2a8,w4a8,w8a8", seed);
-        for pins in [vec![], vec![("layer0".to_string(), "w8a8".to_string()), ("layer5".to_string(), "w8a8".to_string())]] {
+        for pins in [
+            vec![],
+            vec![
+                ("layer0".to_string(), "w8a8".to_string()),
+                ("layer5".to_string(), "w8a8".to_string()),
+            ],
+        ] {
             let problem = Problem::new(&index, "index.json", g.clone(), "G.npy", &pins, false).unwrap();
             let bops_all8: f64 = index.layers.iter().map(|l| (l.macs * 64) as f64).sum();
             let budgets: Vec<Vec<Budget>> = vec![
@@ -108,7 +130,14 @@ fn scip_and_enumeration_match_brute_force_on_indefinite_instances() {
             for b in &budgets {
                 let reference = brute_force(&problem, b);
                 for (method, reductions) in [(Method::Scip, true), (Method::Scip, false), (Method::Enumerate, true)] {
-                    let got = Allocator::new(&problem, Settings { reductions, ..settings(method) }).solve(b, &[]);
+                    let got = Allocator::new(
+                        &problem,
+                        Settings {
+                            reductions,
+                            ..settings(method)
+                        },
+                    )
+                    .solve(b, &[]);
                     match (&reference, got) {
                         (None, Err(e)) => assert_eq!(e.exit_code(), 1, "infeasible is exit 1: {e}"),
                         (Some((value, _)), Ok(s)) => {
@@ -118,7 +147,9 @@ fn scip_and_enumeration_match_brute_force_on_indefinite_instances() {
                                 s.objective
                             );
                             assert!(s.bound <= s.objective && s.bound <= value + SAME_VALUE * value.abs().max(1e-12));
-                            assert!(b.iter().all(|x| x.allows(&problem.layers, &problem.layer_options(&s.choice))));
+                            assert!(b
+                                .iter()
+                                .all(|x| x.allows(&problem.layers, &problem.layer_options(&s.choice))));
                             for (layer, option) in &pins {
                                 let l = problem.layers.iter().position(|x| &x.name == layer).unwrap();
                                 assert_eq!(problem.layer_options(&s.choice)[l].to_string(), *option);
@@ -141,10 +172,18 @@ fn every_formulation_finds_the_same_optimum() {
     let (value, _) = brute_force(&problem, &budget).unwrap();
     for (name, formulation) in Formulation::ALL {
         // On the whole problem, so that every formulation has work to do.
-        let s = Settings { formulation, reductions: false, ..settings(Method::Scip) };
+        let s = Settings {
+            formulation,
+            reductions: false,
+            ..settings(Method::Scip)
+        };
         let got = Allocator::new(&problem, s).solve(&budget, &[]).unwrap();
         assert!(close(got.objective, value), "{name}: {} vs {value}", got.objective);
-        assert!(got.bound <= value + SAME_VALUE * value.abs(), "{name}: bound {} above the optimum {value}", got.bound);
+        assert!(
+            got.bound <= value + SAME_VALUE * value.abs(),
+            "{name}: bound {} above the optimum {value}",
+            got.bound
+        );
     }
 }
 
@@ -177,8 +216,14 @@ fn naive_matches_a_knapsack_dynamic_program() {
     for capacity in (2 * total..=8 * total).step_by(7) {
         let reference = knapsack(&problem, capacity as usize);
         for method in [Method::Scip, Method::Enumerate] {
-            let got = Allocator::new(&problem, settings(method)).solve(&[Budget::SizeBits(capacity as f64)], &[]).unwrap();
-            assert!(close(got.objective, reference), "capacity {capacity}, {method:?}: {} vs DP {reference}", got.objective);
+            let got = Allocator::new(&problem, settings(method))
+                .solve(&[Budget::SizeBits(capacity as f64)], &[])
+                .unwrap();
+            assert!(
+                close(got.objective, reference),
+                "capacity {capacity}, {method:?}: {} vs DP {reference}",
+                got.objective
+            );
         }
     }
 }
@@ -197,7 +242,11 @@ fn a_sweep_never_gets_worse_as_the_budget_grows() {
         let s = allocator.solve(&[b], &warm).unwrap();
         assert!(s.gap <= 1e-9, "{b}: gap {}", s.gap);
         if let Some((v, _)) = &previous {
-            assert!(s.objective <= v + SAME_VALUE * v.abs(), "{b}: {} after {v}", s.objective);
+            assert!(
+                s.objective <= v + SAME_VALUE * v.abs(),
+                "{b}: {} after {v}",
+                s.objective
+            );
         }
         previous = Some((s.objective, s.choice));
     }
@@ -207,12 +256,20 @@ fn a_sweep_never_gets_worse_as_the_budget_grows() {
 fn every_layer_pinned_leaves_nothing_to_choose() {
     let params = [144, 2304, 4608];
     let (g, index) = instance(&params, "w2a8,w4a8,w8a8", 2);
-    let pins: Vec<(String, String)> = ["w2a8", "w8a8", "w4a8"].iter().enumerate().map(|(l, o)| (format!("layer{l}"), o.to_string())).collect();
+    let pins: Vec<(String, String)> = ["w2a8", "w8a8", "w4a8"]
+        .iter()
+        .enumerate()
+        .map(|(l, o)| (format!("layer{l}"), o.to_string()))
+        .collect();
     let problem = Problem::new(&index, "index.json", g.clone(), "G.npy", &pins, false).unwrap();
-    let s = Allocator::new(&problem, settings(Method::Auto)).solve(&[Budget::AvgBits(8.0)], &[]).unwrap();
+    let s = Allocator::new(&problem, settings(Method::Auto))
+        .solve(&[Budget::AvgBits(8.0)], &[])
+        .unwrap();
     let vars = [0, 5, 7];
     let expected: f64 = vars.iter().map(|&u| vars.iter().map(|&v| g[[u, v]]).sum::<f64>()).sum();
     assert!(close(s.objective, expected), "{} vs {expected}", s.objective);
-    let err = Allocator::new(&problem, settings(Method::Auto)).solve(&[Budget::AvgBits(3.0)], &[]).unwrap_err();
+    let err = Allocator::new(&problem, settings(Method::Auto))
+        .solve(&[Budget::AvgBits(3.0)], &[])
+        .unwrap_err();
     assert_eq!(err.exit_code(), 1, "{err}");
 }

@@ -10,9 +10,7 @@
 //! same network for comparison. Results go to stdout.
 
 use clado::checkpoint::{StateDict, Tensor32};
-use clado::engine::{
-    blocks_per_stage, ActQuant, Images, LayerPrecision, Network, Parallelism, Plan, State,
-};
+use clado::engine::{blocks_per_stage, ActQuant, Images, LayerPrecision, Network, Parallelism, Plan, State};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
@@ -66,41 +64,24 @@ fn random_state_dict(blocks: usize, in_channels: usize, classes: usize) -> State
     let mut r = ChaCha8Rng::seed_from_u64(1);
     let mut sd = BTreeMap::new();
     let mut put = |name: String, shape: Vec<usize>, lo: f32, hi: f32, r: &mut ChaCha8Rng| {
-        let data = (0..shape.iter().product())
-            .map(|_| r.random_range(lo..hi))
-            .collect();
+        let data = (0..shape.iter().product()).map(|_| r.random_range(lo..hi)).collect();
         sd.insert(name, Tensor32 { shape, data });
     };
-    let mut conv_bn =
-        |conv: String, bn: String, cout: usize, cin: usize, k: usize, r: &mut ChaCha8Rng| {
-            let a = (6.0 / (cin * k * k) as f32).sqrt();
-            put(format!("{conv}.weight"), vec![cout, cin, k, k], -a, a, r);
-            put(format!("{bn}.weight"), vec![cout], 0.5, 1.5, r);
-            put(format!("{bn}.bias"), vec![cout], -0.3, 0.3, r);
-            put(format!("{bn}.running_mean"), vec![cout], -0.3, 0.3, r);
-            put(format!("{bn}.running_var"), vec![cout], 0.5, 2.0, r);
-        };
+    let mut conv_bn = |conv: String, bn: String, cout: usize, cin: usize, k: usize, r: &mut ChaCha8Rng| {
+        let a = (6.0 / (cin * k * k) as f32).sqrt();
+        put(format!("{conv}.weight"), vec![cout, cin, k, k], -a, a, r);
+        put(format!("{bn}.weight"), vec![cout], 0.5, 1.5, r);
+        put(format!("{bn}.bias"), vec![cout], -0.3, 0.3, r);
+        put(format!("{bn}.running_mean"), vec![cout], -0.3, 0.3, r);
+        put(format!("{bn}.running_var"), vec![cout], 0.5, 2.0, r);
+    };
     conv_bn("conv1".into(), "bn1".into(), 16, in_channels, 3, &mut r);
     let mut cin = 16;
     for (s, planes) in [16, 32, 64].into_iter().enumerate() {
         for b in 0..blocks {
             let p = format!("layer{}.{b}", s + 1);
-            conv_bn(
-                format!("{p}.conv1"),
-                format!("{p}.bn1"),
-                planes,
-                cin,
-                3,
-                &mut r,
-            );
-            conv_bn(
-                format!("{p}.conv2"),
-                format!("{p}.bn2"),
-                planes,
-                planes,
-                3,
-                &mut r,
-            );
+            conv_bn(format!("{p}.conv1"), format!("{p}.bn1"), planes, cin, 3, &mut r);
+            conv_bn(format!("{p}.conv2"), format!("{p}.bn2"), planes, planes, 3, &mut r);
             if cin != planes {
                 conv_bn(
                     format!("{p}.downsample.0"),
@@ -175,8 +156,7 @@ fn main() {
 
 fn bench_arch(arch: &str, o: &Options) {
     let blocks = blocks_per_stage(arch).expect("architecture");
-    let net = Network::from_state_dict(arch, &random_state_dict(blocks, o.in_channels, o.classes))
-        .expect("network");
+    let net = Network::from_state_dict(arch, &random_state_dict(blocks, o.in_channels, o.classes)).expect("network");
     let n = o.batch;
     let mut r = ChaCha8Rng::seed_from_u64(2);
     let x: Vec<f32> = (0..n * o.in_channels * 32 * 32)
@@ -209,8 +189,7 @@ fn bench_arch(arch: &str, o: &Options) {
         );
     };
     let t = median_seconds(o.runs, || {
-        net.forward(images, &fp, Parallelism::Rayon)
-            .expect("forward");
+        net.forward(images, &fp, Parallelism::Rayon).expect("forward");
     });
     report("forward FP", t);
 
@@ -229,8 +208,7 @@ fn bench_arch(arch: &str, o: &Options) {
         w4a8.set(i, q).expect("plan");
     }
     let t = median_seconds(o.runs, || {
-        net.forward(images, &w4a8, Parallelism::Rayon)
-            .expect("forward");
+        net.forward(images, &w4a8, Parallelism::Rayon).expect("forward");
     });
     report("forward w4a8 (all layers)", t);
 
@@ -238,12 +216,11 @@ fn bench_arch(arch: &str, o: &Options) {
     let chunk = n.div_ceil(o.threads);
     let t = median_seconds(o.runs, || {
         use rayon::prelude::*;
-        x.par_chunks(chunk * o.in_channels * 32 * 32)
-            .for_each(|part| {
-                let m = part.len() / (o.in_channels * 32 * 32);
-                let imgs = Images::new(part, [m, o.in_channels, 32, 32]).expect("images");
-                net.forward(imgs, &fp, Parallelism::None).expect("forward");
-            });
+        x.par_chunks(chunk * o.in_channels * 32 * 32).for_each(|part| {
+            let m = part.len() / (o.in_channels * 32 * 32);
+            let imgs = Images::new(part, [m, o.in_channels, 32, 32]).expect("images");
+            net.forward(imgs, &fp, Parallelism::None).expect("forward");
+        });
     });
     report("forward FP, Parallelism::None xN", t);
 
@@ -279,17 +256,13 @@ fn bench_arch(arch: &str, o: &Options) {
     let mut shapes: Vec<(String, u64, usize, f64, f64)> = Vec::new();
     for (i, layer) in net.layers().iter().enumerate() {
         let t = median_seconds(o.runs, || {
-            net.run(&fp_states[i], i + 1, &fp, Parallelism::Rayon)
-                .expect("run");
+            net.run(&fp_states[i], i + 1, &fp, Parallelism::Rayon).expect("run");
         });
         let ws = &layer.weight_shape;
         let key = if ws.len() == 4 {
             let hw = (layer.macs / layer.params) as f64;
             let side = hw.sqrt() as usize;
-            format!(
-                "conv {}x{} {}->{} out {side}x{side}",
-                ws[2], ws[3], ws[1], ws[0]
-            )
+            format!("conv {}x{} {}->{} out {side}x{side}", ws[2], ws[3], ws[1], ws[0])
         } else {
             format!("linear {}->{} (+pool)", ws[1], ws[0])
         };
@@ -322,15 +295,8 @@ fn candle_baseline(blocks: usize, o: &Options, x: &[f32]) -> Timing {
     use candle_core::{Device, Tensor};
     let sd = random_state_dict(blocks, o.in_channels, o.classes);
     let dev = Device::Cpu;
-    let t = |name: &str, shape: &[usize]| {
-        Tensor::from_vec(sd[name].data.clone(), shape, &dev).expect("tensor")
-    };
-    let w = |name: &str| {
-        t(
-            &format!("{name}.weight"),
-            &sd[&format!("{name}.weight")].shape,
-        )
-    };
+    let t = |name: &str, shape: &[usize]| Tensor::from_vec(sd[name].data.clone(), shape, &dev).expect("tensor");
+    let w = |name: &str| t(&format!("{name}.weight"), &sd[&format!("{name}.weight")].shape);
     let bn = |x: &Tensor, p: &str| -> Tensor {
         let c = sd[&format!("{p}.weight")].shape[0];
         let v = |n: &str| t(&format!("{p}.{n}"), &[1, c, 1, 1]);
@@ -358,10 +324,7 @@ fn candle_baseline(blocks: usize, o: &Options, x: &[f32]) -> Timing {
                     &format!("{p}.bn1"),
                 )
                 .relu()?;
-                let out = bn(
-                    &out.conv2d(&w(&format!("{p}.conv2")), 1, 1, 1, 1)?,
-                    &format!("{p}.bn2"),
-                );
+                let out = bn(&out.conv2d(&w(&format!("{p}.conv2")), 1, 1, 1, 1)?, &format!("{p}.bn2"));
                 let identity = if cin != planes {
                     let d = h.conv2d(&w(&format!("{p}.downsample.0")), 0, 2, 1, 1)?;
                     bn(&d, &format!("{p}.downsample.1"))

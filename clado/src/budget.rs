@@ -42,8 +42,16 @@ pub fn cost(layers: &[LayerInfo], choice: &[QuantOption]) -> Cost {
     let size_bits: u64 = layers.iter().zip(choice).map(|(l, &o)| layer_size_bits(l, o)).sum();
     let params: u64 = layers.iter().map(|l| l.params).sum();
     let bops = layers.iter().zip(choice).map(|(l, &o)| layer_bops(l, o)).sum();
-    let avg_w_bits = if params == 0 { 0.0 } else { size_bits as f64 / params as f64 };
-    Cost { size_bits, avg_w_bits, bops }
+    let avg_w_bits = if params == 0 {
+        0.0
+    } else {
+        size_bits as f64 / params as f64
+    };
+    Cost {
+        size_bits,
+        avg_w_bits,
+        bops,
+    }
 }
 
 /// One budget constraint; several may be combined.
@@ -137,7 +145,9 @@ fn parse_positive(kind: &str, value: &str) -> Result<f64> {
         .parse()
         .map_err(|_| Error::usage(format!("budget {kind}: '{value}' is not a number")))?;
     if !(v.is_finite() && v > 0.0) {
-        return Err(Error::usage(format!("budget {kind}: {value} must be a positive number")));
+        return Err(Error::usage(format!(
+            "budget {kind}: {value} must be a positive number"
+        )));
     }
     Ok(v)
 }
@@ -147,7 +157,12 @@ mod tests {
     use super::*;
 
     fn layer(params: u64, macs: u64) -> LayerInfo {
-        LayerInfo { name: "l".into(), kind: "conv".into(), params, macs }
+        LayerInfo {
+            name: "l".into(),
+            kind: "conv".into(),
+            params,
+            macs,
+        }
     }
 
     #[test]
@@ -167,7 +182,14 @@ mod tests {
     fn parses_budgets() {
         assert_eq!(Budget::parse("avg-bits=4").unwrap(), Budget::AvgBits(4.0));
         assert_eq!(Budget::parse("size-mb=0.5").unwrap(), Budget::SizeMb(0.5));
-        for bad in ["avg-bits=0", "avg-bits=-1", "avg-bits=x", "colour=3", "avg-bits", "bops=inf"] {
+        for bad in [
+            "avg-bits=0",
+            "avg-bits=-1",
+            "avg-bits=x",
+            "colour=3",
+            "avg-bits",
+            "bops=inf",
+        ] {
             assert!(Budget::parse(bad).is_err(), "{bad}");
         }
         let layers = [layer(100, 1), layer(300, 1)];

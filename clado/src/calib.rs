@@ -43,7 +43,9 @@ pub fn calibrate(
         for (images, _labels) in data.batches(batch_size) {
             let n = images.len() / data.image_len();
             let batch = Images::new(images, [n, data.channels, data.height, data.width])?;
-            net.calibrate(batch, Parallelism::Rayon, |layer, values| observers[layer].observe(values))?;
+            net.calibrate(batch, Parallelism::Rayon, |layer, values| {
+                observers[layer].observe(values)
+            })?;
         }
     }
     let mut out = Vec::with_capacity(layers.len());
@@ -57,7 +59,11 @@ pub fn calibrate(
             })
             .collect();
         let act_ranges = a_bits.iter().map(|&b| (b.to_string(), observers[i].range(b))).collect();
-        out.push(LayerCalib { name: layer.name.clone(), weight_scales, act_ranges });
+        out.push(LayerCalib {
+            name: layer.name.clone(),
+            weight_scales,
+            act_ranges,
+        });
     }
     Ok(Calib {
         version: FORMAT_VERSION,
@@ -76,7 +82,10 @@ pub fn calibrate(
 /// `options` need on `layers` (indices into `net.layers()`).
 pub fn check_calib(calib: &Calib, source: &str, net: &Network, options: &[QuantOption]) -> Result<()> {
     if calib.arch != net.arch() {
-        return Err(Error::input(source, format!("made for {}, but the model is {}", calib.arch, net.arch())));
+        return Err(Error::input(
+            source,
+            format!("made for {}, but the model is {}", calib.arch, net.arch()),
+        ));
     }
     let names: Vec<&str> = net.layers().iter().map(|l| l.name.as_str()).collect();
     let got: Vec<&str> = calib.layers.iter().map(|l| l.name.as_str()).collect();
@@ -85,13 +94,19 @@ pub fn check_calib(calib: &Calib, source: &str, net: &Network, options: &[QuantO
         let extra = got.iter().find(|n| !names.contains(n));
         let what = match (missing, extra) {
             (Some(m), Some(e)) => {
-                format!("names layer '{e}', which {} does not have, and has no entry for layer '{m}'", net.arch())
+                format!(
+                    "names layer '{e}', which {} does not have, and has no entry for layer '{m}'",
+                    net.arch()
+                )
             }
             (Some(m), None) => format!("has no entry for layer '{m}'"),
             (None, Some(e)) => format!("names layer '{e}', which {} does not have", net.arch()),
             (None, None) => "lists the layers in another order than the model".into(),
         };
-        return Err(Error::input(source, format!("{what} (the model has {} quantizable layers)", names.len())));
+        return Err(Error::input(
+            source,
+            format!("{what} (the model has {} quantizable layers)", names.len()),
+        ));
     }
     let (w_bits, a_bits) = bits_needed(options);
     for (layer, lc) in net.layers().iter().zip(&calib.layers) {
@@ -121,7 +136,10 @@ pub fn check_calib(calib: &Calib, source: &str, net: &Network, options: &[QuantO
                 Some(s) if s.iter().any(|v| !(v.is_finite() && *v > 0.0)) => {
                     return Err(Error::input(
                         source,
-                        format!("layer '{}': weight scales for {b} bits must be positive and finite", lc.name),
+                        format!(
+                            "layer '{}': weight scales for {b} bits must be positive and finite",
+                            lc.name
+                        ),
                     ))
                 }
                 Some(_) => {}
@@ -142,7 +160,10 @@ pub fn check_calib(calib: &Calib, source: &str, net: &Network, options: &[QuantO
                 Some(r) if !(r.lo.is_finite() && r.hi.is_finite() && r.lo <= 0.0 && r.hi >= 0.0) => {
                     return Err(Error::input(
                         source,
-                        format!("layer '{}': activation range [{}, {}] must contain 0", lc.name, r.lo, r.hi),
+                        format!(
+                            "layer '{}': activation range [{}, {}] must contain 0",
+                            lc.name, r.lo, r.hi
+                        ),
                     ))
                 }
                 Some(_) => {}
@@ -177,7 +198,10 @@ impl PrecisionTable {
             .enumerate()
             .map(|(i, lc)| options.iter().map(|&o| cache.layer_precision(net, i, o, lc)).collect())
             .collect::<Result<_>>()?;
-        Ok(PrecisionTable { options: options.to_vec(), table })
+        Ok(PrecisionTable {
+            options: options.to_vec(),
+            table,
+        })
     }
 
     /// Layer `layer` at option number `option` (an index into `self.options`).

@@ -54,7 +54,10 @@ fn one_line_usage_error(tool: &str, e: &clap::Error) -> String {
         .lines()
         .map(str::trim)
         .filter(|l| {
-            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information") && !l.starts_with("tip:")
+            !l.is_empty()
+                && !l.starts_with("Usage:")
+                && !l.starts_with("For more information")
+                && !l.starts_with("tip:")
         })
         .map(|l| l.strip_prefix("error: ").unwrap_or(l))
         .collect();

@@ -36,11 +36,17 @@ impl Error {
     }
 
     pub fn input(path: impl fmt::Display, msg: impl fmt::Display) -> Self {
-        Error::Input { path: display_path(&path.to_string()), msg: msg.to_string() }
+        Error::Input {
+            path: display_path(&path.to_string()),
+            msg: msg.to_string(),
+        }
     }
 
     pub fn io(path: impl fmt::Display, source: std::io::Error) -> Self {
-        Error::Io { path: display_path(&path.to_string()), source }
+        Error::Io {
+            path: display_path(&path.to_string()),
+            source,
+        }
     }
 
     pub fn other(msg: impl fmt::Display) -> Self {

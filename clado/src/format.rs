@@ -64,13 +64,20 @@ pub struct OptionInfo {
 
 impl From<QuantOption> for OptionInfo {
     fn from(o: QuantOption) -> Self {
-        OptionInfo { name: o.to_string(), w_bits: o.w_bits, a_bits: o.a_bits }
+        OptionInfo {
+            name: o.to_string(),
+            w_bits: o.w_bits,
+            a_bits: o.a_bits,
+        }
     }
 }
 
 impl OptionInfo {
     pub fn option(&self) -> QuantOption {
-        QuantOption { w_bits: self.w_bits, a_bits: self.a_bits }
+        QuantOption {
+            w_bits: self.w_bits,
+            a_bits: self.a_bits,
+        }
     }
 }
 
@@ -210,7 +217,10 @@ pub struct LayerChoice {
 
 impl LayerChoice {
     pub fn option(&self) -> QuantOption {
-        QuantOption { w_bits: self.w_bits, a_bits: self.a_bits }
+        QuantOption {
+            w_bits: self.w_bits,
+            a_bits: self.a_bits,
+        }
     }
 }
 
@@ -293,10 +303,14 @@ mod tests {
             "bops":0,"budget":"none","solver":{"status":"optimal","objective":0,"bound":0,"gap":0,"seconds":0}}"#;
         json_from_bytes::<Alloc>("a.json", ok).unwrap();
         let unknown = String::from_utf8_lossy(ok).replace("\"bops\":0", "\"bops\":0,\"colour\":1");
-        let e = json_from_bytes::<Alloc>("a.json", unknown.as_bytes()).unwrap_err().to_string();
+        let e = json_from_bytes::<Alloc>("a.json", unknown.as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("a.json") && e.contains("unknown field `colour`"), "{e}");
         let v2 = String::from_utf8_lossy(ok).replace("\"version\":1", "\"version\":2");
-        let e = json_from_bytes::<Alloc>("a.json", v2.as_bytes()).unwrap_err().to_string();
+        let e = json_from_bytes::<Alloc>("a.json", v2.as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("version 2 is not supported"), "{e}");
         let e = json_from_bytes::<Alloc>("a.json", b"{}").unwrap_err().to_string();
         assert!(e.contains("missing field `version`"), "{e}");

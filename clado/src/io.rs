@@ -24,7 +24,10 @@ pub fn display_name(path: &str, output: bool) -> String {
 pub fn read_bytes(path: &str) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     if path == "-" {
-        std::io::stdin().lock().read_to_end(&mut buf).map_err(|e| Error::io("<stdin>", e))?;
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io("<stdin>", e))?;
     } else {
         buf = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     }
@@ -38,10 +41,7 @@ pub fn write_bytes(path: &str, bytes: &[u8]) -> Result<()> {
 
 /// Call `fill` with a writer for `path` (stdout for `-`); a named file appears only if `fill`
 /// succeeds, atomically, and is left untouched otherwise.
-pub fn write_with(
-    path: &str,
-    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-) -> Result<()> {
+pub fn write_with(path: &str, fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
     if path == "-" {
         let stdout = std::io::stdout();
         let mut lock = stdout.lock();
@@ -57,7 +57,10 @@ pub fn write_with(
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(
             ".{}.",
-            target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            target
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
         ))
         .suffix(".tmp")
         .tempfile_in(dir)
@@ -92,13 +95,22 @@ pub fn check_distinct_outputs(outputs: &[(&str, &str)]) -> Result<()> {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        (dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()), p.file_name().map(|n| n.to_os_string()))
+        (
+            dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()),
+            p.file_name().map(|n| n.to_os_string()),
+        )
     };
     for (i, (flag_a, a)) in outputs.iter().enumerate() {
         for (flag_b, b) in &outputs[i + 1..] {
             if key(a) == key(b) {
-                let what = if *a == "-" { "both write stdout".to_string() } else { format!("name the same file {a}") };
-                return Err(Error::usage(format!("{flag_a} {a} and {flag_b} {b} {what}: give different outputs")));
+                let what = if *a == "-" {
+                    "both write stdout".to_string()
+                } else {
+                    format!("name the same file {a}")
+                };
+                return Err(Error::usage(format!(
+                    "{flag_a} {a} and {flag_b} {b} {what}: give different outputs"
+                )));
             }
         }
     }
@@ -125,7 +137,11 @@ pub fn matrix_from_npy_bytes(name: &str, bytes: &[u8]) -> Result<Array2<f64>> {
     let header = npy_header(bytes).ok_or_else(|| Error::input(name, "truncated .npy header"))?;
     let descr = header_value(&header, "descr").unwrap_or_default();
     let shape = header_value(&header, "shape").unwrap_or_default();
-    let dims = shape.trim_matches(|c| c == '(' || c == ')').split(',').filter(|s| !s.trim().is_empty()).count();
+    let dims = shape
+        .trim_matches(|c| c == '(' || c == ')')
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .count();
     if dims != 2 {
         return Err(Error::input(name, format!("expected a 2-D matrix, got shape {shape}")));
     }
@@ -133,7 +149,10 @@ pub fn matrix_from_npy_bytes(name: &str, bytes: &[u8]) -> Result<Array2<f64>> {
         "<f8" => Array2::<f64>::read_npy(std::io::Cursor::new(bytes)),
         "<f4" => Array2::<f32>::read_npy(std::io::Cursor::new(bytes)).map(|a| a.mapv(f64::from)),
         other => {
-            return Err(Error::input(name, format!("expected float64 or float32 data, got dtype '{other}'")))
+            return Err(Error::input(
+                name,
+                format!("expected float64 or float32 data, got dtype '{other}'"),
+            ))
         }
     }
     .map_err(|e| Error::input(name, describe_npy_error(e)))?;
@@ -156,7 +175,10 @@ fn describe_npy_error(e: ndarray_npy::ReadNpyError) -> String {
 /// Check that every entry is finite; the error names the first bad entry.
 pub fn check_finite(name: &str, m: &Array2<f64>) -> Result<()> {
     if let Some(((i, j), v)) = m.indexed_iter().find(|(_, v)| !v.is_finite()) {
-        return Err(Error::input(name, format!("entry [{i}, {j}] is {v}, expected a finite number")));
+        return Err(Error::input(
+            name,
+            format!("entry [{i}, {j}] is {v}, expected a finite number"),
+        ));
     }
     Ok(())
 }
@@ -175,7 +197,10 @@ fn npy_header(bytes: &[u8]) -> Option<String> {
 
 fn header_value(header: &str, key: &str) -> Option<String> {
     let at = header.find(&format!("'{key}'"))?;
-    let rest = header[at + key.len() + 2..].trim_start().strip_prefix(':')?.trim_start();
+    let rest = header[at + key.len() + 2..]
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start();
     if rest.starts_with('(') {
         let end = rest.find(')')?;
         Some(rest[..=end].to_string())
@@ -189,7 +214,8 @@ fn header_value(header: &str, key: &str) -> Option<String> {
 pub fn write_matrix(path: &str, m: &Array2<f64>) -> Result<()> {
     use ndarray_npy::WriteNpyExt;
     let mut buf = Vec::new();
-    m.write_npy(&mut buf).map_err(|e| Error::other(format!("encoding .npy: {e}")))?;
+    m.write_npy(&mut buf)
+        .map_err(|e| Error::other(format!("encoding .npy: {e}")))?;
     write_bytes(path, &buf)
 }
 
@@ -212,22 +238,33 @@ pub fn read_json<T: DeserializeOwned + Versioned>(path: &str) -> Result<T> {
 /// Parse a versioned JSON document from bytes (see [`read_json`]).
 pub fn json_from_bytes<T: DeserializeOwned + Versioned>(name: &str, bytes: &[u8]) -> Result<T> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(Error::input(name, format!("empty input, expected a {} document", T::KIND)));
+        return Err(Error::input(
+            name,
+            format!("empty input, expected a {} document", T::KIND),
+        ));
     }
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| Error::input(name, format!("not valid JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| Error::input(name, format!("not valid JSON: {e}")))?;
     match value.get("version") {
         Some(v) if v.as_u64() == Some(T::VERSION as u64) => {}
         Some(v) => {
             return Err(Error::input(
                 name,
-                format!("{} version {v} is not supported (this build reads version {})", T::KIND, T::VERSION),
+                format!(
+                    "{} version {v} is not supported (this build reads version {})",
+                    T::KIND,
+                    T::VERSION
+                ),
             ))
         }
         None => {
             return Err(Error::input(
                 name,
-                format!("missing field `version`: not a {} document (expected version {})", T::KIND, T::VERSION),
+                format!(
+                    "missing field `version`: not a {} document (expected version {})",
+                    T::KIND,
+                    T::VERSION
+                ),
             ))
         }
     }
@@ -276,7 +313,9 @@ mod tests {
     fn matrix_errors_name_the_problem() {
         let e = matrix_from_npy_bytes("G.npy", b"").unwrap_err().to_string();
         assert!(e.contains("G.npy") && e.contains("empty"), "{e}");
-        let e = matrix_from_npy_bytes("G.npy", b"hello world, not npy").unwrap_err().to_string();
+        let e = matrix_from_npy_bytes("G.npy", b"hello world, not npy")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a .npy"), "{e}");
         use ndarray_npy::WriteNpyExt;
         let v = ndarray::Array1::<f64>::zeros(4);
@@ -295,9 +334,16 @@ mod tests {
     #[test]
     fn outputs_must_differ() {
         assert!(check_distinct_outputs(&[("-o", "G.npy"), ("--index", "index.json"), ("--se", "-")]).is_ok());
-        let e = check_distinct_outputs(&[("-o", "G.npy"), ("--index", "./G.npy")]).unwrap_err().to_string();
-        assert!(e.contains("-o G.npy") && e.contains("--index ./G.npy") && e.contains("same file"), "{e}");
-        let e = check_distinct_outputs(&[("-o", "-"), ("--se", "-")]).unwrap_err().to_string();
+        let e = check_distinct_outputs(&[("-o", "G.npy"), ("--index", "./G.npy")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("-o G.npy") && e.contains("--index ./G.npy") && e.contains("same file"),
+            "{e}"
+        );
+        let e = check_distinct_outputs(&[("-o", "-"), ("--se", "-")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("stdout"), "{e}");
     }
 
@@ -312,7 +358,11 @@ mod tests {
         });
         assert!(r.is_err());
         assert!(!target.exists());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "temporary file left behind");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "temporary file left behind"
+        );
         write_bytes(t, b"done").unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"done");
     }

@@ -20,10 +20,10 @@ pub mod calib;
 #[cfg(feature = "nn")]
 pub mod checkpoint;
 #[cfg(feature = "nn")]
-pub mod setup;
-#[cfg(feature = "nn")]
 pub mod engine;
 #[cfg(feature = "nn")]
 pub mod model;
+#[cfg(feature = "nn")]
+pub mod setup;
 
 pub use error::{Error, Result};

@@ -22,7 +22,10 @@ pub struct QuantOption {
 }
 
 impl QuantOption {
-    pub const FP: QuantOption = QuantOption { w_bits: None, a_bits: None };
+    pub const FP: QuantOption = QuantOption {
+        w_bits: None,
+        a_bits: None,
+    };
 
     /// Weight bits as counted in budgets (32 for FP).
     pub fn w_bits_counted(&self) -> u32 {
@@ -99,7 +102,9 @@ impl QuantOption {
 }
 
 fn parse_bits(digits: &str) -> std::result::Result<u8, String> {
-    let b: u32 = digits.parse().map_err(|_| format!("'{digits}' is not a number of bits"))?;
+    let b: u32 = digits
+        .parse()
+        .map_err(|_| format!("'{digits}' is not a number of bits"))?;
     if !(MIN_BITS as u32..=MAX_BITS as u32).contains(&b) {
         return Err(format!("{b} bits is out of range"));
     }
@@ -229,6 +234,11 @@ mod tests {
         assert!(e.contains("more than 1024 options"), "{e}");
         let crash = include_bytes!("../../fuzz/seeds/options/oom-brace-expansion");
         assert!(QuantOption::parse_list(&String::from_utf8_lossy(crash)).is_err());
-        assert_eq!(expand_braces("w{2,3,4,5,6,7,8}a{2,3,4,5,6,7,8},w{2,4,8},a{2,4,8},fp").unwrap().len(), 56);
+        assert_eq!(
+            expand_braces("w{2,3,4,5,6,7,8}a{2,3,4,5,6,7,8},w{2,4,8},a{2,4,8},fp")
+                .unwrap()
+                .len(),
+            56
+        );
     }
 }

@@ -102,9 +102,9 @@ impl FromStr for Calibration {
         match s.trim() {
             "minmax" => Ok(Calibration::MinMax),
             "mse" => Ok(Calibration::Mse),
-            other => {
-                Err(Error::usage(format!("calibration '{other}': expected 'minmax' or 'mse'")))
-            }
+            other => Err(Error::usage(format!(
+                "calibration '{other}': expected 'minmax' or 'mse'"
+            ))),
         }
     }
 }
@@ -183,13 +183,7 @@ fn channel_len(weights: &[f32], out_channels: usize) -> usize {
 ///
 /// # Panics
 /// If `out_channels` is 0 or does not divide `weights.len()`, or `bits` is out of range.
-pub fn weight_scales(
-    weights: &[f32],
-    out_channels: usize,
-    bits: u8,
-    per_tensor: bool,
-    calib: Calibration,
-) -> Vec<f32> {
+pub fn weight_scales(weights: &[f32], out_channels: usize, bits: u8, per_tensor: bool, calib: Calibration) -> Vec<f32> {
     let per_channel = channel_len(weights, out_channels);
     let qmax = weight_qmax(bits);
     let scale_of = |group: &[f32]| match calib {
@@ -267,13 +261,7 @@ fn scales_per_channel(scales: &[f32], out_channels: usize) -> impl Fn(usize) -> 
 ///
 /// # Panics
 /// On mismatched lengths or `bits` out of range (see [`check_weight_scales`] for input checks).
-pub fn fake_quantize_weights_into(
-    weights: &[f32],
-    out_channels: usize,
-    bits: u8,
-    scales: &[f32],
-    out: &mut [f32],
-) {
+pub fn fake_quantize_weights_into(weights: &[f32], out_channels: usize, bits: u8, scales: &[f32], out: &mut [f32]) {
     assert_eq!(weights.len(), out.len(), "output length differs from the weights'");
     let per_channel = channel_len(weights, out_channels);
     let qmax = weight_qmax(bits);
@@ -281,8 +269,10 @@ pub fn fake_quantize_weights_into(
     if per_channel == 0 {
         return;
     }
-    for (c, (src, dst)) in
-        weights.chunks_exact(per_channel).zip(out.chunks_exact_mut(per_channel)).enumerate()
+    for (c, (src, dst)) in weights
+        .chunks_exact(per_channel)
+        .zip(out.chunks_exact_mut(per_channel))
+        .enumerate()
     {
         let scale = scale_of(c);
         for (d, &w) in dst.iter_mut().zip(src) {
@@ -292,12 +282,7 @@ pub fn fake_quantize_weights_into(
 }
 
 /// Fake-quantize weights with given scales (`scales.len() == out_channels`, or 1 per tensor).
-pub fn fake_quantize_weights(
-    weights: &[f32],
-    out_channels: usize,
-    bits: u8,
-    scales: &[f32],
-) -> Vec<f32> {
+pub fn fake_quantize_weights(weights: &[f32], out_channels: usize, bits: u8, scales: &[f32]) -> Vec<f32> {
     let mut out = vec![0.0; weights.len()];
     fake_quantize_weights_into(weights, out_channels, bits, scales, &mut out);
     out
@@ -316,7 +301,8 @@ pub fn weight_codes(weights: &[f32], out_channels: usize, bits: u8, scales: &[f3
     for (c, src) in weights.chunks_exact(per_channel).enumerate() {
         let scale = scale_of(c);
         codes.extend(
-            src.iter().map(|&w| round_half_even_small((w / scale).clamp(-qmax, qmax)) as i8),
+            src.iter()
+                .map(|&w| round_half_even_small((w / scale).clamp(-qmax, qmax)) as i8),
         );
     }
     codes
@@ -345,7 +331,10 @@ pub fn check_act_range(range: ActRange) -> Result<(), String> {
     if range.lo <= 0.0 && range.hi >= 0.0 && (range.hi - range.lo).is_finite() {
         Ok(())
     } else {
-        Err(format!("activation range [{}, {}]: expected finite lo <= 0 <= hi", range.lo, range.hi))
+        Err(format!(
+            "activation range [{}, {}]: expected finite lo <= 0 <= hi",
+            range.lo, range.hi
+        ))
     }
 }
 
@@ -379,13 +368,24 @@ impl ActQuantizer {
         let lo = range.lo.min(0.0);
         let hi = range.hi.max(0.0);
         let scale = (hi - lo) / Self::levels_of(bits);
-        assert!(scale.is_finite(), "activation range [{lo}, {hi}] is wider than f32 can hold");
+        assert!(
+            scale.is_finite(),
+            "activation range [{lo}, {hi}] is wider than f32 can hold"
+        );
         if scale == 0.0 {
-            return ActQuantizer { bits, scale: 0.0, zero_point: 0.0 };
+            return ActQuantizer {
+                bits,
+                scale: 0.0,
+                zero_point: 0.0,
+            };
         }
         // -lo/s <= n up to rounding, so the zero point lies in 0..=n; clamp guards the ulp.
         let zero_point = round_half_even(-lo / scale).clamp(0.0, Self::levels_of(bits));
-        ActQuantizer { bits, scale, zero_point }
+        ActQuantizer {
+            bits,
+            scale,
+            zero_point,
+        }
     }
 
     fn levels_of(bits: u8) -> f32 {
@@ -400,7 +400,10 @@ impl ActQuantizer {
     /// The representable range `[−zp·s, (n − zp)·s]` (it can stick out of the calibrated range by
     /// up to half a step, because `zp` is rounded).
     pub fn representable(&self) -> (f32, f32) {
-        (-self.zero_point * self.scale, (self.levels() - self.zero_point) * self.scale)
+        (
+            -self.zero_point * self.scale,
+            (self.levels() - self.zero_point) * self.scale,
+        )
     }
 
     /// Integer step index `clamp(round(x/s), −zp, n − zp)` as f32 (`scale > 0`).
@@ -507,7 +510,10 @@ impl ActObserver {
     /// The `minmax` range of everything observed: `[min(0, min x), max(0, max x)]`
     /// (`[0, 0]` before any finite value).
     pub fn minmax_range(&self) -> ActRange {
-        ActRange { lo: self.min.min(0.0), hi: self.max.max(0.0) }
+        ActRange {
+            lo: self.min.min(0.0),
+            hi: self.max.max(0.0),
+        }
     }
 
     /// Add one batch of the layer's input.
@@ -550,7 +556,10 @@ impl ActObserver {
         let ceiling = reference.estimate - reference.bound;
         let mut best = (minmax, reference.estimate);
         for factor in mse_shrink_factors().skip(1) {
-            let candidate = ActRange { lo: minmax.lo * factor, hi: minmax.hi * factor };
+            let candidate = ActRange {
+                lo: minmax.lo * factor,
+                hi: minmax.hi * factor,
+            };
             let quantizer = ActQuantizer::from_range(bits, candidate);
             if quantizer.scale == 0.0 {
                 continue; // the shrunk range underflowed to [0, 0]
@@ -732,8 +741,7 @@ impl Histogram {
         for (k, bin) in self.bins.iter().enumerate().filter(|(_, b)| b.count > 0) {
             let i = self.first + k as i64;
             let (left, right) = (edge(i), edge(i + 1));
-            let (step_left, step_right) =
-                (quantizer.step(left, low, high), quantizer.step(right, low, high));
+            let (step_left, step_right) = (quantizer.step(left, low, high), quantizer.step(right, low, high));
             let c = bin.count as f64;
             let a = left as f64;
             let step = if step_left == step_right {
@@ -880,7 +888,10 @@ mod tests {
         let w = [0.5, 1.5, 2.5, -2.5, -0.5, 3.5, -7.0, 6.5];
         let s = weight_scales(&w, 1, 4, false, Calibration::MinMax);
         assert_eq!(s, [1.0]);
-        assert_eq!(fake_quantize_weights(&w, 1, 4, &s), [0.0, 2.0, 2.0, -2.0, 0.0, 4.0, -7.0, 6.0]);
+        assert_eq!(
+            fake_quantize_weights(&w, 1, 4, &s),
+            [0.0, 2.0, 2.0, -2.0, 0.0, 4.0, -7.0, 6.0]
+        );
         assert_eq!(weight_codes(&w, 1, 4, &s), [0, 2, 2, -2, 0, 4, -7, 6]);
     }
 
@@ -958,14 +969,25 @@ mod tests {
         assert!(check_weight_scales(&[f32::NAN], 1).is_err());
         assert!(check_act_range(ActRange { lo: -1.0, hi: 2.0 }).is_ok());
         assert!(check_act_range(ActRange { lo: 0.5, hi: 2.0 }).is_err());
-        assert!(check_act_range(ActRange { lo: -1.0, hi: f32::INFINITY }).is_err());
+        assert!(check_act_range(ActRange {
+            lo: -1.0,
+            hi: f32::INFINITY
+        })
+        .is_err());
     }
 
     #[test]
     fn activations_match_hand_computation() {
         // 2 bits: n = 3, [lo, hi] = [-1, 2] → s = 1, zp = 1, steps clamp to [-1, 2].
         let q = ActQuantizer::from_range(2, ActRange { lo: -1.0, hi: 2.0 });
-        assert_eq!(q, ActQuantizer { bits: 2, scale: 1.0, zero_point: 1.0 });
+        assert_eq!(
+            q,
+            ActQuantizer {
+                bits: 2,
+                scale: 1.0,
+                zero_point: 1.0
+            }
+        );
         assert_eq!(q.representable(), (-1.0, 2.0));
         let mut x = [-1.5, -0.5, 0.4, 0.5, 1.5, 2.6];
         let codes: Vec<u8> = x.iter().map(|&v| q.code(v)).collect();
@@ -978,10 +1000,20 @@ mod tests {
         assert!(close(q.scale, 1.3 / 15.0), "scale {}", q.scale);
         assert_eq!(q.zero_point, 3.0);
         let s = 1.3f32 / 15.0;
-        for (x, step) in
-            [(1.0f32, 12.0f32), (-0.3, -3.0), (0.05, 1.0), (-1.0, -3.0), (0.0, 0.0), (0.14, 2.0)]
-        {
-            assert!(close(q.quantize(x), step * s), "x = {x}: {} vs {}", q.quantize(x), step * s);
+        for (x, step) in [
+            (1.0f32, 12.0f32),
+            (-0.3, -3.0),
+            (0.05, 1.0),
+            (-1.0, -3.0),
+            (0.0, 0.0),
+            (0.14, 2.0),
+        ] {
+            assert!(
+                close(q.quantize(x), step * s),
+                "x = {x}: {} vs {}",
+                q.quantize(x),
+                step * s
+            );
             assert_eq!(q.code(x), (step + 3.0) as u8, "code of {x}");
         }
         // A range that does not contain 0 is widened to it (lo = min(0, min x)).
@@ -997,7 +1029,14 @@ mod tests {
     #[test]
     fn empty_activation_range_maps_everything_to_zero() {
         let q = ActQuantizer::from_range(8, ActRange { lo: 0.0, hi: 0.0 });
-        assert_eq!(q, ActQuantizer { bits: 8, scale: 0.0, zero_point: 0.0 });
+        assert_eq!(
+            q,
+            ActQuantizer {
+                bits: 8,
+                scale: 0.0,
+                zero_point: 0.0
+            }
+        );
         let mut x = [0.0, 1.5, -2.0, f32::NAN, f32::INFINITY];
         q.quantize_in_place(&mut x);
         assert_eq!(&x[..3], [0.0, 0.0, 0.0]);
@@ -1112,7 +1151,10 @@ mod tests {
             for factor in mse_shrink_factors().step_by(7) {
                 let q = ActQuantizer::from_range(
                     bits,
-                    ActRange { lo: minmax.lo * factor, hi: minmax.hi * factor },
+                    ActRange {
+                        lo: minmax.lo * factor,
+                        hi: minmax.hi * factor,
+                    },
                 );
                 let mut quantized = x.to_vec();
                 q.quantize_in_place(&mut quantized);
@@ -1370,10 +1412,12 @@ mod tests {
                     ActQuantizer::from_range(bits, r).quantize_in_place(&mut q);
                     squared_error(x, &q)
                 };
-                let (mut best, mut worst_estimate, mut worst_bound) =
-                    ((1.0f32, f64::INFINITY), 0.0f64, 0.0f64);
+                let (mut best, mut worst_estimate, mut worst_bound) = ((1.0f32, f64::INFINITY), 0.0f64, 0.0f64);
                 for f in mse_shrink_factors() {
-                    let r = ActRange { lo: minmax.lo * f, hi: minmax.hi * f };
+                    let r = ActRange {
+                        lo: minmax.lo * f,
+                        hi: minmax.hi * f,
+                    };
                     let e = exact(r);
                     let b = histogram.error_bounds(&ActQuantizer::from_range(bits, r));
                     worst_estimate = worst_estimate.max((b.estimate - e).abs() / e);

@@ -119,14 +119,22 @@ pub fn alloc_choice(alloc: &crate::format::Alloc, name: &str, net: &Network) -> 
         if !layers.iter().any(|l| l.name == c.name) {
             return Err(Error::input(
                 name,
-                format!("layer '{}' is not in the model ({} has {} quantizable layers)", c.name, net.arch(), layers.len()),
+                format!(
+                    "layer '{}' is not in the model ({} has {} quantizable layers)",
+                    c.name,
+                    net.arch(),
+                    layers.len()
+                ),
             ));
         }
         let o = c.option();
         if QuantOption::parse(&c.option).ok() != Some(o) {
             return Err(Error::input(
                 name,
-                format!("layer '{}': option '{}' does not match w_bits {:?} / a_bits {:?}", c.name, c.option, c.w_bits, c.a_bits),
+                format!(
+                    "layer '{}': option '{}' does not match w_bits {:?} / a_bits {:?}",
+                    c.name, c.option, c.w_bits, c.a_bits
+                ),
             ));
         }
     }
@@ -136,10 +144,15 @@ pub fn alloc_choice(alloc: &crate::format::Alloc, name: &str, net: &Network) -> 
             let mut found = alloc.layers.iter().filter(|c| c.name == l.name);
             match (found.next(), found.next()) {
                 (Some(c), None) => Ok(c.option()),
-                (None, _) => Err(Error::input(name, format!("has no option for layer '{}' (every layer of the model needs one)", l.name))),
+                (None, _) => Err(Error::input(
+                    name,
+                    format!(
+                        "has no option for layer '{}' (every layer of the model needs one)",
+                        l.name
+                    ),
+                )),
                 (Some(_), Some(_)) => Err(Error::input(name, format!("names layer '{}' twice", l.name))),
             }
         })
         .collect()
 }
-

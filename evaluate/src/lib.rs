@@ -16,7 +16,10 @@ pub enum Config {
     Fp,
     Uniform(QuantOption),
     /// An allocation file and its choice per layer (in the model's layer order).
-    Alloc { path: String, choice: Vec<QuantOption> },
+    Alloc {
+        path: String,
+        choice: Vec<QuantOption>,
+    },
 }
 
 impl Config {
@@ -60,7 +63,10 @@ pub fn run(
     let configs: Vec<Config> = configs
         .iter()
         .map(|c| match c {
-            Config::Alloc { path, .. } => Ok(Config::Alloc { path: path.clone(), choice: setup::read_alloc(path, net)? }),
+            Config::Alloc { path, .. } => Ok(Config::Alloc {
+                path: path.clone(),
+                choice: setup::read_alloc(path, net)?,
+            }),
             c => Ok(c.clone()),
         })
         .collect::<Result<_>>()?;
@@ -78,13 +84,27 @@ pub fn run(
         QuantSource::Calibrate { settings, data } => {
             let cal = setup::load_data(data, Split::Train, net)?;
             let (w, a) = calib::bits_needed(&quantized);
-            calib::calibrate(net, &cal.data, &cal.description, data.seed, &w, &a, *settings, data.batch_size)?
+            calib::calibrate(
+                net,
+                &cal.data,
+                &cal.description,
+                data.seed,
+                &w,
+                &a,
+                *settings,
+                data.batch_size,
+            )?
         }
     };
     let eval = setup::load_data(data_args, Split::Test, net)?;
     let table = PrecisionTable::new(net, &calib, &quantized)?;
     if !quiet {
-        eprintln!("evaluate: {} configuration(s) on {} samples of {}", configs.len(), eval.data.len(), eval.description);
+        eprintln!(
+            "evaluate: {} configuration(s) on {} samples of {}",
+            configs.len(),
+            eval.data.len(),
+            eval.description
+        );
     }
 
     let fp_logits = forward_all(net, &eval.data, &Plan::fp(net), data_args.batch_size)?;
@@ -93,7 +113,13 @@ pub fn run(
         let choice = config.choice(net);
         let indices: Vec<Option<usize>> = choice
             .iter()
-            .map(|o| if *o == QuantOption::FP { None } else { table.option_index(*o) })
+            .map(|o| {
+                if *o == QuantOption::FP {
+                    None
+                } else {
+                    table.option_index(*o)
+                }
+            })
             .collect();
         let plan = table.plan(net, &indices)?;
         let logits = match config {
@@ -101,8 +127,18 @@ pub fn run(
             _ => Some(forward_all(net, &eval.data, &plan, data_args.batch_size)?),
         };
         let cost = budget::cost(&layers, &choice);
-        let m = metrics(config, net, &eval.data, &eval.description, data_args.batch_size, &fp_logits, logits.as_deref(), cost)?;
-        out.write_all(clado::io::json_line(&m)?.as_bytes()).map_err(|e| Error::io("<stdout>", e))?;
+        let m = metrics(
+            config,
+            net,
+            &eval.data,
+            &eval.description,
+            data_args.batch_size,
+            &fp_logits,
+            logits.as_deref(),
+            cost,
+        )?;
+        out.write_all(clado::io::json_line(&m)?.as_bytes())
+            .map_err(|e| Error::io("<stdout>", e))?;
     }
     out.flush().map_err(|e| Error::io("<stdout>", e))?;
     Ok(())
@@ -113,7 +149,11 @@ fn forward_all(net: &Network, data: &Dataset, plan: &Plan, batch_size: usize) ->
     data.batches(batch_size)
         .map(|(images, _)| {
             let n = images.len() / data.image_len();
-            net.forward(Images::new(images, [n, data.channels, data.height, data.width])?, plan, Parallelism::Rayon)
+            net.forward(
+                Images::new(images, [n, data.channels, data.height, data.width])?,
+                plan,
+                Parallelism::Rayon,
+            )
         })
         .collect()
 }

@@ -64,7 +64,8 @@ struct Cli {
 }
 
 fn calibration(flag: &str, text: &str) -> clado::Result<Calibration> {
-    text.parse().map_err(|_| Error::usage(format!("{flag} '{text}': expected minmax or mse")))
+    text.parse()
+        .map_err(|_| Error::usage(format!("{flag} '{text}': expected minmax or mse")))
 }
 
 fn main() -> std::process::ExitCode {
@@ -79,7 +80,10 @@ fn main() -> std::process::ExitCode {
         if cli.alloc.iter().filter(|a| *a == "-").count() > 1 {
             return Err(Error::usage("--alloc -: stdin can be read only once"));
         }
-        configs.extend(cli.alloc.iter().map(|p| Config::Alloc { path: p.clone(), choice: Vec::new() }));
+        configs.extend(cli.alloc.iter().map(|p| Config::Alloc {
+            path: p.clone(),
+            choice: Vec::new(),
+        }));
         let quant = match &cli.calib {
             Some(path) => QuantSource::File(path.clone()),
             None => QuantSource::Calibrate {

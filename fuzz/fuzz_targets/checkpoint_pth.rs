@@ -6,7 +6,12 @@ use std::sync::OnceLock;
 
 fn scratch() -> &'static str {
     static PATH: OnceLock<String> = OnceLock::new();
-    PATH.get_or_init(|| std::env::temp_dir().join(format!("clado-fuzz-{}.pth", std::process::id())).to_string_lossy().into_owned())
+    PATH.get_or_init(|| {
+        std::env::temp_dir()
+            .join(format!("clado-fuzz-{}.pth", std::process::id()))
+            .to_string_lossy()
+            .into_owned()
+    })
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -60,7 +60,9 @@ impl Job {
     /// Every unit (batch, variable, option) in canonical order.
     pub fn units(&self) -> Vec<(usize, usize, usize)> {
         let (k, o) = (self.variables.len(), self.options.len());
-        (0..self.batches()).flat_map(move |b| (0..k).flat_map(move |v| (0..o).map(move |x| (b, v, x)))).collect()
+        (0..self.batches())
+            .flat_map(move |b| (0..k).flat_map(move |v| (0..o).map(move |x| (b, v, x))))
+            .collect()
     }
 
     /// Forward evaluations of the whole job, counted once per configuration (not per batch):
@@ -94,7 +96,11 @@ pub struct Settings {
 /// Where the results go.
 pub enum Output {
     /// `G.npy`, `index.json`, optionally standard errors.
-    Matrix { matrix: String, index: String, se: Option<String> },
+    Matrix {
+        matrix: String,
+        index: String,
+        se: Option<String>,
+    },
     /// A shard's partial result for `perturb merge`.
     Partial { path: String, shard: Shard },
 }
@@ -117,7 +123,9 @@ pub fn run(
     report: &Reporting,
 ) -> Result<()> {
     if report.reference && (resume.is_some() || matches!(output, Output::Partial { .. })) {
-        return Err(Error::usage("--reference runs whole: it does not combine with --resume or --shard"));
+        return Err(Error::usage(
+            "--reference runs whole: it does not combine with --resume or --shard",
+        ));
     }
     let started = Instant::now();
     setup::check_data_args(data_args)?;
@@ -151,7 +159,16 @@ pub fn run(
         None => {
             let (w, a) = calib::bits_needed(&settings.options);
             note(report, format_args!("calibrating quantizers on {} samples", ds.len()));
-            calib::calibrate(net, ds, &data.description, data_args.seed, &w, &a, settings.calib, data_args.batch_size)?
+            calib::calibrate(
+                net,
+                ds,
+                &data.description,
+                data_args.seed,
+                &w,
+                &a,
+                settings.calib,
+                data_args.batch_size,
+            )?
         }
     };
     let table = PrecisionTable::new(net, &calib, &settings.options)?;
@@ -182,8 +199,13 @@ pub fn run(
     };
 
     // Work still to do, by batch.
-    let mine: Vec<(usize, usize, usize)> =
-        job.units().into_iter().enumerate().filter(|(u, _)| shard.owns(*u)).map(|(_, u)| u).collect();
+    let mine: Vec<(usize, usize, usize)> = job
+        .units()
+        .into_iter()
+        .enumerate()
+        .filter(|(u, _)| shard.owns(*u))
+        .map(|(_, u)| u)
+        .collect();
     let total_units = mine.len();
     let todo: Vec<(usize, usize, usize)> = mine.iter().copied().filter(|u| !done.has_unit(*u)).collect();
     let per_unit_evals = |k: usize| -> u64 {
@@ -205,7 +227,14 @@ pub fn run(
     let singles_per_batch = (job.variables.len() * job.options.len()) as u64;
     let planned: u64 = todo.iter().map(|u| per_unit_evals(u.1)).sum::<u64>() + singles_per_batch * batches.len() as u64;
     if total_units > todo.len() {
-        note(report, format_args!("resuming: {} of {} units already done", total_units - todo.len(), total_units));
+        note(
+            report,
+            format_args!(
+                "resuming: {} of {} units already done",
+                total_units - todo.len(),
+                total_units
+            ),
+        );
     }
     note(
         report,
@@ -328,5 +357,6 @@ fn note(report: &Reporting, msg: std::fmt::Arguments<'_>) {
 
 /// Parse `minmax` / `mse`.
 pub fn parse_calibration(flag: &str, text: &str) -> Result<Calibration> {
-    text.parse().map_err(|_| Error::usage(format!("{flag} '{text}': expected minmax or mse")))
+    text.parse()
+        .map_err(|_| Error::usage(format!("{flag} '{text}': expected minmax or mse")))
 }

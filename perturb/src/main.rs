@@ -34,7 +34,11 @@ Examples:
 
 #[derive(Parser)]
 #[command(name = "perturb", version, about = "Measure the pairwise Δloss matrix G of CLADO", long_about = LONG_ABOUT)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true, args_override_self = true)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    args_override_self = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -130,11 +134,26 @@ fn main() -> std::process::ExitCode {
 fn run(mut cli: Cli) -> clado::Result<()> {
     cli.data.samples.get_or_insert(DEFAULT_SAMPLES);
     match cli.command {
-        Some(Command::Merge { parts, output, index, se, quiet }) => {
+        Some(Command::Merge {
+            parts,
+            output,
+            index,
+            se,
+            quiet,
+        }) => {
             let mut outputs = vec![("-o", output.as_str()), ("--index", index.as_str())];
             outputs.extend(se.as_deref().map(|p| ("--se", p)));
             clado::io::check_distinct_outputs(&outputs)?;
-            perturb::merge(&parts, &output, &index, se.as_deref(), &Reporting { quiet, reference: false })
+            perturb::merge(
+                &parts,
+                &output,
+                &index,
+                se.as_deref(),
+                &Reporting {
+                    quiet,
+                    reference: false,
+                },
+            )
         }
         None => {
             let options = QuantOption::parse_list(cli.options.as_deref().unwrap_or_default())?;
@@ -154,26 +173,48 @@ fn run(mut cli: Cli) -> clado::Result<()> {
                 calib_file: cli.calib,
                 layers: cli.layers,
                 exclude: cli.exclude,
-                max_memory: cli.max_memory.map(|t| perturb::memory::parse_size(&t).map(|b| (b, t))).transpose()?,
+                max_memory: cli
+                    .max_memory
+                    .map(|t| perturb::memory::parse_size(&t).map(|b| (b, t)))
+                    .transpose()?,
             };
             let output_path = cli.output.expect("required by clap");
             let output = match cli.shard {
                 Some(s) => {
                     let shard = Shard::parse(&s)?;
                     if cli.index.is_some() {
-                        return Err(Error::usage("--index is written by `perturb merge`, not by a --shard run"));
+                        return Err(Error::usage(
+                            "--index is written by `perturb merge`, not by a --shard run",
+                        ));
                     }
-                    Output::Partial { path: output_path, shard }
+                    Output::Partial {
+                        path: output_path,
+                        shard,
+                    }
                 }
                 None => {
                     let index = cli.index.expect("required by clap");
                     let mut outputs = vec![("-o", output_path.as_str()), ("--index", index.as_str())];
                     outputs.extend(cli.se.as_deref().map(|p| ("--se", p)));
                     clado::io::check_distinct_outputs(&outputs)?;
-                    Output::Matrix { matrix: output_path, index, se: cli.se }
+                    Output::Matrix {
+                        matrix: output_path,
+                        index,
+                        se: cli.se,
+                    }
                 }
             };
-            perturb::run(&cli.model, &cli.data, &settings, &output, cli.resume.as_deref(), &Reporting { quiet: cli.quiet, reference: cli.reference })
+            perturb::run(
+                &cli.model,
+                &cli.data,
+                &settings,
+                &output,
+                cli.resume.as_deref(),
+                &Reporting {
+                    quiet: cli.quiet,
+                    reference: cli.reference,
+                },
+            )
         }
     }
 }

@@ -127,8 +127,9 @@ impl Measure<'_> {
 
         // Every single Δ of the batch, per sample (all are needed by the units' pairs).
         let options = self.table.options.len();
-        let singles: Vec<(usize, usize)> =
-            (0..self.variables.len()).flat_map(|k| (0..options).map(move |o| (k, o))).collect();
+        let singles: Vec<(usize, usize)> = (0..self.variables.len())
+            .flat_map(|k| (0..options).map(move |o| (k, o)))
+            .collect();
         let single_deltas: Vec<Vec<f64>> = singles
             .par_iter()
             .with_max_len(1)
@@ -186,13 +187,22 @@ impl Measure<'_> {
     /// The same results as [`Measure::batch`] for every unit of the batch, the slow way the
     /// seed did it: one full forward pass from the images per single and per pair. Used by
     /// `--reference` to check the fast path.
-    pub fn reference_batch(&self, batch: usize, images: Images<'_>, labels: &[usize]) -> Result<(FpBatch, Vec<UnitResult>)> {
+    pub fn reference_batch(
+        &self,
+        batch: usize,
+        images: Images<'_>,
+        labels: &[usize],
+    ) -> Result<(FpBatch, Vec<UnitResult>)> {
         let net = self.net;
         let n = images.batch();
         let fp = Plan::fp(net);
         let fp_logits = net.forward(images, &fp, Parallelism::Rayon)?;
         let fp_metric = per_sample(&fp_logits, labels, &fp_logits, Metric::Loss);
-        let fp_batch = FpBatch { samples: n, loss_sum: fp_metric.iter().sum(), correct: fp_logits.correct_top_k(labels, 1)? };
+        let fp_batch = FpBatch {
+            samples: n,
+            loss_sum: fp_metric.iter().sum(),
+            correct: fp_logits.correct_top_k(labels, 1)?,
+        };
         let fp_values = match self.metric {
             Metric::Loss => fp_metric,
             Metric::Kl => vec![0.0; n],
@@ -230,7 +240,14 @@ impl Measure<'_> {
                         }
                     }
                 }
-                results.push(UnitResult { batch, layer: k, option: o, samples: n, single: Moments::of(a.iter().copied()), pairs });
+                results.push(UnitResult {
+                    batch,
+                    layer: k,
+                    option: o,
+                    samples: n,
+                    single: Moments::of(a.iter().copied()),
+                    pairs,
+                });
             }
         }
         Ok((fp_batch, results))

@@ -96,7 +96,14 @@ pub fn estimate(shape: &Shape<'_>) -> Result<Estimate> {
     let pairs = if shape.naive { 0 } else { n * n / 2 };
     let results = batches * (n + pairs) * 16 + n * batch * 8 + 4 * n * n * 8;
     let (resident, peak_so_far) = process_memory();
-    Ok(Estimate { resident, peak_so_far, fp_states, workers, weights, results })
+    Ok(Estimate {
+        resident,
+        peak_so_far,
+        fp_states,
+        workers,
+        weights,
+        results,
+    })
 }
 
 /// Refuse when the estimate exceeds `limit` bytes.
@@ -129,7 +136,11 @@ pub fn process_memory() -> (u64, u64) {
 /// Parse a size: bytes, or a number with K, M, G or T (powers of 1024; `KiB`, `MB`… and a
 /// trailing `B` are accepted and mean the same), e.g. `4G`, `512M`, `1.5GiB`.
 pub fn parse_size(text: &str) -> Result<u64> {
-    let bad = || Error::usage(format!("--max-memory {text}: expected a size such as 4G, 512M or 1073741824"));
+    let bad = || {
+        Error::usage(format!(
+            "--max-memory {text}: expected a size such as 4G, 512M or 1073741824"
+        ))
+    };
     let t = text.trim();
     let digits_end = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (number, unit) = t.split_at(digits_end);
@@ -179,9 +190,23 @@ mod tests {
 
     #[test]
     fn the_peak_is_never_below_what_was_already_used() {
-        let e = Estimate { resident: 100, peak_so_far: 1000, fp_states: 10, workers: 10, weights: 10, results: 10 };
+        let e = Estimate {
+            resident: 100,
+            peak_so_far: 1000,
+            fp_states: 10,
+            workers: 10,
+            weights: 10,
+            results: 10,
+        };
         assert_eq!(e.peak(), 1000);
-        let e = Estimate { resident: 100, peak_so_far: 100, fp_states: 1000, workers: 0, weights: 0, results: 0 };
+        let e = Estimate {
+            resident: 100,
+            peak_so_far: 100,
+            fp_states: 1000,
+            workers: 0,
+            weights: 0,
+            results: 0,
+        };
         assert_eq!(e.peak(), 100 + (1000.0 * ALLOCATOR_MARGIN) as u64);
     }
 }

@@ -26,7 +26,10 @@ impl Shard {
     pub fn parse(text: &str) -> Result<Shard> {
         let bad = || Error::usage(format!("--shard '{text}': expected K/N with 1 <= K <= N, e.g. 2/8"));
         let (k, n) = text.split_once('/').ok_or_else(bad)?;
-        let (index, count): (usize, usize) = (k.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        let (index, count): (usize, usize) = (
+            k.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
         if index == 0 || count == 0 || index > count {
             return Err(bad());
         }
@@ -59,7 +62,14 @@ impl Versioned for Partial {
 
 impl Partial {
     pub fn empty(job: Job, shard: Shard) -> Self {
-        Partial { version: FORMAT_VERSION, job, shard, fp: Vec::new(), units: Vec::new(), seconds: 0.0 }
+        Partial {
+            version: FORMAT_VERSION,
+            job,
+            shard,
+            fp: Vec::new(),
+            units: Vec::new(),
+            seconds: 0.0,
+        }
     }
 
     pub fn read(path: &str) -> Result<Self> {
@@ -133,20 +143,31 @@ impl ResumeDir {
         let path = Path::new(dir);
         std::fs::create_dir_all(path).map_err(|e| Error::io(dir, e))?;
         let job_file = path.join("job.json");
-        let want = ResumeJob { version: FORMAT_VERSION, job: job.clone(), shard };
+        let want = ResumeJob {
+            version: FORMAT_VERSION,
+            job: job.clone(),
+            shard,
+        };
         let name = job_file.to_string_lossy().into_owned();
         if job_file.exists() {
             let have: ResumeJob = clado::io::read_json(&name)?;
             if have != want {
                 return Err(Error::input(
                     &name,
-                    format!("was made for another run ({}): use a fresh --resume directory", job_difference(&have.job, job, have.shard, shard)),
+                    format!(
+                        "was made for another run ({}): use a fresh --resume directory",
+                        job_difference(&have.job, job, have.shard, shard)
+                    ),
                 ));
             }
         } else {
             clado::io::write_json(&name, &want)?;
         }
-        Ok(ResumeDir { dir: path.to_path_buf(), job: job.clone(), shard })
+        Ok(ResumeDir {
+            dir: path.to_path_buf(),
+            job: job.clone(),
+            shard,
+        })
     }
 
     fn unit_path(&self, b: usize, k: usize, o: usize) -> PathBuf {
@@ -159,11 +180,23 @@ impl ResumeDir {
 
     pub fn save_unit(&self, u: &UnitResult) -> Result<()> {
         let p = self.unit_path(u.batch, u.layer, u.option);
-        clado::io::write_json(&p.to_string_lossy(), &Saved { version: FORMAT_VERSION, value: u })
+        clado::io::write_json(
+            &p.to_string_lossy(),
+            &Saved {
+                version: FORMAT_VERSION,
+                value: u,
+            },
+        )
     }
 
     pub fn save_fp(&self, b: usize, fp: &FpBatch) -> Result<()> {
-        clado::io::write_json(&self.fp_path(b).to_string_lossy(), &Saved { version: FORMAT_VERSION, value: fp })
+        clado::io::write_json(
+            &self.fp_path(b).to_string_lossy(),
+            &Saved {
+                version: FORMAT_VERSION,
+                value: fp,
+            },
+        )
     }
 
     /// What the directory already holds.
@@ -238,27 +271,45 @@ pub fn assemble(partials: &[Partial]) -> Result<Assembled> {
 
 /// Assemble shards (named for messages) into G: every unit must be present exactly once.
 pub fn assemble_named(names: &[String], partials: &[Partial]) -> Result<Assembled> {
-    let first = partials.first().ok_or_else(|| Error::usage("perturb merge: no partial results given"))?;
+    let first = partials
+        .first()
+        .ok_or_else(|| Error::usage("perturb merge: no partial results given"))?;
     let job = &first.job;
     for (name, p) in names.iter().zip(partials).skip(1) {
         if p.job != *job {
             return Err(Error::input(
                 name,
-                format!("comes from another run than {} ({})", names[0], job_difference(&p.job, job, p.shard, p.shard)),
+                format!(
+                    "comes from another run than {} ({})",
+                    names[0],
+                    job_difference(&p.job, job, p.shard, p.shard)
+                ),
             ));
         }
         if p.shard.count != first.shard.count {
-            return Err(Error::input(name, format!("is shard {}/{}, but {} is of {} shards", p.shard.index, p.shard.count, names[0], first.shard.count)));
+            return Err(Error::input(
+                name,
+                format!(
+                    "is shard {}/{}, but {} is of {} shards",
+                    p.shard.index, p.shard.count, names[0], first.shard.count
+                ),
+            ));
         }
     }
     let mut seen_shards = HashSet::new();
     for (name, p) in names.iter().zip(partials) {
         if !seen_shards.insert(p.shard.index) {
-            return Err(Error::input(name, format!("shard {}/{} is given twice", p.shard.index, p.shard.count)));
+            return Err(Error::input(
+                name,
+                format!("shard {}/{} is given twice", p.shard.index, p.shard.count),
+            ));
         }
     }
     if let Some(missing) = (1..=first.shard.count).find(|k| !seen_shards.contains(k)) {
-        return Err(Error::usage(format!("shard {missing}/{} is missing", first.shard.count)));
+        return Err(Error::usage(format!(
+            "shard {missing}/{} is missing",
+            first.shard.count
+        )));
     }
 
     let mut units: BTreeMap<(usize, usize, usize), &UnitResult> = BTreeMap::new();
@@ -268,13 +319,22 @@ pub fn assemble_named(names: &[String], partials: &[Partial]) -> Result<Assemble
         seconds += p.seconds;
         for u in &p.units {
             if units.insert((u.batch, u.layer, u.option), u).is_some() {
-                return Err(Error::input(name, format!("unit (batch {}, layer {}, option {}) appears twice", u.batch, u.layer, u.option)));
+                return Err(Error::input(
+                    name,
+                    format!(
+                        "unit (batch {}, layer {}, option {}) appears twice",
+                        u.batch, u.layer, u.option
+                    ),
+                ));
             }
         }
         for (b, f) in &p.fp {
             if let Some(prev) = fp.insert(*b, *f) {
                 if prev != *f {
-                    return Err(Error::input(name, format!("FP metrics of batch {b} differ between shards")));
+                    return Err(Error::input(
+                        name,
+                        format!("FP metrics of batch {b} differ between shards"),
+                    ));
                 }
             }
         }
@@ -341,7 +401,13 @@ pub fn assemble_named(names: &[String], partials: &[Partial]) -> Result<Assemble
         evaluations: job.evaluations(),
         seconds,
     };
-    Ok(Assembled { job: job.clone(), g, se, fp: fp_ref, diagnostics })
+    Ok(Assembled {
+        job: job.clone(),
+        g,
+        se,
+        fp: fp_ref,
+        diagnostics,
+    })
 }
 
 /// Standard errors at which `index.json`'s noise summary calls an estimate distinguishable

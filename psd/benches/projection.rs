@@ -57,13 +57,20 @@ fn main() {
     }
     let runs = env_usize("PSD_BENCH_RUNS", 3).max(1);
     let degree = env_usize("PSD_BENCH_DEGREE", psd::PARALLEL_DEGREE).max(1);
-    let par = if degree == 1 { faer::Par::Seq } else { faer::Par::rayon(degree) };
+    let par = if degree == 1 {
+        faer::Par::Seq
+    } else {
+        faer::Par::rayon(degree)
+    };
     println!(
         "psd projection benchmark: {runs} runs per cell, parallel degree {degree} on {} rayon thread(s); seconds",
         rayon::current_num_threads()
     );
     println!("(cpu: CPU seconds of the process, all threads; on a loaded machine wall ≫ cpu)");
-    println!("{:>6}  {:<6}  {:>9}  {:>9}  {:>9}  {:>9}", "N", "method", "median", "min", "max", "cpu");
+    println!(
+        "{:>6}  {:<6}  {:>9}  {:>9}  {:>9}  {:>9}",
+        "N", "method", "median", "min", "max", "cpu"
+    );
     for &n in &sizes {
         let g = random_symmetric(n, 42);
         for method in [Method::None, Method::Shift, Method::Clip] {
@@ -78,10 +85,20 @@ fn main() {
                 }
                 std::hint::black_box(p);
             }
-            let (min, max) =
-                (wall.iter().copied().fold(f64::INFINITY, f64::min), wall.iter().copied().fold(0.0, f64::max));
-            let cpu = if cpu.is_empty() { "-".to_string() } else { format!("{:.3}", median(cpu)) };
-            println!("{n:>6}  {:<6}  {:>9.3}  {min:>9.3}  {max:>9.3}  {cpu:>9}", method.to_string(), median(wall));
+            let (min, max) = (
+                wall.iter().copied().fold(f64::INFINITY, f64::min),
+                wall.iter().copied().fold(0.0, f64::max),
+            );
+            let cpu = if cpu.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.3}", median(cpu))
+            };
+            println!(
+                "{n:>6}  {:<6}  {:>9.3}  {min:>9.3}  {max:>9.3}  {cpu:>9}",
+                method.to_string(),
+                median(wall)
+            );
         }
     }
 }

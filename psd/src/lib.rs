@@ -149,9 +149,10 @@ impl Report {
     pub fn new(args: &Args, layers: Option<usize>, p: &Projection, seconds: f64) -> Self {
         let (objective_offset, objective_offset_note) = match (p.method, layers) {
             (Method::None, _) => (Some(0.0), "symmetrising leaves xᵀGx unchanged for every x".to_string()),
-            (Method::Clip, _) => {
-                (None, "clip changes xᵀGx by an amount that depends on x: there is no constant offset".to_string())
-            }
+            (Method::Clip, _) => (
+                None,
+                "clip changes xᵀGx by an amount that depends on x: there is no constant offset".to_string(),
+            ),
             (Method::Shift, Some(l)) => (
                 Some(p.shift * l as f64),
                 format!("every one-hot choice has xᵀx = L = {l}: subtract shift·L from predicted values"),
@@ -231,7 +232,9 @@ impl Report {
 /// Check the arguments before reading anything.
 fn check_args(args: &Args) -> Result<()> {
     if args.output == "-" && args.report.as_deref() == Some("-") {
-        return Err(Error::usage("--report - and the matrix would both go to stdout: give -o FILE or --report FILE"));
+        return Err(Error::usage(
+            "--report - and the matrix would both go to stdout: give -o FILE or --report FILE",
+        ));
     }
     if let Some(report) = &args.report {
         clado::io::check_distinct_outputs(&[("-o", &args.output), ("--report", report)])?;
@@ -240,17 +243,24 @@ fn check_args(args: &Args) -> Result<()> {
         return Err(Error::usage("the matrix and --index cannot both be read from stdin"));
     }
     for (flag, path) in [("-o", Some(&args.output)), ("--report", args.report.as_ref())] {
-        let Some(path) = path.filter(|p| *p != "-") else { continue };
+        let Some(path) = path.filter(|p| *p != "-") else {
+            continue;
+        };
         let dir = match Path::new(path).parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
         if !dir.is_dir() {
-            return Err(Error::usage(format!("{flag} {path}: directory {} does not exist", dir.display())));
+            return Err(Error::usage(format!(
+                "{flag} {path}: directory {} does not exist",
+                dir.display()
+            )));
         }
     }
     if args.output == "-" && std::io::stdout().is_terminal() {
-        return Err(Error::usage("refusing to write a binary .npy to a terminal: redirect stdout or give -o FILE"));
+        return Err(Error::usage(
+            "refusing to write a binary .npy to a terminal: redirect stdout or give -o FILE",
+        ));
     }
     Ok(())
 }
@@ -259,7 +269,10 @@ fn check_args(args: &Args) -> Result<()> {
 pub fn check_matrix(name: &str, g: &Array2<f64>) -> Result<()> {
     let (rows, cols) = g.dim();
     if rows != cols {
-        return Err(Error::input(name, format!("expected a square N×N matrix, got shape {rows}×{cols}")));
+        return Err(Error::input(
+            name,
+            format!("expected a square N×N matrix, got shape {rows}×{cols}"),
+        ));
     }
     if rows == 0 {
         return Err(Error::input(name, "expected a non-empty N×N matrix, got shape 0×0"));
@@ -273,7 +286,10 @@ pub fn layers_from_index(name: &str, index: &Index, n: usize) -> Result<usize> {
     if index.variables.len() != n {
         return Err(Error::input(
             name,
-            format!("has {} variables but the matrix is {n}×{n}: not the index of this matrix", index.variables.len()),
+            format!(
+                "has {} variables but the matrix is {n}×{n}: not the index of this matrix",
+                index.variables.len()
+            ),
         ));
     }
     Ok(index.variables.iter().map(|v| v.layer).collect::<BTreeSet<_>>().len())
@@ -329,7 +345,10 @@ mod tests {
     use clap::Parser;
 
     fn index_with_variables(variables: &[(usize, usize)]) -> Index {
-        let vars: Vec<String> = variables.iter().map(|(l, o)| format!(r#"{{"layer":{l},"option":{o}}}"#)).collect();
+        let vars: Vec<String> = variables
+            .iter()
+            .map(|(l, o)| format!(r#"{{"layer":{l},"option":{o}}}"#))
+            .collect();
         let text = format!(
             r#"{{"version":1,"arch":"resnet20","layers":[],"options":[],"variables":[{}],"metric":"loss",
                 "naive":false,"samples":8,"data":"npy:x.npy,y.npy","seed":0,"fp":{{"loss":0.3,"top1":91.0}}}}"#,
@@ -344,7 +363,10 @@ mod tests {
         let index = index_with_variables(&[(0, 0), (0, 2), (1, 1), (3, 0), (3, 1), (3, 2)]);
         assert_eq!(layers_from_index("index.json", &index, 6).unwrap(), 3);
         let e = layers_from_index("index.json", &index, 9).unwrap_err().to_string();
-        assert_eq!(e, "index.json: has 6 variables but the matrix is 9×9: not the index of this matrix");
+        assert_eq!(
+            e,
+            "index.json: has 6 variables but the matrix is 9×9: not the index of this matrix"
+        );
     }
 
     #[test]
@@ -381,10 +403,19 @@ mod tests {
         assert!(without.objective_offset_note.contains("--index"));
         assert!(without.summary().contains("per unit of xᵀx"));
 
-        let none = Report::new(&args(&["-m", "none"]), None, &project(&g, Method::None, faer::Par::Seq).unwrap(), 0.1);
+        let none = Report::new(
+            &args(&["-m", "none"]),
+            None,
+            &project(&g, Method::None, faer::Par::Seq).unwrap(),
+            0.1,
+        );
         assert_eq!(none.objective_offset, Some(0.0));
-        let clip =
-            Report::new(&args(&["-m", "clip"]), Some(2), &project(&g, Method::Clip, faer::Par::Seq).unwrap(), 0.1);
+        let clip = Report::new(
+            &args(&["-m", "clip"]),
+            Some(2),
+            &project(&g, Method::Clip, faer::Par::Seq).unwrap(),
+            0.1,
+        );
         assert_eq!(clip.objective_offset, None);
         assert_eq!(clip.before.negative_eigenvalues, 1);
         assert_eq!(clip.after.lambda_min, 0.0);
@@ -404,7 +435,9 @@ mod tests {
         assert!(e.contains("both go to stdout"), "{e}");
         let e = check_args(&args(&["--index", "-"])).unwrap_err().to_string();
         assert!(e.contains("cannot both be read from stdin"), "{e}");
-        let e = check_args(&args(&["-o", "G.npy", "--report", "no/such/dir/psd.json"])).unwrap_err().to_string();
+        let e = check_args(&args(&["-o", "G.npy", "--report", "no/such/dir/psd.json"]))
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "--report no/such/dir/psd.json: directory no/such/dir does not exist");
     }
 

@@ -122,7 +122,11 @@ fn evd(sym: &Array2<f64>, vectors: Option<&mut Mat<f64>>, par: Par) -> Result<Ve
     // (faer reads the lower triangle). Other layouts are copied to row-major first.
     let row_major = sym.as_standard_layout();
     let data = row_major.as_slice().expect("standard layout is contiguous");
-    let compute = if vectors.is_some() { ComputeEigenvectors::Yes } else { ComputeEigenvectors::No };
+    let compute = if vectors.is_some() {
+        ComputeEigenvectors::Yes
+    } else {
+        ComputeEigenvectors::No
+    };
     let mut values = Diag::<f64>::zeros(n);
     let mut buffer = MemBuffer::new(self_adjoint_evd_scratch::<f64>(n, compute, par, Default::default()));
     self_adjoint_evd(
@@ -133,7 +137,11 @@ fn evd(sym: &Array2<f64>, vectors: Option<&mut Mat<f64>>, par: Par) -> Result<Ve
         MemStack::new(&mut buffer),
         Default::default(),
     )
-    .map_err(|e| Error::other(format!("the eigensolver did not converge on the {n}×{n} matrix ({e:?})")))?;
+    .map_err(|e| {
+        Error::other(format!(
+            "the eigensolver did not converge on the {n}×{n} matrix ({e:?})"
+        ))
+    })?;
     Ok(values.column_vector().iter().copied().collect())
 }
 
@@ -245,7 +253,12 @@ pub fn project(g: &Array2<f64>, method: Method, par: Par) -> Result<Projection> 
     let tolerance = rounding_tolerance(n, norm);
     let before = Spectrum::of_sorted(&eigenvalues_before, tolerance);
     let after = Spectrum::of_sorted(&eigenvalues_after, tolerance);
-    let frobenius_moved = matrix.iter().zip(g.iter()).map(|(a, b)| (a - b) * (a - b)).sum::<f64>().sqrt();
+    let frobenius_moved = matrix
+        .iter()
+        .zip(g.iter())
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f64>()
+        .sqrt();
     let frobenius_input = g.iter().map(|a| a * a).sum::<f64>().sqrt();
     Ok(Projection {
         matrix,
@@ -410,9 +423,16 @@ mod tests {
                 assert!(p.before.lambda_min < 0.0, "the test matrix should be indefinite");
                 // Re-measure the output: the report's `after` is derived, this is not.
                 let measured = Spectrum::of_sorted(&eigenvalues(&p.matrix, Par::Seq).unwrap(), tolerance);
-                assert!(measured.lambda_min >= -tolerance, "{method}: λ_min {:e}", measured.lambda_min);
+                assert!(
+                    measured.lambda_min >= -tolerance,
+                    "{method}: λ_min {:e}",
+                    measured.lambda_min
+                );
                 assert_eq!(measured.negative_eigenvalues, 0);
-                assert!((measured.lambda_min - p.after.lambda_min).abs() <= tolerance, "{method}: derived λ_min");
+                assert!(
+                    (measured.lambda_min - p.after.lambda_min).abs() <= tolerance,
+                    "{method}: derived λ_min"
+                );
                 assert!(
                     (measured.lambda_max - p.after.lambda_max).abs() <= tolerance,
                     "{method}: derived λ_max {:e} vs {:e}, tol {tolerance:e}",
@@ -450,7 +470,10 @@ mod tests {
     fn symmetrise_averages_and_reports_the_asymmetry() {
         let g = ndarray::array![[1.0, 2.0, -1.0], [4.0, 0.5, 0.0], [-1.0, 3.0, -2.0]];
         let (sym, asymmetry) = symmetrise(&g);
-        assert_eq!(sym, ndarray::array![[1.0, 3.0, -1.0], [3.0, 0.5, 1.5], [-1.0, 1.5, -2.0]]);
+        assert_eq!(
+            sym,
+            ndarray::array![[1.0, 3.0, -1.0], [3.0, 0.5, 1.5], [-1.0, 1.5, -2.0]]
+        );
         assert_eq!(asymmetry, 3.0);
         let p = project(&g, Method::None, Par::Seq).unwrap();
         assert_eq!(p.matrix, sym);
@@ -462,7 +485,10 @@ mod tests {
             assert_eq!(x.dot(&g.dot(&x)), x.dot(&sym.dot(&x)));
         }
         let moved = (2.0f64 * 1.0 + 2.0 * 1.5 * 1.5).sqrt();
-        assert!((p.frobenius_moved - moved).abs() <= 1e-15, "only the two asymmetric pairs move");
+        assert!(
+            (p.frobenius_moved - moved).abs() <= 1e-15,
+            "only the two asymmetric pairs move"
+        );
     }
 
     /// A random allocation instance: layers with 2–4 options each (ragged), G with the matrix
@@ -478,7 +504,11 @@ mod tests {
         let mut r = rng(seed);
         let layers = r.random_range(3..=5);
         let options: Vec<usize> = (0..layers).map(|_| r.random_range(2..=4)).collect();
-        let layer_of: Vec<usize> = options.iter().enumerate().flat_map(|(l, &k)| std::iter::repeat_n(l, k)).collect();
+        let layer_of: Vec<usize> = options
+            .iter()
+            .enumerate()
+            .flat_map(|(l, &k)| std::iter::repeat_n(l, k))
+            .collect();
         let n = layer_of.len();
         let mut g = Array2::<f64>::zeros((n, n));
         for u in 0..n {
@@ -492,7 +522,12 @@ mod tests {
             }
         }
         let cost = (0..n).map(|_| r.random_range(1.0..10.0)).collect();
-        Instance { layer_of, options, g, cost }
+        Instance {
+            layer_of,
+            options,
+            g,
+            cost,
+        }
     }
 
     impl Instance {
@@ -511,7 +546,10 @@ mod tests {
         }
 
         fn objective(m: &Array2<f64>, chosen: &[usize]) -> f64 {
-            chosen.iter().flat_map(|&u| chosen.iter().map(move |&v| m[[u, v]])).sum()
+            chosen
+                .iter()
+                .flat_map(|&u| chosen.iter().map(move |&v| m[[u, v]]))
+                .sum()
         }
 
         fn cost(&self, chosen: &[usize]) -> f64 {
@@ -528,20 +566,34 @@ mod tests {
         for seed in 0..12 {
             let inst = random_instance(100 + seed);
             let p = project(&inst.g, Method::Shift, Par::Seq).unwrap();
-            assert!(p.before.lambda_min < 0.0, "seed {seed}: the instance should be indefinite");
+            assert!(
+                p.before.lambda_min < 0.0,
+                "seed {seed}: the instance should be indefinite"
+            );
             let layers = inst.options.len();
-            assert_eq!(inst.layer_of.iter().collect::<std::collections::BTreeSet<_>>().len(), layers);
+            assert_eq!(
+                inst.layer_of.iter().collect::<std::collections::BTreeSet<_>>().len(),
+                layers
+            );
             let offset = p.shift * layers as f64;
             let scale = inst.g.iter().map(|v| v.abs()).sum::<f64>() + offset;
             let choices = inst.choices();
             for c in &choices {
                 let moved = Instance::objective(&p.matrix, c) - Instance::objective(&inst.g, c);
-                assert!((moved - offset).abs() <= OBJECTIVE_TOL * scale, "seed {seed}: offset {moved} vs λ·L {offset}");
+                assert!(
+                    (moved - offset).abs() <= OBJECTIVE_TOL * scale,
+                    "seed {seed}: offset {moved} vs λ·L {offset}"
+                );
             }
             let mut costs: Vec<f64> = choices.iter().map(|c| inst.cost(c)).collect();
             costs.sort_by(f64::total_cmp);
             // No budget, then budgets that leave about 3/4, 1/2 and 1/10 of the choices feasible.
-            for limit in [f64::INFINITY, costs[costs.len() * 3 / 4], costs[costs.len() / 2], costs[costs.len() / 10]] {
+            for limit in [
+                f64::INFINITY,
+                costs[costs.len() * 3 / 4],
+                costs[costs.len() / 2],
+                costs[costs.len() / 10],
+            ] {
                 let feasible: Vec<Vec<usize>> = choices.iter().filter(|c| inst.cost(c) <= limit).cloned().collect();
                 let before = argmin(&feasible, |c| Instance::objective(&inst.g, c));
                 let after = argmin(&feasible, |c| Instance::objective(&p.matrix, c));
@@ -559,7 +611,10 @@ mod tests {
             argmin(&choices, |c| Instance::objective(&inst.g, c))
                 != argmin(&choices, |c| Instance::objective(&p.matrix, c))
         });
-        assert!(changed.is_some(), "no instance among 200 where clip moves the minimiser");
+        assert!(
+            changed.is_some(),
+            "no instance among 200 where clip moves the minimiser"
+        );
     }
 
     #[test]
@@ -572,14 +627,24 @@ mod tests {
                 pool.install(|| project(&g, method, parallelism()).unwrap().matrix)
             };
             let one = in_pool(1);
-            assert!(one == in_pool(2) && one == in_pool(3), "{method}: the bits depend on the pool size");
+            assert!(
+                one == in_pool(2) && one == in_pool(3),
+                "{method}: the bits depend on the pool size"
+            );
         }
     }
 
     #[test]
     fn spectrum_counts_negatives_beyond_the_tolerance_only() {
         let s = Spectrum::of_sorted(&[-2.0, -1e-17, 0.0, 3.0], 1e-15);
-        assert_eq!(s, Spectrum { lambda_min: -2.0, lambda_max: 3.0, negative_eigenvalues: 1 });
+        assert_eq!(
+            s,
+            Spectrum {
+                lambda_min: -2.0,
+                lambda_max: 3.0,
+                negative_eigenvalues: 1
+            }
+        );
         assert_eq!(s.spectral_norm(), 3.0);
         assert_eq!(shift_amount(&s), 2.0 + SHIFT_MARGIN * 3.0);
     }

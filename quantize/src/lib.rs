@@ -34,7 +34,16 @@ pub fn calibrate(
             settings.a_calib
         );
     }
-    let c = calib::calibrate(&loaded.net, &samples.data, &samples.description, data.seed, w_bits, a_bits, settings, data.batch_size)?;
+    let c = calib::calibrate(
+        &loaded.net,
+        &samples.data,
+        &samples.description,
+        data.seed,
+        w_bits,
+        a_bits,
+        settings,
+        data.batch_size,
+    )?;
     clado::io::write_json(output, &c)
 }
 
@@ -87,7 +96,16 @@ pub fn apply(
                 eprintln!("quantize: calibrating on {} samples", samples.data.len());
             }
             let (w, a) = calib::bits_needed(&used);
-            owned = calib::calibrate(net, &samples.data, &samples.description, data.seed, &w, &a, *settings, data.batch_size)?;
+            owned = calib::calibrate(
+                net,
+                &samples.data,
+                &samples.description,
+                data.seed,
+                &w,
+                &a,
+                *settings,
+                data.batch_size,
+            )?;
             &owned
         }
     };
@@ -100,10 +118,17 @@ pub fn apply(
         let key = format!("{}.weight", layer.name);
         if let Some(b) = o.w_bits {
             let scales = &lc.weight_scales[&b.to_string()];
-            let w = state.get_mut(&key).ok_or_else(|| Error::input(&loaded.weights, format!("no tensor '{key}'")))?;
+            let w = state
+                .get_mut(&key)
+                .ok_or_else(|| Error::input(&loaded.weights, format!("no tensor '{key}'")))?;
             if export_int.is_some() {
                 let c = quant::weight_codes(&w.data, layer.out_channels(), b, scales);
-                codes.push((format!("{key}_int{b}"), w.shape.clone(), c.iter().map(|&v| v as u8).collect(), safetensors::Dtype::I8));
+                codes.push((
+                    format!("{key}_int{b}"),
+                    w.shape.clone(),
+                    c.iter().map(|&v| v as u8).collect(),
+                    safetensors::Dtype::I8,
+                ));
                 codes.push((
                     format!("{}.weight_scale", layer.name),
                     vec![scales.len()],
@@ -118,19 +143,31 @@ pub fn apply(
             let q = ActQuantizer::from_range(b, range);
             activations.insert(
                 layer.name.clone(),
-                ExportedActivation { bits: b, lo: range.lo, hi: range.hi, scale: q.scale, zero_point: q.zero_point },
+                ExportedActivation {
+                    bits: b,
+                    lo: range.lo,
+                    hi: range.hi,
+                    scale: q.scale,
+                    zero_point: q.zero_point,
+                },
             );
         }
     }
-    let allocation: HashMap<&str, String> =
-        net.layers().iter().zip(&choice).map(|(l, o)| (l.name.as_str(), o.to_string())).collect();
+    let allocation: HashMap<&str, String> = net
+        .layers()
+        .iter()
+        .zip(&choice)
+        .map(|(l, o)| (l.name.as_str(), o.to_string()))
+        .collect();
     let mut meta = HashMap::new();
     meta.insert("clado.allocation".to_string(), json(&allocation)?);
     meta.insert("clado.input_quantizers".to_string(), json(&activations)?);
     checkpoint::save_safetensors_with_metadata(output, &state, Some(meta.clone()))?;
     if let Some(path) = export_int {
-        let views: Vec<(String, Bytes)> =
-            codes.into_iter().map(|(n, shape, bytes, dtype)| (n, Bytes { shape, bytes, dtype })).collect();
+        let views: Vec<(String, Bytes)> = codes
+            .into_iter()
+            .map(|(n, shape, bytes, dtype)| (n, Bytes { shape, bytes, dtype }))
+            .collect();
         let encoded = safetensors::serialize(views, Some(meta)).map_err(|e| Error::other(format!("{path}: {e}")))?;
         clado::io::write_bytes(path, &encoded)?;
     }

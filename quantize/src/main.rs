@@ -54,7 +54,8 @@ struct CalibFlags {
 impl CalibFlags {
     fn settings(&self) -> clado::Result<CalibSettings> {
         let parse = |flag: &str, text: &str| -> clado::Result<Calibration> {
-            text.parse().map_err(|_| Error::usage(format!("{flag} '{text}': expected minmax or mse")))
+            text.parse()
+                .map_err(|_| Error::usage(format!("{flag} '{text}': expected minmax or mse")))
         };
         Ok(CalibSettings {
             w_calib: parse("--w-calib", &self.w_calib)?,
@@ -110,13 +111,29 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     clado::cli::main_with_args("quantize", |cli: Cli| match cli.command {
-        Command::Calibrate { model, mut data, options, calib, output, quiet } => {
+        Command::Calibrate {
+            model,
+            mut data,
+            options,
+            calib,
+            output,
+            quiet,
+        } => {
             let options = QuantOption::parse_list(&options)?;
             let (w, a): (BTreeSet<u8>, BTreeSet<u8>) = calib::bits_needed(&options);
             data.samples.get_or_insert(256);
             quantize::calibrate(&model, &data, &w, &a, calib.settings()?, &output, quiet)
         }
-        Command::Apply { model, alloc, calib, mut data, flags, output, export_int, quiet } => {
+        Command::Apply {
+            model,
+            alloc,
+            calib,
+            mut data,
+            flags,
+            output,
+            export_int,
+            quiet,
+        } => {
             let mut outputs = vec![("-o", output.as_str())];
             outputs.extend(export_int.as_deref().map(|p| ("--export-int", p)));
             clado::io::check_distinct_outputs(&outputs)?;
@@ -124,7 +141,10 @@ fn main() -> std::process::ExitCode {
                 Some(path) => Params::File(path),
                 None => {
                     data.samples.get_or_insert(256);
-                    Params::Calibrate { data, settings: flags.settings()? }
+                    Params::Calibrate {
+                        data,
+                        settings: flags.settings()?,
+                    }
                 }
             };
             quantize::apply(&model, &alloc, &params, &output, export_int.as_deref(), quiet)

@@ -24,7 +24,10 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// The workspace root (for fixtures such as the built-in model).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// The outcome of one run of a tool.
@@ -46,7 +49,12 @@ impl Run {
     /// Assert the exit code and return stderr.
     #[track_caller]
     pub fn code(self, code: i32) -> String {
-        assert_eq!(self.status, Some(code), "expected exit {code}, stderr:\n{}", self.stderr);
+        assert_eq!(
+            self.status,
+            Some(code),
+            "expected exit {code}, stderr:\n{}",
+            self.stderr
+        );
         self.stderr
     }
 
@@ -69,7 +77,11 @@ pub fn run_in(name: &str, args: &[&str], stdin: &[u8], cwd: Option<&Path>) -> Ru
 /// As [`run_in`], with extra environment variables (e.g. `RAYON_NUM_THREADS`).
 pub fn run_with_env(name: &str, args: &[&str], stdin: &[u8], cwd: Option<&Path>, env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(bin(name));
-    cmd.args(args).envs(env.iter().copied()).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
@@ -82,5 +94,9 @@ pub fn run_with_env(name: &str, args: &[&str], stdin: &[u8], cwd: Option<&Path>,
     });
     let Output { status, stdout, stderr } = child.wait_with_output().expect("wait for tool");
     feeder.join().expect("stdin feeder");
-    Run { status: status.code(), stdout, stderr: String::from_utf8_lossy(&stderr).into_owned() }
+    Run {
+        status: status.code(),
+        stdout,
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
 }

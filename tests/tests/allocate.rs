@@ -24,15 +24,25 @@ fn index_of(params: &[u64]) -> Index {
     let layers = params
         .iter()
         .enumerate()
-        .map(|(i, &p)| LayerInfo { name: format!("layer{i}"), kind: "conv".into(), params: p, macs: p * 64 })
+        .map(|(i, &p)| LayerInfo {
+            name: format!("layer{i}"),
+            kind: "conv".into(),
+            params: p,
+            macs: p * 64,
+        })
         .collect::<Vec<_>>();
     Index {
         version: FORMAT_VERSION,
         arch: "test".into(),
         layers,
         fixed: BTreeMap::new(),
-        options: OPTIONS.iter().map(|o| OptionInfo::from(QuantOption::parse(o).unwrap())).collect(),
-        variables: (0..params.len()).flat_map(|l| (0..OPTIONS.len()).map(move |o| Variable { layer: l, option: o })).collect(),
+        options: OPTIONS
+            .iter()
+            .map(|o| OptionInfo::from(QuantOption::parse(o).unwrap()))
+            .collect(),
+        variables: (0..params.len())
+            .flat_map(|l| (0..OPTIONS.len()).map(move |o| Variable { layer: l, option: o }))
+            .collect(),
         metric: Metric::Loss,
         naive: false,
         samples: 64,
@@ -98,7 +108,10 @@ fn delta(alloc: &Alloc, g: &Array2<f64>) -> f64 {
         .enumerate()
         .map(|(l, c)| l * k + OPTIONS.iter().position(|o| *o == c.option).expect("a listed option"))
         .collect();
-    chosen.iter().map(|&u| chosen.iter().map(|&v| g[[u, v]]).sum::<f64>()).sum()
+    chosen
+        .iter()
+        .map(|&u| chosen.iter().map(|&v| g[[u, v]]).sum::<f64>())
+        .sum()
 }
 
 #[track_caller]
@@ -106,7 +119,10 @@ fn one_line_error(r: clado_tests::Run, code: i32, needle: &str) {
     assert!(r.stdout.is_empty(), "no output on error, got {}", r.stdout_text());
     let stderr = r.code(code);
     assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr}");
-    assert!(stderr.starts_with("allocate: ") && stderr.contains(needle), "stderr should name {needle:?}: {stderr}");
+    assert!(
+        stderr.starts_with("allocate: ") && stderr.contains(needle),
+        "stderr should name {needle:?}: {stderr}"
+    );
 }
 
 #[test]
@@ -116,12 +132,21 @@ fn a_budget_gives_a_checked_allocation() {
     assert_eq!(alloc.layers.len(), PARAMS.len());
     assert!(alloc.avg_w_bits <= 4.0, "{}", alloc.avg_w_bits);
     let params: u64 = PARAMS.iter().sum();
-    let size: u64 = alloc.layers.iter().zip(PARAMS).map(|(c, p)| p * u64::from(c.w_bits.unwrap())).sum();
+    let size: u64 = alloc
+        .layers
+        .iter()
+        .zip(PARAMS)
+        .map(|(c, p)| p * u64::from(c.w_bits.unwrap()))
+        .sum();
     assert_eq!(alloc.size_bits, size);
     assert!((alloc.avg_w_bits - size as f64 / params as f64).abs() < SAME_VALUE);
     assert!((alloc.predicted_delta - delta(&alloc, &matrix())).abs() <= SAME_VALUE * alloc.predicted_delta.abs());
     assert_eq!(alloc.budget, "avg-bits=4");
-    assert!(["optimal", "exact", "gap_limit"].contains(&alloc.solver.status.as_str()), "{}", alloc.solver.status);
+    assert!(
+        ["optimal", "exact", "gap_limit"].contains(&alloc.solver.status.as_str()),
+        "{}",
+        alloc.solver.status
+    );
     assert!(alloc.solver.gap <= 1e-6 && alloc.solver.bound <= alloc.solver.objective);
     assert_eq!(alloc.solver.objective, alloc.predicted_delta);
 }
@@ -152,7 +177,14 @@ fn pins_are_honoured_and_counted() {
     assert_eq!(alloc.layers[3].option, "w8a8");
     assert!(alloc.avg_w_bits <= 5.0);
     // Pinned layers count: with them at 8 bits, 3 bits on average is out of reach.
-    one_line_error(allocate(dir.path(), &["--avg-bits", "3", "--pin", "layer0=w8a8", "--pin", "layer3=w8a8"]), 1, "avg-bits=4.71233");
+    one_line_error(
+        allocate(
+            dir.path(),
+            &["--avg-bits", "3", "--pin", "layer0=w8a8", "--pin", "layer3=w8a8"],
+        ),
+        1,
+        "avg-bits=4.71233",
+    );
 }
 
 #[test]
@@ -166,7 +198,12 @@ fn fixed_layers_count_in_the_budget() {
     write(dir.path(), &g, &idx);
     let alloc = parse(&allocate(dir.path(), &["--avg-bits", "6"]).success());
     assert_eq!(alloc.layers[5].option, "fp");
-    let size: u64 = alloc.layers.iter().zip(PARAMS).map(|(c, p)| p * u64::from(c.w_bits.unwrap_or(32))).sum();
+    let size: u64 = alloc
+        .layers
+        .iter()
+        .zip(PARAMS)
+        .map(|(c, p)| p * u64::from(c.w_bits.unwrap_or(32)))
+        .sum();
     assert_eq!(alloc.size_bits, size);
     assert!(alloc.avg_w_bits <= 6.0);
 }
@@ -192,8 +229,15 @@ fn no_budget_runs_the_sanity_check() {
     let sanity = &alloc.notes["sanity"];
     assert_eq!(sanity["passed"], serde_json::json!(false));
     assert_eq!(sanity["deviations"][0]["layer"], "layer2");
-    assert_eq!(sanity["deviations"][0]["negative_estimates"][0]["value"], serde_json::json!(-0.5));
-    assert!(r.stderr.contains("sanity check failed") && r.stderr.contains("layer2"), "{}", r.stderr);
+    assert_eq!(
+        sanity["deviations"][0]["negative_estimates"][0]["value"],
+        serde_json::json!(-0.5)
+    );
+    assert!(
+        r.stderr.contains("sanity check failed") && r.stderr.contains("layer2"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -218,7 +262,10 @@ fn the_confidence_rule_ignores_insignificant_negative_estimates() {
     let c = &alloc.notes["confidence"];
     assert_eq!(c["z"], serde_json::json!(2.0));
     assert_eq!(c["delta_vs_highest"], serde_json::json!(0.0));
-    assert!((alloc.predicted_delta - delta(&alloc, &g)).abs() < 1e-12, "predicted_delta stays xᵀGx");
+    assert!(
+        (alloc.predicted_delta - delta(&alloc, &g)).abs() < 1e-12,
+        "predicted_delta stays xᵀGx"
+    );
     // With tiny standard errors the estimate is significant and the rule follows it.
     write_se(1e-6);
     let r = allocate(dir.path(), &["--se", "G.se.npy", "--confidence", "2"]);
@@ -264,21 +311,35 @@ fn a_sweep_writes_one_allocation_per_budget_never_worse() {
     assert_eq!(allocs[12].budget, "avg-bits=8");
     // The same to a file (seconds aside).
     allocate(dir.path(), &["--sweep", "avg-bits=2:8:0.5", "-q", "-o", "front.jsonl"]).success();
-    let again: Vec<Alloc> =
-        std::fs::read_to_string(dir.path().join("front.jsonl")).unwrap().lines().map(|l| parse(l.as_bytes())).collect();
+    let again: Vec<Alloc> = std::fs::read_to_string(dir.path().join("front.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| parse(l.as_bytes()))
+        .collect();
     let timeless = |a: &Alloc| {
         let mut a = a.clone();
         a.solver.seconds = 0.0;
         a
     };
-    assert_eq!(again.iter().map(timeless).collect::<Vec<_>>(), allocs.iter().map(timeless).collect::<Vec<_>>());
+    assert_eq!(
+        again.iter().map(timeless).collect::<Vec<_>>(),
+        allocs.iter().map(timeless).collect::<Vec<_>>()
+    );
 }
 
 #[test]
 fn an_infeasible_budget_exits_1_naming_the_smallest_feasible_one() {
     let dir = setup();
-    one_line_error(allocate(dir.path(), &["--avg-bits", "1.5"]), 1, "smallest feasible budget is avg-bits=2");
-    one_line_error(allocate(dir.path(), &["--bops", "1000"]), 1, "smallest feasible budget is bops=");
+    one_line_error(
+        allocate(dir.path(), &["--avg-bits", "1.5"]),
+        1,
+        "smallest feasible budget is avg-bits=2",
+    );
+    one_line_error(
+        allocate(dir.path(), &["--bops", "1000"]),
+        1,
+        "smallest feasible budget is bops=",
+    );
 }
 
 #[test]
@@ -308,7 +369,11 @@ fn bad_files_exit_2_naming_the_file_and_the_problem() {
     // Matrix size does not match the index.
     let small = Array2::<f64>::eye(5);
     write(dir.path(), &small, &index());
-    one_line_error(allocate(dir.path(), &["-o", "out.json"]), 2, "G.npy: matrix is 5×5, but index.json lists 18 variables");
+    one_line_error(
+        allocate(dir.path(), &["-o", "out.json"]),
+        2,
+        "G.npy: matrix is 5×5, but index.json lists 18 variables",
+    );
     // NaN in the matrix.
     let mut g = matrix();
     g[[3, 4]] = f64::NAN;
@@ -320,10 +385,23 @@ fn bad_files_exit_2_naming_the_file_and_the_problem() {
     idx["version"] = serde_json::json!(99);
     write(dir.path(), &matrix(), &index());
     std::fs::write(dir.path().join("index.json"), idx.to_string()).unwrap();
-    one_line_error(allocate(dir.path(), &["-o", "out.json"]), 2, "index.json version 99 is not supported");
+    one_line_error(
+        allocate(dir.path(), &["-o", "out.json"]),
+        2,
+        "index.json version 99 is not supported",
+    );
     // A missing file.
     write(dir.path(), &matrix(), &index());
-    one_line_error(run_in("allocate", &["--matrix", "nope.npy", "--index", "index.json"], b"", Some(dir.path())), 2, "nope.npy");
+    one_line_error(
+        run_in(
+            "allocate",
+            &["--matrix", "nope.npy", "--index", "index.json"],
+            b"",
+            Some(dir.path()),
+        ),
+        2,
+        "nope.npy",
+    );
     assert!(!dir.path().join("out.json").exists());
 }
 
@@ -332,7 +410,18 @@ fn a_time_out_writes_the_best_allocation_with_its_gap() {
     let dir = tempfile::tempdir().unwrap();
     let params: Vec<u64> = (0..40).map(|l| 100 + 37 * (l % 7)).collect();
     write(dir.path(), &matrix_of(params.len()), &index_of(&params));
-    let r = allocate(dir.path(), &["--avg-bits", "4.3", "--method", "scip", "--no-reduce", "--time-limit", "0.01"]);
+    let r = allocate(
+        dir.path(),
+        &[
+            "--avg-bits",
+            "4.3",
+            "--method",
+            "scip",
+            "--no-reduce",
+            "--time-limit",
+            "0.01",
+        ],
+    );
     let stderr = r.stderr.clone();
     let alloc = parse(&r.success());
     assert_eq!(alloc.solver.status, "time_limit");
@@ -347,7 +436,11 @@ fn the_matrix_can_come_from_stdin() {
     let dir = setup();
     let g = std::fs::read(dir.path().join("G.npy")).unwrap();
     let index = dir.path().join("index.json");
-    let r = run("allocate", &["--matrix", "-", "--index", index.to_str().unwrap(), "--avg-bits", "4"], &g);
+    let r = run(
+        "allocate",
+        &["--matrix", "-", "--index", index.to_str().unwrap(), "--avg-bits", "4"],
+        &g,
+    );
     assert!(parse(&r.success()).avg_w_bits <= 4.0);
 }
 
@@ -355,7 +448,17 @@ fn the_matrix_can_come_from_stdin() {
 fn help_is_the_manual() {
     let r = run("allocate", &["--help"], b"");
     let text = String::from_utf8(r.success()).unwrap();
-    for needle in ["--avg-bits", "--sweep", "--pin", "--naive", "--time-limit", "perturb", "evaluate", "sanity check", "Exit status"] {
+    for needle in [
+        "--avg-bits",
+        "--sweep",
+        "--pin",
+        "--naive",
+        "--time-limit",
+        "perturb",
+        "evaluate",
+        "sanity check",
+        "Exit status",
+    ] {
         assert!(text.contains(needle), "--help lacks {needle}");
     }
 }

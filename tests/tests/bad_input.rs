@@ -12,7 +12,9 @@
 //! The inputs are small (a PyTorch-saved random ResNet-20, 16 preprocessed images as `npy:`
 //! data) so that a debug build runs the whole table in seconds.
 
-use clado::format::{Alloc, FpReference, Index, LayerChoice, LayerInfo, Metric, OptionInfo, SolverReport, Variable, FORMAT_VERSION};
+use clado::format::{
+    Alloc, FpReference, Index, LayerChoice, LayerInfo, Metric, OptionInfo, SolverReport, Variable, FORMAT_VERSION,
+};
 use clado::options::QuantOption;
 use clado_tests::{run_in, workspace_root};
 use ndarray::{Array1, Array2, Array3, Array4};
@@ -62,7 +64,12 @@ fn with(base: &[&str], set: &[(&str, Option<&str>)]) -> Vec<String> {
 }
 
 fn case(what: &'static str, args: Vec<String>, expect: &[&'static str]) -> Case {
-    Case { what, args, stdin: Vec::new(), expect: expect.to_vec() }
+    Case {
+        what,
+        args,
+        stdin: Vec::new(),
+        expect: expect.to_vec(),
+    }
 }
 
 /// Run every case in `dir` (twice: outputs absent, then present) and report every failure.
@@ -131,7 +138,13 @@ fn check_all(tool: &str, dir: &Path, outputs: &[&str], cases: &[Case]) {
     for o in outputs {
         let _ = std::fs::remove_file(dir.join(o));
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 fn npy_bytes<T: WriteNpyExt + ?Sized>(a: &T) -> Vec<u8> {
@@ -172,9 +185,21 @@ fn write_bad_matrices(dir: &Path, g: &Array2<f64>) {
     write(dir, "G_header.npy", &good[..40]);
     write(dir, "G_i64.npy", npy_bytes(&g.mapv(|v| (v * 1e6) as i64)));
     write(dir, "G_1d.npy", npy_bytes(&Array1::from_iter(g.iter().copied())));
-    write(dir, "G_3d.npy", npy_bytes(&Array3::from_shape_fn((1, n, n), |(_, i, j)| g[[i, j]])));
-    write(dir, "G_rect.npy", npy_bytes(&g.slice(ndarray::s![.., ..n - 1]).to_owned()));
-    write(dir, "G_small.npy", npy_bytes(&g.slice(ndarray::s![..n - 3, ..n - 3]).to_owned()));
+    write(
+        dir,
+        "G_3d.npy",
+        npy_bytes(&Array3::from_shape_fn((1, n, n), |(_, i, j)| g[[i, j]])),
+    );
+    write(
+        dir,
+        "G_rect.npy",
+        npy_bytes(&g.slice(ndarray::s![.., ..n - 1]).to_owned()),
+    );
+    write(
+        dir,
+        "G_small.npy",
+        npy_bytes(&g.slice(ndarray::s![..n - 3, ..n - 3]).to_owned()),
+    );
     let mut nan = g.clone();
     nan[[1, 2]] = f64::NAN;
     write(dir, "G_nan.npy", npy_bytes(&nan));
@@ -211,11 +236,21 @@ fn small_problem() -> (Index, Array2<f64>) {
         layers: PARAMS
             .iter()
             .enumerate()
-            .map(|(i, &p)| LayerInfo { name: format!("layer{i}"), kind: "conv".into(), params: p, macs: p * 64 })
+            .map(|(i, &p)| LayerInfo {
+                name: format!("layer{i}"),
+                kind: "conv".into(),
+                params: p,
+                macs: p * 64,
+            })
             .collect(),
         fixed: BTreeMap::new(),
-        options: OPTIONS.iter().map(|o| OptionInfo::from(QuantOption::parse(o).unwrap())).collect(),
-        variables: (0..PARAMS.len()).flat_map(|l| (0..OPTIONS.len()).map(move |o| Variable { layer: l, option: o })).collect(),
+        options: OPTIONS
+            .iter()
+            .map(|o| OptionInfo::from(QuantOption::parse(o).unwrap()))
+            .collect(),
+        variables: (0..PARAMS.len())
+            .flat_map(|l| (0..OPTIONS.len()).map(move |o| Variable { layer: l, option: o }))
+            .collect(),
         metric: Metric::Loss,
         naive: false,
         samples: 64,
@@ -243,10 +278,18 @@ fn small_problem() -> (Index, Array2<f64>) {
 fn write_bad_indexes(dir: &Path, index: &Index) {
     write_json(dir, "index.json", &serde_json::to_value(index).unwrap());
     write_json(dir, "index_v2.json", &edited(index, |v| v["version"] = json!(2)));
-    write_json(dir, "index_nover.json", &edited(index, |v| drop(v.as_object_mut().unwrap().remove("version"))));
+    write_json(
+        dir,
+        "index_nover.json",
+        &edited(index, |v| drop(v.as_object_mut().unwrap().remove("version"))),
+    );
     write_json(dir, "index_field.json", &edited(index, |v| v["colour"] = json!("blue")));
     write_json(dir, "index_type.json", &edited(index, |v| v["samples"] = json!("many")));
-    write_json(dir, "index_var.json", &edited(index, |v| v["variables"][4]["layer"] = json!(99)));
+    write_json(
+        dir,
+        "index_var.json",
+        &edited(index, |v| v["variables"][4]["layer"] = json!(99)),
+    );
     write_json(
         dir,
         "index_short.json",
@@ -260,11 +303,31 @@ fn write_bad_indexes(dir: &Path, index: &Index) {
 fn index_cases(base: &[&str]) -> Vec<Case> {
     let i = |file: &'static str| with(base, &[("--index", Some(file))]);
     vec![
-        case("index: other version", i("index_v2.json"), &["index_v2.json", "version 2"]),
-        case("index: no version", i("index_nover.json"), &["index_nover.json", "version"]),
-        case("index: unknown field", i("index_field.json"), &["index_field.json", "colour"]),
-        case("index: wrong type", i("index_type.json"), &["index_type.json", "samples"]),
-        case("index: size mismatch", i("index_short.json"), &["index_short.json", "15"]),
+        case(
+            "index: other version",
+            i("index_v2.json"),
+            &["index_v2.json", "version 2"],
+        ),
+        case(
+            "index: no version",
+            i("index_nover.json"),
+            &["index_nover.json", "version"],
+        ),
+        case(
+            "index: unknown field",
+            i("index_field.json"),
+            &["index_field.json", "colour"],
+        ),
+        case(
+            "index: wrong type",
+            i("index_type.json"),
+            &["index_type.json", "samples"],
+        ),
+        case(
+            "index: size mismatch",
+            i("index_short.json"),
+            &["index_short.json", "15"],
+        ),
         case("index: truncated", i("index_trunc.json"), &["index_trunc.json", "JSON"]),
         case("index: empty", i("empty.json"), &["empty.json", "empty"]),
         case("index: not JSON", i("text.json"), &["text.json", "JSON"]),
@@ -279,7 +342,15 @@ fn psd_refuses_bad_input() {
     write_generic_bad_files(d);
     write_bad_matrices(d, &g);
     write_bad_indexes(d, &index);
-    let base = ["G.npy", "-o", "out.npy", "--report", "report.json", "--index", "index.json"];
+    let base = [
+        "G.npy",
+        "-o",
+        "out.npy",
+        "--report",
+        "report.json",
+        "--index",
+        "index.json",
+    ];
     // psd takes the matrix as its first argument.
     let mut cases = matrix_cases(|file| {
         let mut a = with(&base, &[]);
@@ -288,12 +359,36 @@ fn psd_refuses_bad_input() {
     });
     cases.extend(index_cases(&base));
     cases.extend([
-        case("bad method", with(&base, &[("--method", Some("magic"))]), &["magic", "--method"]),
-        case("conflicting -q and -v", with(&base, &[("-q", Some("")), ("-v", Some(""))]), &["--quiet", "--verbose"]),
-        case("two outputs on stdout", with(&base, &[("-o", Some("-")), ("--report", Some("-"))]), &["--report -"]),
-        case("conflict: -o and --report the same file", with(&base, &[("--report", Some("out.npy"))]), &["-o out.npy", "--report out.npy"]),
-        case("output folder missing", with(&base, &[("-o", Some("no/such/dir/out.npy"))]), &["no/such/dir"]),
-        case("unknown flag", with(&base, &[("--colour", Some("blue"))]), &["--colour"]),
+        case(
+            "bad method",
+            with(&base, &[("--method", Some("magic"))]),
+            &["magic", "--method"],
+        ),
+        case(
+            "conflicting -q and -v",
+            with(&base, &[("-q", Some("")), ("-v", Some(""))]),
+            &["--quiet", "--verbose"],
+        ),
+        case(
+            "two outputs on stdout",
+            with(&base, &[("-o", Some("-")), ("--report", Some("-"))]),
+            &["--report -"],
+        ),
+        case(
+            "conflict: -o and --report the same file",
+            with(&base, &[("--report", Some("out.npy"))]),
+            &["-o out.npy", "--report out.npy"],
+        ),
+        case(
+            "output folder missing",
+            with(&base, &[("-o", Some("no/such/dir/out.npy"))]),
+            &["no/such/dir"],
+        ),
+        case(
+            "unknown flag",
+            with(&base, &[("--colour", Some("blue"))]),
+            &["--colour"],
+        ),
     ]);
     check_all("psd", d, &["out.npy", "report.json"], &cases);
 }
@@ -306,50 +401,152 @@ fn allocate_refuses_bad_input() {
     write_generic_bad_files(d);
     write_bad_matrices(d, &g);
     write_bad_indexes(d, &index);
-    write_json(d, "index_dup.json", &edited(&index, |v| v["layers"][2]["name"] = json!("layer1")));
-    write_json(d, "index_opt.json", &edited(&index, |v| v["options"][0]["w_bits"] = json!(3)));
-    let base = ["--matrix", "G.npy", "--index", "index.json", "--avg-bits", "4", "-o", "alloc.json"];
+    write_json(
+        d,
+        "index_dup.json",
+        &edited(&index, |v| v["layers"][2]["name"] = json!("layer1")),
+    );
+    write_json(
+        d,
+        "index_opt.json",
+        &edited(&index, |v| v["options"][0]["w_bits"] = json!(3)),
+    );
+    let base = [
+        "--matrix",
+        "G.npy",
+        "--index",
+        "index.json",
+        "--avg-bits",
+        "4",
+        "-o",
+        "alloc.json",
+    ];
     let mut cases = matrix_cases(|file| with(&base, &[("--matrix", Some(file))]));
-    cases.push(case("matrix smaller than the index", with(&base, &[("--matrix", Some("G_small.npy"))]), &["G_small.npy", "15×15", "18 variables"]));
+    cases.push(case(
+        "matrix smaller than the index",
+        with(&base, &[("--matrix", Some("G_small.npy"))]),
+        &["G_small.npy", "15×15", "18 variables"],
+    ));
     cases.extend(index_cases(&base));
     let set = |pairs: &[(&str, Option<&str>)]| with(&base, pairs);
     cases.extend([
-        case("index: variable of no layer", set(&[("--index", Some("index_var.json"))]), &["index_var.json", "99"]),
-        case("index: layer twice", set(&[("--index", Some("index_dup.json"))]), &["index_dup.json", "layer1", "more than once"]),
-        case("index: option bits disagree with its name", set(&[("--index", Some("index_opt.json"))]), &["index_opt.json", "w2a8"]),
-        case("budget: not a number", set(&[("--avg-bits", Some("four"))]), &["--avg-bits four", "number"]),
-        case("budget: negative", set(&[("--avg-bits", Some("-1"))]), &["--avg-bits -1"]),
+        case(
+            "index: variable of no layer",
+            set(&[("--index", Some("index_var.json"))]),
+            &["index_var.json", "99"],
+        ),
+        case(
+            "index: layer twice",
+            set(&[("--index", Some("index_dup.json"))]),
+            &["index_dup.json", "layer1", "more than once"],
+        ),
+        case(
+            "index: option bits disagree with its name",
+            set(&[("--index", Some("index_opt.json"))]),
+            &["index_opt.json", "w2a8"],
+        ),
+        case(
+            "budget: not a number",
+            set(&[("--avg-bits", Some("four"))]),
+            &["--avg-bits four", "number"],
+        ),
+        case(
+            "budget: negative",
+            set(&[("--avg-bits", Some("-1"))]),
+            &["--avg-bits -1"],
+        ),
         case("budget: zero", set(&[("--size-mb", Some("0"))]), &["--size-mb 0"]),
-        case("budget: trailing junk", set(&[("--bops", Some("1e9x"))]), &["--bops 1e9x"]),
-        case("budget: NaN", set(&[("--size-bits", Some("NaN"))]), &["--size-bits NaN"]),
-        case("sweep: two numbers", set(&[("--avg-bits", None), ("--sweep", Some("avg-bits=2:8"))]), &["--sweep avg-bits=2:8", "START:STOP:STEP"]),
-        case("sweep: unknown kind", set(&[("--avg-bits", None), ("--sweep", Some("colour=1:2:1"))]), &["colour", "budget kind"]),
-        case("sweep: backwards", set(&[("--avg-bits", None), ("--sweep", Some("avg-bits=3:2:1"))]), &["--sweep avg-bits=3:2:1"]),
-        case("sweep: too many", set(&[("--avg-bits", None), ("--sweep", Some("avg-bits=1:1e9:1e-3"))]), &["at most"]),
-        case("conflict: sweep and the same budget", set(&[("--sweep", Some("avg-bits=2:3:1"))]), &["--sweep", "--avg-bits", "conflict"]),
-        case("conflict: both inputs on stdin", set(&[("--matrix", Some("-")), ("--index", Some("-"))]), &["stdin"]),
-        case("time limit zero", set(&[("--time-limit", Some("0"))]), &["--time-limit 0"]),
+        case(
+            "budget: trailing junk",
+            set(&[("--bops", Some("1e9x"))]),
+            &["--bops 1e9x"],
+        ),
+        case(
+            "budget: NaN",
+            set(&[("--size-bits", Some("NaN"))]),
+            &["--size-bits NaN"],
+        ),
+        case(
+            "sweep: two numbers",
+            set(&[("--avg-bits", None), ("--sweep", Some("avg-bits=2:8"))]),
+            &["--sweep avg-bits=2:8", "START:STOP:STEP"],
+        ),
+        case(
+            "sweep: unknown kind",
+            set(&[("--avg-bits", None), ("--sweep", Some("colour=1:2:1"))]),
+            &["colour", "budget kind"],
+        ),
+        case(
+            "sweep: backwards",
+            set(&[("--avg-bits", None), ("--sweep", Some("avg-bits=3:2:1"))]),
+            &["--sweep avg-bits=3:2:1"],
+        ),
+        case(
+            "sweep: too many",
+            set(&[("--avg-bits", None), ("--sweep", Some("avg-bits=1:1e9:1e-3"))]),
+            &["at most"],
+        ),
+        case(
+            "conflict: sweep and the same budget",
+            set(&[("--sweep", Some("avg-bits=2:3:1"))]),
+            &["--sweep", "--avg-bits", "conflict"],
+        ),
+        case(
+            "conflict: both inputs on stdin",
+            set(&[("--matrix", Some("-")), ("--index", Some("-"))]),
+            &["stdin"],
+        ),
+        case(
+            "time limit zero",
+            set(&[("--time-limit", Some("0"))]),
+            &["--time-limit 0"],
+        ),
         case("gap above one", set(&[("--gap", Some("2"))]), &["--gap 2"]),
-        case("pin: no '='", set(&[("--pin", Some("layer0"))]), &["--pin layer0", "LAYER=OPTION"]),
-        case("pin: unknown layer", set(&[("--pin", Some("layer9=w4a8"))]), &["layer9"]),
+        case(
+            "pin: no '='",
+            set(&[("--pin", Some("layer0"))]),
+            &["--pin layer0", "LAYER=OPTION"],
+        ),
+        case(
+            "pin: unknown layer",
+            set(&[("--pin", Some("layer9=w4a8"))]),
+            &["layer9"],
+        ),
         case("pin: bad option", set(&[("--pin", Some("layer0=w3x"))]), &["w3x"]),
-        case("pin: option not measured", set(&[("--pin", Some("layer0=w2a2"))]), &["w2a2"]),
-        case("bad method", set(&[("--method", Some("guess"))]), &["guess", "--method"]),
+        case(
+            "pin: option not measured",
+            set(&[("--pin", Some("layer0=w2a2"))]),
+            &["w2a2"],
+        ),
+        case(
+            "bad method",
+            set(&[("--method", Some("guess"))]),
+            &["guess", "--method"],
+        ),
         case("bad formulation", set(&[("--formulation", Some("magic"))]), &["magic"]),
-        case("missing --index", with(&["--matrix", "G.npy", "-o", "alloc.json"], &[]), &["--index"]),
+        case(
+            "missing --index",
+            with(&["--matrix", "G.npy", "-o", "alloc.json"], &[]),
+            &["--index"],
+        ),
     ]);
     check_all("allocate", d, &["alloc.json"], &cases);
 }
 
 fn fixture() -> String {
-    workspace_root().join("tests/fixtures/resnet20_c1k10.pth").to_string_lossy().into_owned()
+    workspace_root()
+        .join("tests/fixtures/resnet20_c1k10.pth")
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// `npy:` data (16 images of 1×32×32, labels 0..9) and every broken variant; a bad IDX
 /// (Fashion-MNIST) folder and a bad CIFAR-10 folder; broken checkpoints.
 fn write_model_inputs(dir: &Path) {
     write_generic_bad_files(dir);
-    let x = Array4::from_shape_fn((IMAGES, 1, 32, 32), |(n, _, h, w)| ((n * 31 + h * 7 + w) as f32 * 0.1).sin());
+    let x = Array4::from_shape_fn((IMAGES, 1, 32, 32), |(n, _, h, w)| {
+        ((n * 31 + h * 7 + w) as f32 * 0.1).sin()
+    });
     let y = Array1::from_iter((0..IMAGES).map(|i| (i % 10) as i64));
     let xb = npy_bytes(&x);
     write(dir, "x.npy", &xb);
@@ -357,7 +554,11 @@ fn write_model_inputs(dir: &Path) {
     write(dir, "x_trunc.npy", &xb[..xb.len() - 100]);
     write(dir, "x_header.npy", &xb[..30]);
     write(dir, "x_f64.npy", npy_bytes(&x.mapv(f64::from)));
-    write(dir, "x_3d.npy", npy_bytes(&x.index_axis(ndarray::Axis(1), 0).to_owned()));
+    write(
+        dir,
+        "x_3d.npy",
+        npy_bytes(&x.index_axis(ndarray::Axis(1), 0).to_owned()),
+    );
     write(dir, "x_rgb.npy", npy_bytes(&Array4::<f32>::zeros((IMAGES, 3, 32, 32))));
     let mut nan = x.clone();
     nan[[3, 0, 5, 5]] = f32::NAN;
@@ -365,9 +566,17 @@ fn write_model_inputs(dir: &Path) {
     let mut inf = x.clone();
     inf[[0, 0, 0, 1]] = f32::NEG_INFINITY;
     write(dir, "x_inf.npy", npy_bytes(&inf));
-    write(dir, "y_short.npy", npy_bytes(&y.slice(ndarray::s![..IMAGES - 1]).to_owned()));
+    write(
+        dir,
+        "y_short.npy",
+        npy_bytes(&y.slice(ndarray::s![..IMAGES - 1]).to_owned()),
+    );
     write(dir, "y_f32.npy", npy_bytes(&y.mapv(|v| v as f32)));
-    write(dir, "y_2d.npy", npy_bytes(&y.clone().into_shape_with_order((IMAGES, 1)).unwrap()));
+    write(
+        dir,
+        "y_2d.npy",
+        npy_bytes(&y.clone().into_shape_with_order((IMAGES, 1)).unwrap()),
+    );
     let mut neg = y.clone();
     neg[4] = -1;
     write(dir, "y_neg.npy", npy_bytes(&neg));
@@ -401,7 +610,14 @@ fn write_model_inputs(dir: &Path) {
     // A CIFAR-10 folder that is fine, but 3-channel: the model takes 1.
     let rgb = dir.join("cifar_ok");
     std::fs::create_dir(&rgb).unwrap();
-    for name in ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"] {
+    for name in [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ] {
         std::fs::write(rgb.join(name), vec![2u8; 8 * 3073]).unwrap();
     }
 
@@ -425,39 +641,131 @@ fn model_input_cases(base: &[&str]) -> Vec<Case> {
     let data = |spec: &'static str| with(base, &[("--data", Some(spec))]);
     let weights = |file: &'static str| with(base, &[("--weights", Some(file))]);
     vec![
-        case("images: truncated data", data("npy:x_trunc.npy,y.npy"), &["x_trunc.npy", "truncated"]),
-        case("images: truncated header", data("npy:x_header.npy,y.npy"), &["x_header.npy"]),
-        case("images: wrong dtype", data("npy:x_f64.npy,y.npy"), &["x_f64.npy", "float32"]),
+        case(
+            "images: truncated data",
+            data("npy:x_trunc.npy,y.npy"),
+            &["x_trunc.npy", "truncated"],
+        ),
+        case(
+            "images: truncated header",
+            data("npy:x_header.npy,y.npy"),
+            &["x_header.npy"],
+        ),
+        case(
+            "images: wrong dtype",
+            data("npy:x_f64.npy,y.npy"),
+            &["x_f64.npy", "float32"],
+        ),
         case("images: 3-D", data("npy:x_3d.npy,y.npy"), &["x_3d.npy", "4-D"]),
         case("images: NaN", data("npy:x_nan.npy,y.npy"), &["x_nan.npy", "NaN"]),
         case("images: infinite", data("npy:x_inf.npy,y.npy"), &["x_inf.npy", "inf"]),
-        case("images: empty file", data("npy:empty.npy,y.npy"), &["empty.npy", "empty"]),
-        case("images: not a .npy", data("npy:text.npy,y.npy"), &["text.npy", "not a .npy"]),
-        case("images: 3 channels for a 1-channel model", data("npy:x_rgb.npy,y.npy"), &["x_rgb.npy", "3 channel"]),
-        case("labels: fewer than images", data("npy:x.npy,y_short.npy"), &["y_short.npy", "15 labels"]),
+        case(
+            "images: empty file",
+            data("npy:empty.npy,y.npy"),
+            &["empty.npy", "empty"],
+        ),
+        case(
+            "images: not a .npy",
+            data("npy:text.npy,y.npy"),
+            &["text.npy", "not a .npy"],
+        ),
+        case(
+            "images: 3 channels for a 1-channel model",
+            data("npy:x_rgb.npy,y.npy"),
+            &["x_rgb.npy", "3 channel"],
+        ),
+        case(
+            "labels: fewer than images",
+            data("npy:x.npy,y_short.npy"),
+            &["y_short.npy", "15 labels"],
+        ),
         case("labels: float", data("npy:x.npy,y_f32.npy"), &["y_f32.npy", "int64"]),
         case("labels: 2-D", data("npy:x.npy,y_2d.npy"), &["y_2d.npy", "1-D"]),
         case("labels: negative", data("npy:x.npy,y_neg.npy"), &["y_neg.npy", "-1"]),
-        case("labels: beyond the classes", data("npy:x.npy,y_big.npy"), &["y_big.npy", "10 classes"]),
+        case(
+            "labels: beyond the classes",
+            data("npy:x.npy,y_big.npy"),
+            &["y_big.npy", "10 classes"],
+        ),
         case("data: unknown kind", data("mnist:/nowhere"), &["mnist", "unknown kind"]),
-        case("data: missing folder", data("cifar10:/nowhere"), &["/nowhere", "no such folder"]),
-        case("IDX: truncated images", data("fashion-mnist:fm_bad"), &["images-idx3-ubyte", "truncated"]),
-        case("CIFAR: truncated record", data("cifar10:cifar_bad"), &["cifar_bad/", "truncated", "3073-byte records"]),
-        case("CIFAR: 3 channels for a 1-channel model", data("cifar10:cifar_ok"), &["cifar10", "3 channel"]),
+        case(
+            "data: missing folder",
+            data("cifar10:/nowhere"),
+            &["/nowhere", "no such folder"],
+        ),
+        case(
+            "IDX: truncated images",
+            data("fashion-mnist:fm_bad"),
+            &["images-idx3-ubyte", "truncated"],
+        ),
+        case(
+            "CIFAR: truncated record",
+            data("cifar10:cifar_bad"),
+            &["cifar_bad/", "truncated", "3073-byte records"],
+        ),
+        case(
+            "CIFAR: 3 channels for a 1-channel model",
+            data("cifar10:cifar_ok"),
+            &["cifar10", "3 channel"],
+        ),
         case("weights: truncated .pth", weights("trunc.pth"), &["trunc.pth"]),
         case("weights: empty", weights("empty.pth"), &["empty.pth"]),
-        case("weights: not a checkpoint", weights("text.pth"), &["text.pth", "not a checkpoint"]),
-        case("weights: truncated .safetensors", weights("trunc.safetensors"), &["trunc.safetensors"]),
-        case("weights: .safetensors header length beyond the file", weights("huge_header.safetensors"), &["huge_header.safetensors"]),
-        case("weights: .safetensors header not JSON", weights("garbled.safetensors"), &["garbled.safetensors"]),
+        case(
+            "weights: not a checkpoint",
+            weights("text.pth"),
+            &["text.pth", "not a checkpoint"],
+        ),
+        case(
+            "weights: truncated .safetensors",
+            weights("trunc.safetensors"),
+            &["trunc.safetensors"],
+        ),
+        case(
+            "weights: .safetensors header length beyond the file",
+            weights("huge_header.safetensors"),
+            &["huge_header.safetensors"],
+        ),
+        case(
+            "weights: .safetensors header not JSON",
+            weights("garbled.safetensors"),
+            &["garbled.safetensors"],
+        ),
         case("weights: missing", weights("nowhere.pth"), &["nowhere.pth"]),
-        case("weights: other architecture", with(base, &[("--arch", Some("resnet56"))]), &["resnet56"]),
-        case("unknown architecture", with(base, &[("--arch", Some("vgg16"))]), &["vgg16"]),
-        case("samples: zero", with(base, &[("--samples", Some("0"))]), &["--samples 0"]),
-        case("samples: more than the data set", with(base, &[("--samples", Some("17"))]), &["--samples 17", "16"]),
-        case("samples: not a number", with(base, &[("--samples", Some("many"))]), &["many", "--samples"]),
-        case("batch size zero", with(base, &[("--batch-size", Some("0"))]), &["--batch-size 0"]),
-        case("split: unknown", with(base, &[("--split", Some("validation"))]), &["validation"]),
+        case(
+            "weights: other architecture",
+            with(base, &[("--arch", Some("resnet56"))]),
+            &["resnet56"],
+        ),
+        case(
+            "unknown architecture",
+            with(base, &[("--arch", Some("vgg16"))]),
+            &["vgg16"],
+        ),
+        case(
+            "samples: zero",
+            with(base, &[("--samples", Some("0"))]),
+            &["--samples 0"],
+        ),
+        case(
+            "samples: more than the data set",
+            with(base, &[("--samples", Some("17"))]),
+            &["--samples 17", "16"],
+        ),
+        case(
+            "samples: not a number",
+            with(base, &[("--samples", Some("many"))]),
+            &["many", "--samples"],
+        ),
+        case(
+            "batch size zero",
+            with(base, &[("--batch-size", Some("0"))]),
+            &["--batch-size 0"],
+        ),
+        case(
+            "split: unknown",
+            with(base, &[("--split", Some("validation"))]),
+            &["validation"],
+        ),
     ]
 }
 
@@ -466,42 +774,133 @@ fn write_bad_calib_and_alloc(dir: &Path) {
     let fx = fixture();
     run_in(
         "quantize",
-        &["calibrate", "--weights", &fx, "--data", "npy:x.npy,y.npy", "--samples", "8", "--options", "w{4,8}a8,w8", "-o", "calib.json", "-q"],
+        &[
+            "calibrate",
+            "--weights",
+            &fx,
+            "--data",
+            "npy:x.npy,y.npy",
+            "--samples",
+            "8",
+            "--options",
+            "w{4,8}a8,w8",
+            "-o",
+            "calib.json",
+            "-q",
+        ],
         b"",
         Some(dir),
     )
     .success();
     let calib: Value = serde_json::from_slice(&std::fs::read(dir.join("calib.json")).unwrap()).unwrap();
     write_json(dir, "calib_v2.json", &edited(&calib, |v| v["version"] = json!(2)));
-    write_json(dir, "calib_field.json", &edited(&calib, |v| v["colour"] = json!("blue")));
-    write_json(dir, "calib_layer.json", &edited(&calib, |v| v["layers"][3]["name"] = json!("layer9.0.conv1")));
-    write_json(dir, "calib_arch.json", &edited(&calib, |v| v["arch"] = json!("resnet56")));
-    write_json(dir, "calib_scales.json", &edited(&calib, |v| v["layers"][2]["weight_scales"]["4"] = json!([1.0, 2.0])));
-    write_json(dir, "calib_range.json", &edited(&calib, |v| v["layers"][1]["act_ranges"]["8"] = json!({"lo": 1.0, "hi": 2.0})));
-    write(dir, "calib_trunc.json", &std::fs::read(dir.join("calib.json")).unwrap()[..200]);
+    write_json(
+        dir,
+        "calib_field.json",
+        &edited(&calib, |v| v["colour"] = json!("blue")),
+    );
+    write_json(
+        dir,
+        "calib_layer.json",
+        &edited(&calib, |v| v["layers"][3]["name"] = json!("layer9.0.conv1")),
+    );
+    write_json(
+        dir,
+        "calib_arch.json",
+        &edited(&calib, |v| v["arch"] = json!("resnet56")),
+    );
+    write_json(
+        dir,
+        "calib_scales.json",
+        &edited(&calib, |v| v["layers"][2]["weight_scales"]["4"] = json!([1.0, 2.0])),
+    );
+    write_json(
+        dir,
+        "calib_range.json",
+        &edited(&calib, |v| {
+            v["layers"][1]["act_ranges"]["8"] = json!({"lo": 1.0, "hi": 2.0})
+        }),
+    );
+    write(
+        dir,
+        "calib_trunc.json",
+        &std::fs::read(dir.join("calib.json")).unwrap()[..200],
+    );
 
     let alloc = alloc_all("w4a8", Some(4), Some(8));
     write_json(dir, "alloc.json", &serde_json::to_value(&alloc).unwrap());
     write_json(dir, "alloc_v2.json", &edited(&alloc, |v| v["version"] = json!(2)));
-    write_json(dir, "alloc_field.json", &edited(&alloc, |v| v["colour"] = json!("blue")));
-    write_json(dir, "alloc_layer.json", &edited(&alloc, |v| v["layers"][3]["name"] = json!("layer9.0.conv1")));
-    write_json(dir, "alloc_missing.json", &edited(&alloc, |v| drop(v["layers"].as_array_mut().unwrap().remove(5))));
-    write_json(dir, "alloc_twice.json", &edited(&alloc, |v| v["layers"][2]["name"] = v["layers"][1]["name"].clone()));
-    write_json(dir, "alloc_mismatch.json", &edited(&alloc, |v| v["layers"][4]["w_bits"] = json!(8)));
-    write_json(dir, "alloc_bits.json", &edited(&alloc, |v| v["layers"][0]["w_bits"] = json!(300)));
-    write_json(dir, "alloc_w2.json", &serde_json::to_value(alloc_all("w2a8", Some(2), Some(8))).unwrap());
+    write_json(
+        dir,
+        "alloc_field.json",
+        &edited(&alloc, |v| v["colour"] = json!("blue")),
+    );
+    write_json(
+        dir,
+        "alloc_layer.json",
+        &edited(&alloc, |v| v["layers"][3]["name"] = json!("layer9.0.conv1")),
+    );
+    write_json(
+        dir,
+        "alloc_missing.json",
+        &edited(&alloc, |v| drop(v["layers"].as_array_mut().unwrap().remove(5))),
+    );
+    write_json(
+        dir,
+        "alloc_twice.json",
+        &edited(&alloc, |v| v["layers"][2]["name"] = v["layers"][1]["name"].clone()),
+    );
+    write_json(
+        dir,
+        "alloc_mismatch.json",
+        &edited(&alloc, |v| v["layers"][4]["w_bits"] = json!(8)),
+    );
+    write_json(
+        dir,
+        "alloc_bits.json",
+        &edited(&alloc, |v| v["layers"][0]["w_bits"] = json!(300)),
+    );
+    write_json(
+        dir,
+        "alloc_w2.json",
+        &serde_json::to_value(alloc_all("w2a8", Some(2), Some(8))).unwrap(),
+    );
     write(dir, "alloc_trunc.json", &serde_json::to_vec(&alloc).unwrap()[..150]);
 }
 
 fn calib_cases(base: &[&str]) -> Vec<Case> {
     let c = |file: &'static str| with(base, &[("--calib", Some(file))]);
     vec![
-        case("calib: other version", c("calib_v2.json"), &["calib_v2.json", "version 2"]),
-        case("calib: unknown field", c("calib_field.json"), &["calib_field.json", "colour"]),
-        case("calib: unknown layer", c("calib_layer.json"), &["calib_layer.json", "layer9.0.conv1"]),
-        case("calib: other architecture", c("calib_arch.json"), &["calib_arch.json", "resnet56"]),
-        case("calib: scales of the wrong length", c("calib_scales.json"), &["calib_scales.json", "layer1.0.conv2", "expected 16"]),
-        case("calib: range without 0", c("calib_range.json"), &["calib_range.json", "layer1.0.conv1", "contain 0"]),
+        case(
+            "calib: other version",
+            c("calib_v2.json"),
+            &["calib_v2.json", "version 2"],
+        ),
+        case(
+            "calib: unknown field",
+            c("calib_field.json"),
+            &["calib_field.json", "colour"],
+        ),
+        case(
+            "calib: unknown layer",
+            c("calib_layer.json"),
+            &["calib_layer.json", "layer9.0.conv1"],
+        ),
+        case(
+            "calib: other architecture",
+            c("calib_arch.json"),
+            &["calib_arch.json", "resnet56"],
+        ),
+        case(
+            "calib: scales of the wrong length",
+            c("calib_scales.json"),
+            &["calib_scales.json", "layer1.0.conv2", "expected 16"],
+        ),
+        case(
+            "calib: range without 0",
+            c("calib_range.json"),
+            &["calib_range.json", "layer1.0.conv1", "contain 0"],
+        ),
         case("calib: truncated", c("calib_trunc.json"), &["calib_trunc.json", "JSON"]),
         case("calib: empty", c("empty.json"), &["empty.json", "empty"]),
         case("calib: not JSON", c("text.json"), &["text.json", "JSON"]),
@@ -512,14 +911,46 @@ fn calib_cases(base: &[&str]) -> Vec<Case> {
 fn alloc_cases(base: &[&str]) -> Vec<Case> {
     let a = |file: &'static str| with(base, &[("--alloc", Some(file))]);
     vec![
-        case("alloc: other version", a("alloc_v2.json"), &["alloc_v2.json", "version 2"]),
-        case("alloc: unknown field", a("alloc_field.json"), &["alloc_field.json", "colour"]),
-        case("alloc: unknown layer", a("alloc_layer.json"), &["alloc_layer.json", "layer9.0.conv1"]),
-        case("alloc: a layer missing", a("alloc_missing.json"), &["alloc_missing.json", "no option for layer"]),
-        case("alloc: a layer twice", a("alloc_twice.json"), &["alloc_twice.json", "twice"]),
-        case("alloc: bits disagree with the option", a("alloc_mismatch.json"), &["alloc_mismatch.json", "does not match"]),
-        case("alloc: bits out of range", a("alloc_bits.json"), &["alloc_bits.json", "300"]),
-        case("alloc: bits the calibration lacks", a("alloc_w2.json"), &["calib.json", "2 bits"]),
+        case(
+            "alloc: other version",
+            a("alloc_v2.json"),
+            &["alloc_v2.json", "version 2"],
+        ),
+        case(
+            "alloc: unknown field",
+            a("alloc_field.json"),
+            &["alloc_field.json", "colour"],
+        ),
+        case(
+            "alloc: unknown layer",
+            a("alloc_layer.json"),
+            &["alloc_layer.json", "layer9.0.conv1"],
+        ),
+        case(
+            "alloc: a layer missing",
+            a("alloc_missing.json"),
+            &["alloc_missing.json", "no option for layer"],
+        ),
+        case(
+            "alloc: a layer twice",
+            a("alloc_twice.json"),
+            &["alloc_twice.json", "twice"],
+        ),
+        case(
+            "alloc: bits disagree with the option",
+            a("alloc_mismatch.json"),
+            &["alloc_mismatch.json", "does not match"],
+        ),
+        case(
+            "alloc: bits out of range",
+            a("alloc_bits.json"),
+            &["alloc_bits.json", "300"],
+        ),
+        case(
+            "alloc: bits the calibration lacks",
+            a("alloc_w2.json"),
+            &["calib.json", "2 bits"],
+        ),
         case("alloc: truncated", a("alloc_trunc.json"), &["alloc_trunc.json", "JSON"]),
         case("alloc: empty", a("empty.json"), &["empty.json", "empty"]),
         case("alloc: not JSON", a("text.json"), &["text.json", "JSON"]),
@@ -542,13 +973,27 @@ fn alloc_all(option: &str, w: Option<u8>, a: Option<u8>) -> Alloc {
     names.push("fc".into());
     Alloc {
         version: FORMAT_VERSION,
-        layers: names.into_iter().map(|name| LayerChoice { name, option: option.into(), w_bits: w, a_bits: a }).collect(),
+        layers: names
+            .into_iter()
+            .map(|name| LayerChoice {
+                name,
+                option: option.into(),
+                w_bits: w,
+                a_bits: a,
+            })
+            .collect(),
         predicted_delta: 0.0,
         size_bits: 0,
         avg_w_bits: 0.0,
         bops: 0,
         budget: "none".into(),
-        solver: SolverReport { status: "exact".into(), objective: 0.0, bound: 0.0, gap: 0.0, seconds: 0.0 },
+        solver: SolverReport {
+            status: "exact".into(),
+            objective: 0.0,
+            bound: 0.0,
+            gap: 0.0,
+            seconds: 0.0,
+        },
         notes: Default::default(),
     }
 }
@@ -561,8 +1006,24 @@ fn perturb_refuses_bad_input() {
     write_bad_calib_and_alloc(d);
     let fx = fixture();
     let base = [
-        "--weights", &fx, "--data", "npy:x.npy,y.npy", "--samples", "8", "--batch-size", "4", "--options", "w4a8,w8a8",
-        "--layers", "conv1,fc", "-o", "G.npy", "--index", "index.json", "--se", "se.npy",
+        "--weights",
+        &fx,
+        "--data",
+        "npy:x.npy,y.npy",
+        "--samples",
+        "8",
+        "--batch-size",
+        "4",
+        "--options",
+        "w4a8,w8a8",
+        "--layers",
+        "conv1,fc",
+        "-o",
+        "G.npy",
+        "--index",
+        "index.json",
+        "--se",
+        "se.npy",
     ];
     let mut cases = model_input_cases(&base);
     let with_calib = with(&base, &[("--calib", Some("calib.json"))]);
@@ -570,25 +1031,97 @@ fn perturb_refuses_bad_input() {
     cases.extend(calib_cases(&with_calib));
     let set = |pairs: &[(&str, Option<&str>)]| with(&base, pairs);
     cases.extend([
-        case("calib: bits it lacks", with(&with_calib, &[("--options", Some("w2a8"))]), &["calib.json", "2 bits"]),
-        case("options: bits out of range", set(&[("--options", Some("w9a8"))]), &["w9a8", "9 bits"]),
-        case("options: unclosed brace", set(&[("--options", Some("w{2,4a8"))]), &["w{2,4a8"]),
-        case("options: twice", set(&[("--options", Some("w4a8,w4a8"))]), &["w4a8", "more than once"]),
+        case(
+            "calib: bits it lacks",
+            with(&with_calib, &[("--options", Some("w2a8"))]),
+            &["calib.json", "2 bits"],
+        ),
+        case(
+            "options: bits out of range",
+            set(&[("--options", Some("w9a8"))]),
+            &["w9a8", "9 bits"],
+        ),
+        case(
+            "options: unclosed brace",
+            set(&[("--options", Some("w{2,4a8"))]),
+            &["w{2,4a8"],
+        ),
+        case(
+            "options: twice",
+            set(&[("--options", Some("w4a8,w4a8"))]),
+            &["w4a8", "more than once"],
+        ),
         case("options: not an option", set(&[("--options", Some("int8"))]), &["int8"]),
-        case("unknown layer", set(&[("--layers", Some("conv1,conv9"))]), &["conv9", "not in the model"]),
-        case("unknown excluded layer", set(&[("--exclude", Some("layer9.0.conv1"))]), &["layer9.0.conv1"]),
-        case("no layer left", set(&[("--exclude", Some("conv1,fc"))]), &["no layer left"]),
-        case("bad metric", set(&[("--metric", Some("accuracy"))]), &["accuracy", "--metric"]),
-        case("bad calibration method", set(&[("--w-calib", Some("percentile"))]), &["--w-calib", "percentile", "minmax"]),
-        case("conflict: --calib and --a-calib", with(&with_calib, &[("--a-calib", Some("mse"))]), &["--calib", "--a-calib"]),
-        case("conflict: --shard writes no index", set(&[("--shard", Some("1/2")), ("--se", None)]), &["--index", "merge"]),
-        case("conflict: --shard and --se", set(&[("--shard", Some("1/2")), ("--index", None)]), &["--se", "--shard"]),
-        case("conflict: --reference and --resume", set(&[("--reference", Some("")), ("--resume", Some("work"))]), &["--reference", "--resume"]),
-        case("shard: bad grammar", set(&[("--shard", Some("3/2")), ("--index", None), ("--se", None)]), &["3/2", "K/N"]),
-        case("conflict: -o and --index the same file", set(&[("--index", Some("./G.npy"))]), &["-o G.npy", "--index ./G.npy", "same file"]),
-        case("conflict: --se on stdout beside -o -", set(&[("-o", Some("-")), ("--se", Some("-"))]), &["stdout"]),
-        case("memory: the estimate does not fit", set(&[("--max-memory", Some("16M"))]), &["--max-memory 16M", "estimated peak", "FP states"]),
-        case("memory: bad size", set(&[("--max-memory", Some("4X"))]), &["--max-memory 4X", "4G"]),
+        case(
+            "unknown layer",
+            set(&[("--layers", Some("conv1,conv9"))]),
+            &["conv9", "not in the model"],
+        ),
+        case(
+            "unknown excluded layer",
+            set(&[("--exclude", Some("layer9.0.conv1"))]),
+            &["layer9.0.conv1"],
+        ),
+        case(
+            "no layer left",
+            set(&[("--exclude", Some("conv1,fc"))]),
+            &["no layer left"],
+        ),
+        case(
+            "bad metric",
+            set(&[("--metric", Some("accuracy"))]),
+            &["accuracy", "--metric"],
+        ),
+        case(
+            "bad calibration method",
+            set(&[("--w-calib", Some("percentile"))]),
+            &["--w-calib", "percentile", "minmax"],
+        ),
+        case(
+            "conflict: --calib and --a-calib",
+            with(&with_calib, &[("--a-calib", Some("mse"))]),
+            &["--calib", "--a-calib"],
+        ),
+        case(
+            "conflict: --shard writes no index",
+            set(&[("--shard", Some("1/2")), ("--se", None)]),
+            &["--index", "merge"],
+        ),
+        case(
+            "conflict: --shard and --se",
+            set(&[("--shard", Some("1/2")), ("--index", None)]),
+            &["--se", "--shard"],
+        ),
+        case(
+            "conflict: --reference and --resume",
+            set(&[("--reference", Some("")), ("--resume", Some("work"))]),
+            &["--reference", "--resume"],
+        ),
+        case(
+            "shard: bad grammar",
+            set(&[("--shard", Some("3/2")), ("--index", None), ("--se", None)]),
+            &["3/2", "K/N"],
+        ),
+        case(
+            "conflict: -o and --index the same file",
+            set(&[("--index", Some("./G.npy"))]),
+            &["-o G.npy", "--index ./G.npy", "same file"],
+        ),
+        case(
+            "conflict: --se on stdout beside -o -",
+            set(&[("-o", Some("-")), ("--se", Some("-"))]),
+            &["stdout"],
+        ),
+        case(
+            "memory: the estimate does not fit",
+            set(&[("--max-memory", Some("16M"))]),
+            &["--max-memory 16M", "estimated peak", "FP states"],
+        ),
+        case(
+            "memory: bad size",
+            set(&[("--max-memory", Some("4X"))]),
+            &["--max-memory 4X", "4G"],
+        ),
         case("missing --options", set(&[("--options", None)]), &["--options"]),
         case("missing -o", set(&[("-o", None)]), &["--output"]),
     ]);
@@ -603,27 +1136,84 @@ fn quantize_refuses_bad_input() {
     write_model_inputs(d);
     write_bad_calib_and_alloc(d);
     let fx = fixture();
-    let calibrate = ["calibrate", "--weights", &fx, "--data", "npy:x.npy,y.npy", "--samples", "8", "--options", "w4a8", "-o", "calib_out.json"];
+    let calibrate = [
+        "calibrate",
+        "--weights",
+        &fx,
+        "--data",
+        "npy:x.npy,y.npy",
+        "--samples",
+        "8",
+        "--options",
+        "w4a8",
+        "-o",
+        "calib_out.json",
+    ];
     let mut cases = model_input_cases(&calibrate);
     let set = |pairs: &[(&str, Option<&str>)]| with(&calibrate, pairs);
     cases.extend([
-        case("options: bits out of range", set(&[("--options", Some("w4a17"))]), &["w4a17", "17 bits"]),
-        case("options: unclosed brace", set(&[("--options", Some("w{2,4}a{8"))]), &["w{2,4}a{8"]),
-        case("bad calibration method", set(&[("--a-calib", Some("kl"))]), &["--a-calib", "kl", "minmax"]),
+        case(
+            "options: bits out of range",
+            set(&[("--options", Some("w4a17"))]),
+            &["w4a17", "17 bits"],
+        ),
+        case(
+            "options: unclosed brace",
+            set(&[("--options", Some("w{2,4}a{8"))]),
+            &["w{2,4}a{8"],
+        ),
+        case(
+            "bad calibration method",
+            set(&[("--a-calib", Some("kl"))]),
+            &["--a-calib", "kl", "minmax"],
+        ),
     ]);
-    let apply = ["apply", "--weights", &fx, "--alloc", "alloc.json", "--calib", "calib.json", "-o", "q.safetensors", "--export-int", "int.safetensors"];
+    let apply = [
+        "apply",
+        "--weights",
+        &fx,
+        "--alloc",
+        "alloc.json",
+        "--calib",
+        "calib.json",
+        "-o",
+        "q.safetensors",
+        "--export-int",
+        "int.safetensors",
+    ];
     let mut apply_cases = alloc_cases(&apply);
-    apply_cases.extend(calib_cases(&apply).into_iter().filter(|c| !c.what.contains("range without 0")));
+    apply_cases.extend(
+        calib_cases(&apply)
+            .into_iter()
+            .filter(|c| !c.what.contains("range without 0")),
+    );
     apply_cases.extend([
-        case("weights: truncated .pth", with(&apply, &[("--weights", Some("trunc.pth"))]), &["trunc.pth"]),
-        case("weights: other architecture", with(&apply, &[("--arch", Some("resnet32"))]), &["resnet32"]),
+        case(
+            "weights: truncated .pth",
+            with(&apply, &[("--weights", Some("trunc.pth"))]),
+            &["trunc.pth"],
+        ),
+        case(
+            "weights: other architecture",
+            with(&apply, &[("--arch", Some("resnet32"))]),
+            &["resnet32"],
+        ),
         case("missing --alloc", with(&apply, &[("--alloc", None)]), &["--alloc"]),
         case("no subcommand", vec!["--weights".into(), fx.clone()], &["--weights"]),
     ]);
     // --export-int and -o naming the same file would leave one output overwriting the other.
-    apply_cases.push(case("conflict: -o and --export-int the same file", with(&apply, &[("--export-int", Some("q.safetensors"))]), &["q.safetensors", "--export-int"]));
+    apply_cases.push(case(
+        "conflict: -o and --export-int the same file",
+        with(&apply, &[("--export-int", Some("q.safetensors"))]),
+        &["q.safetensors", "--export-int"],
+    ));
     cases.extend(apply_cases);
-    check_all("quantize", d, &["calib_out.json", "q.safetensors", "int.safetensors"], &cases);
+    check_all(
+        "quantize",
+        d,
+        &["calib_out.json", "q.safetensors", "int.safetensors"],
+        &cases,
+    );
 }
 
 #[test]
@@ -634,18 +1224,53 @@ fn evaluate_refuses_bad_input() {
     write_bad_calib_and_alloc(d);
     let fx = fixture();
     // The FP line would come first: a bad later input must still leave stdout empty.
-    let base = ["--weights", &fx, "--data", "npy:x.npy,y.npy", "--samples", "8", "--calib", "calib.json", "--fp", "--alloc", "alloc.json"];
+    let base = [
+        "--weights",
+        &fx,
+        "--data",
+        "npy:x.npy,y.npy",
+        "--samples",
+        "8",
+        "--calib",
+        "calib.json",
+        "--fp",
+        "--alloc",
+        "alloc.json",
+    ];
     let mut cases = model_input_cases(&base);
     cases.extend(calib_cases(&base));
     cases.extend(alloc_cases(&base));
     let set = |pairs: &[(&str, Option<&str>)]| with(&base, pairs);
     cases.extend([
         case("uniform: bad option", set(&[("--uniform", Some("w3x"))]), &["w3x"]),
-        case("uniform: bits the calibration lacks", set(&[("--uniform", Some("w2a8"))]), &["calib.json", "2 bits"]),
-        case("two --alloc - on one stdin", set(&[("--alloc", Some("-")), ("--uniform", Some("w8"))]).into_iter().chain(["--alloc".into(), "-".into()]).collect(), &["stdin"]),
-        case("conflict: --calib and --calib-samples", set(&[("--calib-samples", Some("4"))]), &["--calib", "--calib-samples"]),
-        case("bad calibration method", set(&[("--calib", None), ("--w-calib", Some("max"))]), &["--w-calib", "max", "minmax"]),
-        case("calibration samples beyond the data", set(&[("--calib", None), ("--calib-samples", Some("100"))]), &["100", "16"]),
+        case(
+            "uniform: bits the calibration lacks",
+            set(&[("--uniform", Some("w2a8"))]),
+            &["calib.json", "2 bits"],
+        ),
+        case(
+            "two --alloc - on one stdin",
+            set(&[("--alloc", Some("-")), ("--uniform", Some("w8"))])
+                .into_iter()
+                .chain(["--alloc".into(), "-".into()])
+                .collect(),
+            &["stdin"],
+        ),
+        case(
+            "conflict: --calib and --calib-samples",
+            set(&[("--calib-samples", Some("4"))]),
+            &["--calib", "--calib-samples"],
+        ),
+        case(
+            "bad calibration method",
+            set(&[("--calib", None), ("--w-calib", Some("max"))]),
+            &["--w-calib", "max", "minmax"],
+        ),
+        case(
+            "calibration samples beyond the data",
+            set(&[("--calib", None), ("--calib-samples", Some("100"))]),
+            &["100", "16"],
+        ),
     ]);
     check_all("evaluate", d, &[], &cases);
 }

@@ -6,17 +6,34 @@ use clado_tests::{run_in, workspace_root};
 use std::path::Path;
 
 fn fixture() -> String {
-    workspace_root().join("tests/fixtures/resnet20_c1k10.pth").to_string_lossy().into_owned()
+    workspace_root()
+        .join("tests/fixtures/resnet20_c1k10.pth")
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn lines(out: &[u8]) -> Vec<Metrics> {
-    String::from_utf8_lossy(out).lines().map(|l| serde_json::from_str(l).expect("a metrics JSON line")).collect()
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a metrics JSON line"))
+        .collect()
 }
 
 fn calibrate(dir: &Path) {
     run_in(
         "quantize",
-        &["calibrate", "--weights", &fixture(), "--samples", "32", "--options", "w{4,8}a8,w4,w8", "-o", "calib.json", "-q"],
+        &[
+            "calibrate",
+            "--weights",
+            &fixture(),
+            "--samples",
+            "32",
+            "--options",
+            "w{4,8}a8,w4,w8",
+            "-o",
+            "calib.json",
+            "-q",
+        ],
         b"",
         Some(dir),
     )
@@ -32,13 +49,28 @@ fn alloc_all(option: &str, w: Option<u8>, a: Option<u8>) -> Alloc {
         .collect();
     let mut layers: Vec<LayerChoice> = Vec::new();
     for n in names {
-        layers.push(LayerChoice { name: n.clone(), option: option.into(), w_bits: w, a_bits: a });
+        layers.push(LayerChoice {
+            name: n.clone(),
+            option: option.into(),
+            w_bits: w,
+            a_bits: a,
+        });
         if n == "layer2.0.conv2" || n == "layer3.0.conv2" {
             let d = n.replace("conv2", "downsample.0");
-            layers.push(LayerChoice { name: d, option: option.into(), w_bits: w, a_bits: a });
+            layers.push(LayerChoice {
+                name: d,
+                option: option.into(),
+                w_bits: w,
+                a_bits: a,
+            });
         }
     }
-    layers.push(LayerChoice { name: "fc".into(), option: "w8".into(), w_bits: Some(8), a_bits: None });
+    layers.push(LayerChoice {
+        name: "fc".into(),
+        option: "w8".into(),
+        w_bits: Some(8),
+        a_bits: None,
+    });
     Alloc {
         version: FORMAT_VERSION,
         layers,
@@ -47,7 +79,13 @@ fn alloc_all(option: &str, w: Option<u8>, a: Option<u8>) -> Alloc {
         avg_w_bits: 0.0,
         bops: 0,
         budget: "none".into(),
-        solver: SolverReport { status: "exact".into(), objective: 0.0, bound: 0.0, gap: 0.0, seconds: 0.0 },
+        solver: SolverReport {
+            status: "exact".into(),
+            objective: 0.0,
+            bound: 0.0,
+            gap: 0.0,
+            seconds: 0.0,
+        },
         notes: Default::default(),
     }
 }
@@ -75,7 +113,22 @@ fn evaluates_fp_uniform_and_allocations_sharing_one_fp_pass() {
     clado::io::write_json(&dir.path().join("a.json").to_string_lossy(), &alloc).unwrap();
     let out = run_in(
         "evaluate",
-        &["--weights", &fixture(), "--samples", "64", "--calib", "calib.json", "--fp", "--uniform", "w8a8", "--uniform", "w4", "--alloc", "a.json", "-q"],
+        &[
+            "--weights",
+            &fixture(),
+            "--samples",
+            "64",
+            "--calib",
+            "calib.json",
+            "--fp",
+            "--uniform",
+            "w8a8",
+            "--uniform",
+            "w4",
+            "--alloc",
+            "a.json",
+            "-q",
+        ],
         b"",
         Some(dir.path()),
     )
@@ -88,7 +141,11 @@ fn evaluates_fp_uniform_and_allocations_sharing_one_fp_pass() {
     assert_eq!(m[1].config, "uniform:w8a8");
     assert_eq!(m[1].avg_w_bits, 8.0);
     assert_eq!(m[1].size_bits * 4, m[0].size_bits);
-    assert!(m[1].kl > 0.0 && m[1].kl < 0.01, "8 bits barely changes the predictions: {}", m[1].kl);
+    assert!(
+        m[1].kl > 0.0 && m[1].kl < 0.01,
+        "8 bits barely changes the predictions: {}",
+        m[1].kl
+    );
     assert!(m[2].kl > m[1].kl, "4-bit weights move predictions more than 8-bit ones");
     assert!(m.iter().all(|x| x.samples == 64 && x.top5 >= x.top1));
 }
@@ -103,7 +160,20 @@ fn applied_checkpoint_equals_on_the_fly_quantization() {
     clado::io::write_json(&dir.path().join("a.json").to_string_lossy(), &alloc).unwrap();
     run_in(
         "quantize",
-        &["apply", "--weights", &fixture(), "--alloc", "a.json", "--calib", "calib.json", "-o", "q.safetensors", "--export-int", "int.safetensors", "-q"],
+        &[
+            "apply",
+            "--weights",
+            &fixture(),
+            "--alloc",
+            "a.json",
+            "--calib",
+            "calib.json",
+            "-o",
+            "q.safetensors",
+            "--export-int",
+            "int.safetensors",
+            "-q",
+        ],
         b"",
         Some(dir.path()),
     )
@@ -135,9 +205,15 @@ fn bad_input_is_refused() {
     clado::io::write_json(&dir.path().join("w2.json").to_string_lossy(), &two_bits).unwrap();
     let fx = fixture();
     let cases: &[(&[&str], &str)] = &[
-        (&["--alloc", "unknown.json"], "layer 'layer9.0.conv1' is not in the model"),
+        (
+            &["--alloc", "unknown.json"],
+            "layer 'layer9.0.conv1' is not in the model",
+        ),
         (&["--alloc", "missing.json"], "has no option for layer"),
-        (&["--alloc", "w2.json", "--calib", "calib.json"], "no weight scales for 2 bits"),
+        (
+            &["--alloc", "w2.json", "--calib", "calib.json"],
+            "no weight scales for 2 bits",
+        ),
         (&["--uniform", "w3x"], "option 'w3x'"),
     ];
     for (extra, expect) in cases {
@@ -147,7 +223,23 @@ fn bad_input_is_refused() {
         assert!(err.contains(expect), "{extra:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
-    let err = run_in("quantize", &["apply", "--weights", &fx, "--alloc", "unknown.json", "--calib", "calib.json", "-o", "q.safetensors"], b"", Some(dir.path())).code(2);
+    let err = run_in(
+        "quantize",
+        &[
+            "apply",
+            "--weights",
+            &fx,
+            "--alloc",
+            "unknown.json",
+            "--calib",
+            "calib.json",
+            "-o",
+            "q.safetensors",
+        ],
+        b"",
+        Some(dir.path()),
+    )
+    .code(2);
     assert!(err.contains("layer9.0.conv1"), "{err}");
     assert!(!dir.path().join("q.safetensors").exists());
 }

@@ -37,7 +37,10 @@ fn make(out: &Path, extra: &[&str]) -> std::process::Output {
         .args(["-f", "scripts/experiment.mk", "-j2", "EXP=tiny"])
         .arg(format!("OUT={}", out.display()))
         .arg(format!("BIN={}", bindir.display()))
-        .arg(format!("WEIGHTS={}", root.join("tests/fixtures/resnet20_c1k10.pth").display()))
+        .arg(format!(
+            "WEIGHTS={}",
+            root.join("tests/fixtures/resnet20_c1k10.pth").display()
+        ))
         .args([
             "SAMPLES=8",
             "EVAL_SAMPLES=64",
@@ -58,7 +61,9 @@ fn read_metrics(path: &Path) -> Vec<Metrics> {
 }
 
 fn number(row: &BTreeMap<&str, &str>, column: &str) -> f64 {
-    row[column].parse().unwrap_or_else(|e| panic!("column {column} = {:?}: {e}", row[column]))
+    row[column]
+        .parse()
+        .unwrap_or_else(|e| panic!("column {column} = {:?}: {e}", row[column]))
 }
 
 #[test]
@@ -66,16 +71,34 @@ fn experiment_graph_runs_end_to_end_and_the_table_matches_its_files() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path();
     let run = make(out, &[]);
-    assert!(run.status.success(), "make failed:\n{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "make failed:\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
 
     // Every stage's files.
-    let mut expected: Vec<String> =
-        ["calib.json", "eval/fp.jsonl", "table.md", "table.csv", "sanity.md", "plot.png", "plot.svg"]
-            .map(String::from)
-            .to_vec();
+    let mut expected: Vec<String> = [
+        "calib.json",
+        "eval/fp.jsonl",
+        "table.md",
+        "table.csv",
+        "sanity.md",
+        "plot.png",
+        "plot.svg",
+    ]
+    .map(String::from)
+    .to_vec();
     for metric in ["loss", "kl"] {
-        for file in ["G.npy", "G.se.npy", "index.json", "G-clip.npy", "psd-clip.json", "G-shift.npy", "psd-shift.json"]
-        {
+        for file in [
+            "G.npy",
+            "G.se.npy",
+            "index.json",
+            "G-clip.npy",
+            "psd-clip.json",
+            "G-shift.npy",
+            "psd-shift.json",
+        ] {
             expected.push(format!("{metric}/{file}"));
         }
     }
@@ -91,9 +114,19 @@ fn experiment_graph_runs_end_to_end_and_the_table_matches_its_files() {
         let len = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{file}: {e}")).len();
         assert!(len > 0, "{file} is empty");
     }
-    assert!(!out.join("loss/work").exists(), "perturb's resume directory is dropped after the run");
-    assert_eq!(&std::fs::read(out.join("plot.png")).unwrap()[..8], b"\x89PNG\r\n\x1a\n", "plot.png is a PNG");
-    assert!(std::fs::read_to_string(out.join("plot.svg")).unwrap().contains("<svg"), "plot.svg is an SVG");
+    assert!(
+        !out.join("loss/work").exists(),
+        "perturb's resume directory is dropped after the run"
+    );
+    assert_eq!(
+        &std::fs::read(out.join("plot.png")).unwrap()[..8],
+        b"\x89PNG\r\n\x1a\n",
+        "plot.png is a PNG"
+    );
+    assert!(
+        std::fs::read_to_string(out.join("plot.svg")).unwrap().contains("<svg"),
+        "plot.svg is an SVG"
+    );
 
     for metric in ["loss", "kl"] {
         let index: Index = clado::io::read_json(out.join(format!("{metric}/index.json")).to_str().unwrap()).unwrap();
@@ -114,12 +147,18 @@ fn experiment_graph_runs_end_to_end_and_the_table_matches_its_files() {
         if budget == "none" {
             assert!(alloc.notes.contains_key("sanity"), "{file}: the sanity check");
         } else {
-            assert!(alloc.avg_w_bits <= budget.parse::<f64>().unwrap() + 1e-9, "{file}: the budget holds");
+            assert!(
+                alloc.avg_w_bits <= budget.parse::<f64>().unwrap() + 1e-9,
+                "{file}: the budget holds"
+            );
         }
     }
     for b in BUDGETS {
         let uniform = &allocs[&format!("alloc/uniform/{b}.json")];
-        assert!(uniform.layers.iter().all(|l| l.option == "w2a8"), "w8a8 does not fit {b} bits: uniform w2a8");
+        assert!(
+            uniform.layers.iter().all(|l| l.option == "w2a8"),
+            "w8a8 does not fit {b} bits: uniform w2a8"
+        );
     }
 
     // table.csv against the JSON files it came from.
@@ -127,14 +166,22 @@ fn experiment_graph_runs_end_to_end_and_the_table_matches_its_files() {
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join(format!("{metric}/psd-shift.json"))).unwrap())
                 .unwrap();
-        report["objective_offset"].as_f64().expect("shift's offset with --index")
+        report["objective_offset"]
+            .as_f64()
+            .expect("shift's offset with --index")
     };
     let fp = read_metrics(&out.join("eval/fp.jsonl")).remove(0);
     let csv = std::fs::read_to_string(out.join("table.csv")).unwrap();
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let rows: Vec<BTreeMap<&str, &str>> = lines.map(|l| header.iter().copied().zip(l.split(',')).collect()).collect();
-    assert_eq!(rows.len(), 1 + METHODS.len() * BUDGETS.len(), "FP and every (method, budget)");
+    let rows: Vec<BTreeMap<&str, &str>> = lines
+        .map(|l| header.iter().copied().zip(l.split(',')).collect())
+        .collect();
+    assert_eq!(
+        rows.len(),
+        1 + METHODS.len() * BUDGETS.len(),
+        "FP and every (method, budget)"
+    );
     assert_eq!((rows[0]["method"], number(&rows[0], "top1")), ("fp", fp.top1));
     let table_md = std::fs::read_to_string(out.join("table.md")).unwrap();
     for method in METHODS {
@@ -144,10 +191,18 @@ fn experiment_graph_runs_end_to_end_and_the_table_matches_its_files() {
             let file = format!("alloc/{method}/{b}.json");
             assert!(m.config.ends_with(&file), "{} evaluates {file}", m.config);
             let alloc = &allocs[&file];
-            let row = rows.iter().find(|r| r["method"] == method && r["budget"] == *b).expect("a row");
+            let row = rows
+                .iter()
+                .find(|r| r["method"] == method && r["budget"] == *b)
+                .expect("a row");
             let metric = row["metric"];
             let measured = if metric == "loss" { m.loss - fp.loss } else { m.kl };
-            let predicted = alloc.predicted_delta - if method.ends_with("-shift") { offset(metric) } else { 0.0 };
+            let predicted = alloc.predicted_delta
+                - if method.ends_with("-shift") {
+                    offset(metric)
+                } else {
+                    0.0
+                };
             // Differences are compared at the scale of their operands (one rounding each).
             let loss_scale = m.loss.abs().max(fp.loss.abs());
             let predicted_scale = alloc.predicted_delta.abs().max(predicted.abs());
@@ -159,15 +214,24 @@ fn experiment_graph_runs_end_to_end_and_the_table_matches_its_files() {
                 ("avg_w_bits", alloc.avg_w_bits, alloc.avg_w_bits),
                 ("size_bits", alloc.size_bits as f64, alloc.size_bits as f64),
                 ("predicted_delta", predicted, predicted_scale),
-                ("measured_delta", measured, if metric == "loss" { loss_scale } else { m.kl }),
+                (
+                    "measured_delta",
+                    measured,
+                    if metric == "loss" { loss_scale } else { m.kl },
+                ),
                 ("measured_delta_loss", m.loss - fp.loss, loss_scale),
             ] {
                 let got = number(row, column);
                 let tolerance = ROUND_TRIP_ULPS * scale.abs().max(f64::MIN_POSITIVE);
-                assert!((got - want).abs() <= tolerance, "{file}: table.csv {column} = {got}, the JSON says {want}");
+                assert!(
+                    (got - want).abs() <= tolerance,
+                    "{file}: table.csv {column} = {got}, the JSON says {want}"
+                );
             }
-            let md_row =
-                format!("| {b} | {method} | {:.2} | {:.4} | {:.4} | {:.3} ", m.top1, m.loss, m.kl, alloc.avg_w_bits);
+            let md_row = format!(
+                "| {b} | {method} | {:.2} | {:.4} | {:.4} | {:.3} ",
+                m.top1, m.loss, m.kl, alloc.avg_w_bits
+            );
             assert!(table_md.contains(&md_row), "table.md lacks `{md_row}`");
         }
     }
@@ -181,5 +245,8 @@ fn experiment_graph_runs_end_to_end_and_the_table_matches_its_files() {
     assert_eq!(up_to_date.status.code(), Some(0), "a rerun has nothing to do");
     let dry = make(out, &["-n", "TIME_LIMIT=30"]);
     let plan = String::from_utf8_lossy(&dry.stdout);
-    assert!(plan.contains("allocate") && !plan.contains("perturb") && !plan.contains("quantize"), "{plan}");
+    assert!(
+        plan.contains("allocate") && !plan.contains("perturb") && !plan.contains("quantize"),
+        "{plan}"
+    );
 }

@@ -13,14 +13,29 @@ use std::time::{Duration, Instant};
 const FIRST_UNIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn fixture() -> String {
-    workspace_root().join("tests/fixtures/resnet20_c1k10.pth").to_string_lossy().into_owned()
+    workspace_root()
+        .join("tests/fixtures/resnet20_c1k10.pth")
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// A measurement of 4 batches × 5 layers × 3 options = 60 units.
 fn perturb_args(resume: Option<&str>) -> Vec<String> {
     let mut a: Vec<String> = [
-        "--weights", &fixture(), "--samples", "16", "--batch-size", "4", "--options", "w2a8,w4a8,w8a8",
-        "--layers", "conv1,layer1.0.conv1,layer2.0.downsample.0,layer3.1.conv1,fc", "-o", "G.npy", "--index", "index.json",
+        "--weights",
+        &fixture(),
+        "--samples",
+        "16",
+        "--batch-size",
+        "4",
+        "--options",
+        "w2a8,w4a8,w8a8",
+        "--layers",
+        "conv1,layer1.0.conv1,layer2.0.downsample.0,layer3.1.conv1,fc",
+        "-o",
+        "G.npy",
+        "--index",
+        "index.json",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -35,7 +50,10 @@ fn perturb_args(resume: Option<&str>) -> Vec<String> {
 /// between two runs of the same job.
 fn index_without_clock(dir: &Path) -> serde_json::Value {
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    v["diagnostics"].as_object_mut().expect("perturb writes diagnostics").remove("seconds");
+    v["diagnostics"]
+        .as_object_mut()
+        .expect("perturb writes diagnostics")
+        .remove("seconds");
     v
 }
 
@@ -64,11 +82,20 @@ fn kill_mid_run(dir: &Path, signal: &str) {
         .expect("start perturb");
     let started = Instant::now();
     while finished_units(&dir.join("work")) == 0 {
-        assert!(child.try_wait().unwrap().is_none(), "perturb ended before its first unit was saved");
-        assert!(started.elapsed() < FIRST_UNIT_TIMEOUT, "no unit saved after {FIRST_UNIT_TIMEOUT:?}");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "perturb ended before its first unit was saved"
+        );
+        assert!(
+            started.elapsed() < FIRST_UNIT_TIMEOUT,
+            "no unit saved after {FIRST_UNIT_TIMEOUT:?}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let killed = Command::new("kill").args([signal, &child.id().to_string()]).status().expect("run kill");
+    let killed = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("run kill");
     assert!(killed.success());
     let status = child.wait().unwrap();
     assert!(!status.success(), "perturb was killed ({signal}): {status:?}");
@@ -76,7 +103,10 @@ fn kill_mid_run(dir: &Path, signal: &str) {
         assert!(!dir.join(output).exists(), "a run killed with {signal} left {output}");
     }
     let done = finished_units(&dir.join("work"));
-    assert!(done < 60, "the run was killed before its end ({done} of 60 units saved)");
+    assert!(
+        done < 60,
+        "the run was killed before its end ({done} of 60 units saved)"
+    );
 }
 
 #[test]
@@ -95,13 +125,20 @@ fn killed_perturb_leaves_no_output_and_resumes_to_the_same_matrix() {
         let resumed = run_in("perturb", &args, b"", Some(dir.path()));
         let stderr = resumed.stderr.clone();
         resumed.success();
-        assert!(stderr.contains("resuming:"), "the rerun continued the killed one ({signal}):\n{stderr}");
+        assert!(
+            stderr.contains("resuming:"),
+            "the rerun continued the killed one ({signal}):\n{stderr}"
+        );
         assert_eq!(
             std::fs::read(dir.path().join("G.npy")).unwrap(),
             g_reference,
             "G.npy after a {signal} and a resume is byte-identical to an uninterrupted run"
         );
-        assert_eq!(index_without_clock(dir.path()), index_without_clock(reference.path()), "index.json ({signal})");
+        assert_eq!(
+            index_without_clock(dir.path()),
+            index_without_clock(reference.path()),
+            "index.json ({signal})"
+        );
     }
 }
 
@@ -116,7 +153,12 @@ fn synthetic_problem(dir: &Path, layer_count: usize, cross: f64) {
     let layers: Vec<LayerInfo> = (0..layer_count)
         .map(|l| {
             let params = [432u64, 2304, 4608, 9216, 36864][l % 5];
-            LayerInfo { name: format!("layer{l}"), kind: "conv".into(), params, macs: params * 256 }
+            LayerInfo {
+                name: format!("layer{l}"),
+                kind: "conv".into(),
+                params,
+                macs: params * 256,
+            }
         })
         .collect();
     let k = options.len();
@@ -130,7 +172,8 @@ fn synthetic_problem(dir: &Path, layer_count: usize, cross: f64) {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
     };
-    let single = |o: QuantOption| 4f64.powi(-(o.w_bits.unwrap() as i32) / 2) + 4f64.powi(-(o.a_bits.unwrap() as i32) / 2);
+    let single =
+        |o: QuantOption| 4f64.powi(-(o.w_bits.unwrap() as i32) / 2) + 4f64.powi(-(o.a_bits.unwrap() as i32) / 2);
     let mut g = ndarray::Array2::<f64>::zeros((n, n));
     for u in 0..n {
         g[[u, u]] = single(options[u % k]) * (0.5 + uniform());
@@ -148,7 +191,9 @@ fn synthetic_problem(dir: &Path, layer_count: usize, cross: f64) {
         layers,
         fixed: Default::default(),
         options: options.iter().map(|o| OptionInfo::from(*o)).collect(),
-        variables: (0..layer_count).flat_map(|l| (0..k).map(move |o| Variable { layer: l, option: o })).collect(),
+        variables: (0..layer_count)
+            .flat_map(|l| (0..k).map(move |o| Variable { layer: l, option: o }))
+            .collect(),
         metric: Metric::Loss,
         naive: false,
         samples: 1,
@@ -170,7 +215,18 @@ fn a_tiny_time_limit_still_answers_with_its_gap() {
     synthetic_problem(dir.path(), 58, 0.2);
     let r = run_in(
         "allocate",
-        &["--matrix", "G.npy", "--index", "index.json", "--avg-bits", "4", "--time-limit", "0.05", "-o", "alloc.json"],
+        &[
+            "--matrix",
+            "G.npy",
+            "--index",
+            "index.json",
+            "--avg-bits",
+            "4",
+            "--time-limit",
+            "0.05",
+            "-o",
+            "alloc.json",
+        ],
         b"",
         Some(dir.path()),
     );
@@ -178,11 +234,18 @@ fn a_tiny_time_limit_still_answers_with_its_gap() {
     r.success();
     let alloc: clado::format::Alloc = clado::io::read_json(&dir.path().join("alloc.json").to_string_lossy()).unwrap();
     assert_eq!(alloc.solver.status, "time_limit", "the search was cut short: {stderr}");
-    assert!(alloc.solver.gap > 0.0 && alloc.solver.gap.is_finite(), "gap {}", alloc.solver.gap);
+    assert!(
+        alloc.solver.gap > 0.0 && alloc.solver.gap.is_finite(),
+        "gap {}",
+        alloc.solver.gap
+    );
     assert!(alloc.solver.bound <= alloc.solver.objective);
     assert!(alloc.avg_w_bits <= 4.0, "the answer meets the budget");
     assert_eq!(stderr.lines().count(), 1, "one warning line: {stderr}");
-    assert!(stderr.starts_with("allocate: warning:") && stderr.contains("gap"), "{stderr}");
+    assert!(
+        stderr.starts_with("allocate: warning:") && stderr.contains("gap"),
+        "{stderr}"
+    );
 }
 
 /// Run `tool args` in `dir`, read `lines` lines of its stdout, close the pipe, and check that
@@ -200,12 +263,19 @@ fn close_pipe_after(tool: &str, args: &[&str], dir: &Path, lines: usize) {
     for _ in 0..lines {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
-        assert!(line.ends_with('\n'), "{tool}: a whole line before the pipe closes: {line:?}");
+        assert!(
+            line.ends_with('\n'),
+            "{tool}: a whole line before the pipe closes: {line:?}"
+        );
     }
     drop(out);
     let result = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);
-    assert_eq!(result.status.code(), Some(0), "{tool} {args:?} after the reader left: {stderr}");
+    assert_eq!(
+        result.status.code(),
+        Some(0),
+        "{tool} {args:?} after the reader left: {stderr}"
+    );
     assert!(stderr.is_empty(), "{tool} {args:?} ends quietly, but said: {stderr}");
 }
 
@@ -215,22 +285,60 @@ fn a_closed_stdout_ends_the_tools_quietly() {
     let d = dir.path();
     synthetic_problem(d, 6, 0.05);
     // `allocate --sweep ... | head -1`: a line per budget, each flushed; the second write fails.
-    close_pipe_after("allocate", &["--matrix", "G.npy", "--index", "index.json", "--sweep", "avg-bits=2:8:0.25"], d, 1);
+    close_pipe_after(
+        "allocate",
+        &[
+            "--matrix",
+            "G.npy",
+            "--index",
+            "index.json",
+            "--sweep",
+            "avg-bits=2:8:0.25",
+        ],
+        d,
+        1,
+    );
     // `psd G.npy | true`: the reader is gone before the first byte.
     close_pipe_after("psd", &["G.npy", "-q"], d, 0);
-    close_pipe_after("allocate", &["--matrix", "G.npy", "--index", "index.json", "--avg-bits", "5"], d, 0);
+    close_pipe_after(
+        "allocate",
+        &["--matrix", "G.npy", "--index", "index.json", "--avg-bits", "5"],
+        d,
+        0,
+    );
     // `evaluate --fp --alloc a --alloc b | head -1` (evaluate writes when all configurations are
     // done, so the reader has left before its first line).
     let fx = fixture();
-    run_in("quantize", &["calibrate", "--weights", &fx, "--samples", "8", "--options", "w4a8,w8a8", "-o", "calib.json", "-q"], b"", Some(d))
-        .success();
+    run_in(
+        "quantize",
+        &[
+            "calibrate",
+            "--weights",
+            &fx,
+            "--samples",
+            "8",
+            "--options",
+            "w4a8,w8a8",
+            "-o",
+            "calib.json",
+            "-q",
+        ],
+        b"",
+        Some(d),
+    )
+    .success();
     let alloc = |option: &str| {
         let calib: clado::format::Calib = clado::io::read_json(&d.join("calib.json").to_string_lossy()).unwrap();
         let o = clado::options::QuantOption::parse(option).unwrap();
         let layers = calib
             .layers
             .iter()
-            .map(|l| clado::format::LayerChoice { name: l.name.clone(), option: option.into(), w_bits: o.w_bits, a_bits: o.a_bits })
+            .map(|l| clado::format::LayerChoice {
+                name: l.name.clone(),
+                option: option.into(),
+                w_bits: o.w_bits,
+                a_bits: o.a_bits,
+            })
             .collect();
         let a = clado::format::Alloc {
             version: clado::format::FORMAT_VERSION,
@@ -240,7 +348,13 @@ fn a_closed_stdout_ends_the_tools_quietly() {
             avg_w_bits: 0.0,
             bops: 0,
             budget: "none".into(),
-            solver: clado::format::SolverReport { status: "exact".into(), objective: 0.0, bound: 0.0, gap: 0.0, seconds: 0.0 },
+            solver: clado::format::SolverReport {
+                status: "exact".into(),
+                objective: 0.0,
+                bound: 0.0,
+                gap: 0.0,
+                seconds: 0.0,
+            },
             notes: Default::default(),
         };
         clado::io::write_json(&d.join(format!("{option}.json")).to_string_lossy(), &a).unwrap();
@@ -249,7 +363,20 @@ fn a_closed_stdout_ends_the_tools_quietly() {
     alloc("w8a8");
     close_pipe_after(
         "evaluate",
-        &["--weights", &fx, "--samples", "16", "--calib", "calib.json", "--fp", "--alloc", "w4a8.json", "--alloc", "w8a8.json", "-q"],
+        &[
+            "--weights",
+            &fx,
+            "--samples",
+            "16",
+            "--calib",
+            "calib.json",
+            "--fp",
+            "--alloc",
+            "w4a8.json",
+            "--alloc",
+            "w8a8.json",
+            "-q",
+        ],
         d,
         0,
     );

@@ -4,12 +4,33 @@
 use clado_tests::{run_in, workspace_root};
 
 fn args(max_memory: &str, batch: &str) -> Vec<String> {
-    let fx = workspace_root().join("tests/fixtures/resnet20_c1k10.pth").to_string_lossy().into_owned();
-    ["--weights", &fx, "--samples", "16", "--batch-size", batch, "--options", "w2a8,w8a8", "--layers", "conv1,layer2.0.conv1,fc"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(["--max-memory".into(), max_memory.into(), "-o".into(), "G.npy".into(), "--index".into(), "index.json".into()])
-        .collect()
+    let fx = workspace_root()
+        .join("tests/fixtures/resnet20_c1k10.pth")
+        .to_string_lossy()
+        .into_owned();
+    [
+        "--weights",
+        &fx,
+        "--samples",
+        "16",
+        "--batch-size",
+        batch,
+        "--options",
+        "w2a8,w8a8",
+        "--layers",
+        "conv1,layer2.0.conv1,fc",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "--max-memory".into(),
+        max_memory.into(),
+        "-o".into(),
+        "G.npy".into(),
+        "--index".into(),
+        "index.json".into(),
+    ])
+    .collect()
 }
 
 /// The estimated peak in bytes from the note `perturb: --max-memory ...: estimated peak X GiB|MiB`.
@@ -31,7 +52,10 @@ fn refuses_up_front_what_would_not_fit_and_runs_what_fits() {
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let err = run_in("perturb", &a, b"", Some(dir.path())).code(2);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("--max-memory 16M") && err.contains("estimated peak") && err.contains("--batch-size"), "{err}");
+    assert!(
+        err.contains("--max-memory 16M") && err.contains("estimated peak") && err.contains("--batch-size"),
+        "{err}"
+    );
     assert!(!dir.path().join("G.npy").exists());
 
     let a = args("8G", "16");
@@ -46,5 +70,8 @@ fn refuses_up_front_what_would_not_fit_and_runs_what_fits() {
     let smaller = run_in("perturb", &a, b"", Some(dir.path()));
     let small_stderr = smaller.stderr.clone();
     smaller.success();
-    assert!(estimated_peak(&stderr) > estimated_peak(&small_stderr), "{stderr}\n{small_stderr}");
+    assert!(
+        estimated_peak(&stderr) > estimated_peak(&small_stderr),
+        "{stderr}\n{small_stderr}"
+    );
 }

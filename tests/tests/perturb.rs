@@ -6,17 +6,32 @@ use ndarray::Array2;
 use std::path::Path;
 
 fn fixture() -> String {
-    workspace_root().join("tests/fixtures/resnet20_c1k10.pth").to_string_lossy().into_owned()
+    workspace_root()
+        .join("tests/fixtures/resnet20_c1k10.pth")
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// A few layers of every kind (first conv, a block conv, a downsample, the last conv, fc).
 const LAYERS: &str = "conv1,layer1.0.conv2,layer2.0.downsample.0,layer3.2.conv2,fc";
 
 fn base_args(dir: &Path, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = ["--weights", &fixture(), "--samples", "12", "--batch-size", "5", "--options", "w2a8,w8a8", "--layers", LAYERS, "-q"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut a: Vec<String> = [
+        "--weights",
+        &fixture(),
+        "--samples",
+        "12",
+        "--batch-size",
+        "5",
+        "--options",
+        "w2a8,w8a8",
+        "--layers",
+        LAYERS,
+        "-q",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     a.extend(extra.iter().map(|s| s.to_string()));
     let _ = dir;
     a
@@ -43,14 +58,17 @@ fn writes_a_symmetric_matrix_and_its_index() {
     for l in 0..5 {
         assert_eq!(g[[2 * l, 2 * l + 1]], 0.0);
     }
-    let index: clado::format::Index =
-        clado::io::read_json(&dir.path().join("index.json").to_string_lossy()).unwrap();
+    let index: clado::format::Index = clado::io::read_json(&dir.path().join("index.json").to_string_lossy()).unwrap();
     assert_eq!(index.variables.len(), 10);
     assert_eq!(index.layers.len(), 22, "index lists every quantizable layer");
     assert_eq!(index.fixed.len(), 17, "the layers not perturbed stay FP");
     assert_eq!(index.samples, 12);
     let d = index.diagnostics.unwrap();
-    assert_eq!(d.evaluations, 10 + (5 * 4 / 2) * 2 * 2, "singles + pairs of options of different layers");
+    assert_eq!(
+        d.evaluations,
+        10 + (5 * 4 / 2) * 2 * 2,
+        "singles + pairs of options of different layers"
+    );
     let se = read(dir.path(), "se.npy");
     assert!(se.iter().all(|v| *v >= 0.0 && v.is_finite()));
 }
@@ -63,7 +81,11 @@ fn fast_path_equals_full_forward_reference() {
     const TOL: f64 = 1e-12;
     let dir = tempfile::tempdir().unwrap();
     perturb(dir.path(), &["-o", "fast.npy", "--index", "i1.json", "--metric", "kl"]).success();
-    perturb(dir.path(), &["-o", "ref.npy", "--index", "i2.json", "--metric", "kl", "--reference"]).success();
+    perturb(
+        dir.path(),
+        &["-o", "ref.npy", "--index", "i2.json", "--metric", "kl", "--reference"],
+    )
+    .success();
     let (a, b) = (read(dir.path(), "fast.npy"), read(dir.path(), "ref.npy"));
     let diff = (&a - &b).mapv(f64::abs).fold(0.0f64, |m, v| m.max(*v));
     assert!(diff <= TOL, "fast and reference differ by {diff}");
@@ -74,18 +96,42 @@ fn shards_merge_into_the_unsharded_result() {
     let dir = tempfile::tempdir().unwrap();
     perturb(dir.path(), &["-o", "G.npy", "--index", "index.json"]).success();
     for k in 1..=3 {
-        perturb(dir.path(), &["--shard", &format!("{k}/3"), "-o", &format!("part{k}.json")]).success();
+        perturb(
+            dir.path(),
+            &["--shard", &format!("{k}/3"), "-o", &format!("part{k}.json")],
+        )
+        .success();
     }
     clado_tests::run_in(
         "perturb",
-        &["merge", "part1.json", "part2.json", "part3.json", "-o", "M.npy", "--index", "m.json", "-q"],
+        &[
+            "merge",
+            "part1.json",
+            "part2.json",
+            "part3.json",
+            "-o",
+            "M.npy",
+            "--index",
+            "m.json",
+            "-q",
+        ],
         b"",
         Some(dir.path()),
     )
     .success();
-    assert_eq!(read(dir.path(), "G.npy"), read(dir.path(), "M.npy"), "merge equals the unsharded run");
+    assert_eq!(
+        read(dir.path(), "G.npy"),
+        read(dir.path(), "M.npy"),
+        "merge equals the unsharded run"
+    );
     // A missing shard is an error, not a silent partial matrix.
-    let err = clado_tests::run_in("perturb", &["merge", "part1.json", "part3.json", "-o", "X.npy", "--index", "x.json"], b"", Some(dir.path())).code(2);
+    let err = clado_tests::run_in(
+        "perturb",
+        &["merge", "part1.json", "part3.json", "-o", "X.npy", "--index", "x.json"],
+        b"",
+        Some(dir.path()),
+    )
+    .code(2);
     assert!(err.contains("shard 2/3 is missing"), "{err}");
     assert!(!dir.path().join("X.npy").exists());
 }
@@ -93,7 +139,11 @@ fn shards_merge_into_the_unsharded_result() {
 #[test]
 fn resumes_where_it_stopped() {
     let dir = tempfile::tempdir().unwrap();
-    perturb(dir.path(), &["-o", "G.npy", "--index", "index.json", "--resume", "work"]).success();
+    perturb(
+        dir.path(),
+        &["-o", "G.npy", "--index", "index.json", "--resume", "work"],
+    )
+    .success();
     // Forget half of the finished units, as if the run had been killed, and run again.
     let mut removed = 0;
     for e in std::fs::read_dir(dir.path().join("work")).unwrap() {
@@ -103,10 +153,20 @@ fn resumes_where_it_stopped() {
             removed += 1;
         }
     }
-    perturb(dir.path(), &["-o", "G2.npy", "--index", "index2.json", "--resume", "work"]).success();
+    perturb(
+        dir.path(),
+        &["-o", "G2.npy", "--index", "index2.json", "--resume", "work"],
+    )
+    .success();
     assert_eq!(read(dir.path(), "G.npy"), read(dir.path(), "G2.npy"));
     // Another job in the same directory is refused.
-    let err = perturb(dir.path(), &["-o", "G3.npy", "--index", "i3.json", "--resume", "work", "--metric", "kl"]).code(2);
+    let err = perturb(
+        dir.path(),
+        &[
+            "-o", "G3.npy", "--index", "i3.json", "--resume", "work", "--metric", "kl",
+        ],
+    )
+    .code(2);
     assert!(err.contains("another run") && err.contains("another metric"), "{err}");
 }
 
@@ -117,7 +177,10 @@ fn bad_input_is_refused_before_any_work() {
         (&["--options", "w9a8"], "9 bits is out of range"),
         (&["--options", "w4a8,w4a8"], "appears more than once"),
         (&["--options", "x4"], "not an option"),
-        (&["--exclude", "layer9.0.conv1"], "layer 'layer9.0.conv1' is not in the model"),
+        (
+            &["--exclude", "layer9.0.conv1"],
+            "layer 'layer9.0.conv1' is not in the model",
+        ),
         (&["--samples", "0"], "--samples 0"),
         (&["--shard", "3/2"], "expected K/N"),
         (&["--data", "mnist:/nowhere"], "mnist"),
@@ -134,6 +197,20 @@ fn bad_input_is_refused_before_any_work() {
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
         assert!(!dir.path().join("G.npy").exists() && !dir.path().join("index.json").exists());
     }
-    let err = run("perturb", &["--weights", "/nonexistent.pth", "--options", "w4", "-o", "G.npy", "--index", "i.json"], b"").code(2);
+    let err = run(
+        "perturb",
+        &[
+            "--weights",
+            "/nonexistent.pth",
+            "--options",
+            "w4",
+            "-o",
+            "G.npy",
+            "--index",
+            "i.json",
+        ],
+        b"",
+    )
+    .code(2);
     assert!(err.contains("/nonexistent.pth"), "{err}");
 }

@@ -23,11 +23,19 @@ fn read_npy(bytes: &[u8]) -> Array2<f64> {
 /// An indefinite, slightly asymmetric 4×4 matrix: 2 layers × 2 options, with the matrix
 /// convention (same-layer off-diagonals 0).
 fn indefinite() -> Array2<f64> {
-    array![[0.10, 0.00, -0.30, 0.05], [0.00, 0.02, 0.20, -0.10], [-0.30, 0.20, 0.04, 0.00], [0.05, -0.10, 0.00, 0.01],]
+    array![
+        [0.10, 0.00, -0.30, 0.05],
+        [0.00, 0.02, 0.20, -0.10],
+        [-0.30, 0.20, 0.04, 0.00],
+        [0.05, -0.10, 0.00, 0.01],
+    ]
 }
 
 fn index_json(variables: &[(usize, usize)]) -> String {
-    let vars: Vec<String> = variables.iter().map(|(l, o)| format!(r#"{{"layer":{l},"option":{o}}}"#)).collect();
+    let vars: Vec<String> = variables
+        .iter()
+        .map(|(l, o)| format!(r#"{{"layer":{l},"option":{o}}}"#))
+        .collect();
     format!(
         r#"{{"version":1,"arch":"resnet20","layers":[
               {{"name":"conv1","kind":"conv","params":432,"macs":442368}},
@@ -50,7 +58,10 @@ fn shift_through_pipes_adds_a_constant_to_the_diagonal() {
     let lambda = out[[0, 0]] - g[[0, 0]];
     assert!(lambda > 0.0, "G is indefinite, so the shift is positive");
     for i in 0..4 {
-        assert!((out[[i, i]] - g[[i, i]] - lambda).abs() <= ENTRY_TOL, "the same λ on every diagonal entry");
+        assert!(
+            (out[[i, i]] - g[[i, i]] - lambda).abs() <= ENTRY_TOL,
+            "the same λ on every diagonal entry"
+        );
         for j in 0..4 {
             assert_eq!(out[[i, j]], out[[j, i]], "exactly symmetric");
         }
@@ -103,19 +114,31 @@ fn files_index_and_report() {
     assert_eq!(doc["layers"], 2);
     let shift = doc["shift"].as_f64().unwrap();
     assert!((out[[1, 1]] - indefinite()[[1, 1]] - shift).abs() <= ENTRY_TOL);
-    assert_eq!(doc["objective_offset"].as_f64().unwrap(), 2.0 * shift, "λ·L with L = 2 layers");
+    assert_eq!(
+        doc["objective_offset"].as_f64().unwrap(),
+        2.0 * shift,
+        "λ·L with L = 2 layers"
+    );
     let before = &doc["before"];
     assert!(before["lambda_min"].as_f64().unwrap() < 0.0);
     assert!(before["negative_eigenvalues"].as_u64().unwrap() >= 1);
     assert_eq!(doc["after"]["negative_eigenvalues"], 0);
     assert!(doc["after"]["lambda_min"].as_f64().unwrap() > 0.0);
-    assert!((doc["frobenius_moved"].as_f64().unwrap() - 2.0 * shift).abs() <= ENTRY_TOL, "λ·√N with N = 4");
+    assert!(
+        (doc["frobenius_moved"].as_f64().unwrap() - 2.0 * shift).abs() <= ENTRY_TOL,
+        "λ·√N with N = 4"
+    );
     assert!(doc["seconds"].as_f64().unwrap() >= 0.0);
     assert_eq!(doc["max_asymmetry"], 0.0);
 
     // Same input, same bytes.
     let again = dir.path().join("again.npy");
-    run("psd", &[path_str(&input), "--method", "shift", "-o", path_str(&again), "-q"], b"").success();
+    run(
+        "psd",
+        &[path_str(&input), "--method", "shift", "-o", path_str(&again), "-q"],
+        b"",
+    )
+    .success();
     assert_eq!(std::fs::read(&output).unwrap(), std::fs::read(&again).unwrap());
 }
 
@@ -123,10 +146,18 @@ fn files_index_and_report() {
 fn clip_reports_to_stdout_when_the_matrix_goes_to_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("Gclip.npy");
-    let r = run("psd", &["--method", "clip", "-o", path_str(&output), "--report", "-", "-q"], &npy(&indefinite()));
+    let r = run(
+        "psd",
+        &["--method", "clip", "-o", path_str(&output), "--report", "-", "-q"],
+        &npy(&indefinite()),
+    );
     let doc: serde_json::Value = serde_json::from_slice(&r.success()).unwrap();
     assert_eq!(doc["method"], "clip");
-    assert_eq!(doc["objective_offset"], serde_json::Value::Null, "clip adds no constant");
+    assert_eq!(
+        doc["objective_offset"],
+        serde_json::Value::Null,
+        "clip adds no constant"
+    );
     assert_eq!(doc["after"]["lambda_min"], 0.0);
     assert!(output.exists());
 }
@@ -135,8 +166,16 @@ fn clip_reports_to_stdout_when_the_matrix_goes_to_a_file() {
 fn help_is_the_manual() {
     let help = run("psd", &["--help"], b"").success();
     let text = String::from_utf8(help).unwrap();
-    for needle in ["--method", "shift", "clip", "none", "--index", "--report", "psd < G.npy > Gpsd.npy", "default is `clip`"]
-    {
+    for needle in [
+        "--method",
+        "shift",
+        "clip",
+        "none",
+        "--index",
+        "--report",
+        "psd < G.npy > Gpsd.npy",
+        "default is `clip`",
+    ] {
         assert!(text.contains(needle), "--help lacks {needle}");
     }
 }
@@ -151,15 +190,34 @@ fn rejects(args: &[&str], stdin: &[u8], expect: &str) {
     all.extend(["-o", path_str(&output), "--report", path_str(&report)]);
     let stderr = run("psd", &all, stdin).code(2);
     assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr}");
-    assert!(stderr.starts_with("psd: ") && stderr.contains(expect), "expected {expect:?} in {stderr}");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written: {stderr}");
+    assert!(
+        stderr.starts_with("psd: ") && stderr.contains(expect),
+        "expected {expect:?} in {stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing written: {stderr}"
+    );
 }
 
 #[test]
 fn bad_inputs_exit_2_with_one_line_and_write_nothing() {
-    rejects(&[], &npy(&Array2::<f64>::zeros((3, 4))), "<stdin>: expected a square N×N matrix, got shape 3×4");
-    rejects(&[], &npy(&Array1::<f64>::zeros(4)), "expected a 2-D matrix, got shape (4,)");
-    rejects(&[], &npy(&Array3::<f64>::zeros((2, 2, 2))), "expected a 2-D matrix, got shape (2, 2, 2)");
+    rejects(
+        &[],
+        &npy(&Array2::<f64>::zeros((3, 4))),
+        "<stdin>: expected a square N×N matrix, got shape 3×4",
+    );
+    rejects(
+        &[],
+        &npy(&Array1::<f64>::zeros(4)),
+        "expected a 2-D matrix, got shape (4,)",
+    );
+    rejects(
+        &[],
+        &npy(&Array3::<f64>::zeros((2, 2, 2))),
+        "expected a 2-D matrix, got shape (2, 2, 2)",
+    );
     let mut g = indefinite();
     g[[1, 3]] = f64::NAN;
     g[[2, 0]] = f64::NAN;
@@ -169,8 +227,16 @@ fn bad_inputs_exit_2_with_one_line_and_write_nothing() {
     rejects(&[], &npy(&g), "entry [3, 2] is -inf");
     rejects(&[], b"", "<stdin>: empty input, expected a .npy file");
     rejects(&[], b"0.1,0.2\n0.3,0.4\n", "not a .npy file");
-    rejects(&[], &npy(&Array2::<i64>::zeros((2, 2))), "expected float64 or float32 data");
-    rejects(&[], &npy(&Array2::<f64>::zeros((0, 0))), "expected a non-empty N×N matrix");
+    rejects(
+        &[],
+        &npy(&Array2::<i64>::zeros((2, 2))),
+        "expected float64 or float32 data",
+    );
+    rejects(
+        &[],
+        &npy(&Array2::<f64>::zeros((0, 0))),
+        "expected a non-empty N×N matrix",
+    );
     rejects(
         &["--method", "eigen"],
         &npy(&indefinite()),
@@ -184,7 +250,15 @@ fn an_index_of_another_matrix_is_rejected_before_writing() {
     let dir = tempfile::tempdir().unwrap();
     let index = dir.path().join("index.json");
     std::fs::write(&index, index_json(&[(0, 0), (0, 1), (1, 0)])).unwrap();
-    rejects(&["--index", path_str(&index)], &npy(&indefinite()), "has 3 variables but the matrix is 4×4");
+    rejects(
+        &["--index", path_str(&index)],
+        &npy(&indefinite()),
+        "has 3 variables but the matrix is 4×4",
+    );
     std::fs::write(&index, "{}").unwrap();
-    rejects(&["--index", path_str(&index)], &npy(&indefinite()), "missing field `version`");
+    rejects(
+        &["--index", path_str(&index)],
+        &npy(&indefinite()),
+        "missing field `version`",
+    );
 }

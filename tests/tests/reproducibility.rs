@@ -9,7 +9,10 @@ use clado_tests::{run_with_env, workspace_root};
 use std::path::Path;
 
 fn fixture() -> String {
-    workspace_root().join("tests/fixtures/resnet20_c1k10.pth").to_string_lossy().into_owned()
+    workspace_root()
+        .join("tests/fixtures/resnet20_c1k10.pth")
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Everything the pipeline writes, as compared.
@@ -43,18 +46,69 @@ fn pipeline(threads: &str) -> Outputs {
         }
         run_with_env(tool, &all, b"", d, &env).success()
     };
-    run("quantize", &["calibrate", "--samples", "16", "--options", "w{2,4,8}a8", "-o", "calib.json"]);
+    run(
+        "quantize",
+        &[
+            "calibrate",
+            "--samples",
+            "16",
+            "--options",
+            "w{2,4,8}a8",
+            "-o",
+            "calib.json",
+        ],
+    );
     run(
         "perturb",
         &[
-            "--samples", "12", "--batch-size", "5", "--options", "w2a8,w4a8,w8a8", "--calib", "calib.json",
-            "--layers", "conv1,layer1.1.conv2,layer2.0.conv1,layer3.2.conv2,fc", "--metric", "kl", "-o", "G.npy", "--index", "index.json",
+            "--samples",
+            "12",
+            "--batch-size",
+            "5",
+            "--options",
+            "w2a8,w4a8,w8a8",
+            "--calib",
+            "calib.json",
+            "--layers",
+            "conv1,layer1.1.conv2,layer2.0.conv1,layer3.2.conv2,fc",
+            "--metric",
+            "kl",
+            "-o",
+            "G.npy",
+            "--index",
+            "index.json",
         ],
     );
     run("psd", &["G.npy", "-o", "Gpsd.npy", "-q"]);
     // The 17 layers not perturbed stay FP (32 bits) and count in the budget.
-    run("allocate", &["--matrix", "Gpsd.npy", "--index", "index.json", "--avg-bits", "28", "-o", "alloc.json", "-q"]);
-    let metrics = run("evaluate", &["--samples", "24", "--calib", "calib.json", "--fp", "--uniform", "w4a8", "--alloc", "alloc.json"]);
+    run(
+        "allocate",
+        &[
+            "--matrix",
+            "Gpsd.npy",
+            "--index",
+            "index.json",
+            "--avg-bits",
+            "28",
+            "-o",
+            "alloc.json",
+            "-q",
+        ],
+    );
+    let metrics = run(
+        "evaluate",
+        &[
+            "--samples",
+            "24",
+            "--calib",
+            "calib.json",
+            "--fp",
+            "--uniform",
+            "w4a8",
+            "--alloc",
+            "alloc.json",
+        ],
+    );
     let read = |f: &str| std::fs::read(dir.path().join(f)).unwrap();
     Outputs {
         g: read("G.npy"),
@@ -70,12 +124,20 @@ fn one_and_two_threads_and_two_runs_give_the_same_bytes() {
     let one = pipeline("1");
     let two = pipeline("2");
     let again = pipeline("2");
-    assert_eq!(one.metrics.iter().filter(|&&b| b == b'\n').count(), 3, "three metrics lines");
+    assert_eq!(
+        one.metrics.iter().filter(|&&b| b == b'\n').count(),
+        3,
+        "three metrics lines"
+    );
     for (what, other) in [("2 threads", &two), ("a second run", &again)] {
         assert!(one.g == other.g, "G.npy differs with {what}");
         assert_eq!(one.index, other.index, "index.json differs with {what}");
         assert!(one.g_psd == other.g_psd, "psd's output differs with {what}");
         assert_eq!(one.alloc, other.alloc, "alloc.json differs with {what}");
-        assert_eq!(String::from_utf8_lossy(&one.metrics), String::from_utf8_lossy(&other.metrics), "metrics differ with {what}");
+        assert_eq!(
+            String::from_utf8_lossy(&one.metrics),
+            String::from_utf8_lossy(&other.metrics),
+            "metrics differ with {what}"
+        );
     }
 }

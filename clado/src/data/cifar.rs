@@ -82,7 +82,11 @@ fn data_folder(layout: Layout, dir: &Path, first_file: &str) -> Result<PathBuf> 
     }
     Err(Error::input(
         dir.display(),
-        format!("no {first_file} here or in {}/ (expected the binary version of {})", layout.folder(), layout.kind()),
+        format!(
+            "no {first_file} here or in {}/ (expected the binary version of {})",
+            layout.folder(),
+            layout.kind()
+        ),
     ))
 }
 
@@ -108,7 +112,13 @@ pub(super) fn load(layout: Layout, dir: &Path, split: Split) -> Result<Dataset> 
             }
         }
     }
-    Dataset::new(images, labels, [CHANNELS, SIDE, SIDE], layout.num_classes(), folder.display().to_string())
+    Dataset::new(
+        images,
+        labels,
+        [CHANNELS, SIDE, SIDE],
+        layout.num_classes(),
+        folder.display().to_string(),
+    )
 }
 
 /// Check the bytes of a CIFAR binary file `name` as the loader does; the number of records.
@@ -121,7 +131,10 @@ pub(super) fn count_records(layout: Layout, name: &str, bytes: &[u8]) -> Result<
 fn check_records(layout: Layout, path: &Path, bytes: &[u8]) -> Result<()> {
     let record_len = layout.record_len();
     if bytes.is_empty() {
-        return Err(Error::input(path.display(), format!("empty file, expected {record_len}-byte records")));
+        return Err(Error::input(
+            path.display(),
+            format!("empty file, expected {record_len}-byte records"),
+        ));
     }
     let extra = bytes.len() % record_len;
     if extra != 0 {
@@ -139,7 +152,10 @@ fn check_records(layout: Layout, path: &Path, bytes: &[u8]) -> Result<()> {
             if usize::from(byte) >= classes {
                 return Err(Error::input(
                     path.display(),
-                    format!("{what} {byte} of record {i} is out of range (expected 0..={})", classes - 1),
+                    format!(
+                        "{what} {byte} of record {i} is out of range (expected 0..={})",
+                        classes - 1
+                    ),
                 ));
             }
         }

@@ -35,16 +35,19 @@ pub(super) fn read_idx(path: &Path, ndim: usize) -> Result<IdxArray> {
 
 /// Decode the bytes of an IDX file (gzipped or not) of unsigned bytes with `ndim` dimensions.
 pub(super) fn decode_idx(name: &str, bytes: Vec<u8>, ndim: usize) -> Result<IdxArray> {
-    let bytes = if bytes.starts_with(&GZIP_MAGIC) { gunzip(name, &bytes)? } else { bytes };
+    let bytes = if bytes.starts_with(&GZIP_MAGIC) {
+        gunzip(name, &bytes)?
+    } else {
+        bytes
+    };
     parse_idx(name, &bytes, ndim)
 }
 
 fn gunzip(name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
     // The gzip trailer holds the decoded size mod 2^32: a good capacity hint for these files.
-    let size_hint = bytes
-        .len()
-        .checked_sub(4)
-        .map_or(0, |at| u32::from_le_bytes(bytes[at..].try_into().expect("4 bytes")) as usize);
+    let size_hint = bytes.len().checked_sub(4).map_or(0, |at| {
+        u32::from_le_bytes(bytes[at..].try_into().expect("4 bytes")) as usize
+    });
     let mut out = Vec::with_capacity(size_hint);
     flate2::read::MultiGzDecoder::new(bytes)
         .read_to_end(&mut out)
@@ -56,7 +59,10 @@ fn gunzip(name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
 pub(super) fn parse_idx(name: &str, bytes: &[u8], ndim: usize) -> Result<IdxArray> {
     let expected_magic = u32::from_be_bytes([0, 0, IDX_UBYTE, ndim as u8]);
     let Some(magic) = bytes.get(..4) else {
-        return Err(Error::input(name, format!("truncated: {} bytes, shorter than the IDX magic", bytes.len())));
+        return Err(Error::input(
+            name,
+            format!("truncated: {} bytes, shorter than the IDX magic", bytes.len()),
+        ));
     };
     let magic = u32::from_be_bytes(magic.try_into().expect("4 bytes"));
     if magic != expected_magic {
@@ -69,16 +75,24 @@ pub(super) fn parse_idx(name: &str, bytes: &[u8], ndim: usize) -> Result<IdxArra
     let Some(header) = bytes.get(4..header_len) else {
         return Err(Error::input(
             name,
-            format!("truncated: {} bytes, shorter than the {header_len}-byte IDX header", bytes.len()),
+            format!(
+                "truncated: {} bytes, shorter than the {header_len}-byte IDX header",
+                bytes.len()
+            ),
         ));
     };
-    let dims: Vec<usize> =
-        header.chunks_exact(4).map(|d| u32::from_be_bytes(d.try_into().expect("4 bytes")) as usize).collect();
+    let dims: Vec<usize> = header
+        .chunks_exact(4)
+        .map(|d| u32::from_be_bytes(d.try_into().expect("4 bytes")) as usize)
+        .collect();
     let found = bytes.len() - header_len;
     let shape = dims.iter().map(usize::to_string).collect::<Vec<_>>().join("×");
     // Four u32 sizes can multiply beyond any file (found by fuzzing: it overflowed usize).
     let Some(expected) = dims.iter().try_fold(1usize, |p, &d| p.checked_mul(d)) else {
-        return Err(Error::input(name, format!("the header announces {shape} bytes of data, more than any file holds; found {found}")));
+        return Err(Error::input(
+            name,
+            format!("the header announces {shape} bytes of data, more than any file holds; found {found}"),
+        ));
     };
     if found != expected {
         let problem = if found < expected { "truncated" } else { "too long" };
@@ -87,7 +101,10 @@ pub(super) fn parse_idx(name: &str, bytes: &[u8], ndim: usize) -> Result<IdxArra
             format!("{problem}: the header announces {shape} = {expected} bytes of data, found {found}"),
         ));
     }
-    Ok(IdxArray { dims, data: bytes[header_len..].to_vec() })
+    Ok(IdxArray {
+        dims,
+        data: bytes[header_len..].to_vec(),
+    })
 }
 
 /// `dir/name`, or `dir/name.gz` when only that exists.
@@ -121,7 +138,9 @@ pub(super) fn load_fashion_mnist(dir: &Path, split: Split) -> Result<Dataset> {
     let images = read_idx(&images_path, 3)?;
     let labels = read_idx(&labels_path, 1)?;
     let images_name = images_path.display();
-    let [count, height, width] = images.dims[..] else { unreachable!("read_idx checked 3 dimensions") };
+    let [count, height, width] = images.dims[..] else {
+        unreachable!("read_idx checked 3 dimensions")
+    };
     if (height, width) != (FASHION_SIDE, FASHION_SIDE) {
         return Err(Error::input(
             images_name,
@@ -140,7 +159,11 @@ pub(super) fn load_fashion_mnist(dir: &Path, split: Split) -> Result<Dataset> {
     if let Some(i) = labels.data.iter().position(|&l| l as usize >= FASHION_CLASSES) {
         return Err(Error::input(
             labels_path.display(),
-            format!("label {} of sample {i} is out of range (expected 0..={})", labels.data[i], FASHION_CLASSES - 1),
+            format!(
+                "label {} of sample {i} is out of range (expected 0..={})",
+                labels.data[i],
+                FASHION_CLASSES - 1
+            ),
         ));
     }
     let pixels = pad_and_normalise(&images.data);
@@ -158,7 +181,9 @@ fn pad_and_normalise(raw: &[u8]) -> Vec<f32> {
     let table = FASHION_MNIST.table(0);
     let count = raw.len() / (FASHION_SIDE * FASHION_SIDE);
     let mut out = vec![0.0f32; count * PADDED_SIDE * PADDED_SIDE];
-    for (src, dst) in raw.chunks_exact(FASHION_SIDE * FASHION_SIDE).zip(out.chunks_exact_mut(PADDED_SIDE * PADDED_SIDE))
+    for (src, dst) in raw
+        .chunks_exact(FASHION_SIDE * FASHION_SIDE)
+        .zip(out.chunks_exact_mut(PADDED_SIDE * PADDED_SIDE))
     {
         for (r, src_row) in src.chunks_exact(FASHION_SIDE).enumerate() {
             let start = (r + PAD) * PADDED_SIDE + PAD;

@@ -56,11 +56,20 @@ pub struct Normalization {
 }
 
 /// Fashion-MNIST (DESIGN.md).
-pub const FASHION_MNIST: Normalization = Normalization { mean: &[0.2860], std: &[0.3530] };
+pub const FASHION_MNIST: Normalization = Normalization {
+    mean: &[0.2860],
+    std: &[0.3530],
+};
 /// CIFAR-10 as used by the pytorch-cifar-models checkpoints (see the module docs).
-pub const CIFAR10: Normalization = Normalization { mean: &[0.4914, 0.4822, 0.4465], std: &[0.2023, 0.1994, 0.2010] };
+pub const CIFAR10: Normalization = Normalization {
+    mean: &[0.4914, 0.4822, 0.4465],
+    std: &[0.2023, 0.1994, 0.2010],
+};
 /// CIFAR-100 as used by the pytorch-cifar-models checkpoints (see the module docs).
-pub const CIFAR100: Normalization = Normalization { mean: &[0.5070, 0.4865, 0.4409], std: &[0.2673, 0.2564, 0.2761] };
+pub const CIFAR100: Normalization = Normalization {
+    mean: &[0.5070, 0.4865, 0.4409],
+    std: &[0.2673, 0.2564, 0.2761],
+};
 
 impl Normalization {
     /// The normalised value of every byte 0..=255 in `channel`, computed as torchvision does
@@ -92,7 +101,10 @@ impl DataSpec {
             .split_once(':')
             .ok_or_else(|| Error::usage(format!("data '{text}': missing KIND:, {}", expected())))?;
         if path.is_empty() {
-            return Err(Error::usage(format!("data '{text}': empty path after '{kind}:', {}", expected())));
+            return Err(Error::usage(format!(
+                "data '{text}': empty path after '{kind}:', {}",
+                expected()
+            )));
         }
         match kind {
             "fashion-mnist" => Ok(DataSpec::FashionMnist(path.into())),
@@ -100,13 +112,19 @@ impl DataSpec {
             "cifar100" => Ok(DataSpec::Cifar100(path.into())),
             "npy" => match path.split_once(',') {
                 Some((images, labels)) if !images.is_empty() && !labels.is_empty() && !labels.contains(',') => {
-                    Ok(DataSpec::Npy { images: images.into(), labels: labels.into() })
+                    Ok(DataSpec::Npy {
+                        images: images.into(),
+                        labels: labels.into(),
+                    })
                 }
-                _ => {
-                    Err(Error::usage(format!("data '{text}': npy takes two files, images and labels: npy:X.npy,Y.npy")))
-                }
+                _ => Err(Error::usage(format!(
+                    "data '{text}': npy takes two files, images and labels: npy:X.npy,Y.npy"
+                ))),
             },
-            _ => Err(Error::usage(format!("data '{text}': unknown kind '{kind}', {}", expected()))),
+            _ => Err(Error::usage(format!(
+                "data '{text}': unknown kind '{kind}', {}",
+                expected()
+            ))),
         }
     }
 
@@ -214,7 +232,15 @@ impl Dataset {
                 ),
             ));
         }
-        let ds = Dataset { images, labels, channels, height, width, num_classes, source };
+        let ds = Dataset {
+            images,
+            labels,
+            channels,
+            height,
+            width,
+            num_classes,
+            source,
+        };
         ds.check_labels(num_classes)?;
         Ok(ds)
     }
@@ -266,7 +292,9 @@ impl Dataset {
     /// The last batch may be smaller. Panics when `batch_size` is 0.
     pub fn batches(&self, batch_size: usize) -> impl Iterator<Item = (&[f32], &[u32])> + '_ {
         assert!(batch_size > 0, "batch size must be positive");
-        self.images.chunks(batch_size * self.image_len()).zip(self.labels.chunks(batch_size))
+        self.images
+            .chunks(batch_size * self.image_len())
+            .zip(self.labels.chunks(batch_size))
     }
 
     /// Check that every label is a class of a model with `num_classes` outputs; the error names
@@ -321,7 +349,11 @@ pub mod bytes {
         let layout = match kind {
             "cifar10" => cifar::Layout::Cifar10,
             "cifar100" => cifar::Layout::Cifar100,
-            other => return Err(Error::usage(format!("CIFAR kind '{other}': expected cifar10 or cifar100"))),
+            other => {
+                return Err(Error::usage(format!(
+                    "CIFAR kind '{other}': expected cifar10 or cifar100"
+                )))
+            }
         };
         cifar::count_records(layout, name, bytes)
     }
@@ -331,12 +363,16 @@ pub mod bytes {
 /// indices chosen by `seed` (see the module docs), in increasing order. `samples` of 0 or above
 /// `len` is a usage error that names the count available in `source`.
 pub fn select_indices(len: usize, samples: Option<usize>, seed: u64, source: &str) -> Result<Vec<usize>> {
-    let Some(samples) = samples else { return Ok((0..len).collect()) };
+    let Some(samples) = samples else {
+        return Ok((0..len).collect());
+    };
     if samples == 0 {
         return Err(Error::usage("--samples 0: expected at least 1 sample"));
     }
     if samples > len {
-        return Err(Error::usage(format!("--samples {samples}: {source} has only {len} samples")));
+        return Err(Error::usage(format!(
+            "--samples {samples}: {source} has only {len} samples"
+        )));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut order: Vec<usize> = (0..len).collect();
@@ -375,7 +411,10 @@ fn check_dir(dir: &Path, kind: &str) -> Result<()> {
     if dir.is_dir() {
         Ok(())
     } else {
-        Err(Error::input(dir.display(), format!("no such folder (expected the {kind} data set folder)")))
+        Err(Error::input(
+            dir.display(),
+            format!("no such folder (expected the {kind} data set folder)"),
+        ))
     }
 }
 

@@ -33,9 +33,18 @@ pub(super) fn load(images_path: &Path, labels_path: &Path) -> Result<Dataset> {
         return Err(Error::input(images_name, format!("value {v} at {at:?} is not finite")));
     }
     let num_classes = labels.iter().max().map_or(0, |&m| m as usize + 1);
-    let pixels =
-        if images.is_standard_layout() { images.into_raw_vec_and_offset().0 } else { images.iter().copied().collect() };
-    Dataset::new(pixels, labels, [channels, height, width], num_classes, labels_path.display().to_string())
+    let pixels = if images.is_standard_layout() {
+        images.into_raw_vec_and_offset().0
+    } else {
+        images.iter().copied().collect()
+    };
+    Dataset::new(
+        pixels,
+        labels,
+        [channels, height, width],
+        num_classes,
+        labels_path.display().to_string(),
+    )
 }
 
 fn read_images(path: &Path) -> Result<Array4<f32>> {
@@ -47,7 +56,10 @@ fn read_images(path: &Path) -> Result<Array4<f32>> {
 /// Images from a `.npy` stream of `len` bytes read from `name`.
 fn images_from_reader(name: &str, len: u64, reader: impl std::io::Read) -> Result<Array4<f32>> {
     if len == 0 {
-        return Err(Error::input(name, "empty file, expected a .npy array of float32 images"));
+        return Err(Error::input(
+            name,
+            "empty file, expected a .npy array of float32 images",
+        ));
     }
     Array4::<f32>::read_npy(reader).map_err(|e| Error::input(name, describe(e, "float32 ('<f4')", "4-D N×C×H×W")))
 }
@@ -68,7 +80,10 @@ pub fn labels_from_npy_bytes(name: &str, bytes: &[u8]) -> Result<Vec<u32>> {
     const EXPECTED_DTYPE: &str = "int64 ('<i8') or int32 ('<i4')";
     const EXPECTED_RANK: &str = "1-D";
     if bytes.is_empty() {
-        return Err(Error::input(name, "empty file, expected a .npy array of int64 or int32 labels"));
+        return Err(Error::input(
+            name,
+            "empty file, expected a .npy array of int64 or int32 labels",
+        ));
     }
     let wide: Vec<i64> = match Array1::<i64>::read_npy(Cursor::new(bytes)) {
         Ok(a) => a.to_vec(),
@@ -83,7 +98,10 @@ pub fn labels_from_npy_bytes(name: &str, bytes: &[u8]) -> Result<Vec<u32>> {
         .enumerate()
         .map(|(i, &l)| {
             u32::try_from(l).map_err(|_| {
-                Error::input(name, format!("label {l} of sample {i} is out of range (expected 0 or more, below 2^32)"))
+                Error::input(
+                    name,
+                    format!("label {l} of sample {i} is out of range (expected 0 or more, below 2^32)"),
+                )
             })
         })
         .collect()

@@ -25,18 +25,27 @@ fn err_text(r: Result<impl std::fmt::Debug>) -> String {
 
 #[test]
 fn spec_parses_every_kind_and_displays_back() {
-    for text in
-        ["fashion-mnist:/usr/share/datasets/fashion-mnist", "cifar10:data/c10", "cifar100:c100", "npy:x.npy,y.npy"]
-    {
+    for text in [
+        "fashion-mnist:/usr/share/datasets/fashion-mnist",
+        "cifar10:data/c10",
+        "cifar100:c100",
+        "npy:x.npy,y.npy",
+    ] {
         let spec = DataSpec::parse(text).unwrap();
         assert_eq!(spec.to_string(), text);
         assert_eq!(text.parse::<DataSpec>().unwrap(), spec);
     }
     assert_eq!(
         DataSpec::parse("npy:a/x.npy,b/y.npy").unwrap(),
-        DataSpec::Npy { images: "a/x.npy".into(), labels: "b/y.npy".into() }
+        DataSpec::Npy {
+            images: "a/x.npy".into(),
+            labels: "b/y.npy".into()
+        }
     );
-    assert_eq!(DataSpec::parse("cifar10:C:/data").unwrap(), DataSpec::Cifar10("C:/data".into()));
+    assert_eq!(
+        DataSpec::parse("cifar10:C:/data").unwrap(),
+        DataSpec::Cifar10("C:/data".into())
+    );
 }
 
 #[test]
@@ -81,7 +90,11 @@ fn fashion_mnist_train_shape_labels_normalisation_and_pad() {
     assert_eq!(ds.images.len(), 60_000 * 32 * 32);
     assert_eq!(&ds.labels[..6], &[9, 0, 0, 3, 0, 2]);
     for class in 0..10 {
-        assert_eq!(ds.labels.iter().filter(|&&l| l == class).count(), 6_000, "class {class}");
+        assert_eq!(
+            ds.labels.iter().filter(|&&l| l == class).count(),
+            6_000,
+            "class {class}"
+        );
     }
     // Image 0 (an ankle boot) has byte 255 at row 14, column 25 and 73 at row 3, column 16
     // of the 28×28 original; padding moves both by 2 rows and 2 columns.
@@ -119,7 +132,10 @@ fn fashion_mnist_constants_standardise_the_training_set() {
     }
     let mean = sum / n as f64;
     let std = (sum_sq / n as f64 - mean * mean).sqrt();
-    assert!(mean.abs() < ROUNDING_TOL && (std - 1.0).abs() < ROUNDING_TOL, "mean {mean}, std {std}");
+    assert!(
+        mean.abs() < ROUNDING_TOL && (std - 1.0).abs() < ROUNDING_TOL,
+        "mean {mean}, std {std}"
+    );
 }
 
 #[test]
@@ -174,7 +190,11 @@ fn idx_gzipped_and_plain_give_the_same_data() {
     assert_eq!(b.labels, a.labels);
     // Image 2, row 5, column 9 holds (200 + 5·28 + 9) mod 256 = 93, at (7, 11) once padded.
     let (mean, std) = (FASHION_MNIST.mean[0], FASHION_MNIST.std[0]);
-    assert_close(a.image(2)[7 * 32 + 11], normalised(93, mean, std), "image 2 pixel (5, 9)");
+    assert_close(
+        a.image(2)[7 * 32 + 11],
+        normalised(93, mean, std),
+        "image 2 pixel (5, 9)",
+    );
     assert_eq!(a.image(2)[32 + 11], 0.0, "pad row 1");
 }
 
@@ -186,9 +206,27 @@ fn idx_bad_inputs_name_the_file_and_the_problem() {
     // (case, images file, labels file, the file named in the error, the problem it states)
     type Case<'a> = (&'a str, Vec<u8>, Vec<u8>, &'a str, &'a str);
     let cases: Vec<Case> = vec![
-        ("bad magic", bad_magic, labels.clone(), "images", "bad IDX magic 0x00000d03"),
-        ("labels as images", labels.clone(), labels.clone(), "images", "expected 0x00000803"),
-        ("short header", images[..10].to_vec(), labels.clone(), "images", "shorter than the 16-byte IDX header"),
+        (
+            "bad magic",
+            bad_magic,
+            labels.clone(),
+            "images",
+            "bad IDX magic 0x00000d03",
+        ),
+        (
+            "labels as images",
+            labels.clone(),
+            labels.clone(),
+            "images",
+            "expected 0x00000803",
+        ),
+        (
+            "short header",
+            images[..10].to_vec(),
+            labels.clone(),
+            "images",
+            "shorter than the 16-byte IDX header",
+        ),
         (
             "short data",
             images[..images.len() - 1].to_vec(),
@@ -196,9 +234,27 @@ fn idx_bad_inputs_name_the_file_and_the_problem() {
             "images",
             "truncated: the header announces 3×28×28 = 2352 bytes of data, found 2351",
         ),
-        ("extra data", [images.clone(), vec![0]].concat(), labels.clone(), "images", "too long: the header announces 3×28×28 = 2352 bytes of data, found 2353"),
-        ("too few labels", images.clone(), idx_bytes(&[2], &[7, 0]), "labels", "2 labels for the 3 images"),
-        ("label 10", images.clone(), idx_bytes(&[3], &[7, 10, 9]), "labels", "label 10 of sample 1 is out of range"),
+        (
+            "extra data",
+            [images.clone(), vec![0]].concat(),
+            labels.clone(),
+            "images",
+            "too long: the header announces 3×28×28 = 2352 bytes of data, found 2353",
+        ),
+        (
+            "too few labels",
+            images.clone(),
+            idx_bytes(&[2], &[7, 0]),
+            "labels",
+            "2 labels for the 3 images",
+        ),
+        (
+            "label 10",
+            images.clone(),
+            idx_bytes(&[3], &[7, 10, 9]),
+            "labels",
+            "label 10 of sample 1 is out of range",
+        ),
         (
             "not 28x28",
             idx_bytes(&[3, 24, 28], &images[16..16 + 3 * 24 * 28]),
@@ -206,7 +262,13 @@ fn idx_bad_inputs_name_the_file_and_the_problem() {
             "images",
             "24×28, expected 28×28",
         ),
-        ("no images", idx_bytes(&[0, 28, 28], &[]), idx_bytes(&[0], &[]), "images", "holds no images"),
+        (
+            "no images",
+            idx_bytes(&[0, 28, 28], &[]),
+            idx_bytes(&[0], &[]),
+            "images",
+            "holds no images",
+        ),
     ];
     for (case, images, labels, which, want) in cases {
         let dir = tempfile::tempdir().unwrap();
@@ -226,7 +288,10 @@ fn idx_truncated_gzip_and_missing_files() {
     std::fs::write(dir.path().join("t10k-labels-idx1-ubyte.gz"), gzip(&labels)).unwrap();
     let spec = DataSpec::FashionMnist(dir.path().into());
     let e = err_text(load(&spec, Split::Test));
-    assert!(e.contains("t10k-images-idx3-ubyte.gz") && e.contains("bad gzip data"), "{e}");
+    assert!(
+        e.contains("t10k-images-idx3-ubyte.gz") && e.contains("bad gzip data"),
+        "{e}"
+    );
 
     let e = err_text(load(&spec, Split::Train));
     assert!(
@@ -262,7 +327,15 @@ fn cifar_records(labels: &[&[u8]], first_image: usize) -> Vec<u8> {
 
 fn check_cifar_pixels(ds: &Dataset, norm: Normalization) {
     for k in 0..ds.len() {
-        for (c, y, x) in [(0, 0, 0), (1, 0, 0), (2, 0, 0), (0, 5, 17), (1, 31, 2), (2, 12, 31), (2, 31, 31)] {
+        for (c, y, x) in [
+            (0, 0, 0),
+            (1, 0, 0),
+            (2, 0, 0),
+            (0, 5, 17),
+            (1, 31, 2),
+            (2, 12, 31),
+            (2, 31, 31),
+        ] {
             let got = ds.image(k)[c * 1024 + y * 32 + x];
             let want = normalised(cifar_byte(k, c, y, x), norm.mean[c], norm.std[c]);
             assert_close(got, want, &format!("image {k} channel {c} pixel ({y}, {x})"));
@@ -286,7 +359,10 @@ fn cifar10_reads_every_batch_in_order_with_channels_in_place() {
     // The folder that holds cifar-10-batches-bin works as well as the folder itself.
     for spec_dir in [dir.path(), folder.as_path()] {
         let train = load(&DataSpec::Cifar10(spec_dir.into()), Split::Train).unwrap();
-        assert_eq!((train.len(), train.image_shape(), train.num_classes), (10, [3, 32, 32], 10));
+        assert_eq!(
+            (train.len(), train.image_shape(), train.num_classes),
+            (10, [3, 32, 32], 10)
+        );
         assert_eq!(train.labels, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
         check_cifar_pixels(&train, CIFAR10);
     }
@@ -298,10 +374,17 @@ fn cifar10_reads_every_batch_in_order_with_channels_in_place() {
 #[test]
 fn cifar100_uses_fine_labels() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("train.bin"), cifar_records(&[&[19, 99], &[0, 42], &[5, 7]], 0)).unwrap();
+    std::fs::write(
+        dir.path().join("train.bin"),
+        cifar_records(&[&[19, 99], &[0, 42], &[5, 7]], 0),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("test.bin"), cifar_records(&[&[11, 55]], 0)).unwrap();
     let train = load(&DataSpec::Cifar100(dir.path().into()), Split::Train).unwrap();
-    assert_eq!((train.len(), train.image_shape(), train.num_classes), (3, [3, 32, 32], 100));
+    assert_eq!(
+        (train.len(), train.image_shape(), train.num_classes),
+        (3, [3, 32, 32], 100)
+    );
     assert_eq!(train.labels, vec![99, 42, 7]);
     check_cifar_pixels(&train, CIFAR100);
     let test = load(&DataSpec::Cifar100(dir.path().into()), Split::Test).unwrap();
@@ -313,13 +396,21 @@ fn cifar_bad_inputs_name_the_file_and_the_problem() {
     let good100 = cifar_records(&[&[1, 2], &[3, 4]], 0);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("empty", vec![], "empty file, expected 3074-byte records"),
-        ("truncated", good100[..good100.len() - 10].to_vec(), "is 1 whole 3074-byte records and 3064 bytes more"),
+        (
+            "truncated",
+            good100[..good100.len() - 10].to_vec(),
+            "is 1 whole 3074-byte records and 3064 bytes more",
+        ),
         (
             "fine label 100",
             cifar_records(&[&[1, 2], &[3, 100]], 0),
             "fine label 100 of record 1 is out of range (expected 0..=99)",
         ),
-        ("coarse label 20", cifar_records(&[&[20, 2]], 0), "coarse label 20 of record 0"),
+        (
+            "coarse label 20",
+            cifar_records(&[&[20, 2]], 0),
+            "coarse label 20 of record 0",
+        ),
     ];
     for (case, bytes, want) in cases {
         let dir = tempfile::tempdir().unwrap();
@@ -331,7 +422,10 @@ fn cifar_bad_inputs_name_the_file_and_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("test_batch.bin"), cifar_records(&[&[10]], 0)).unwrap();
     let e = err_text(load(&DataSpec::Cifar10(dir.path().into()), Split::Test));
-    assert!(e.contains("test_batch.bin") && e.contains("label 10 of record 0"), "{e}");
+    assert!(
+        e.contains("test_batch.bin") && e.contains("label 10 of record 0"),
+        "{e}"
+    );
     // data_batch_1 exists, data_batch_2 does not.
     std::fs::write(dir.path().join("data_batch_1.bin"), cifar_records(&[&[1]], 0)).unwrap();
     let e = err_text(load(&DataSpec::Cifar10(dir.path().into()), Split::Train));
@@ -348,19 +442,32 @@ fn write_npy<T: ndarray_npy::WritableElement, D: ndarray::Dimension>(path: &Path
 }
 
 fn npy_images(n: usize) -> Array4<f32> {
-    Array4::from_shape_fn((n, 3, 4, 5), |(i, c, y, x)| (i * 1000 + c * 100 + y * 10 + x) as f32 * 0.01 - 1.0)
+    Array4::from_shape_fn((n, 3, 4, 5), |(i, c, y, x)| {
+        (i * 1000 + c * 100 + y * 10 + x) as f32 * 0.01 - 1.0
+    })
 }
 
 #[test]
 fn npy_reads_int64_and_int32_labels() {
     let dir = tempfile::tempdir().unwrap();
-    let (x, y64, y32) = (dir.path().join("x.npy"), dir.path().join("y64.npy"), dir.path().join("y32.npy"));
+    let (x, y64, y32) = (
+        dir.path().join("x.npy"),
+        dir.path().join("y64.npy"),
+        dir.path().join("y32.npy"),
+    );
     let images = npy_images(4);
     write_npy(&x, &images);
     write_npy(&y64, &Array1::<i64>::from(vec![3, 0, 6, 1]));
     write_npy(&y32, &Array1::<i32>::from(vec![3, 0, 6, 1]));
     for labels in [&y64, &y32] {
-        let ds = load(&DataSpec::Npy { images: x.clone(), labels: labels.clone() }, Split::Test).unwrap();
+        let ds = load(
+            &DataSpec::Npy {
+                images: x.clone(),
+                labels: labels.clone(),
+            },
+            Split::Test,
+        )
+        .unwrap();
         assert_eq!((ds.len(), ds.image_shape(), ds.num_classes), (4, [3, 4, 5], 7));
         assert_eq!(ds.labels, vec![3, 0, 6, 1]);
         assert_eq!(ds.images, images.iter().copied().collect::<Vec<_>>());
@@ -420,16 +527,34 @@ fn npy_bad_inputs_name_the_file_and_the_problem() {
         ("x_f64.npy", "y.npy", "x_f64.npy", "dtype '<f8', expected float32"),
         ("x_3d.npy", "y.npy", "x_3d.npy", "a 3-D array, expected 4-D N×C×H×W"),
         ("x_empty_n.npy", "y.npy", "x_empty_n.npy", "holds no images"),
-        ("x_nan.npy", "y.npy", "x_nan.npy", "value NaN at (1, 2, 3, 4) is not finite"),
+        (
+            "x_nan.npy",
+            "y.npy",
+            "x_nan.npy",
+            "value NaN at (1, 2, 3, 4) is not finite",
+        ),
         ("x.npy", "y_short.npy", "y_short.npy", "2 labels for the 3 images"),
-        ("x.npy", "y_float.npy", "y_float.npy", "dtype '<f4', expected int64 ('<i8') or int32 ('<i4')"),
+        (
+            "x.npy",
+            "y_float.npy",
+            "y_float.npy",
+            "dtype '<f4', expected int64 ('<i8') or int32 ('<i4')",
+        ),
         ("x.npy", "y_2d.npy", "y_2d.npy", "a 2-D array, expected 1-D"),
-        ("x.npy", "y_neg.npy", "y_neg.npy", "label -1 of sample 1 is out of range"),
+        (
+            "x.npy",
+            "y_neg.npy",
+            "y_neg.npy",
+            "label -1 of sample 1 is out of range",
+        ),
         ("absent.npy", "y.npy", "absent.npy", "no such file"),
         ("x.npy", "absent.npy", "absent.npy", "no such file"),
     ];
     for (images, labels, file, want) in cases {
-        let spec = DataSpec::Npy { images: p(images), labels: p(labels) };
+        let spec = DataSpec::Npy {
+            images: p(images),
+            labels: p(labels),
+        };
         let e = err_text(load(&spec, Split::Test));
         assert!(e.contains(file) && e.contains(want), "{images},{labels}: {e}");
     }
@@ -476,11 +601,17 @@ fn select_is_determined_by_the_seed() {
     let a = select_indices(60_000, Some(256), 0, "x").unwrap();
     assert_eq!(a, select_indices(60_000, Some(256), 0, "x").unwrap());
     assert_ne!(a, select_indices(60_000, Some(256), 1, "x").unwrap());
-    assert!(a.windows(2).all(|w| w[0] < w[1]) && a[255] < 60_000, "sorted, distinct, in range");
+    assert!(
+        a.windows(2).all(|w| w[0] < w[1]) && a[255] < 60_000,
+        "sorted, distinct, in range"
+    );
     // Pinned: the same seed must pick the same samples on every machine and after upgrades.
     assert_eq!(select_indices(100, Some(5), 0, "x").unwrap(), PINNED_SEED0_100_5);
     // All of a split is a permutation of it, sorted back into file order.
-    assert_eq!(select_indices(50, Some(50), 3, "x").unwrap(), (0..50).collect::<Vec<_>>());
+    assert_eq!(
+        select_indices(50, Some(50), 3, "x").unwrap(),
+        (0..50).collect::<Vec<_>>()
+    );
 
     let ds = counting_dataset(20);
     let sub = select(&ds, Some(6), 42).unwrap();
@@ -497,7 +628,10 @@ fn select_rejects_zero_and_too_many_samples() {
     let e = err_text(select(&ds, Some(0), 1));
     assert!(e.contains("--samples 0"), "{e}");
     let e = err_text(select(&ds, Some(11), 1));
-    assert!(e.contains("--samples 11") && e.contains("counting has only 10 samples"), "{e}");
+    assert!(
+        e.contains("--samples 11") && e.contains("counting has only 10 samples"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -526,8 +660,13 @@ mod fuzz_regressions {
             header.extend(d.to_be_bytes());
         }
         header.extend([1, 2, 3]);
-        let e = bytes::idx_dims("images-idx3-ubyte", &header, 3).unwrap_err().to_string();
-        assert!(e.contains("images-idx3-ubyte") && e.contains("more than any file holds"), "{e}");
+        let e = bytes::idx_dims("images-idx3-ubyte", &header, 3)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("images-idx3-ubyte") && e.contains("more than any file holds"),
+            "{e}"
+        );
         let crash = include_bytes!("../../../fuzz/seeds/idx/crash-overflowing-sizes");
         assert!(bytes::idx_dims("crash", crash, 3).is_err());
     }

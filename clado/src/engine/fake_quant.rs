@@ -61,22 +61,12 @@ impl ActQuant {
 
 /// Fake-quantizes weights whose dim 0 is the output channel (PyTorch layout) with checked
 /// scales: one per output channel, or one for the whole tensor.
-pub(crate) fn fake_quantize_weights(
-    weight: &[f32],
-    out_channels: usize,
-    bits: u8,
-    scales: &[f32],
-) -> Result<Vec<f32>> {
+pub(crate) fn fake_quantize_weights(weight: &[f32], out_channels: usize, bits: u8, scales: &[f32]) -> Result<Vec<f32>> {
     if !(MIN_BITS..=MAX_BITS).contains(&bits) {
         return Err(Error::other(format!(
             "weight bits {bits} out of range {MIN_BITS}..={MAX_BITS}"
         )));
     }
     quant::check_weight_scales(scales, out_channels).map_err(Error::other)?;
-    Ok(quant::fake_quantize_weights(
-        weight,
-        out_channels,
-        bits,
-        scales,
-    ))
+    Ok(quant::fake_quantize_weights(weight, out_channels, bits, scales))
 }

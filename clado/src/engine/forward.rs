@@ -120,9 +120,7 @@ impl State {
     pub fn bytes(&self) -> usize {
         let floats = match &self.data {
             StateData::Images(v) | StateData::Vector(v) => v.len(),
-            StateData::Maps { main, shortcut } => {
-                main.len() + shortcut.as_ref().map_or(0, |s| s.len())
-            }
+            StateData::Maps { main, shortcut } => main.len() + shortcut.as_ref().map_or(0, |s| s.len()),
         };
         floats * std::mem::size_of::<f32>()
     }
@@ -197,21 +195,9 @@ impl Network {
     pub fn forward(&self, images: Images<'_>, plan: &Plan, par: Parallelism) -> Result<Logits> {
         let input = self.check_images(&images)?;
         let l = self.layers().len();
-        let data = self.execute(
-            Source::Images(images.data()),
-            0,
-            l,
-            images.batch(),
-            input,
-            plan,
-            par,
-        )?;
+        let data = self.execute(Source::Images(images.data()), 0, l, images.batch(), input, plan, par)?;
         match data {
-            StateData::Vector(v) => Ok(Logits::from_vec(
-                unwrap_arc(v),
-                images.batch(),
-                self.classes(),
-            )),
+            StateData::Vector(v) => Ok(Logits::from_vec(unwrap_arc(v), images.batch(), self.classes())),
             _ => unreachable!("a run to position L ends with the logits"),
         }
     }
@@ -236,20 +222,10 @@ impl Network {
         }
         let source = match &state.data {
             StateData::Images(v) => Source::Images(v),
-            StateData::Maps { main, shortcut } => {
-                Source::Maps(main, shortcut.as_deref().map(|s| &s[..]))
-            }
+            StateData::Maps { main, shortcut } => Source::Maps(main, shortcut.as_deref().map(|s| &s[..])),
             StateData::Vector(v) => Source::Vector(v),
         };
-        let data = self.execute(
-            source,
-            state.position,
-            to,
-            state.batch,
-            state.input,
-            plan,
-            par,
-        )?;
+        let data = self.execute(source, state.position, to, state.batch, state.input, plan, par)?;
         Ok(State {
             position: to,
             data,
@@ -297,15 +273,8 @@ impl Network {
         let geo = self.geometry(state.input[1], state.input[2])?;
         match (&state.data, geo.layouts[state.position]) {
             (StateData::Images(v) | StateData::Vector(v), _) => out.extend_from_slice(v),
-            (
-                StateData::Maps { main, shortcut },
-                Layout::Maps {
-                    main: ms,
-                    shortcut: ss,
-                },
-            ) => {
-                let downsample =
-                    matches!(&self.ops[state.position], Op::Conv(c) if c.role == Role::Downsample);
+            (StateData::Maps { main, shortcut }, Layout::Maps { main: ms, shortcut: ss }) => {
+                let downsample = matches!(&self.ops[state.position], Op::Conv(c) if c.role == Role::Downsample);
                 let (data, shape) = match (downsample, shortcut, ss) {
                     (true, Some(s), Some(ss)) => (&s[..], ss),
                     _ => (&main[..], ms),
@@ -462,19 +431,12 @@ impl Network {
                     }
                     std::mem::swap(main, out);
                     if i + 1 == fc {
-                        kernels::average_pool(
-                            &main[..out_len],
-                            shape.output,
-                            sized(vector, shape.output.c),
-                        );
+                        kernels::average_pool(&main[..out_len], shape.output, sized(vector, shape.output.c));
                     }
                 }
                 Op::Fc(f) => {
                     let Workspace {
-                        quant,
-                        vector,
-                        logits,
-                        ..
+                        quant, vector, logits, ..
                     } = ws;
                     let n = f.weight.len() / f.bias.len();
                     let mut x: &[f32] = &vector[..n];
@@ -536,8 +498,7 @@ impl State {
                 for y in 0..s.h {
                     for x in 0..s.w {
                         for c in 0..s.c {
-                            out[((i * s.c + c) * s.h + y) * s.w + x] =
-                                map[((y + 1) * (s.w + 2) + x + 1) * s.c + c];
+                            out[((i * s.c + c) * s.h + y) * s.w + x] = map[((y + 1) * (s.w + 2) + x + 1) * s.c + c];
                         }
                     }
                 }
@@ -545,18 +506,9 @@ impl State {
             (out, [n, s.c, s.h, s.w])
         };
         match (&self.data, geo.layouts[self.position]) {
-            (StateData::Images(v), _) => (
-                (v.to_vec(), [n, self.input[0], self.input[1], self.input[2]]),
-                None,
-            ),
+            (StateData::Images(v), _) => ((v.to_vec(), [n, self.input[0], self.input[1], self.input[2]]), None),
             (StateData::Vector(v), Layout::Vector(len)) => ((v.to_vec(), [n, len, 1, 1]), None),
-            (
-                StateData::Maps { main, shortcut },
-                Layout::Maps {
-                    main: ms,
-                    shortcut: ss,
-                },
-            ) => {
+            (StateData::Maps { main, shortcut }, Layout::Maps { main: ms, shortcut: ss }) => {
                 let s = match (shortcut, ss) {
                     (Some(s), Some(ss)) => Some(maps(s, ss)),
                     _ => None,

@@ -478,13 +478,7 @@ mod x86 {
 
     /// The whole image with `NB×CV` tiles; row tails go to the portable kernel.
     #[inline(always)]
-    unsafe fn conv_tiles<
-        V: Lanes,
-        const CIN: usize,
-        const S: usize,
-        const CV: usize,
-        const NB: usize,
-    >(
+    unsafe fn conv_tiles<V: Lanes, const CIN: usize, const S: usize, const CV: usize, const NB: usize>(
         shape: &ConvShape,
         input: &[f32],
         weights: &[f32],

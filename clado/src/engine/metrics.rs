@@ -24,20 +24,12 @@ impl Logits {
                 data.len()
             )));
         }
-        Ok(Logits {
-            batch,
-            classes,
-            data,
-        })
+        Ok(Logits { batch, classes, data })
     }
 
     pub(crate) fn from_vec(data: Vec<f32>, batch: usize, classes: usize) -> Self {
         debug_assert_eq!(data.len(), batch * classes);
-        Logits {
-            batch,
-            classes,
-            data,
-        }
+        Logits { batch, classes, data }
     }
 
     pub fn batch(&self) -> usize {
@@ -105,11 +97,7 @@ impl Logits {
         for i in 0..self.batch {
             log_softmax(reference.row(i), &mut logp);
             log_softmax(self.row(i), &mut logq);
-            let kl: f64 = logp
-                .iter()
-                .zip(&logq)
-                .map(|(&lp, &lq)| lp.exp() * (lp - lq))
-                .sum();
+            let kl: f64 = logp.iter().zip(&logq).map(|(&lp, &lq)| lp.exp() * (lp - lq)).sum();
             sum += kl;
         }
         Ok(sum / self.batch.max(1) as f64)
@@ -155,9 +143,7 @@ impl Logits {
 
 /// `out[k] = log softmax(z)_k` in f64.
 pub fn log_softmax(z: &[f32], out: &mut [f64]) {
-    let m = z
-        .iter()
-        .fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
+    let m = z.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
     let sum: f64 = z.iter().map(|&v| (f64::from(v) - m).exp()).sum();
     let log_norm = m + sum.ln();
     for (o, &v) in out.iter_mut().zip(z) {

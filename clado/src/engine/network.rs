@@ -120,10 +120,7 @@ pub(crate) enum Layout {
     /// The input images, NCHW.
     Images { c: usize, h: usize, w: usize },
     /// A padded NHWC main map and, inside a block, the block input kept for the shortcut.
-    Maps {
-        main: MapShape,
-        shortcut: Option<MapShape>,
-    },
+    Maps { main: MapShape, shortcut: Option<MapShape> },
     /// A vector per image: pooled features (before `fc`) or logits (after it).
     Vector(usize),
 }
@@ -133,9 +130,7 @@ impl Layout {
     pub(crate) fn lens(&self) -> (usize, usize) {
         match *self {
             Layout::Images { c, h, w } => (c * h * w, 0),
-            Layout::Maps { main, shortcut } => {
-                (main.padded_len(), shortcut.map_or(0, |s| s.padded_len()))
-            }
+            Layout::Maps { main, shortcut } => (main.padded_len(), shortcut.map_or(0, |s| s.padded_len())),
             Layout::Vector(n) => (n, 0),
         }
     }
@@ -206,8 +201,7 @@ impl Network {
         let mut ops = Vec::new();
 
         let stem = rd.get_any("conv1.weight")?;
-        if stem.shape.len() != 4 || stem.shape[0] != STAGE_CHANNELS[0] || stem.shape[2..] != [3, 3]
-        {
+        if stem.shape.len() != 4 || stem.shape[0] != STAGE_CHANNELS[0] || stem.shape[2..] != [3, 3] {
             return Err(rd.err(format!(
                 "tensor 'conv1.weight' has shape {:?}, expected [16, C, 3, 3]",
                 stem.shape
@@ -260,16 +254,7 @@ impl Network {
             Ok(())
         };
 
-        push_conv(
-            &mut rd,
-            "conv1".into(),
-            "bn1".into(),
-            Role::Stem,
-            in_channels,
-            16,
-            3,
-            1,
-        )?;
+        push_conv(&mut rd, "conv1".into(), "bn1".into(), Role::Stem, in_channels, 16, 3, 1)?;
         let mut cin = STAGE_CHANNELS[0];
         for (s, &planes) in STAGE_CHANNELS.iter().enumerate() {
             for b in 0..blocks {
@@ -393,12 +378,7 @@ impl Network {
     /// Weights of layer `layer` ready for a [`super::Plan`]: `weights` (PyTorch layout, e.g.
     /// fake-quantized by `clado::quant`) packed for the kernels. `bits` is recorded for
     /// reference only (`None` = FP).
-    pub fn prepare_weights(
-        &self,
-        layer: usize,
-        bits: Option<u8>,
-        weights: &[f32],
-    ) -> Result<Arc<PreparedWeights>> {
+    pub fn prepare_weights(&self, layer: usize, bits: Option<u8>, weights: &[f32]) -> Result<Arc<PreparedWeights>> {
         let info = self.layer_checked(layer)?;
         if weights.len() as u64 != info.params {
             return Err(Error::other(format!(
@@ -426,20 +406,10 @@ impl Network {
 
     /// Fake-quantized weights of layer `layer` at `bits` bits with the given scales (one per
     /// output channel, or one per tensor), by DESIGN.md's weight quantizer, packed.
-    pub fn quantized_weights(
-        &self,
-        layer: usize,
-        bits: u8,
-        scales: &[f32],
-    ) -> Result<Arc<PreparedWeights>> {
+    pub fn quantized_weights(&self, layer: usize, bits: u8, scales: &[f32]) -> Result<Arc<PreparedWeights>> {
         let info = self.layer_checked(layer)?;
-        let q = super::fake_quant::fake_quantize_weights(
-            self.weights(layer),
-            info.out_channels(),
-            bits,
-            scales,
-        )
-        .map_err(|e| Error::other(format!("layer '{}': {e}", info.name)))?;
+        let q = super::fake_quant::fake_quantize_weights(self.weights(layer), info.out_channels(), bits, scales)
+            .map_err(|e| Error::other(format!("layer '{}': {e}", info.name)))?;
         self.prepare_weights(layer, Some(bits), &q)
     }
 
@@ -456,17 +426,9 @@ impl Network {
     /// Shapes for an input of `h×w` pixels.
     pub(crate) fn geometry(&self, h: usize, w: usize) -> Result<Geometry> {
         if h == 0 || w == 0 {
-            return Err(Error::other(format!(
-                "{}: input images of {h}x{w} pixels",
-                self.arch
-            )));
+            return Err(Error::other(format!("{}: input images of {h}x{w} pixels", self.arch)));
         }
-        let bad = || {
-            Error::other(format!(
-                "{}: input of {h}x{w} pixels is too small",
-                self.arch
-            ))
-        };
+        let bad = || Error::other(format!("{}: input of {h}x{w} pixels is too small", self.arch));
         let mut convs = Vec::with_capacity(self.ops.len());
         let mut layouts = Vec::with_capacity(self.ops.len() + 1);
         layouts.push(Layout::Images {
@@ -483,16 +445,11 @@ impl Network {
         for op in &self.ops {
             match op {
                 Op::Conv(c) => {
-                    let input = if c.role == Role::Downsample {
-                        block_input
-                    } else {
-                        cur
-                    };
+                    let input = if c.role == Role::Downsample { block_input } else { cur };
                     if c.role == Role::BlockConv1 {
                         block_input = cur;
                     }
-                    let shape =
-                        ConvShape::new(input, c.cout, c.kernel, c.stride).ok_or_else(bad)?;
+                    let shape = ConvShape::new(input, c.cout, c.kernel, c.stride).ok_or_else(bad)?;
                     convs.push(Some(shape));
                     let shortcut = match c.role {
                         Role::BlockConv1
@@ -513,10 +470,7 @@ impl Network {
                         }
                     }
                     cur = shape.output;
-                    layouts.push(Layout::Maps {
-                        main: cur,
-                        shortcut,
-                    });
+                    layouts.push(Layout::Maps { main: cur, shortcut });
                 }
                 Op::Fc(_) => {
                     convs.push(None);
@@ -568,10 +522,7 @@ impl<'a> Reader<'a> {
     fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<&'a [f32]> {
         let t = self.get_any(name)?;
         if t.shape != shape {
-            return Err(self.err(format!(
-                "tensor '{name}' has shape {:?}, expected {shape:?}",
-                t.shape
-            )));
+            return Err(self.err(format!("tensor '{name}' has shape {:?}, expected {shape:?}", t.shape)));
         }
         Ok(&t.data)
     }
@@ -584,10 +535,7 @@ impl<'a> Reader<'a> {
         let mean = self.tensor(&format!("{prefix}.running_mean"), &[c])?;
         let var = self.tensor(&format!("{prefix}.running_var"), &[c])?;
         if let Some(i) = var.iter().position(|&v| v < 0.0) {
-            return Err(self.err(format!(
-                "tensor '{prefix}.running_var' is negative ({}) at {i}",
-                var[i]
-            )));
+            return Err(self.err(format!("tensor '{prefix}.running_var' is negative ({}) at {i}", var[i])));
         }
         let mut scale = Vec::with_capacity(c);
         let mut bias = Vec::with_capacity(c);

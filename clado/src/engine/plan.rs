@@ -75,11 +75,10 @@ impl Plan {
     /// Sets the precision of layer `layer`; the weights must have been prepared for it.
     pub fn set(&mut self, layer: usize, precision: LayerPrecision) -> Result<()> {
         let n = self.layers.len();
-        let slot = self.layers.get_mut(layer).ok_or_else(|| {
-            Error::other(format!(
-                "layer index {layer} out of range (the network has {n} layers)"
-            ))
-        })?;
+        let slot = self
+            .layers
+            .get_mut(layer)
+            .ok_or_else(|| Error::other(format!("layer index {layer} out of range (the network has {n} layers)")))?;
         if let Some(w) = &precision.weights {
             if w.network != self.network || w.layer != layer {
                 return Err(Error::other(format!(
@@ -187,19 +186,17 @@ impl WeightCache {
                     .weight_scales
                     .get(&bits.to_string())
                     .cloned()
-                    .ok_or_else(|| {
-                        missing("weight scales", bits, calib.weight_scales.keys().collect())
-                    })
+                    .ok_or_else(|| missing("weight scales", bits, calib.weight_scales.keys().collect()))
             })?),
             None => None,
         };
         let input = match option.a_bits {
             Some(bits) => {
-                let r = calib.act_ranges.get(&bits.to_string()).ok_or_else(|| {
-                    missing("activation range", bits, calib.act_ranges.keys().collect())
-                })?;
-                let q = ActQuant::new(bits, r.lo, r.hi)
-                    .map_err(|e| Error::other(format!("layer '{name}': {e}")))?;
+                let r = calib
+                    .act_ranges
+                    .get(&bits.to_string())
+                    .ok_or_else(|| missing("activation range", bits, calib.act_ranges.keys().collect()))?;
+                let q = ActQuant::new(bits, r.lo, r.hi).map_err(|e| Error::other(format!("layer '{name}': {e}")))?;
                 Some(q)
             }
             None => None,

@@ -49,30 +49,10 @@ fn put_conv(sd: &mut StateDict, r: &mut ChaCha8Rng, name: &str, cout: usize, cin
 }
 
 fn put_bn(sd: &mut StateDict, r: &mut ChaCha8Rng, prefix: &str, c: usize) {
-    put(
-        sd,
-        &format!("{prefix}.weight"),
-        &[c],
-        uniform(r, c, 0.5, 1.5),
-    );
-    put(
-        sd,
-        &format!("{prefix}.bias"),
-        &[c],
-        uniform(r, c, -0.3, 0.3),
-    );
-    put(
-        sd,
-        &format!("{prefix}.running_mean"),
-        &[c],
-        uniform(r, c, -0.3, 0.3),
-    );
-    put(
-        sd,
-        &format!("{prefix}.running_var"),
-        &[c],
-        uniform(r, c, 0.5, 2.0),
-    );
+    put(sd, &format!("{prefix}.weight"), &[c], uniform(r, c, 0.5, 1.5));
+    put(sd, &format!("{prefix}.bias"), &[c], uniform(r, c, -0.3, 0.3));
+    put(sd, &format!("{prefix}.running_mean"), &[c], uniform(r, c, -0.3, 0.3));
+    put(sd, &format!("{prefix}.running_var"), &[c], uniform(r, c, 0.5, 2.0));
 }
 
 /// A random CIFAR ResNet state dict with `blocks` blocks per stage.
@@ -91,14 +71,7 @@ fn random_state_dict(blocks: usize, in_channels: usize, classes: usize, seed: u6
             put_conv(&mut sd, &mut r, &format!("{p}.conv2"), planes, planes, 3);
             put_bn(&mut sd, &mut r, &format!("{p}.bn2"), planes);
             if cin != planes {
-                put_conv(
-                    &mut sd,
-                    &mut r,
-                    &format!("{p}.downsample.0"),
-                    planes,
-                    cin,
-                    1,
-                );
+                put_conv(&mut sd, &mut r, &format!("{p}.downsample.0"), planes, cin, 1);
                 put_bn(&mut sd, &mut r, &format!("{p}.downsample.1"), planes);
             }
             cin = planes;
@@ -111,12 +84,7 @@ fn random_state_dict(blocks: usize, in_channels: usize, classes: usize, seed: u6
         &[classes, 64],
         uniform(&mut r, classes * 64, -a, a),
     );
-    put(
-        &mut sd,
-        "fc.bias",
-        &[classes],
-        uniform(&mut r, classes, -0.1, 0.1),
-    );
+    put(&mut sd, "fc.bias", &[classes], uniform(&mut r, classes, -0.1, 0.1));
     sd
 }
 
@@ -193,11 +161,7 @@ fn reference_act_quant(t: &Tensor, q: Option<(u8, f32, f32)>) -> Tensor {
 
 fn reference_bn(x: &Tensor, sd: &StateDict, prefix: &str) -> Tensor {
     let c = sd[&format!("{prefix}.weight")].shape[0];
-    let p = |n: &str| {
-        sd_tensor(sd, &format!("{prefix}.{n}"))
-            .reshape((1, c, 1, 1))
-            .unwrap()
-    };
+    let p = |n: &str| sd_tensor(sd, &format!("{prefix}.{n}")).reshape((1, c, 1, 1)).unwrap();
     let sigma = (p("running_var") + BN_EPS).unwrap().sqrt().unwrap();
     x.broadcast_sub(&p("running_mean"))
         .unwrap()
@@ -249,19 +213,11 @@ fn reference_layer(
             1
         };
         let x = reference_act_quant(&main, p.input);
-        let y = reference_bn(
-            &x.conv2d(&w, 1, stride, 1, 1).unwrap(),
-            sd,
-            &format!("{prefix}.bn1"),
-        );
+        let y = reference_bn(&x.conv2d(&w, 1, stride, 1, 1).unwrap(), sd, &format!("{prefix}.bn1"));
         (y.relu().unwrap(), Some(main))
     } else if name.ends_with(".conv2") {
         let x = reference_act_quant(&main, p.input);
-        let y = reference_bn(
-            &x.conv2d(&w, 1, 1, 1, 1).unwrap(),
-            sd,
-            &format!("{prefix}.bn2"),
-        );
+        let y = reference_bn(&x.conv2d(&w, 1, 1, 1, 1).unwrap(), sd, &format!("{prefix}.bn2"));
         if sd.contains_key(&format!("{prefix}.downsample.0.weight")) {
             (y, shortcut)
         } else {
@@ -271,23 +227,13 @@ fn reference_layer(
         assert!(name.ends_with(".downsample.0"), "{name}");
         let block = prefix.trim_end_matches(".downsample");
         let x = reference_act_quant(&shortcut.unwrap(), p.input);
-        let y = reference_bn(
-            &x.conv2d(&w, 0, 2, 1, 1).unwrap(),
-            sd,
-            &format!("{block}.downsample.1"),
-        );
+        let y = reference_bn(&x.conv2d(&w, 0, 2, 1, 1).unwrap(), sd, &format!("{block}.downsample.1"));
         ((main + y).unwrap().relu().unwrap(), None)
     };
     if i + 2 == layers.len() {
         let n = main.dims()[0];
         let c = main.dims()[1];
-        let pooled = main
-            .flatten_from(2)
-            .unwrap()
-            .mean(2)
-            .unwrap()
-            .reshape((n, c))
-            .unwrap();
+        let pooled = main.flatten_from(2).unwrap().mean(2).unwrap().reshape((n, c)).unwrap();
         return (pooled, None);
     }
     (main, shortcut)
@@ -311,10 +257,7 @@ fn reference_forward(
 fn relative_difference(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 fn bits_of(v: &[f32]) -> Vec<u32> {
@@ -332,12 +275,7 @@ fn resnet20_layers_params_and_macs() {
     let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(
         &names[..4],
-        [
-            "conv1",
-            "layer1.0.conv1",
-            "layer1.0.conv2",
-            "layer1.1.conv1"
-        ]
+        ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1"]
     );
     assert_eq!(
         &names[7..10],
@@ -365,20 +303,13 @@ fn depths_have_their_layer_counts() {
 fn fp_forward_matches_reference() {
     // ResNet-20 on 1-channel 32×32 (the SIMD tiles), ResNet-32 with 3 channels and 100
     // classes on odd 13×11 images (tile tails, portable paths).
-    for (arch, blocks, c, k, h, w, n) in [
-        ("resnet20", 3, 1, 10, 32, 32, 3),
-        ("resnet32", 5, 3, 100, 13, 11, 2),
-    ] {
+    for (arch, blocks, c, k, h, w, n) in [("resnet20", 3, 1, 10, 32, 32, 3), ("resnet32", 5, 3, 100, 13, 11, 2)] {
         let sd = random_state_dict(blocks, c, k, 3);
         let net = Network::from_state_dict(arch, &sd).unwrap();
         let x = random_images(n, c, h, w, 4);
         let images = Images::new(&x, [n, c, h, w]).unwrap();
-        let got = net
-            .forward(images, &Plan::fp(&net), Parallelism::Rayon)
-            .unwrap();
-        let want = reference_forward(&sd, net.layers(), &x, [n, c, h, w], &|_| {
-            RefPrecision::default()
-        });
+        let got = net.forward(images, &Plan::fp(&net), Parallelism::Rayon).unwrap();
+        let want = reference_forward(&sd, net.layers(), &x, [n, c, h, w], &|_| RefPrecision::default());
         let d = relative_difference(got.data(), &want);
         assert!(d <= NETWORK_TOLERANCE, "{arch}: relative difference {d:e}");
         assert_eq!((got.batch(), got.classes()), (n, k));
@@ -407,11 +338,7 @@ fn weight_quantized_network_matches_reference() {
         .unwrap();
     }
     let got = net
-        .forward(
-            Images::new(&x, [n, c, h, w]).unwrap(),
-            &plan,
-            Parallelism::Rayon,
-        )
+        .forward(Images::new(&x, [n, c, h, w]).unwrap(), &plan, Parallelism::Rayon)
         .unwrap();
     let want = reference_forward(&sd, net.layers(), &x, [n, c, h, w], &|i| RefPrecision {
         weights: Some((bits(i), minmax_scales(&net, i, bits(i)))),
@@ -433,9 +360,7 @@ fn each_quantized_layer_matches_reference() {
         let (n, c) = (2, 3);
         let x = random_images(n, c, h, w, 8);
         let fp = Plan::fp(&net);
-        let mut state = net
-            .input_state(Images::new(&x, [n, c, h, w]).unwrap())
-            .unwrap();
+        let mut state = net.input_state(Images::new(&x, [n, c, h, w]).unwrap()).unwrap();
         let mut inputs = Vec::new();
         for i in 0..net.layers().len() {
             net.layer_input(&state, &mut inputs).unwrap();
@@ -447,10 +372,7 @@ fn each_quantized_layer_matches_reference() {
                 input: Some(ActQuant::new(4, lo, hi).unwrap()),
             };
             let plan = fp.clone().with(i, precision).unwrap();
-            let got = net
-                .run(&state, i + 1, &plan, Parallelism::None)
-                .unwrap()
-                .to_nchw(&net);
+            let got = net.run(&state, i + 1, &plan, Parallelism::None).unwrap().to_nchw(&net);
 
             let ((main, mshape), short) = state.to_nchw(&net);
             let rp = RefPrecision {
@@ -467,10 +389,7 @@ fn each_quantized_layer_matches_reference() {
             );
             let name = &net.layers()[i].name;
             let d = relative_difference(&got.0 .0, &values(&want_main));
-            assert!(
-                d <= LAYER_TOLERANCE,
-                "{arch} {name}: relative difference {d:e}"
-            );
+            assert!(d <= LAYER_TOLERANCE, "{arch} {name}: relative difference {d:e}");
             assert_eq!(got.1.is_some(), want_short.is_some(), "{name}");
             if let (Some((s, _)), Some(ws)) = (&got.1, &want_short) {
                 assert_eq!(bits_of(s), bits_of(&values(ws)), "{name}: shortcut");
@@ -502,45 +421,22 @@ fn resume_is_bitwise_the_full_forward() {
     );
 
     let quantized = |i: usize| LayerPrecision {
-        weights: Some(
-            net.quantized_weights(i, 3, &minmax_scales(&net, i, 3))
-                .unwrap(),
-        ),
+        weights: Some(net.quantized_weights(i, 3, &minmax_scales(&net, i, 3)).unwrap()),
         input: Some(ActQuant::new(6, -1.5, 4.0).unwrap()),
     };
     for i in 0..l {
         let plan = fp.clone().with(i, quantized(i)).unwrap();
         let full = net.forward(images, &plan, Parallelism::Rayon).unwrap();
-        let resumed = net
-            .run_to_logits(&states[i], &plan, Parallelism::Rayon)
-            .unwrap();
+        let resumed = net.run_to_logits(&states[i], &plan, Parallelism::Rayon).unwrap();
         assert_eq!(bits_of(full.data()), bits_of(resumed.data()), "layer {i}");
     }
     // Pairs: FP state before i → quantized i → … → state before j → quantized j → logits.
-    for (i, j) in [
-        (0, 1),
-        (1, 2),
-        (2, 3),
-        (7, 9),
-        (8, 9),
-        (9, 10),
-        (3, 21),
-        (20, 21),
-    ] {
-        let plan = fp
-            .clone()
-            .with(i, quantized(i))
-            .unwrap()
-            .with(j, quantized(j))
-            .unwrap();
+    for (i, j) in [(0, 1), (1, 2), (2, 3), (7, 9), (8, 9), (9, 10), (3, 21), (20, 21)] {
+        let plan = fp.clone().with(i, quantized(i)).unwrap().with(j, quantized(j)).unwrap();
         let full = net.forward(images, &plan, Parallelism::Rayon).unwrap();
         let mid = net.run(&states[i], j, &plan, Parallelism::None).unwrap();
         let resumed = net.run_to_logits(&mid, &plan, Parallelism::None).unwrap();
-        assert_eq!(
-            bits_of(full.data()),
-            bits_of(resumed.data()),
-            "layers {i}, {j}"
-        );
+        assert_eq!(bits_of(full.data()), bits_of(resumed.data()), "layers {i}, {j}");
     }
 }
 
@@ -556,10 +452,7 @@ fn results_are_bitwise_independent_of_threads_batch_and_isa() {
         let mut plan = Plan::fp(&base);
         for i in [0, 4, 9, 15, 21] {
             let q = LayerPrecision {
-                weights: Some(
-                    base.quantized_weights(i, 4, &minmax_scales(&base, i, 4))
-                        .unwrap(),
-                ),
+                weights: Some(base.quantized_weights(i, 4, &minmax_scales(&base, i, 4)).unwrap()),
                 input: Some(ActQuant::new(5, -2.0, 3.0).unwrap()),
             };
             plan.set(i, q).unwrap();
@@ -570,35 +463,22 @@ fn results_are_bitwise_independent_of_threads_batch_and_isa() {
         for i in 0..n {
             let one = &x[i * c * h * w..(i + 1) * c * h * w];
             let got = base
-                .forward(
-                    Images::new(one, [1, c, h, w]).unwrap(),
-                    &plan,
-                    Parallelism::None,
-                )
+                .forward(Images::new(one, [1, c, h, w]).unwrap(), &plan, Parallelism::None)
                 .unwrap();
             assert_eq!(bits_of(got.data()), bits_of(want.row(i)), "image {i} alone");
         }
         for isa in Isa::available() {
-            let net = Network::from_state_dict("resnet20", &sd)
-                .unwrap()
-                .with_isa(isa);
+            let net = Network::from_state_dict("resnet20", &sd).unwrap().with_isa(isa);
             let mut p = Plan::fp(&net);
             for i in [0, 4, 9, 15, 21] {
                 let q = LayerPrecision {
-                    weights: Some(
-                        net.quantized_weights(i, 4, &minmax_scales(&net, i, 4))
-                            .unwrap(),
-                    ),
+                    weights: Some(net.quantized_weights(i, 4, &minmax_scales(&net, i, 4)).unwrap()),
                     input: Some(ActQuant::new(5, -2.0, 3.0).unwrap()),
                 };
                 p.set(i, q).unwrap();
             }
             let got = net.forward(images, &p, Parallelism::Rayon).unwrap();
-            assert_eq!(
-                bits_of(got.data()),
-                bits_of(want.data()),
-                "{isa:?} at {h}x{w}"
-            );
+            assert_eq!(bits_of(got.data()), bits_of(want.data()), "{isa:?} at {h}x{w}");
         }
     }
 }
@@ -612,17 +492,13 @@ fn calibration_sees_every_layer_input() {
     let images = Images::new(&x, [n, c, h, w]).unwrap();
     let mut seen: Vec<(usize, Vec<f32>)> = Vec::new();
     let logits = net
-        .calibrate(images, Parallelism::Rayon, |i, v| {
-            seen.push((i, v.to_vec()))
-        })
+        .calibrate(images, Parallelism::Rayon, |i, v| seen.push((i, v.to_vec())))
         .unwrap();
     assert_eq!(
         seen.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
         (0..22).collect::<Vec<_>>()
     );
-    let fp = net
-        .forward(images, &Plan::fp(&net), Parallelism::Rayon)
-        .unwrap();
+    let fp = net.forward(images, &Plan::fp(&net), Parallelism::Rayon).unwrap();
     assert_eq!(bits_of(logits.data()), bits_of(fp.data()));
     assert_eq!(seen[0].1, x);
     let sizes: Vec<usize> = seen.iter().map(|(_, v)| v.len() / n).collect();
@@ -696,11 +572,7 @@ fn quantizers_follow_design() {
     let a = net.forward(images, &plan, Parallelism::None).unwrap();
     let b = net.forward(images, &plan2, Parallelism::None).unwrap();
     assert_eq!(bits_of(a.data()), bits_of(b.data()));
-    let err = |bits: u8, scales: &[f32]| {
-        net.quantized_weights(0, bits, scales)
-            .unwrap_err()
-            .to_string()
-    };
+    let err = |bits: u8, scales: &[f32]| net.quantized_weights(0, bits, scales).unwrap_err().to_string();
     assert!(err(4, &[0.1; 3]).contains("3 weight scales, expected 16"));
     assert!(err(4, &[0.0; 16]).contains("weight scale 0 at channel 0"));
     assert!(err(9, &[0.1; 16]).contains("weight bits 9 out of range 2..=8"));
@@ -732,8 +604,7 @@ fn metrics_are_hand_checked() {
 
 #[test]
 fn bad_state_dicts_are_explained() {
-    let err =
-        |arch: &str, sd: &StateDict| Network::from_state_dict(arch, sd).unwrap_err().to_string();
+    let err = |arch: &str, sd: &StateDict| Network::from_state_dict(arch, sd).unwrap_err().to_string();
     let good = random_state_dict(3, 1, 10, 15);
     assert!(err("resnet21", &good).contains("unknown architecture 'resnet21'"));
     let mut sd = good.clone();
@@ -772,10 +643,7 @@ fn misuse_is_an_error() {
         Plan::fp(&a).with(4, precision.clone()).is_err(),
         "weights of layer 3 on layer 4"
     );
-    assert!(
-        Plan::fp(&b).with(3, precision).is_err(),
-        "weights of another network"
-    );
+    assert!(Plan::fp(&b).with(3, precision).is_err(), "weights of another network");
     assert!(
         b.forward(images, &Plan::fp(&a), Parallelism::None).is_err(),
         "plan of another network"
@@ -786,10 +654,7 @@ fn misuse_is_an_error() {
         "state of another network"
     );
     let s3 = a.run(&s, 3, &Plan::fp(&a), Parallelism::None).unwrap();
-    assert!(
-        a.run(&s3, 2, &Plan::fp(&a), Parallelism::None).is_err(),
-        "backwards"
-    );
+    assert!(a.run(&s3, 2, &Plan::fp(&a), Parallelism::None).is_err(), "backwards");
     assert!(Images::new(&x, [1, 3, 32, 32]).is_err());
     let three = random_images(1, 3, 32, 32, 20);
     let e = a.forward(
@@ -797,10 +662,7 @@ fn misuse_is_an_error() {
         &Plan::fp(&a),
         Parallelism::None,
     );
-    assert!(e
-        .unwrap_err()
-        .to_string()
-        .contains("3 channel(s), resnet20 expects 1"));
+    assert!(e.unwrap_err().to_string().contains("3 channel(s), resnet20 expects 1"));
 }
 
 #[test]
@@ -838,12 +700,6 @@ fn precisions_come_from_calibration_entries() {
         .to_string()
         .contains("no activation range for 4 bits (calibrated: 8)"));
     let e = cache.layer_precision(&net, 5, option, &calib);
-    assert!(e
-        .unwrap_err()
-        .to_string()
-        .contains("given for layer 'layer1.2.conv1'"));
-    assert!(cache
-        .layer_precision(&net, 4, QuantOption::FP, &calib)
-        .unwrap()
-        .is_fp());
+    assert!(e.unwrap_err().to_string().contains("given for layer 'layer1.2.conv1'"));
+    assert!(cache.layer_precision(&net, 4, QuantOption::FP, &calib).unwrap().is_fp());
 }

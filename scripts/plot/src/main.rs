@@ -92,21 +92,42 @@ fn parse_table(text: &str, x_column: &str) -> Result<Vec<Point>, String> {
     let (_, header) = lines.next().ok_or("the table is empty (expected a header line)")?;
     let columns: Vec<&str> = header.split(',').map(str::trim).collect();
     let find = |name: &str| {
-        columns.iter().position(|c| *c == name).ok_or_else(|| format!("no column `{name}` in the header `{header}`"))
+        columns
+            .iter()
+            .position(|c| *c == name)
+            .ok_or_else(|| format!("no column `{name}` in the header `{header}`"))
     };
     let (method_col, x_col, top1_col) = (find("method")?, find(x_column)?, find("top1")?);
     let mut points = Vec::new();
     for (number, line) in lines {
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
         if fields.len() != columns.len() {
-            return Err(format!("line {}: {} fields, the header has {}", number + 1, fields.len(), columns.len()));
+            return Err(format!(
+                "line {}: {} fields, the header has {}",
+                number + 1,
+                fields.len(),
+                columns.len()
+            ));
         }
         let number_at = |col: usize| {
-            fields[col].parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| {
-                format!("line {}: column `{}` is `{}`, expected a finite number", number + 1, columns[col], fields[col])
-            })
+            fields[col]
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| {
+                    format!(
+                        "line {}: column `{}` is `{}`, expected a finite number",
+                        number + 1,
+                        columns[col],
+                        fields[col]
+                    )
+                })
         };
-        points.push(Point { method: fields[method_col].to_string(), x: number_at(x_col)?, top1: number_at(top1_col)? });
+        points.push(Point {
+            method: fields[method_col].to_string(),
+            x: number_at(x_col)?,
+            top1: number_at(top1_col)?,
+        });
     }
     if points.is_empty() {
         return Err("the table has no rows".into());
@@ -163,18 +184,27 @@ where
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(err)?;
-    let root = root.margin(12, 0, 0, 0).titled(&args.title, ("sans-serif", 28)).map_err(err)?;
+    let root = root
+        .margin(12, 0, 0, 0)
+        .titled(&args.title, ("sans-serif", 28))
+        .map_err(err)?;
     // Colours by method, the same in both panels.
     let (all_curves, _) = curves(points);
     let methods: Vec<&str> = all_curves.iter().map(|(m, _)| m.as_str()).collect();
     let range = |pts: &[Point]| {
-        pts.iter().map(|p| p.top1).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| (lo.min(y), hi.max(y)))
+        pts.iter()
+            .map(|p| p.top1)
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| (lo.min(y), hi.max(y)))
     };
     let (y_min, y_max) = range(points);
     if y_max - y_min > ZOOM_ABOVE_SPREAD {
         let (left, right) = root.split_horizontally(root.dim_in_pixel().0 / 2);
         panel(&left, points, &methods, args, (y_min, y_max), "all configurations").map_err(err)?;
-        let near: Vec<Point> = points.iter().filter(|p| p.top1 >= y_max - ZOOM_DEPTH).cloned().collect();
+        let near: Vec<Point> = points
+            .iter()
+            .filter(|p| p.top1 >= y_max - ZOOM_DEPTH)
+            .cloned()
+            .collect();
         let caption = format!("zoom: within {ZOOM_DEPTH} points of the best");
         panel(&right, &near, &methods, args, range(&near), &caption).map_err(err)?;
     } else {
@@ -288,8 +318,14 @@ fn run(args: &Args) -> Result<(), String> {
 /// `dir/.name.tmp.ext`: same directory (so the rename is atomic), same extension (plotters
 /// picks the image encoder by it).
 fn temporary(path: &Path) -> PathBuf {
-    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let ext = path.extension().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp.{ext}"))
 }
 
@@ -320,18 +356,31 @@ naive,3,70,3,0.1
     fn parses_columns_by_name_and_groups_by_method() {
         let points = parse_table(TABLE, "avg_w_bits").unwrap();
         assert_eq!(points.len(), 4);
-        assert_eq!(points[1], Point { method: "naive".into(), x: 4.0, top1: 88.25 });
+        assert_eq!(
+            points[1],
+            Point {
+                method: "naive".into(),
+                x: 4.0,
+                top1: 88.25
+            }
+        );
         let (curves, fp) = curves(&points);
         assert_eq!(fp, Some(90.5));
         assert_eq!(curves.len(), 2);
-        assert_eq!(curves[0], ("naive".to_string(), vec![(3.0, 70.0), (4.0, 88.25)]), "sorted by size");
+        assert_eq!(
+            curves[0],
+            ("naive".to_string(), vec![(3.0, 70.0), (4.0, 88.25)]),
+            "sorted by size"
+        );
         assert_eq!(parse_table(TABLE, "size_mb").unwrap()[2].x, 0.1);
     }
 
     #[test]
     fn rejects_bad_tables_naming_the_line_and_column() {
         assert!(parse_table("", "avg_w_bits").unwrap_err().contains("empty"));
-        assert!(parse_table("method,top1\n", "avg_w_bits").unwrap_err().contains("`avg_w_bits`"));
+        assert!(parse_table("method,top1\n", "avg_w_bits")
+            .unwrap_err()
+            .contains("`avg_w_bits`"));
         let e = parse_table("method,top1,avg_w_bits\nnaive,x,4\n", "avg_w_bits").unwrap_err();
         assert!(e.contains("line 2") && e.contains("`top1`"), "{e}");
         let e = parse_table("method,top1,avg_w_bits\nnaive,1\n", "avg_w_bits").unwrap_err();
@@ -340,6 +389,9 @@ naive,3,70,3,0.1
 
     #[test]
     fn temporary_keeps_directory_and_extension() {
-        assert_eq!(temporary(Path::new("out/main/plot.png")), PathBuf::from("out/main/.plot.tmp.png"));
+        assert_eq!(
+            temporary(Path::new("out/main/plot.png")),
+            PathBuf::from("out/main/.plot.tmp.png")
+        );
     }
 }
