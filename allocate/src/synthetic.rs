@@ -5,10 +5,9 @@
 //! indefinite.
 
 use crate::problem::ChoiceQp;
-use clado::format::{FpReference, Index, LayerInfo, Metric, OptionInfo, Variable, FORMAT_VERSION};
+use clado::format::{FpReference, Index, LayerInfo};
 use clado::options::QuantOption;
 use ndarray::Array2;
-use std::collections::BTreeMap;
 
 /// A small deterministic generator (SplitMix64): same seed, same instance, on every machine.
 #[derive(Clone, Debug)]
@@ -127,21 +126,10 @@ pub fn perturbation_instance(
         }
     }
     let index = Index {
-        version: FORMAT_VERSION,
-        arch: arch.into(),
-        layers: layers.to_vec(),
-        fixed: BTreeMap::new(),
-        options: options.iter().map(|&o| OptionInfo::from(o)).collect(),
-        variables: (0..nl)
-            .flat_map(|l| (0..k).map(move |o| Variable { layer: l, option: o }))
-            .collect(),
-        metric: Metric::Loss,
-        naive: false,
-        samples: 0,
         data: format!("synthetic:seed={seed}"),
         seed,
         fp: FpReference { loss: 0.3, top1: 90.0 },
-        diagnostics: None,
+        ..Index::all_options(arch, layers.to_vec(), options)
     };
     (g, index)
 }

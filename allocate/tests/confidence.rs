@@ -2,29 +2,16 @@
 //! bound it claims to be, the solver minimises it exactly, and on a synthetic model whose
 //! calibration noise is known it stops chasing that noise.
 
+mod common;
+
 use allocate::problem::{Choice, Problem};
 use allocate::solve::{Allocator, Settings};
 use allocate::synthetic::{perturbation_instance, SplitMix64};
 use clado::budget::Budget;
-use clado::format::{Index, LayerInfo};
+use clado::format::Index;
 use clado::options::QuantOption;
+use common::{all_choices, close, layers};
 use ndarray::Array2;
-
-/// Sums of the same entries in different orders differ by rounding only.
-const SAME_VALUE: f64 = 1e-9;
-
-fn layers(params: &[u64]) -> Vec<LayerInfo> {
-    params
-        .iter()
-        .enumerate()
-        .map(|(i, &p)| LayerInfo {
-            name: format!("layer{i}"),
-            kind: "conv".into(),
-            params: p,
-            macs: p * 64,
-        })
-        .collect()
-}
 
 /// Standard errors shaped like perturb's: a diagonal and cross terms between different layers,
 /// 0 within a layer; larger for lower precision.
@@ -45,32 +32,6 @@ fn standard_errors(index: &Index, scale: f64, seed: u64) -> Array2<f64> {
         }
     }
     se
-}
-
-/// Every choice of the free layers in odometer order.
-fn all_choices(problem: &Problem) -> Vec<Choice> {
-    let sizes: Vec<usize> = problem.groups.iter().map(|g| g.vars.len()).collect();
-    let mut out = Vec::new();
-    let mut choice = vec![0; sizes.len()];
-    loop {
-        out.push(choice.clone());
-        let mut g = 0;
-        loop {
-            if g == sizes.len() {
-                return out;
-            }
-            choice[g] += 1;
-            if choice[g] < sizes[g] {
-                break;
-            }
-            choice[g] = 0;
-            g += 1;
-        }
-    }
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= SAME_VALUE * a.abs().max(b.abs()).max(1e-12)
 }
 
 #[test]

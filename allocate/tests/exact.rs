@@ -2,31 +2,16 @@
 //! choice (xᵀGx summed from the whole matrix, budgets checked with clado's own `Budget::allows`),
 //! and a knapsack dynamic program for `--naive`.
 
+mod common;
+
 use allocate::problem::Problem;
 use allocate::solve::{Allocator, Formulation, Method, Settings};
 use allocate::synthetic::{perturbation_instance, SplitMix64};
 use clado::budget::Budget;
-use clado::format::{Index, LayerInfo};
+use clado::format::Index;
 use clado::options::QuantOption;
+use common::{all_choices, close, layers, SAME_VALUE};
 use ndarray::Array2;
-
-/// Objectives of the same choice summed in different orders differ by rounding only; the
-/// solver's answers must match the reference to this relative precision (and its requested
-/// gap, 1e-9 here, is far below any difference between distinct choices of these instances).
-const SAME_VALUE: f64 = 1e-9;
-
-fn layers(params: &[u64]) -> Vec<LayerInfo> {
-    params
-        .iter()
-        .enumerate()
-        .map(|(i, &p)| LayerInfo {
-            name: format!("layer{i}"),
-            kind: "conv".into(),
-            params: p,
-            macs: p * (16 >> (i % 3)),
-        })
-        .collect()
-}
 
 /// A small instance whose G is made clearly indefinite: dense cross terms of both signs as
 /// large as a third of the diagonal's scale.
@@ -55,39 +40,26 @@ fn instance(params: &[u64], options: &str, seed: u64) -> (Array2<f64>, Index) {
 
 /// Every choice of the free layers, by brute force on the whole matrix: (value, options).
 fn brute_force(problem: &Problem, budgets: &[Budget]) -> Option<(f64, Vec<QuantOption>)> {
-    let sizes: Vec<usize> = problem.groups.iter().map(|g| g.vars.len()).collect();
-    let mut choice = vec![0; sizes.len()];
     let mut best: Option<(f64, Vec<QuantOption>)> = None;
-    loop {
+    for choice in all_choices(problem) {
         let options = problem.layer_options(&choice);
-        if budgets.iter().all(|b| b.allows(&problem.layers, &options)) {
-            let vars = problem.chosen_vars(&choice);
-            let value: f64 = if problem.naive {
-                vars.iter().map(|&v| problem.matrix[[v, v]]).sum()
-            } else {
-                vars.iter()
-                    .flat_map(|&u| vars.iter().map(move |&v| (u, v)))
-                    .map(|(u, v)| problem.matrix[[u, v]])
-                    .sum()
-            };
-            if best.as_ref().is_none_or(|(b, _)| value < *b) {
-                best = Some((value, options));
-            }
+        if !budgets.iter().all(|b| b.allows(&problem.layers, &options)) {
+            continue;
         }
-        // Next choice, odometer order.
-        let mut g = 0;
-        loop {
-            if g == sizes.len() {
-                return best;
-            }
-            choice[g] += 1;
-            if choice[g] < sizes[g] {
-                break;
-            }
-            choice[g] = 0;
-            g += 1;
+        let vars = problem.chosen_vars(&choice);
+        let value: f64 = if problem.naive {
+            vars.iter().map(|&v| problem.matrix[[v, v]]).sum()
+        } else {
+            vars.iter()
+                .flat_map(|&u| vars.iter().map(move |&v| (u, v)))
+                .map(|(u, v)| problem.matrix[[u, v]])
+                .sum()
+        };
+        if best.as_ref().is_none_or(|(b, _)| value < *b) {
+            best = Some((value, options));
         }
     }
+    best
 }
 
 fn settings(method: Method) -> Settings {
@@ -97,10 +69,6 @@ fn settings(method: Method) -> Settings {
         method,
         ..Settings::default()
     }
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= SAME_VALUE * a.abs().max(b.abs()).max(1e-12)
 }
 
 #[test]

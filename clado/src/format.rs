@@ -159,6 +159,34 @@ pub struct Index {
     pub diagnostics: Option<Diagnostics>,
 }
 
+impl Index {
+    /// An index in which every layer is a variable with every option, in the matrix order
+    /// `perturb` writes (layer-major), for a problem that was not measured: metric `loss`,
+    /// nothing fixed, 0 samples, data `synthetic`, seed 0, FP loss 0 and top-1 0. Synthetic
+    /// instances (allocate's benchmarks, the tests) change what they need with struct update
+    /// syntax: `Index { seed, ..Index::all_options(...) }`.
+    pub fn all_options(arch: &str, layers: Vec<LayerInfo>, options: &[QuantOption]) -> Index {
+        let k = options.len();
+        Index {
+            version: FORMAT_VERSION,
+            arch: arch.into(),
+            variables: (0..layers.len())
+                .flat_map(|l| (0..k).map(move |o| Variable { layer: l, option: o }))
+                .collect(),
+            layers,
+            fixed: BTreeMap::new(),
+            options: options.iter().map(|&o| OptionInfo::from(o)).collect(),
+            metric: Metric::Loss,
+            naive: false,
+            samples: 0,
+            data: "synthetic".into(),
+            seed: 0,
+            fp: FpReference { loss: 0.0, top1: 0.0 },
+            diagnostics: None,
+        }
+    }
+}
+
 impl Versioned for Index {
     const KIND: &'static str = "index.json";
     const VERSION: u32 = FORMAT_VERSION;

@@ -1,9 +1,11 @@
 //! What `quantize`, `perturb` and `evaluate` share before their first forward pass: the flags
 //! that name a model and a data set, and loading both with every check done up front.
 
+use crate::calib::CalibSettings;
 use crate::data::{self, DataSpec, Dataset, Split};
 use crate::engine::Network;
 use crate::options::QuantOption;
+use crate::quant::Calibration;
 use crate::{Error, Result};
 
 /// The built-in model: a ResNet-20 trained on Fashion-MNIST by `scripts/train`
@@ -46,6 +48,38 @@ pub struct DataArgs {
     /// Images per forward batch (bounds memory; results do not depend on it).
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub batch_size: usize,
+}
+
+/// Flags choosing how quantizer ranges are calibrated when a tool calibrates itself (instead of
+/// reading a `calib.json`): the same three flags, help and errors in `quantize`, `perturb` and
+/// `evaluate`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CalibArgs {
+    /// Weight range calibration: `minmax` (max |w| per channel, DESIGN.md's formula) or `mse`
+    /// (the clipping that minimises the squared error over a grid of shrink factors).
+    #[arg(long, default_value = "minmax", value_name = "METHOD")]
+    pub w_calib: String,
+    /// Activation range calibration: `minmax` or `mse`.
+    #[arg(long, default_value = "minmax", value_name = "METHOD")]
+    pub a_calib: String,
+    /// One weight scale per tensor instead of per output channel.
+    #[arg(long)]
+    pub per_tensor: bool,
+}
+
+impl CalibArgs {
+    /// The settings, or a usage error naming the flag and what it accepts.
+    pub fn settings(&self) -> Result<CalibSettings> {
+        let parse = |flag: &str, text: &str| -> Result<Calibration> {
+            text.parse()
+                .map_err(|_| Error::usage(format!("{flag} '{text}': expected minmax or mse")))
+        };
+        Ok(CalibSettings {
+            w_calib: parse("--w-calib", &self.w_calib)?,
+            a_calib: parse("--a-calib", &self.a_calib)?,
+            per_tensor: self.per_tensor,
+        })
+    }
 }
 
 /// A model ready to run, and where it came from.

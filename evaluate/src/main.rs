@@ -1,7 +1,5 @@
-use clado::calib::CalibSettings;
 use clado::options::QuantOption;
-use clado::quant::Calibration;
-use clado::setup::{DataArgs, ModelArgs};
+use clado::setup::{CalibArgs, DataArgs, ModelArgs};
 use clado::Error;
 use clap::Parser;
 use evaluate::{Config, QuantSource};
@@ -43,15 +41,8 @@ struct Cli {
     /// Quantizer parameters (`calib.json` from `quantize calibrate`).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["w_calib", "a_calib", "per_tensor", "calib_samples", "calib_seed"])]
     calib: Option<String>,
-    /// Weight range calibration when calibrating here: minmax or mse.
-    #[arg(long, default_value = "minmax", value_name = "METHOD")]
-    w_calib: String,
-    /// Activation range calibration when calibrating here: minmax or mse.
-    #[arg(long, default_value = "minmax", value_name = "METHOD")]
-    a_calib: String,
-    /// One weight scale per tensor instead of per output channel.
-    #[arg(long)]
-    per_tensor: bool,
+    #[command(flatten)]
+    calibration: CalibArgs,
     /// Training samples to calibrate on when calibrating here.
     #[arg(long, default_value_t = 256, value_name = "N")]
     calib_samples: usize,
@@ -61,11 +52,6 @@ struct Cli {
     /// No notes on stderr.
     #[arg(short, long)]
     quiet: bool,
-}
-
-fn calibration(flag: &str, text: &str) -> clado::Result<Calibration> {
-    text.parse()
-        .map_err(|_| Error::usage(format!("{flag} '{text}': expected minmax or mse")))
 }
 
 fn main() -> std::process::ExitCode {
@@ -87,11 +73,7 @@ fn main() -> std::process::ExitCode {
         let quant = match &cli.calib {
             Some(path) => QuantSource::File(path.clone()),
             None => QuantSource::Calibrate {
-                settings: CalibSettings {
-                    w_calib: calibration("--w-calib", &cli.w_calib)?,
-                    a_calib: calibration("--a-calib", &cli.a_calib)?,
-                    per_tensor: cli.per_tensor,
-                },
+                settings: cli.calibration.settings()?,
                 data: DataArgs {
                     data: cli.data.data.clone(),
                     split: Some(clado::data::Split::Train),

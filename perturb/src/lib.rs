@@ -19,7 +19,6 @@ use clado::data::Split;
 use clado::engine::Images;
 use clado::format::{Calib, LayerInfo, Metric, FORMAT_VERSION};
 use clado::options::QuantOption;
-use clado::quant::Calibration;
 use clado::setup::{self, DataArgs, ModelArgs};
 use clado::{Error, Result};
 use measure::{Measure, UnitResult};
@@ -353,10 +352,4 @@ fn note(report: &Reporting, msg: std::fmt::Arguments<'_>) {
     if !report.quiet {
         eprintln!("perturb: {msg}");
     }
-}
-
-/// Parse `minmax` / `mse`.
-pub fn parse_calibration(flag: &str, text: &str) -> Result<Calibration> {
-    text.parse()
-        .map_err(|_| Error::usage(format!("{flag} '{text}': expected minmax or mse")))
 }

@@ -1,6 +1,6 @@
 use clado::format::Metric;
 use clado::options::QuantOption;
-use clado::setup::{DataArgs, ModelArgs};
+use clado::setup::{CalibArgs, DataArgs, ModelArgs};
 use clado::Error;
 use clap::{Parser, Subcommand};
 use perturb::store::Shard;
@@ -57,15 +57,8 @@ struct Cli {
     /// Measure only the diagonal (single layers), no cross-layer terms.
     #[arg(long)]
     naive: bool,
-    /// Weight range calibration: `minmax` (DESIGN.md's formula) or `mse`.
-    #[arg(long, default_value = "minmax", value_name = "METHOD")]
-    w_calib: String,
-    /// Activation range calibration: `minmax` or `mse`.
-    #[arg(long, default_value = "minmax", value_name = "METHOD")]
-    a_calib: String,
-    /// One weight scale per tensor instead of per output channel.
-    #[arg(long)]
-    per_tensor: bool,
+    #[command(flatten)]
+    calibration: CalibArgs,
     /// Quantizer parameters from `quantize calibrate` instead of calibrating here.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["w_calib", "a_calib", "per_tensor"])]
     calib: Option<String>,
@@ -165,11 +158,7 @@ fn run(mut cli: Cli) -> clado::Result<()> {
                 options,
                 metric,
                 naive: cli.naive,
-                calib: clado::calib::CalibSettings {
-                    w_calib: perturb::parse_calibration("--w-calib", &cli.w_calib)?,
-                    a_calib: perturb::parse_calibration("--a-calib", &cli.a_calib)?,
-                    per_tensor: cli.per_tensor,
-                },
+                calib: cli.calibration.settings()?,
                 calib_file: cli.calib,
                 layers: cli.layers,
                 exclude: cli.exclude,

@@ -1,9 +1,7 @@
-use clado::calib::{self, CalibSettings};
+use clado::calib;
 use clado::options::QuantOption;
-use clado::quant::Calibration;
-use clado::setup::{DataArgs, ModelArgs};
-use clado::Error;
-use clap::{Args, Parser, Subcommand};
+use clado::setup::{CalibArgs, DataArgs, ModelArgs};
+use clap::{Parser, Subcommand};
 use quantize::Params;
 use std::collections::BTreeSet;
 
@@ -37,34 +35,6 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Args)]
-struct CalibFlags {
-    /// Weight range calibration: `minmax` (max |w| per channel) or `mse` (the clipping that
-    /// minimises the squared error over a grid of shrink factors).
-    #[arg(long, default_value = "minmax", value_name = "METHOD")]
-    w_calib: String,
-    /// Activation range calibration: `minmax` or `mse`.
-    #[arg(long, default_value = "minmax", value_name = "METHOD")]
-    a_calib: String,
-    /// One weight scale per tensor instead of per output channel.
-    #[arg(long)]
-    per_tensor: bool,
-}
-
-impl CalibFlags {
-    fn settings(&self) -> clado::Result<CalibSettings> {
-        let parse = |flag: &str, text: &str| -> clado::Result<Calibration> {
-            text.parse()
-                .map_err(|_| Error::usage(format!("{flag} '{text}': expected minmax or mse")))
-        };
-        Ok(CalibSettings {
-            w_calib: parse("--w-calib", &self.w_calib)?,
-            a_calib: parse("--a-calib", &self.a_calib)?,
-            per_tensor: self.per_tensor,
-        })
-    }
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Write calib.json: weight scales and activation ranges per bit width.
@@ -77,7 +47,7 @@ enum Command {
         #[arg(long, value_name = "LIST", default_value = "w{2,4,8}a{2,4,8}")]
         options: String,
         #[command(flatten)]
-        calib: CalibFlags,
+        calib: CalibArgs,
         /// calib.json to write (`-` for stdout).
         #[arg(short = 'o', long = "output", value_name = "FILE", default_value = "-")]
         output: String,
@@ -97,7 +67,7 @@ enum Command {
         #[command(flatten)]
         data: DataArgs,
         #[command(flatten)]
-        flags: CalibFlags,
+        flags: CalibArgs,
         /// The fake-quantized checkpoint (.safetensors) to write.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: String,

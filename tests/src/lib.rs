@@ -4,6 +4,8 @@
 //! The binaries are the ones `cargo build --workspace --bins` put next to this test executable
 //! (`make test` builds them first).
 
+use clado::format::{Alloc, LayerChoice, SolverReport, FORMAT_VERSION};
+use clado::options::QuantOption;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -98,5 +100,62 @@ pub fn run_with_env(name: &str, args: &[&str], stdin: &[u8], cwd: Option<&Path>,
         status: status.code(),
         stdout,
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// The small random-weight ResNet-20 checkpoint (1 channel, 10 classes) that real PyTorch wrote
+/// (`scripts/make_fixtures.py`): the model every end-to-end test runs.
+pub fn fixture_checkpoint() -> String {
+    workspace_root()
+        .join("tests/fixtures/resnet20_c1k10.pth")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The quantizable layers of a CIFAR ResNet-20, in forward order (PyTorch names).
+pub fn resnet20_layer_names() -> Vec<String> {
+    let mut names = vec!["conv1".to_string()];
+    for stage in 1..=3 {
+        for block in 0..3 {
+            names.push(format!("layer{stage}.{block}.conv1"));
+            names.push(format!("layer{stage}.{block}.conv2"));
+            if stage > 1 && block == 0 {
+                names.push(format!("layer{stage}.0.downsample.0"));
+            }
+        }
+    }
+    names.push("fc".into());
+    names
+}
+
+/// Layer `name` at `option` (e.g. `w4a8`; bits from the option's text).
+pub fn choice(name: &str, option: &str) -> LayerChoice {
+    let parsed = QuantOption::parse(option).expect("a valid option");
+    LayerChoice {
+        name: name.into(),
+        option: option.into(),
+        w_bits: parsed.w_bits,
+        a_bits: parsed.a_bits,
+    }
+}
+
+/// An `alloc.json` with these choices and neutral solver fields (as if written by hand).
+pub fn alloc_of(layers: Vec<LayerChoice>) -> Alloc {
+    Alloc {
+        version: FORMAT_VERSION,
+        layers,
+        predicted_delta: 0.0,
+        size_bits: 0,
+        avg_w_bits: 0.0,
+        bops: 0,
+        budget: "none".into(),
+        solver: SolverReport {
+            status: "exact".into(),
+            objective: 0.0,
+            bound: 0.0,
+            gap: 0.0,
+            seconds: 0.0,
+        },
+        notes: Default::default(),
     }
 }

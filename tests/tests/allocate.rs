@@ -1,13 +1,12 @@
 //! End-to-end tests of the `allocate` binary: real files in, JSON out (parsed, never compared
 //! as text), exit codes as STYLE.md says.
 
-use clado::format::{Alloc, FpReference, Index, LayerInfo, Metric, OptionInfo, Variable, FORMAT_VERSION};
+use clado::format::{Alloc, FpReference, Index, LayerInfo};
 use clado::io::json_from_bytes;
 use clado::options::QuantOption;
 use clado_tests::{run, run_in};
 use ndarray::Array2;
 use ndarray_npy::WriteNpyExt;
-use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Sums of a few dozen entries, recomputed here in another order.
@@ -31,25 +30,12 @@ fn index_of(params: &[u64]) -> Index {
             macs: p * 64,
         })
         .collect::<Vec<_>>();
+    let options: Vec<QuantOption> = OPTIONS.iter().map(|o| QuantOption::parse(o).unwrap()).collect();
     Index {
-        version: FORMAT_VERSION,
-        arch: "test".into(),
-        layers,
-        fixed: BTreeMap::new(),
-        options: OPTIONS
-            .iter()
-            .map(|o| OptionInfo::from(QuantOption::parse(o).unwrap()))
-            .collect(),
-        variables: (0..params.len())
-            .flat_map(|l| (0..OPTIONS.len()).map(move |o| Variable { layer: l, option: o }))
-            .collect(),
-        metric: Metric::Loss,
-        naive: false,
         samples: 64,
         data: "test".into(),
-        seed: 0,
         fp: FpReference { loss: 0.3, top1: 90.0 },
-        diagnostics: None,
+        ..Index::all_options("test", layers, &options)
     }
 }
 

@@ -12,15 +12,12 @@
 //! The inputs are small (a PyTorch-saved random ResNet-20, 16 preprocessed images as `npy:`
 //! data) so that a debug build runs the whole table in seconds.
 
-use clado::format::{
-    Alloc, FpReference, Index, LayerChoice, LayerInfo, Metric, OptionInfo, SolverReport, Variable, FORMAT_VERSION,
-};
+use clado::format::{Alloc, FpReference, Index, LayerInfo};
 use clado::options::QuantOption;
-use clado_tests::{run_in, workspace_root};
+use clado_tests::{alloc_of, choice, fixture_checkpoint, resnet20_layer_names, run_in, workspace_root};
 use ndarray::{Array1, Array2, Array3, Array4};
 use ndarray_npy::WriteNpyExt;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::path::Path;
 
 /// What an output file holds before a failing run: it must still hold it afterwards.
@@ -230,34 +227,22 @@ fn matrix_cases(m: impl Fn(&'static str) -> Vec<String>) -> Vec<Case> {
 fn small_problem() -> (Index, Array2<f64>) {
     const OPTIONS: [&str; 3] = ["w2a8", "w4a8", "w8a8"];
     const PARAMS: [u64; 6] = [144, 2304, 2304, 4608, 512, 640];
+    let layers = PARAMS
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| LayerInfo {
+            name: format!("layer{i}"),
+            kind: "conv".into(),
+            params: p,
+            macs: p * 64,
+        })
+        .collect();
+    let options: Vec<QuantOption> = OPTIONS.iter().map(|o| QuantOption::parse(o).unwrap()).collect();
     let index = Index {
-        version: FORMAT_VERSION,
-        arch: "test".into(),
-        layers: PARAMS
-            .iter()
-            .enumerate()
-            .map(|(i, &p)| LayerInfo {
-                name: format!("layer{i}"),
-                kind: "conv".into(),
-                params: p,
-                macs: p * 64,
-            })
-            .collect(),
-        fixed: BTreeMap::new(),
-        options: OPTIONS
-            .iter()
-            .map(|o| OptionInfo::from(QuantOption::parse(o).unwrap()))
-            .collect(),
-        variables: (0..PARAMS.len())
-            .flat_map(|l| (0..OPTIONS.len()).map(move |o| Variable { layer: l, option: o }))
-            .collect(),
-        metric: Metric::Loss,
-        naive: false,
         samples: 64,
         data: "test".into(),
-        seed: 0,
         fp: FpReference { loss: 0.3, top1: 90.0 },
-        diagnostics: None,
+        ..Index::all_options("test", layers, &options)
     };
     let k = OPTIONS.len();
     let n = PARAMS.len() * k;
@@ -533,13 +518,6 @@ fn allocate_refuses_bad_input() {
     check_all("allocate", d, &["alloc.json"], &cases);
 }
 
-fn fixture() -> String {
-    workspace_root()
-        .join("tests/fixtures/resnet20_c1k10.pth")
-        .to_string_lossy()
-        .into_owned()
-}
-
 /// `npy:` data (16 images of 1×32×32, labels 0..9) and every broken variant; a bad IDX
 /// (Fashion-MNIST) folder and a bad CIFAR-10 folder; broken checkpoints.
 fn write_model_inputs(dir: &Path) {
@@ -622,7 +600,7 @@ fn write_model_inputs(dir: &Path) {
     }
 
     // Checkpoints.
-    let pth = std::fs::read(fixture()).unwrap();
+    let pth = std::fs::read(fixture_checkpoint()).unwrap();
     write(dir, "trunc.pth", &pth[..pth.len() / 2]);
     write(dir, "empty.pth", b"");
     write(dir, "text.pth", b"these are not the weights you are looking for\n");
@@ -771,7 +749,7 @@ fn model_input_cases(base: &[&str]) -> Vec<Case> {
 
 /// `calib.json` and `alloc.json` in every broken way, from good ones written by the tools.
 fn write_bad_calib_and_alloc(dir: &Path) {
-    let fx = fixture();
+    let fx = fixture_checkpoint();
     run_in(
         "quantize",
         &[
@@ -827,7 +805,7 @@ fn write_bad_calib_and_alloc(dir: &Path) {
         &std::fs::read(dir.join("calib.json")).unwrap()[..200],
     );
 
-    let alloc = alloc_all("w4a8", Some(4), Some(8));
+    let alloc = alloc_all("w4a8");
     write_json(dir, "alloc.json", &serde_json::to_value(&alloc).unwrap());
     write_json(dir, "alloc_v2.json", &edited(&alloc, |v| v["version"] = json!(2)));
     write_json(
@@ -860,11 +838,7 @@ fn write_bad_calib_and_alloc(dir: &Path) {
         "alloc_bits.json",
         &edited(&alloc, |v| v["layers"][0]["w_bits"] = json!(300)),
     );
-    write_json(
-        dir,
-        "alloc_w2.json",
-        &serde_json::to_value(alloc_all("w2a8", Some(2), Some(8))).unwrap(),
-    );
+    write_json(dir, "alloc_w2.json", &serde_json::to_value(alloc_all("w2a8")).unwrap());
     write(dir, "alloc_trunc.json", &serde_json::to_vec(&alloc).unwrap()[..150]);
 }
 
@@ -957,54 +931,13 @@ fn alloc_cases(base: &[&str]) -> Vec<Case> {
     ]
 }
 
-/// An allocation giving every layer of the ResNet-20 `option`.
-fn alloc_all(option: &str, w: Option<u8>, a: Option<u8>) -> Alloc {
-    let mut names = vec!["conv1".to_string()];
-    for s in 1..=3 {
-        for b in 0..3 {
-            for c in 1..=2 {
-                names.push(format!("layer{s}.{b}.conv{c}"));
-            }
-            if s > 1 && b == 0 {
-                names.push(format!("layer{s}.0.downsample.0"));
-            }
-        }
-    }
-    names.push("fc".into());
-    Alloc {
-        version: FORMAT_VERSION,
-        layers: names
-            .into_iter()
-            .map(|name| LayerChoice {
-                name,
-                option: option.into(),
-                w_bits: w,
-                a_bits: a,
-            })
-            .collect(),
-        predicted_delta: 0.0,
-        size_bits: 0,
-        avg_w_bits: 0.0,
-        bops: 0,
-        budget: "none".into(),
-        solver: SolverReport {
-            status: "exact".into(),
-            objective: 0.0,
-            bound: 0.0,
-            gap: 0.0,
-            seconds: 0.0,
-        },
-        notes: Default::default(),
-    }
-}
-
 #[test]
 fn perturb_refuses_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write_model_inputs(d);
     write_bad_calib_and_alloc(d);
-    let fx = fixture();
+    let fx = fixture_checkpoint();
     let base = [
         "--weights",
         &fx,
@@ -1135,7 +1068,7 @@ fn quantize_refuses_bad_input() {
     let d = dir.path();
     write_model_inputs(d);
     write_bad_calib_and_alloc(d);
-    let fx = fixture();
+    let fx = fixture_checkpoint();
     let calibrate = [
         "calibrate",
         "--weights",
@@ -1222,7 +1155,7 @@ fn evaluate_refuses_bad_input() {
     let d = dir.path();
     write_model_inputs(d);
     write_bad_calib_and_alloc(d);
-    let fx = fixture();
+    let fx = fixture_checkpoint();
     // The FP line would come first: a bad later input must still leave stdout empty.
     let base = [
         "--weights",
@@ -1273,4 +1206,9 @@ fn evaluate_refuses_bad_input() {
         ),
     ]);
     check_all("evaluate", d, &[], &cases);
+}
+
+/// An allocation giving every layer of the ResNet-20 `option`.
+fn alloc_all(option: &str) -> Alloc {
+    alloc_of(resnet20_layer_names().iter().map(|n| choice(n, option)).collect())
 }

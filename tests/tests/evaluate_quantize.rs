@@ -1,16 +1,9 @@
 //! `quantize` and `evaluate` end to end on a small real checkpoint (a PyTorch-saved random
 //! ResNet-20) and Fashion-MNIST samples.
 
-use clado::format::{Alloc, Calib, LayerChoice, Metrics, SolverReport, FORMAT_VERSION};
-use clado_tests::{run_in, workspace_root};
+use clado::format::{Alloc, Calib, Metrics};
+use clado_tests::{alloc_of, choice, fixture_checkpoint, resnet20_layer_names, run_in};
 use std::path::Path;
-
-fn fixture() -> String {
-    workspace_root()
-        .join("tests/fixtures/resnet20_c1k10.pth")
-        .to_string_lossy()
-        .into_owned()
-}
 
 fn lines(out: &[u8]) -> Vec<Metrics> {
     String::from_utf8_lossy(out)
@@ -25,7 +18,7 @@ fn calibrate(dir: &Path) {
         &[
             "calibrate",
             "--weights",
-            &fixture(),
+            &fixture_checkpoint(),
             "--samples",
             "32",
             "--options",
@@ -38,56 +31,6 @@ fn calibrate(dir: &Path) {
         Some(dir),
     )
     .success();
-}
-
-/// An allocation giving every layer `option`, except `fc` at w8.
-fn alloc_all(option: &str, w: Option<u8>, a: Option<u8>) -> Alloc {
-    let names: Vec<String> = ["conv1"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain((1..=3).flat_map(|s| (0..3).flat_map(move |b| (1..=2).map(move |c| format!("layer{s}.{b}.conv{c}")))))
-        .collect();
-    let mut layers: Vec<LayerChoice> = Vec::new();
-    for n in names {
-        layers.push(LayerChoice {
-            name: n.clone(),
-            option: option.into(),
-            w_bits: w,
-            a_bits: a,
-        });
-        if n == "layer2.0.conv2" || n == "layer3.0.conv2" {
-            let d = n.replace("conv2", "downsample.0");
-            layers.push(LayerChoice {
-                name: d,
-                option: option.into(),
-                w_bits: w,
-                a_bits: a,
-            });
-        }
-    }
-    layers.push(LayerChoice {
-        name: "fc".into(),
-        option: "w8".into(),
-        w_bits: Some(8),
-        a_bits: None,
-    });
-    Alloc {
-        version: FORMAT_VERSION,
-        layers,
-        predicted_delta: 0.0,
-        size_bits: 0,
-        avg_w_bits: 0.0,
-        bops: 0,
-        budget: "none".into(),
-        solver: SolverReport {
-            status: "exact".into(),
-            objective: 0.0,
-            bound: 0.0,
-            gap: 0.0,
-            seconds: 0.0,
-        },
-        notes: Default::default(),
-    }
 }
 
 #[test]
@@ -109,13 +52,13 @@ fn calibrate_writes_every_layer_and_bit_width() {
 fn evaluates_fp_uniform_and_allocations_sharing_one_fp_pass() {
     let dir = tempfile::tempdir().unwrap();
     calibrate(dir.path());
-    let alloc = alloc_all("w8a8", Some(8), Some(8));
+    let alloc = alloc_all("w8a8");
     clado::io::write_json(&dir.path().join("a.json").to_string_lossy(), &alloc).unwrap();
     let out = run_in(
         "evaluate",
         &[
             "--weights",
-            &fixture(),
+            &fixture_checkpoint(),
             "--samples",
             "64",
             "--calib",
@@ -156,14 +99,14 @@ fn applied_checkpoint_equals_on_the_fly_quantization() {
     // the allocation on the fly, exactly (same quantizer, same engine).
     let dir = tempfile::tempdir().unwrap();
     calibrate(dir.path());
-    let alloc = alloc_all("w4", Some(4), None);
+    let alloc = alloc_all("w4");
     clado::io::write_json(&dir.path().join("a.json").to_string_lossy(), &alloc).unwrap();
     run_in(
         "quantize",
         &[
             "apply",
             "--weights",
-            &fixture(),
+            &fixture_checkpoint(),
             "--alloc",
             "a.json",
             "--calib",
@@ -182,7 +125,7 @@ fn applied_checkpoint_equals_on_the_fly_quantization() {
     let mut a = vec!["--weights", "q.safetensors", "--fp"];
     a.extend_from_slice(&common);
     let applied = lines(&run_in("evaluate", &a, b"", Some(dir.path())).success());
-    let fx = fixture();
+    let fx = fixture_checkpoint();
     let mut b = vec!["--weights", fx.as_str(), "--alloc", "a.json"];
     b.extend_from_slice(&common);
     let on_the_fly = lines(&run_in("evaluate", &b, b"", Some(dir.path())).success());
@@ -195,15 +138,15 @@ fn applied_checkpoint_equals_on_the_fly_quantization() {
 fn bad_input_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     calibrate(dir.path());
-    let mut unknown = alloc_all("w8a8", Some(8), Some(8));
+    let mut unknown = alloc_all("w8a8");
     unknown.layers[3].name = "layer9.0.conv1".into();
     clado::io::write_json(&dir.path().join("unknown.json").to_string_lossy(), &unknown).unwrap();
-    let mut missing = alloc_all("w8a8", Some(8), Some(8));
+    let mut missing = alloc_all("w8a8");
     missing.layers.remove(5);
     clado::io::write_json(&dir.path().join("missing.json").to_string_lossy(), &missing).unwrap();
-    let two_bits = alloc_all("w2a8", Some(2), Some(8));
+    let two_bits = alloc_all("w2a8");
     clado::io::write_json(&dir.path().join("w2.json").to_string_lossy(), &two_bits).unwrap();
-    let fx = fixture();
+    let fx = fixture_checkpoint();
     let cases: &[(&[&str], &str)] = &[
         (
             &["--alloc", "unknown.json"],
@@ -242,4 +185,14 @@ fn bad_input_is_refused() {
     .code(2);
     assert!(err.contains("layer9.0.conv1"), "{err}");
     assert!(!dir.path().join("q.safetensors").exists());
+}
+
+/// An allocation giving every layer `option`, except `fc` at w8.
+fn alloc_all(option: &str) -> Alloc {
+    alloc_of(
+        resnet20_layer_names()
+            .iter()
+            .map(|n| choice(n, if n == "fc" { "w8" } else { option }))
+            .collect(),
+    )
 }

@@ -2,7 +2,7 @@
 //! cut short by `--time-limit` still answers, with its gap; a reader that closes the pipe
 //! early (`| head -1`) ends a tool quietly.
 
-use clado_tests::{bin, run_in, workspace_root};
+use clado_tests::{alloc_of, bin, choice, fixture_checkpoint, run_in};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -12,18 +12,11 @@ use std::time::{Duration, Instant};
 /// 2-core machine loads Fashion-MNIST in about a second).
 const FIRST_UNIT_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn fixture() -> String {
-    workspace_root()
-        .join("tests/fixtures/resnet20_c1k10.pth")
-        .to_string_lossy()
-        .into_owned()
-}
-
 /// A measurement of 4 batches × 5 layers × 3 options = 60 units.
 fn perturb_args(resume: Option<&str>) -> Vec<String> {
     let mut a: Vec<String> = [
         "--weights",
-        &fixture(),
+        &fixture_checkpoint(),
         "--samples",
         "16",
         "--batch-size",
@@ -147,7 +140,7 @@ fn killed_perturb_leaves_no_output_and_resumes_to_the_same_matrix() {
 /// mean of their diagonals (58 layers and 0.2: an indefinite G without a dominant answer, so
 /// the exact reductions leave a real search).
 fn synthetic_problem(dir: &Path, layer_count: usize, cross: f64) {
-    use clado::format::{FpReference, Index, LayerInfo, Metric, OptionInfo, Variable, FORMAT_VERSION};
+    use clado::format::{Index, LayerInfo};
     use clado::options::QuantOption;
     let options = QuantOption::parse_list("w{2,4,8}a{2,4,8}").unwrap();
     let layers: Vec<LayerInfo> = (0..layer_count)
@@ -186,21 +179,8 @@ fn synthetic_problem(dir: &Path, layer_count: usize, cross: f64) {
         }
     }
     let index = Index {
-        version: FORMAT_VERSION,
-        arch: "synthetic".into(),
-        layers,
-        fixed: Default::default(),
-        options: options.iter().map(|o| OptionInfo::from(*o)).collect(),
-        variables: (0..layer_count)
-            .flat_map(|l| (0..k).map(move |o| Variable { layer: l, option: o }))
-            .collect(),
-        metric: Metric::Loss,
-        naive: false,
         samples: 1,
-        data: "synthetic".into(),
-        seed: 0,
-        fp: FpReference { loss: 0.0, top1: 0.0 },
-        diagnostics: None,
+        ..Index::all_options("synthetic", layers, &options)
     };
     use ndarray_npy::WriteNpyExt;
     let mut bytes = Vec::new();
@@ -308,7 +288,7 @@ fn a_closed_stdout_ends_the_tools_quietly() {
     );
     // `evaluate --fp --alloc a --alloc b | head -1` (evaluate writes when all configurations are
     // done, so the reader has left before its first line).
-    let fx = fixture();
+    let fx = fixture_checkpoint();
     run_in(
         "quantize",
         &[
@@ -329,34 +309,7 @@ fn a_closed_stdout_ends_the_tools_quietly() {
     .success();
     let alloc = |option: &str| {
         let calib: clado::format::Calib = clado::io::read_json(&d.join("calib.json").to_string_lossy()).unwrap();
-        let o = clado::options::QuantOption::parse(option).unwrap();
-        let layers = calib
-            .layers
-            .iter()
-            .map(|l| clado::format::LayerChoice {
-                name: l.name.clone(),
-                option: option.into(),
-                w_bits: o.w_bits,
-                a_bits: o.a_bits,
-            })
-            .collect();
-        let a = clado::format::Alloc {
-            version: clado::format::FORMAT_VERSION,
-            layers,
-            predicted_delta: 0.0,
-            size_bits: 0,
-            avg_w_bits: 0.0,
-            bops: 0,
-            budget: "none".into(),
-            solver: clado::format::SolverReport {
-                status: "exact".into(),
-                objective: 0.0,
-                bound: 0.0,
-                gap: 0.0,
-                seconds: 0.0,
-            },
-            notes: Default::default(),
-        };
+        let a = alloc_of(calib.layers.iter().map(|l| choice(&l.name, option)).collect());
         clado::io::write_json(&d.join(format!("{option}.json")).to_string_lossy(), &a).unwrap();
     };
     alloc("w4a8");

@@ -1,16 +1,9 @@
 //! `perturb` end to end: the real binary on a small real checkpoint (a PyTorch-saved random
 //! ResNet-20) and a few Fashion-MNIST samples.
 
-use clado_tests::{run, workspace_root};
+use clado_tests::{fixture_checkpoint, run};
 use ndarray::Array2;
 use std::path::Path;
-
-fn fixture() -> String {
-    workspace_root()
-        .join("tests/fixtures/resnet20_c1k10.pth")
-        .to_string_lossy()
-        .into_owned()
-}
 
 /// A few layers of every kind (first conv, a block conv, a downsample, the last conv, fc).
 const LAYERS: &str = "conv1,layer1.0.conv2,layer2.0.downsample.0,layer3.2.conv2,fc";
@@ -18,7 +11,7 @@ const LAYERS: &str = "conv1,layer1.0.conv2,layer2.0.downsample.0,layer3.2.conv2,
 fn base_args(dir: &Path, extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = [
         "--weights",
-        &fixture(),
+        &fixture_checkpoint(),
         "--samples",
         "12",
         "--batch-size",

@@ -5,15 +5,8 @@
 //! comparison: `diagnostics.seconds` of index.json and `solver.seconds` of alloc.json. G.npy,
 //! the psd output and evaluate's metrics lines are compared as raw bytes.
 
-use clado_tests::{run_with_env, workspace_root};
+use clado_tests::{fixture_checkpoint, run_with_env};
 use std::path::Path;
-
-fn fixture() -> String {
-    workspace_root()
-        .join("tests/fixtures/resnet20_c1k10.pth")
-        .to_string_lossy()
-        .into_owned()
-}
 
 /// Everything the pipeline writes, as compared.
 #[derive(Debug, PartialEq)]
@@ -37,7 +30,7 @@ fn pipeline(threads: &str) -> Outputs {
     let dir = tempfile::tempdir().unwrap();
     let d = Some(dir.path());
     let env = [("RAYON_NUM_THREADS", threads)];
-    let fx = fixture();
+    let fx = fixture_checkpoint();
     let model = ["--weights", fx.as_str(), "--seed", "7", "-q"];
     let run = |tool: &str, args: &[&str]| {
         let mut all = args.to_vec();
