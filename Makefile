@@ -70,9 +70,10 @@ demo: setup build
 	  echo "Sanity check: out/$$exp/sanity.md; plot: out/$$exp/plot.png (and .svg); CSV: out/$$exp/table.csv"; \
 	done
 
-# Speed figures (release builds): forward engine, psd's eigendecomposition, allocate's solver.
+# Speed figures (release builds): forward engine, quantizers, eigendecomposition, allocate's solver.
 bench: setup-scip
 	$(CARGO) bench -p clado --bench engine
+	$(CARGO) bench -p clado --bench quant
 	$(CARGO) bench -p psd
 	bash scripts/bench-allocate.sh
 

@@ -53,16 +53,17 @@
 //!   (see [`ActObserver::range`]); a shrunk range is chosen only when its upper bound is below
 //!   the lower bound for `minmax`, so that the guarantee holds without the data.
 //!
-//! Measured (`quant::tests::measure`, 10⁶ values each of Gaussian, post-ReLU Gaussian with
+//! Measured (`cargo bench -p clado --bench quant`, 10⁶ values each of Gaussian, post-ReLU Gaussian with
 //! outliers, and Laplace data, at 2, 4 and 8 bits): the histogram search picked the exact best
 //! factor of the grid in all nine cases; |estimate − exact| was at most 7·10⁻⁵ of the error and
 //! the bound at most 1.6·10⁻³ of it (8 bits; 10⁻⁵ and 1.4·10⁻⁴ at 4 bits).
 //!
 //! # Speed
-//! CPU time per call on the build machine (AMD EPYC, dev profile with `opt-level = 3`, one
-//! thread): fake-quantizing weights 0.34 ns and activations 0.23 ns per value; observing
-//! 0.2 ns (`minmax`) or about 4 ns (`mse`) per value; an `mse` activation range 18 ms per bit
-//! width; `mse` weight scales 0.63 ns per weight and grid factor, i.e. 0.63 s for 10⁷ weights
+//! CPU time per call on the build machine (`cargo bench -p clado --bench quant`, AMD EPYC, one
+//! thread, 10⁷ Gaussian values, the other core busy): fake-quantizing weights 0.28 ns and
+//! activations 0.23 ns per value; observing 0.7 ns (`minmax`) or about 4 ns (`mse`) per value; an
+//! `mse` activation range 17–20 ms per bit width; `mse` weight scales 0.63 ns per weight and grid
+//! factor, i.e. 0.63 s for 10⁷ weights
 //! (a ResNet-56 has 0.85·10⁶) per bit width.
 
 use crate::format::ActRange;
@@ -570,6 +571,19 @@ impl ActObserver {
             }
         }
         best.0
+    }
+
+    /// The squared error Σ(x − q(x))² of quantizing every observed value to `bits` over `range`,
+    /// as `mse` calibration estimates it from the histogram, and a rigorous bound on how far off
+    /// that estimate may be: `(estimate, bound)`. `None` for a `minmax` observer, which keeps no
+    /// histogram. (What [`ActObserver::range`] compares; public for its accuracy benchmark.)
+    pub fn estimated_error(&self, bits: u8, range: ActRange) -> Option<(f64, f64)> {
+        check_bits(bits);
+        let e = self
+            .histogram
+            .as_ref()?
+            .error_bounds(&ActQuantizer::from_range(bits, range));
+        Some((e.estimate, e.bound))
     }
 }
 
@@ -1304,144 +1318,6 @@ mod tests {
             let (e_mse, e_minmax) = (error(range), error(minmax));
             let limit = e_minmax * (1.0 + SUM_ORDER_REL);
             prop_assert!(e_mse <= limit, "mse {} > minmax {}", e_mse, e_minmax);
-        }
-    }
-
-    /// CPU seconds of this thread (Linux; 10 ms ticks). The shared build machine is often
-    /// loaded several times over, so wall-clock time would mostly measure the other jobs.
-    fn thread_cpu_seconds() -> f64 {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("Linux /proc");
-        // Fields after the command name: state is field 3, utime 14 and stime 15.
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        ticks / 100.0
-    }
-
-    /// Median CPU seconds of `runs` calls of `f` (each call repeated until it used ≥ 0.5 s).
-    fn median_seconds(runs: usize, mut f: impl FnMut()) -> f64 {
-        let mut times: Vec<f64> = (0..runs)
-            .map(|_| {
-                let start = thread_cpu_seconds();
-                let mut calls = 0;
-                while thread_cpu_seconds() - start < 0.5 {
-                    f();
-                    calls += 1;
-                }
-                (thread_cpu_seconds() - start) / calls as f64
-            })
-            .collect();
-        times.sort_by(f64::total_cmp);
-        times[runs / 2]
-    }
-
-    /// Speed and `mse` histogram accuracy, printed for the docs. Run with
-    /// `cargo test -p clado --lib quant::tests::measure -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "measurement, prints timings"]
-    fn measure() {
-        let n = 10_000_000;
-        let data = Numbers(1).normals(n);
-        // Weights: 1e7 values as 2048 channels.
-        let channels = 2048;
-        let w = &data[..n / channels * channels];
-        let scales = weight_scales(w, channels, 4, false, Calibration::MinMax);
-        let mut out = vec![0.0; w.len()];
-        let t = median_seconds(5, || fake_quantize_weights_into(w, channels, 4, &scales, &mut out));
-        eprintln!("fake_quantize_weights_into: {:.2} ns/value", t * 1e9 / w.len() as f64);
-        let t = median_seconds(5, || {
-            std::hint::black_box(weight_scales(w, channels, 4, false, Calibration::MinMax));
-        });
-        eprintln!("weight_scales minmax: {:.3} s for {} values", t, w.len());
-        for bits in [2, 4, 8] {
-            let t = median_seconds(3, || {
-                std::hint::black_box(weight_scales(w, channels, bits, false, Calibration::Mse));
-            });
-            eprintln!(
-                "weight_scales mse {bits} bits: {:.3} s for {} values ({:.2} ns/value/candidate)",
-                t,
-                w.len(),
-                t * 1e9 / w.len() as f64 / MSE_GRID_STEPS as f64
-            );
-        }
-        // Activations.
-        let q = ActQuantizer::from_range(8, ActRange { lo: -4.0, hi: 4.0 });
-        let mut x = data.clone();
-        let t = median_seconds(5, || q.quantize_in_place(&mut x));
-        eprintln!("quantize_in_place: {:.2} ns/value", t * 1e9 / n as f64);
-        for calib in [Calibration::MinMax, Calibration::Mse] {
-            let mut observer = ActObserver::new(calib);
-            let t = median_seconds(3, || {
-                observer = ActObserver::new(calib);
-                for batch in data.chunks(1 << 16) {
-                    observer.observe(batch);
-                }
-            });
-            eprint!("observe {calib}: {:.2} ns/value; range()", t * 1e9 / n as f64);
-            for bits in [2, 4, 8] {
-                let t = median_seconds(3, || {
-                    std::hint::black_box(observer.range(bits));
-                });
-                eprint!(" {bits} bits {:.1} ms", t * 1e3);
-            }
-            eprintln!();
-        }
-        // Accuracy of the histogram search against the exact search on 1e6 values.
-        let m = 1_000_000;
-        let mut numbers = Numbers(2);
-        let laplace: Vec<f32> = (0..m)
-            .map(|_| {
-                let u = numbers.uniform() - 0.5;
-                (-u.signum() * (1.0 - 2.0 * u.abs()).max(1e-300).ln()) as f32
-            })
-            .collect();
-        let sets = [
-            ("gaussian", data[..m].to_vec()),
-            ("relu+outliers", relu_outlier_data(3, m)),
-            ("laplace", laplace),
-        ];
-        for (name, x) in &sets {
-            let mut observer = ActObserver::new(Calibration::Mse);
-            for batch in x.chunks(1 << 16) {
-                observer.observe(batch);
-            }
-            let histogram = observer.histogram.as_ref().unwrap();
-            let minmax = observer.minmax_range();
-            for bits in [2, 4, 8] {
-                let exact = |r: ActRange| {
-                    let mut q = x.clone();
-                    ActQuantizer::from_range(bits, r).quantize_in_place(&mut q);
-                    squared_error(x, &q)
-                };
-                let (mut best, mut worst_estimate, mut worst_bound) = ((1.0f32, f64::INFINITY), 0.0f64, 0.0f64);
-                for f in mse_shrink_factors() {
-                    let r = ActRange {
-                        lo: minmax.lo * f,
-                        hi: minmax.hi * f,
-                    };
-                    let e = exact(r);
-                    let b = histogram.error_bounds(&ActQuantizer::from_range(bits, r));
-                    worst_estimate = worst_estimate.max((b.estimate - e).abs() / e);
-                    worst_bound = worst_bound.max(b.bound / e);
-                    if e < best.1 {
-                        best = (f, e);
-                    }
-                }
-                let chosen = observer.range(bits);
-                let e_chosen = exact(chosen);
-                eprintln!(
-                    "{name} {bits} bits: exact best f={} error {:.6e}; chosen f~{:.2} error \
-                     {:.6e} (+{:.2e} relative); minmax {:.6e}; worst |estimate-exact|/exact \
-                     {:.1e}, worst bound/exact {:.1e}",
-                    best.0,
-                    best.1,
-                    chosen.hi / minmax.hi,
-                    e_chosen,
-                    e_chosen / best.1 - 1.0,
-                    exact(minmax),
-                    worst_estimate,
-                    worst_bound
-                );
-            }
         }
     }
 }

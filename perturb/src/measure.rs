@@ -114,16 +114,7 @@ impl Measure<'_> {
         }
         let fp_logits = net.run_to_logits(&state, &fp, Parallelism::Rayon)?;
         self.count_layers(layers, n);
-        let fp_metric = per_sample(&fp_logits, labels, &fp_logits, Metric::Loss);
-        let fp_batch = FpBatch {
-            samples: n,
-            loss_sum: fp_metric.iter().sum(),
-            correct: fp_logits.correct_top_k(labels, 1)?,
-        };
-        let fp_values = match self.metric {
-            Metric::Loss => fp_metric,
-            Metric::Kl => vec![0.0; n],
-        };
+        let (fp_batch, fp_values) = self.fp_reference(&fp_logits, labels)?;
 
         // Every single Δ of the batch, per sample (all are needed by the units' pairs).
         let options = self.table.options.len();
@@ -184,6 +175,23 @@ impl Measure<'_> {
         Ok((fp_batch, results))
     }
 
+    /// What the FP logits of a batch give: its [`FpBatch`] (loss sum, correct count) and the
+    /// per-sample FP value of the metric that every Δ is measured from (the loss; 0 for KL,
+    /// which compares with the FP predictions themselves).
+    fn fp_reference(&self, fp_logits: &Logits, labels: &[usize]) -> Result<(FpBatch, Vec<f64>)> {
+        let fp_loss = per_sample(fp_logits, labels, fp_logits, Metric::Loss);
+        let fp_batch = FpBatch {
+            samples: labels.len(),
+            loss_sum: fp_loss.iter().sum(),
+            correct: fp_logits.correct_top_k(labels, 1)?,
+        };
+        let fp_values = match self.metric {
+            Metric::Loss => fp_loss,
+            Metric::Kl => vec![0.0; labels.len()],
+        };
+        Ok((fp_batch, fp_values))
+    }
+
     /// The same results as [`Measure::batch`] for every unit of the batch, the slow way the
     /// seed did it: one full forward pass from the images per single and per pair. Used by
     /// `--reference` to check the fast path.
@@ -197,16 +205,7 @@ impl Measure<'_> {
         let n = images.batch();
         let fp = Plan::fp(net);
         let fp_logits = net.forward(images, &fp, Parallelism::Rayon)?;
-        let fp_metric = per_sample(&fp_logits, labels, &fp_logits, Metric::Loss);
-        let fp_batch = FpBatch {
-            samples: n,
-            loss_sum: fp_metric.iter().sum(),
-            correct: fp_logits.correct_top_k(labels, 1)?,
-        };
-        let fp_values = match self.metric {
-            Metric::Loss => fp_metric,
-            Metric::Kl => vec![0.0; n],
-        };
+        let (fp_batch, fp_values) = self.fp_reference(&fp_logits, labels)?;
         let options = self.table.options.len();
         let k_count = self.variables.len();
         let full = |quantized: &[(usize, usize)]| -> Result<Vec<f64>> {
