@@ -22,6 +22,7 @@
 #   clado-M-P          the whole matrix of metric M after psd method P (shift keeps the exact
 #                      minimiser of the indefinite G; clip changes the objective, as the seed did)
 #   clado-loss-conf    the raw loss G with allocate --se G.se.npy --confidence $(CONFIDENCE) (default 2)
+#   clado-loss-pess    the same with allocate --pessimistic (negative cross terms not trusted)
 # The calibration samples (train split) and the evaluation images (test split) are disjoint, so
 # the measured Δ of every allocation is held out.
 
@@ -70,6 +71,9 @@ BASELINES ?= uniform naive zeroq
 # confidence bound of allocate --help, Noise (CONFIDENCE= leaves the method out).
 CONFIDENCE ?= 2
 CONFIDENCE_FLAGS ?= --confidence $(CONFIDENCE) --se $(OUT)/loss/G.se.npy
+# The method clado-loss-pess adds allocate's model-error rule (allocate --help, Model error) to
+# clado-loss-conf (PESSIMISTIC= leaves it out).
+PESSIMISTIC ?= 1
 # Extra flags: for every perturb run, for every allocate run (e.g. --pin conv1=w8a8,fc=w8a8).
 PERTURB_FLAGS ?=
 ALLOCATE_FLAGS ?=
@@ -84,7 +88,8 @@ SCRIPTS := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 # ---- Derived ------------------------------------------------------------------------------------
 
 CLADO_METHODS := $(foreach m,$(METRICS),$(foreach p,$(PSD_METHODS),clado-$(m)-$(p)))
-METHODS := $(BASELINES) $(CLADO_METHODS) $(if $(CONFIDENCE),clado-loss-conf)
+CONFIDENT_METHODS := $(if $(CONFIDENCE),clado-loss-conf $(if $(PESSIMISTIC),clado-loss-pess))
+METHODS := $(BASELINES) $(CLADO_METHODS) $(CONFIDENT_METHODS)
 # Metrics that some method needs a matrix of.
 NEEDED_METRICS := $(sort $(METRICS) $(if $(filter uniform naive,$(BASELINES))$(CONFIDENCE),loss) \
                          $(if $(filter zeroq,$(BASELINES)),kl))
@@ -161,6 +166,7 @@ $(eval $(call method,zeroq,kl,$(OUT)/kl/G.npy,--naive))
 $(foreach m,$(METRICS),$(foreach p,$(PSD_METHODS),\
   $(eval $(call method,clado-$(m)-$(p),$(m),$(OUT)/$(m)/G-$(p).npy,))))
 $(eval $(call method,clado-loss-conf,loss,$(OUT)/loss/G.npy,$(CONFIDENCE_FLAGS)))
+$(eval $(call method,clado-loss-pess,loss,$(OUT)/loss/G.npy,$(CONFIDENCE_FLAGS) --pessimistic))
 
 # uniform: every layer pinned to the highest-precision option the budget allows (its predicted Δ
 # comes from the loss G).
@@ -191,7 +197,7 @@ $(foreach m,$(METHODS),$(eval $(call evaluation,$(m))))
 
 # --method NAME=METRIC[:PSD REPORT] for each method; the report's offset (shift) is removed from
 # the predicted Δ so that every prediction is on the scale of the metric.
-psd_report = $(if $(filter clado-%,$(1)),$(if $(filter-out clado-loss-conf,$(1)),:$(dir $(METHOD_MATRIX_$(1)))psd-$(lastword $(subst -, ,$(1))).json))
+psd_report = $(if $(filter clado-%,$(1)),$(if $(filter-out $(CONFIDENT_METHODS),$(1)),:$(dir $(METHOD_MATRIX_$(1)))psd-$(lastword $(subst -, ,$(1))).json))
 REPORT_INPUTS := $(OUT)/eval/fp.jsonl $(foreach m,$(METHODS),$(OUT)/eval/$(m).jsonl) \
   $(foreach m,$(filter-out uniform,$(METHODS)),$(OUT)/alloc/$(m)/none.json) \
   $(foreach m,$(METHODS),$(if $(call psd_report,$(m)),$(patsubst :%,%,$(call psd_report,$(m))))) \

@@ -41,6 +41,15 @@ highest precision only where the saving is significant at level Z; without a bud
 answer is the highest precision everywhere unless an improvement is significant. notes.confidence
 reports the plain estimate, the bound and the reference.
 
+Model error (--pessimistic): G is exact for one or two layers, but xᵀGx sums every pair, and a
+negative cross term (two layers quantized together hurt less than separately, e.g. once the
+loss saturates) adds up over many pairs to predictions no model can reach (with 9 options the
+raw minimiser predicted −9 nats of loss). The rule counts every negative cross term as 0 unless
+both variables are the highest precision: an upper estimate of the prediction relative to x₀,
+and of the true change whenever the dropped interactions are not harmful. Without a budget a
+layer then leaves x₀ only on its own estimates (with --confidence, only when significant).
+notes.pessimistic reports the benefit ignored.
+
 Exit status: 0 success (also after a time-out, with the gap reported); 1 the budget is
 infeasible (the message names the smallest feasible budget); 2 bad usage or input.";
 
@@ -129,6 +138,11 @@ pub struct Args {
     /// long help). 2 is a sound default; 0 is the plain objective.
     #[arg(long, value_name = "Z", requires = "se", allow_negative_numbers = true)]
     pub confidence: Option<f64>,
+
+    /// Count on no benefit from quantizing layers together: negative cross terms of G score 0
+    /// unless both variables are the highest precision (see the long help, Model error).
+    #[arg(long)]
+    pub pessimistic: bool,
 
     /// Seconds for one solve; the best allocation found by then is written with its gap.
     #[arg(long, value_name = "S", default_value_t = 60.0, allow_negative_numbers = true)]
@@ -230,6 +244,8 @@ pub struct Config {
     pub se: Option<String>,
     /// Z of the confidence rule; 0 = the plain objective.
     pub confidence: f64,
+    /// The model-error rule (`--pessimistic`).
+    pub pessimistic: bool,
     pub settings: Settings,
     pub verbosity: Verbosity,
 }
@@ -312,6 +328,7 @@ impl Config {
             naive: a.naive,
             se: a.se.clone(),
             confidence,
+            pessimistic: a.pessimistic,
             settings,
             verbosity: Verbosity::from_flags(a.quiet, a.verbose),
         })

@@ -57,6 +57,12 @@
 //! has the derivation): G + Z·P, a quadratic form of the same shape, so every step above applies
 //! unchanged, and alloc.json's `notes.confidence` reports the plain estimate beside the bound.
 //!
+//! # Model error
+//! With `--pessimistic` the negative cross terms that are not x₀'s own count as 0
+//! ([`problem::Problem::apply_pessimism`]): the pairwise model is exact for two layers, but its
+//! benefits of interaction, summed over many pairs, extrapolate past anything measured. Also a
+//! penalty added to G, so the solver is the same; `notes.pessimistic` reports what was ignored.
+//!
 //! [`run`] is the whole tool; `main.rs` only parses the command line.
 
 pub mod cli;
@@ -94,6 +100,9 @@ pub fn run(config: &Config) -> Result<()> {
         if config.confidence > 0.0 {
             problem.apply_confidence(config.confidence);
         }
+    }
+    if config.pessimistic {
+        problem.apply_pessimism();
     }
     let allocator = Allocator::new(&problem, config.settings);
     match &config.sweep {
@@ -181,6 +190,15 @@ fn report(config: &Config, problem: &Problem, budgets: &[Budget], solved: &Solve
         };
         value["rule"] = json!(rule);
         notes.insert("confidence".into(), value);
+    }
+    if config.pessimistic {
+        notes.insert(
+            "pessimistic".into(),
+            json!({
+                "ignored_benefit": problem.ignored_benefit(&solved.choice),
+                "rule": "negative cross terms not x₀'s own counted as 0 (allocate --help, Model error)",
+            }),
+        );
     }
     if !config.pins.is_empty() {
         let pins: BTreeMap<&str, &str> = config.pins.iter().map(|(l, o)| (l.as_str(), o.as_str())).collect();

@@ -60,7 +60,8 @@ pub struct Problem {
     pub naive: bool,
     /// Standard errors of G's entries (`--se`), checked like G.
     pub se: Option<Array2<f64>>,
-    /// Z·P of the confidence rule ([`Problem::apply_confidence`]), added to G in the objective.
+    /// What the objective adds to G: Z·P of the confidence rule ([`Problem::apply_confidence`])
+    /// and the model-error rule's terms ([`Problem::apply_pessimism`]).
     pub penalty: Option<Array2<f64>>,
 }
 
@@ -288,7 +289,64 @@ impl Problem {
             let sign = if in_reference[u] && in_reference[v] { -1.0 } else { 1.0 };
             z * sign * se[[u, v]]
         });
-        self.penalty = Some(penalty);
+        self.add_penalty(penalty);
+    }
+
+    /// The model-error rule (`--pessimistic`): count on no benefit from quantizing layers
+    /// together. A negative cross term G\[u,v\] (u, v in different layers) says that the pair
+    /// hurts less than the sum of its parts; that is exact for the two layers measured, but a
+    /// sum over many such pairs extrapolates the pairwise model far past what was measured (with
+    /// 9 options the raw minimiser predicted a loss change of −9 nats, below minus the FP loss,
+    /// which no cross-entropy can reach). The rule scores such entries as 0 unless both
+    /// variables are x₀'s (the highest precision everywhere), i.e. it adds −G\[u,v\] to them.
+    ///
+    /// Relative to x₀, Δ(x) − Δ(x₀) adds the entries of x not in x₀ and subtracts those of x₀
+    /// not in x. Raising the added entries to max(G, 0) and leaving the subtracted ones as they
+    /// are can only raise the estimate: the result is an upper estimate of the pairwise
+    /// prediction, and of the true change whenever the interactions it drops are not harmful
+    /// (saturation: a layer already quantized leaves less for the next to destroy). x₀ keeps
+    /// its score, so without a budget a layer leaves x₀ only on its own estimates (with
+    /// `--confidence`, only when they are significant). Combines with the confidence rule.
+    pub fn apply_pessimism(&mut self) {
+        let reference = self.chosen_vars(&self.highest_precision());
+        let mut in_reference = vec![false; self.matrix.nrows()];
+        for &v in &reference {
+            in_reference[v] = true;
+        }
+        let penalty = Array2::from_shape_fn(self.matrix.dim(), |(u, v)| {
+            let cross = self.var_layer[u] != self.var_layer[v];
+            if cross && !(in_reference[u] && in_reference[v]) {
+                (-self.matrix[[u, v]]).max(0.0)
+            } else {
+                0.0
+            }
+        });
+        self.add_penalty(penalty);
+    }
+
+    /// Add `extra` to the penalty the objective adds to G.
+    fn add_penalty(&mut self, extra: Array2<f64>) {
+        self.penalty = Some(match self.penalty.take() {
+            Some(p) => p + extra,
+            None => extra,
+        });
+    }
+
+    /// What the model-error rule drops for a choice: the sum of the negative cross terms of x
+    /// that are not x₀'s own (0 when there are none).
+    pub fn ignored_benefit(&self, choice: &[usize]) -> f64 {
+        let chosen = self.chosen_vars(choice);
+        let reference = self.chosen_vars(&self.highest_precision());
+        let mut sum = 0.0;
+        for &u in &chosen {
+            for &v in &chosen {
+                let both_reference = reference.contains(&u) && reference.contains(&v);
+                if self.var_layer[u] != self.var_layer[v] && !both_reference {
+                    sum += self.matrix[[u, v]].min(0.0);
+                }
+            }
+        }
+        sum + 0.0
     }
 
     /// The confidence rule's view of a choice (None without `--se`).
@@ -321,7 +379,7 @@ impl Problem {
         })
     }
 
-    /// Entry (u, v) of the matrix the solver minimises: G, plus Z·P under the confidence rule.
+    /// Entry (u, v) of the matrix the solver minimises: G plus the penalties of the rules.
     fn objective_entry(&self, u: usize, v: usize) -> f64 {
         self.matrix[[u, v]] + self.penalty.as_ref().map_or(0.0, |p| p[[u, v]])
     }

@@ -268,6 +268,38 @@ fn the_confidence_rule_ignores_insignificant_negative_estimates() {
 }
 
 #[test]
+fn the_pessimistic_rule_does_not_count_on_negative_cross_terms() {
+    let dir = setup();
+    let mut g = matrix();
+    // Layers 1 and 2 at w2a8 together: a large benefit of interaction, beyond their own costs.
+    let (u, v) = (3, 2 * 3);
+    let own = g[[u, u]] + g[[v, v]] - g[[u + 2, u + 2]] - g[[v + 2, v + 2]];
+    g[[u, v]] = -own;
+    g[[v, u]] = -own;
+    write(dir.path(), &g, &index());
+    let plain = parse(&allocate(dir.path(), &["-q"]).success());
+    assert_eq!(
+        (plain.layers[1].option.as_str(), plain.layers[2].option.as_str()),
+        ("w2a8", "w2a8"),
+        "the plain objective takes the benefit"
+    );
+    assert!(plain.notes.get("pessimistic").is_none());
+    let r = allocate(dir.path(), &["--pessimistic"]);
+    let alloc = parse(&r.stdout);
+    assert!(alloc.layers.iter().all(|c| c.option == "w8a8"), "{}", r.stdout_text());
+    assert_eq!(alloc.notes["sanity"]["passed"], serde_json::json!(true));
+    assert_eq!(alloc.notes["pessimistic"]["ignored_benefit"], serde_json::json!(0.0));
+    assert!(
+        (alloc.predicted_delta - delta(&alloc, &g)).abs() < 1e-12,
+        "predicted_delta stays xᵀGx"
+    );
+    // Under a budget that forces both down, the answer reports what the rule ignored.
+    let alloc = parse(&allocate(dir.path(), &["--pessimistic", "--avg-bits", "3", "-q"]).success());
+    let ignored = alloc.notes["pessimistic"]["ignored_benefit"].as_f64().unwrap();
+    assert!(ignored <= 0.0, "{ignored}");
+}
+
+#[test]
 fn naive_uses_the_diagonal_and_reports_the_whole_delta() {
     let dir = setup();
     let alloc = parse(&allocate(dir.path(), &["--avg-bits", "4", "--naive"]).success());

@@ -11,7 +11,7 @@ use std::process::Command;
 
 const OPTIONS: &str = "w2a8,w8a8";
 const BUDGETS: [&str; 2] = ["4", "6"];
-const METHODS: [&str; 8] = [
+const METHODS: [&str; 9] = [
     "uniform",
     "naive",
     "zeroq",
@@ -20,6 +20,7 @@ const METHODS: [&str; 8] = [
     "clado-kl-clip",
     "clado-kl-shift",
     "clado-loss-conf",
+    "clado-loss-pess",
 ];
 /// The resnet20 fixture has 22 quantizable layers.
 const LAYERS: usize = 22;
