@@ -22,11 +22,11 @@ the 28x28 image placed in a 32x32 canvas that is 0 elsewhere. Training shifts th
 --max-shift pixels from the centre and flips it left-right at random; testing uses the centred \
 image. Same seed and thread count, same weights.
 
-The built-in model models/fmnist-resnet20.safetensors was made with (one epoch: the machine it was \
-trained on had 2 shared cores; models/fmnist-resnet20.json has the accuracy and time):
+The built-in model models/fmnist-resnet20.safetensors was made with (42 min on one core; \
+models/fmnist-resnet20.json has the accuracy, 92.40 % test top-1, and the per-epoch log):
 
-  RAYON_NUM_THREADS=1 cargo run -p clado-train -- --epochs 1 --batch-size 64 --lr 0.1 \\
-      --warmup-steps 100 --max-shift 0 --no-flip --seed 0 \\
+  RAYON_NUM_THREADS=1 cargo run --release -p clado-train -- --epochs 4 --batch-size 64 --lr 0.1 \\
+      --warmup-steps 100 --seed 0 --eval-each-epoch \\
       -o models/fmnist-resnet20.safetensors --report models/fmnist-resnet20.json";
 
 /// Train the built-in Fashion-MNIST CIFAR ResNet with candle-nn autograd.
