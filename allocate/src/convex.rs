@@ -85,8 +85,17 @@ pub fn convexify(qp: &ChoiceQp, how: Convexification) -> Factored {
     let groups = qp.sizes.len() as f64;
     match how {
         Convexification::Identity => {
-            let lambda = (-min_eigenvalue(&qp.quad)).max(0.0);
+            // The within-group entries are free (they never count): G's own, when known and
+            // more convex, else zeros.
             let mut m = qp.quad.clone();
+            let mut lambda = (-min_eigenvalue(&m)).max(0.0);
+            if let Some(within) = &qp.within {
+                let filled = &qp.quad + within;
+                let filled_lambda = (-min_eigenvalue(&filled)).max(0.0);
+                if filled_lambda < lambda {
+                    (m, lambda) = (filled, filled_lambda);
+                }
+            }
             for i in 0..n {
                 m[[i, i]] += lambda;
             }
@@ -313,6 +322,38 @@ mod tests {
                 );
                 assert!(model - f.lower_slack <= exact + EXACTNESS && exact <= model + f.upper_slack + EXACTNESS);
             }
+        }
+    }
+
+    /// A PSD G (e.g. after `psd --method clip`) has entries between options of one layer that
+    /// never count; zeroing them makes it indefinite. With them kept aside, the identity form
+    /// needs no shift, and it stays exact on one-hot points.
+    #[test]
+    fn within_group_entries_keep_a_psd_matrix_convex() {
+        let (groups, k) = (8, 3);
+        let n = groups * k;
+        let mut rng = synthetic::SplitMix64::new(11);
+        let b = Array2::from_shape_fn((n, n), |_| rng.normal());
+        let g = b.dot(&b.t());
+        let mut quad = g.clone();
+        for i in 0..n {
+            for j in 0..n {
+                if i != j && i / k == j / k {
+                    quad[[i, j]] = 0.0;
+                }
+            }
+        }
+        let zeroed = ChoiceQp::new(vec![k; groups], quad.clone(), vec![0.0; n], 0.0);
+        assert!(min_eigenvalue(&zeroed.quad) < -1e-3, "the zeroed matrix is indefinite");
+        let kept = ChoiceQp::new(vec![k; groups], quad, vec![0.0; n], 0.0).with_within(g);
+        let without = convexify(&zeroed, Convexification::Identity);
+        let with = convexify(&kept, Convexification::Identity);
+        assert!(without.shift > 1e-3, "{}", without.shift);
+        assert_eq!(with.shift, 0.0);
+        for s in 0..50 {
+            let c = random_choice(&kept, s);
+            let (exact, model) = (kept.value(&c), with.value(&kept.indices(&c)));
+            assert!((exact - model).abs() <= EXACTNESS * kept.scale(), "{exact} vs {model}");
         }
     }
 

@@ -484,7 +484,13 @@ impl Problem {
             .iter()
             .map(|&p| pinned.iter().map(|&q| entry(p, q)).sum::<f64>())
             .sum();
-        ChoiceQp::new(sizes, quad, linear, constant)
+        let qp = ChoiceQp::new(sizes, quad, linear, constant);
+        if self.naive {
+            qp
+        } else {
+            let full = Array2::from_shape_fn((n, n), |(i, j)| self.objective_entry(vars[i], vars[j]));
+            qp.with_within(full)
+        }
     }
 
     /// The budget rows over the free layers' variables (see [`BudgetRow`]).
@@ -581,6 +587,11 @@ pub struct ChoiceQp {
     pub quad: Array2<f64>,
     pub linear: Vec<f64>,
     pub constant: f64,
+    /// Entries between two options of one group, which never count (x_u·x_v = 0 there) and are
+    /// 0 in `quad`: the values G had there, when known. Only the convex reformulations use
+    /// them, since any values are exact and G's own keep a PSD G (e.g. after `psd --method
+    /// clip`) PSD, where zeros would make it indefinite and the relaxation weak.
+    pub within: Option<Array2<f64>>,
 }
 
 impl ChoiceQp {
@@ -602,7 +613,27 @@ impl ChoiceQp {
             quad,
             linear,
             constant,
+            within: None,
         }
+    }
+
+    /// The same problem, with the within-group entries of `full` kept aside (see
+    /// [`ChoiceQp::within`]); `full` is n × n in this problem's variable order.
+    pub fn with_within(mut self, full: Array2<f64>) -> ChoiceQp {
+        assert_eq!(full.dim(), self.quad.dim());
+        let n = self.n();
+        let mut within = Array2::zeros((n, n));
+        for g in 0..self.sizes.len() {
+            for i in self.group_range(g) {
+                for j in self.group_range(g) {
+                    if i != j {
+                        within[[i, j]] = full[[i, j]];
+                    }
+                }
+            }
+        }
+        self.within = Some(within);
+        self
     }
 
     pub fn n(&self) -> usize {

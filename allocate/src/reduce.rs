@@ -74,7 +74,11 @@ impl Reduction {
         let m = vars.len();
         let quad = Array2::from_shape_fn((m, m), |(a, b)| qp.quad[[vars[a], vars[b]]]);
         let linear = vars.iter().map(|&v| qp.linear[v]).collect();
-        let reduced = ChoiceQp::new(kept.iter().map(Vec::len).collect(), quad, linear, qp.constant);
+        let mut reduced = ChoiceQp::new(kept.iter().map(Vec::len).collect(), quad, linear, qp.constant);
+        reduced.within = qp
+            .within
+            .as_ref()
+            .map(|w| Array2::from_shape_fn((m, m), |(a, b)| w[[vars[a], vars[b]]]));
         let rows = rows
             .iter()
             .map(|r| BudgetRow {
