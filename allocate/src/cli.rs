@@ -156,11 +156,12 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = MethodArg::Auto)]
     pub method: MethodArg,
 
-    /// SCIP formulation (for experiments): linearized (default), product (the seed's dense
-    /// products of binaries), projected, projected-rows, projected-diag (convex factored forms
-    /// after an exact diagonal shift on the one-hot affine hull), identity (convex, G + λI),
-    /// and the `-split` variants of the convex forms.
-    #[arg(long, value_name = "NAME", default_value = "linearized")]
+    /// SCIP formulation: auto (default: identity when G, with its entries between options of
+    /// one layer, is PSD, e.g. after `psd --method clip`; else linearized). For experiments:
+    /// linearized (local polytope), product (the seed's dense products of binaries), projected,
+    /// projected-rows, projected-diag (convex factored forms after an exact diagonal shift on
+    /// the one-hot affine hull), identity (convex, G + λI), and the `-split` convex variants.
+    #[arg(long, value_name = "NAME", default_value = "auto")]
     pub formulation: String,
 
     /// Skip the exact reductions before the search (for experiments: slower, same answer).

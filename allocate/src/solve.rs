@@ -42,7 +42,12 @@ pub enum Method {
 /// The SCIP formulation of the objective (see [`mip::Objective`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Formulation {
-    /// The local-polytope linearisation (the default: the fastest measured).
+    /// The default: [`Formulation::Convex`] with the identity shift when G, with its own
+    /// entries between options of one layer ([`ChoiceQp::within`]), is positive semidefinite
+    /// (e.g. after `psd --method clip`: the convex relaxation is then strong), else
+    /// [`Formulation::Linearized`].
+    Auto,
+    /// The local-polytope linearisation (the fastest measured on indefinite G).
     Linearized,
     /// Dense products of binaries, as the seed wrote them.
     Product,
@@ -55,7 +60,8 @@ pub enum Formulation {
 
 impl Formulation {
     /// Every formulation by name, for `--formulation` and the benchmark.
-    pub const ALL: [(&'static str, Formulation); 10] = [
+    pub const ALL: [(&'static str, Formulation); 11] = [
+        ("auto", Formulation::Auto),
         ("linearized", Formulation::Linearized),
         ("product", Formulation::Product),
         ("projected", convex(Convexification::Projected(Weights::Uniform), false)),
@@ -103,6 +109,21 @@ impl Formulation {
     }
 }
 
+/// [`Formulation::Auto`]'s choice for one problem: the identity convex form when G with its
+/// within-layer entries is PSD up to rounding, else the linearisation.
+fn auto_formulation(qp: &ChoiceQp) -> Formulation {
+    let psd = qp.within.as_ref().is_some_and(|within| {
+        let filled = &qp.quad + within;
+        let scale = filled.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        crate::convex::min_eigenvalue(&filled) >= -1e-9 * scale
+    });
+    if psd {
+        convex(Convexification::Identity, false)
+    } else {
+        Formulation::Linearized
+    }
+}
+
 const fn convex(convexification: Convexification, split: bool) -> Formulation {
     Formulation::Convex { convexification, split }
 }
@@ -129,7 +150,7 @@ impl Default for Settings {
             time_limit: 60.0,
             gap: 1e-6,
             method: Method::Auto,
-            formulation: Formulation::Linearized,
+            formulation: Formulation::Auto,
             reductions: true,
             scip_log: false,
         }
@@ -277,9 +298,13 @@ impl<'p> Allocator<'p> {
             });
         }
         let small_starts: Vec<Choice> = starts.iter().filter_map(|c| reduction.project(c)).collect();
-        let formulation = self.settings.formulation;
+        let formulation = match self.settings.formulation {
+            Formulation::Auto => auto_formulation(small),
+            chosen => chosen,
+        };
         let limits = self.limits(start);
         let (outcome, slack, shift) = match formulation {
+            Formulation::Auto => unreachable!("resolved above"),
             Formulation::Linearized => {
                 // Pairs the dual bound proves worse than the incumbent are left out.
                 let allowed = |i: usize, j: usize| match &pairs {
