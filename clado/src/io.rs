@@ -296,6 +296,24 @@ pub fn json_line<T: Serialize>(value: &T) -> Result<String> {
 mod tests {
     use super::*;
 
+    /// Partial results and resumed units are f64s in JSON: reading one back must give the same
+    /// bits, or a resumed `perturb` differs from an uninterrupted one in the last place (serde_json
+    /// parses exactly only with its `float_roundtrip` feature, which the workspace enables).
+    #[test]
+    fn f64_survives_a_json_round_trip_bit_for_bit() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for _ in 0..200_000 {
+            let x = f64::from_bits(rng.random::<u64>());
+            if !x.is_finite() {
+                continue;
+            }
+            let text = serde_json::to_string(&x).unwrap();
+            let back: f64 = serde_json::from_str(&text).unwrap();
+            assert_eq!(back.to_bits(), x.to_bits(), "{x:e} written as {text}");
+        }
+    }
+
     #[test]
     fn matrix_roundtrip_f64_and_f32_promotion() {
         use ndarray_npy::WriteNpyExt;

@@ -24,10 +24,10 @@ const METHODS: [&str; 9] = [
 ];
 /// The resnet20 fixture has 22 quantizable layers.
 const LAYERS: usize = 22;
-/// table.csv writes floats with Python's repr (shortest round trip, correctly rounded), but
-/// serde_json without its `float_roundtrip` feature may read a decimal 1 ulp off; the predicted Δ
-/// of `shift` methods and the measured Δ are one subtraction away from the JSON numbers. A few
-/// ulps of the operands cover both; a wrong number would differ in a printed digit.
+/// table.csv writes floats with Python's repr (shortest round trip, correctly rounded) and the
+/// workspace's serde_json reads them exactly (`float_roundtrip`), but the predicted Δ of `shift`
+/// methods and the measured Δ are one subtraction away from the JSON numbers. A few ulps of the
+/// operands cover that; a wrong number would differ in a printed digit.
 const ROUND_TRIP_ULPS: f64 = 4.0 * f64::EPSILON;
 
 fn make(out: &Path, extra: &[&str]) -> std::process::Output {
