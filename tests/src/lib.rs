@@ -4,7 +4,7 @@
 //! The binaries are the ones `cargo build --workspace --bins` put next to this test executable
 //! (`make test` builds them first).
 
-use clado::format::{Alloc, LayerChoice, SolverReport, FORMAT_VERSION};
+use clado::format::{Alloc, FpReference, Index, LayerChoice, LayerInfo, SolverReport, FORMAT_VERSION};
 use clado::options::QuantOption;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -157,5 +157,27 @@ pub fn alloc_of(layers: Vec<LayerChoice>) -> Alloc {
             seconds: 0.0,
         },
         notes: Default::default(),
+    }
+}
+
+/// A perturb-like index: conv layers `layer0`, `layer1`, … with these parameter counts (64 MACs
+/// per parameter), every layer a variable with every option, 64 samples, FP loss 0.3.
+pub fn test_index(params: &[u64], options: &[&str]) -> Index {
+    let layers = params
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| LayerInfo {
+            name: format!("layer{i}"),
+            kind: "conv".into(),
+            params: p,
+            macs: p * 64,
+        })
+        .collect();
+    let options: Vec<QuantOption> = options.iter().map(|o| QuantOption::parse(o).unwrap()).collect();
+    Index {
+        samples: 64,
+        data: "test".into(),
+        fp: FpReference { loss: 0.3, top1: 90.0 },
+        ..Index::all_options("test", layers, &options)
     }
 }

@@ -1,10 +1,9 @@
 //! End-to-end tests of the `allocate` binary: real files in, JSON out (parsed, never compared
 //! as text), exit codes as STYLE.md says.
 
-use clado::format::{Alloc, FpReference, Index, LayerInfo};
+use clado::format::{Alloc, Index};
 use clado::io::json_from_bytes;
-use clado::options::QuantOption;
-use clado_tests::{run, run_in};
+use clado_tests::{run, run_in, test_index};
 use ndarray::Array2;
 use ndarray_npy::WriteNpyExt;
 use std::path::Path;
@@ -20,23 +19,7 @@ fn index() -> Index {
 }
 
 fn index_of(params: &[u64]) -> Index {
-    let layers = params
-        .iter()
-        .enumerate()
-        .map(|(i, &p)| LayerInfo {
-            name: format!("layer{i}"),
-            kind: "conv".into(),
-            params: p,
-            macs: p * 64,
-        })
-        .collect::<Vec<_>>();
-    let options: Vec<QuantOption> = OPTIONS.iter().map(|o| QuantOption::parse(o).unwrap()).collect();
-    Index {
-        samples: 64,
-        data: "test".into(),
-        fp: FpReference { loss: 0.3, top1: 90.0 },
-        ..Index::all_options("test", layers, &options)
-    }
+    test_index(params, &OPTIONS)
 }
 
 /// A perturbation-like G: diagonal 4^(−bits)·s_l, small cross terms of both signs.

@@ -12,9 +12,8 @@
 //! The inputs are small (a PyTorch-saved random ResNet-20, 16 preprocessed images as `npy:`
 //! data) so that a debug build runs the whole table in seconds.
 
-use clado::format::{Alloc, FpReference, Index, LayerInfo};
-use clado::options::QuantOption;
-use clado_tests::{alloc_of, choice, fixture_checkpoint, resnet20_layer_names, run_in, workspace_root};
+use clado::format::{Alloc, Index};
+use clado_tests::{alloc_of, choice, fixture_checkpoint, resnet20_layer_names, run_in, test_index, workspace_root};
 use ndarray::{Array1, Array2, Array3, Array4};
 use ndarray_npy::WriteNpyExt;
 use serde_json::{json, Value};
@@ -227,23 +226,7 @@ fn matrix_cases(m: impl Fn(&'static str) -> Vec<String>) -> Vec<Case> {
 fn small_problem() -> (Index, Array2<f64>) {
     const OPTIONS: [&str; 3] = ["w2a8", "w4a8", "w8a8"];
     const PARAMS: [u64; 6] = [144, 2304, 2304, 4608, 512, 640];
-    let layers = PARAMS
-        .iter()
-        .enumerate()
-        .map(|(i, &p)| LayerInfo {
-            name: format!("layer{i}"),
-            kind: "conv".into(),
-            params: p,
-            macs: p * 64,
-        })
-        .collect();
-    let options: Vec<QuantOption> = OPTIONS.iter().map(|o| QuantOption::parse(o).unwrap()).collect();
-    let index = Index {
-        samples: 64,
-        data: "test".into(),
-        fp: FpReference { loss: 0.3, top1: 90.0 },
-        ..Index::all_options("test", layers, &options)
-    };
+    let index = test_index(&PARAMS, &OPTIONS);
     let k = OPTIONS.len();
     let n = PARAMS.len() * k;
     let g = Array2::from_shape_fn((n, n), |(u, v)| {
