@@ -4,17 +4,22 @@
 //! one-pixel border of zeros, so that 3×3 convolutions with padding 1 read their taps without
 //! bounds checks. Every writer keeps the border zero ([`zero_border`]).
 //!
-//! Convolutions are direct: output channels are vectorised (16 per AVX-512 register), a tile
-//! of `NB` output pixels of one row and `CV` registers of channels stays in registers while the
-//! taps and input channels stream by. Weights are packed `[tap][in channel][out channel]`.
+//! 3×3 stride-1 convolutions with at least 8 input channels (all but the first and the
+//! downsampling ones in the CIFAR ResNets) run as Winograd F(2×2, 3×3) (module `winograd`):
+//! 2.25× fewer multiplications. The others are direct: output channels are vectorised (16 per
+//! AVX-512 register), a tile of `NB` output pixels of one row and `CV` registers of channels
+//! stays in registers while the taps and input channels stream by. Weights are packed
+//! `[tap][in channel][out channel]` ([`pack_conv_weights`] does either packing).
 //!
-//! **One arithmetic everywhere.** Each output element is computed as
+//! **One arithmetic everywhere.** Each output element of a direct convolution is computed as
 //! `acc = 0; for tap { for ic { acc = fma(x, w, acc) } }; y = fma(acc, scale, bias)
 //! [+ residual] [relu]`, in that order, by every code path (AVX-512, AVX2, portable, tile
-//! tails). So results are bitwise identical whatever the instruction set, tile shape, batch
-//! split or thread count.
+//! tails); the Winograd path fixes its own sequence the same way (see its docs). So results are
+//! bitwise identical whatever the instruction set, tile shape, batch split or thread count.
 
 use std::ops::Range;
+
+mod winograd;
 
 /// Instruction set the kernels run on (chosen once by [`Isa::detect`]); all give bitwise
 /// identical results.
@@ -111,8 +116,17 @@ impl ConvShape {
         })
     }
 
+    /// Whether this convolution runs as Winograd F(2×2, 3×3) ([`uses_winograd`]).
+    pub(crate) fn winograd(&self) -> bool {
+        uses_winograd(self.kernel, self.stride, self.input.c)
+    }
+
+    /// Floats of the packed weights ([`pack_conv_weights`]).
     pub(crate) fn weight_len(&self) -> usize {
-        self.kernel * self.kernel * self.input.c * self.output.c
+        match self.winograd() {
+            true => winograd::weight_len(self.input.c, self.output.c),
+            false => self.kernel * self.kernel * self.input.c * self.output.c,
+        }
     }
 
     /// Offsets (in floats) of the taps relative to the tile's top-left input position, in
@@ -135,8 +149,18 @@ impl ConvShape {
     }
 }
 
-/// Packs PyTorch conv weights `[out][in][kh][kw]` into `[kh·k+kw][in][out]`.
-pub(crate) fn pack_conv_weights(w: &[f32], cout: usize, cin: usize, k: usize) -> Vec<f32> {
+/// Whether a convolution runs as Winograd F(2×2, 3×3) (module `winograd`): 3×3 kernels of
+/// stride 1 with at least `winograd::MIN_IN_CHANNELS` input channels. The others run direct.
+pub(crate) fn uses_winograd(kernel: usize, stride: usize, cin: usize) -> bool {
+    kernel == 3 && stride == 1 && cin >= winograd::MIN_IN_CHANNELS
+}
+
+/// Packs PyTorch conv weights `[out][in][kh][kw]` for [`conv_image`]: transformed for
+/// Winograd ([`uses_winograd`]), else `[kh·k+kw][in][out]`.
+pub(crate) fn pack_conv_weights(w: &[f32], cout: usize, cin: usize, k: usize, stride: usize) -> Vec<f32> {
+    if uses_winograd(k, stride, cin) {
+        return winograd::pack_weights(w, cout, cin);
+    }
     assert_eq!(w.len(), cout * cin * k * k);
     let mut packed = vec![0.0; w.len()];
     for oc in 0..cout {
@@ -215,6 +239,20 @@ pub(crate) fn conv_image(
         assert_eq!(r.len(), out.len());
     }
     zero_border(out, shape.output);
+    if shape.winograd() {
+        let done = match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as below.
+            Isa::Avx512 => unsafe { x86::winograd_avx512(shape, input, weights, epi, out) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { x86::winograd_avx2(shape, input, weights, epi, out) },
+            _ => false,
+        };
+        if !done {
+            winograd::conv_portable(shape, input, weights, epi, out);
+        }
+        return;
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512`/`Avx2` are only chosen when the CPU has the features
@@ -333,26 +371,69 @@ pub(crate) fn linear(x: &[f32], weight: &[f32], bias: &[f32], logits: &mut [f32]
     }
 }
 
+/// One register of `N` f32 lanes; every kernel is written once over it, and the lanes all do
+/// the same IEEE operations, so a kernel gives the same bits whatever the register width.
+pub(crate) trait Lanes: Copy {
+    const N: usize;
+    unsafe fn zero() -> Self;
+    unsafe fn splat(p: *const f32) -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    /// `a·b + c`, one rounding.
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn add(self, o: Self) -> Self;
+    unsafe fn sub(self, o: Self) -> Self;
+    /// `maxps(self, 0)`.
+    unsafe fn relu(self) -> Self;
+}
+
+/// One lane: the portable instance of [`Lanes`] (and the channel tails of the SIMD ones).
+#[derive(Clone, Copy)]
+pub(crate) struct F32x1(f32);
+
+impl Lanes for F32x1 {
+    const N: usize = 1;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        F32x1(0.0)
+    }
+    #[inline(always)]
+    unsafe fn splat(p: *const f32) -> Self {
+        unsafe { F32x1(*p) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        unsafe { F32x1(*p) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        unsafe { *p = self.0 }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        F32x1(a.0.mul_add(b.0, c.0))
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        F32x1(self.0 + o.0)
+    }
+    #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        F32x1(self.0 - o.0)
+    }
+    #[inline(always)]
+    unsafe fn relu(self) -> Self {
+        F32x1(relu(self.0))
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     //! The SIMD tiles. `Lanes` abstracts one register of f32 lanes; the entry points enable
     //! the instruction set and everything below them is inlined into them.
 
-    use super::{conv_pixels, ConvShape, Epilogue};
+    use super::{conv_pixels, winograd, ConvShape, Epilogue, Lanes};
     use std::arch::x86_64::*;
-
-    pub(super) trait Lanes: Copy {
-        const N: usize;
-        unsafe fn zero() -> Self;
-        unsafe fn splat(p: *const f32) -> Self;
-        unsafe fn load(p: *const f32) -> Self;
-        unsafe fn store(self, p: *mut f32);
-        /// `a·b + c`, one rounding.
-        unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
-        unsafe fn add(self, o: Self) -> Self;
-        /// `maxps(self, 0)`.
-        unsafe fn relu(self) -> Self;
-    }
 
     #[derive(Clone, Copy)]
     pub(super) struct F32x16(__m512);
@@ -382,6 +463,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn add(self, o: Self) -> Self {
             unsafe { F32x16(_mm512_add_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        unsafe fn sub(self, o: Self) -> Self {
+            unsafe { F32x16(_mm512_sub_ps(self.0, o.0)) }
         }
         #[inline(always)]
         unsafe fn relu(self) -> Self {
@@ -417,6 +502,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn add(self, o: Self) -> Self {
             unsafe { F32x8(_mm256_add_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        unsafe fn sub(self, o: Self) -> Self {
+            unsafe { F32x8(_mm256_sub_ps(self.0, o.0)) }
         }
         #[inline(always)]
         unsafe fn relu(self) -> Self {
@@ -594,5 +683,49 @@ mod x86 {
                 conv_pixels(shape, input, weights, epi, out, y, 0..shape.output.w);
             }
         }
+    }
+
+    /// Winograd with AVX-512 tiles of 16 accumulators, as `conv_avx512`; `false` when the
+    /// output channels are not a multiple of 16.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn winograd_avx512(
+        shape: &ConvShape,
+        input: &[f32],
+        u: &[f32],
+        epi: &Epilogue<'_>,
+        out: &mut [f32],
+    ) -> bool {
+        let cout = shape.output.c;
+        // SAFETY: the CPU has AVX-512 (the caller's `Isa`); lengths checked by `conv_image`.
+        unsafe {
+            if cout.is_multiple_of(64) {
+                winograd::conv::<F32x16, 4, 4>(shape, input, u, epi, out)
+            } else if cout.is_multiple_of(32) {
+                winograd::conv::<F32x16, 2, 8>(shape, input, u, epi, out)
+            } else if cout.is_multiple_of(16) {
+                winograd::conv::<F32x16, 1, 16>(shape, input, u, epi, out)
+            } else {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Winograd with AVX2 tiles of 4 tiles × 16 channels; `false` when the output channels are
+    /// not a multiple of 16.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn winograd_avx2(
+        shape: &ConvShape,
+        input: &[f32],
+        u: &[f32],
+        epi: &Epilogue<'_>,
+        out: &mut [f32],
+    ) -> bool {
+        if !shape.output.c.is_multiple_of(16) {
+            return false;
+        }
+        // SAFETY: the CPU has AVX2 and FMA (the caller's `Isa`); lengths checked by `conv_image`.
+        unsafe { winograd::conv::<F32x8, 2, 4>(shape, input, u, epi, out) };
+        true
     }
 }

@@ -42,7 +42,7 @@
 //! the calling thread, for callers that run many small forwards in parallel themselves.
 //! Outputs are bitwise identical whatever the parallelism, thread count, batch split or
 //! instruction set (AVX-512, AVX2 or portable): every output element is computed by the same
-//! sequence of fused multiply-adds (see `kernels`).
+//! sequence of operations (see `kernels`).
 //!
 //! # Example
 //! ```no_run

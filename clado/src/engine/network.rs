@@ -232,7 +232,7 @@ impl Network {
             let shape = vec![cout, cin, kernel, kernel];
             let weight = rd.tensor(&format!("{name}.weight"), &shape)?.to_vec();
             let (bn_scale, bn_bias) = rd.batch_norm(&bn, cout)?;
-            let packed = kernels::pack_conv_weights(&weight, cout, cin, kernel);
+            let packed = kernels::pack_conv_weights(&weight, cout, cin, kernel, stride);
             let params = weight.len() as u64;
             layers.push(Layer {
                 name,
@@ -315,7 +315,7 @@ impl Network {
         let geometry = net.geometry(INPUT_SIZE, INPUT_SIZE)?;
         for (layer, conv) in net.layers.iter_mut().zip(&geometry.convs) {
             if let Some(c) = conv {
-                layer.macs = (c.output.h * c.output.w) as u64 * c.weight_len() as u64;
+                layer.macs = (c.output.h * c.output.w) as u64 * layer.params;
             }
         }
         Ok(net)
@@ -392,7 +392,7 @@ impl Network {
         let packed = match &self.ops[layer] {
             Op::Conv(c) => {
                 let cin = info.weight_shape[1];
-                kernels::pack_conv_weights(weights, c.cout, cin, c.kernel)
+                kernels::pack_conv_weights(weights, c.cout, cin, c.kernel, c.stride)
             }
             Op::Fc(_) => weights.to_vec(),
         };
