@@ -695,17 +695,16 @@ mod x86 {
         epi: &Epilogue<'_>,
         out: &mut [f32],
     ) -> bool {
-        let cout = shape.output.c;
         // SAFETY: the CPU has AVX-512 (the caller's `Isa`); lengths checked by `conv_image`.
         unsafe {
-            if cout.is_multiple_of(64) {
-                winograd::conv::<F32x16, 4, 4>(shape, input, u, epi, out)
-            } else if cout.is_multiple_of(32) {
-                winograd::conv::<F32x16, 2, 8>(shape, input, u, epi, out)
-            } else if cout.is_multiple_of(16) {
-                winograd::conv::<F32x16, 1, 16>(shape, input, u, epi, out)
-            } else {
-                return false;
+            match (shape.input.c, shape.output.c) {
+                (16, 16) => winograd::conv::<F32x16, 16, 1, 16>(shape, input, u, epi, out),
+                (32, 32) => winograd::conv::<F32x16, 32, 2, 8>(shape, input, u, epi, out),
+                (64, 64) => winograd::conv::<F32x16, 64, 4, 4>(shape, input, u, epi, out),
+                (_, c) if c.is_multiple_of(64) => winograd::conv::<F32x16, 0, 4, 4>(shape, input, u, epi, out),
+                (_, c) if c.is_multiple_of(32) => winograd::conv::<F32x16, 0, 2, 8>(shape, input, u, epi, out),
+                (_, c) if c.is_multiple_of(16) => winograd::conv::<F32x16, 0, 1, 16>(shape, input, u, epi, out),
+                _ => return false,
             }
         }
         true
@@ -725,7 +724,7 @@ mod x86 {
             return false;
         }
         // SAFETY: the CPU has AVX2 and FMA (the caller's `Isa`); lengths checked by `conv_image`.
-        unsafe { winograd::conv::<F32x8, 2, 4>(shape, input, u, epi, out) };
+        unsafe { winograd::conv::<F32x8, 0, 2, 4>(shape, input, u, epi, out) };
         true
     }
 }

@@ -210,9 +210,10 @@ unsafe fn transform_channels<V: Lanes>(
 
 /// The products of one group: for every position, `m[pos][p][j] = Σ_ic v[pos][p][ic]·u[pos][ic][oc0 + j]`
 /// for the NB tiles p and the `CV` registers of output channels from `oc0`, as one fma chain over
-/// `ic` from zero. `m` is laid out `[position][tile][CV·N channels]`.
+/// `ic` from zero. `m` is laid out `[position][tile][CV·N channels]`. `CIN` is the channel count
+/// when known at compile time (the addresses of `v` then become constant offsets), else 0.
 #[inline(always)]
-unsafe fn products<V: Lanes, const CV: usize, const NB: usize>(
+unsafe fn products<V: Lanes, const CIN: usize, const CV: usize, const NB: usize>(
     v: &[f32],
     u: &[f32],
     cin: usize,
@@ -220,6 +221,7 @@ unsafe fn products<V: Lanes, const CV: usize, const NB: usize>(
     oc0: usize,
     m: &mut [f32],
 ) {
+    let cin = if CIN > 0 { CIN } else { cin };
     let block = CV * V::N;
     debug_assert!(v.len() >= 16 * NB * cin && m.len() >= 16 * NB * block);
     debug_assert!(u.len() >= 16 * cin * cout && oc0 + block <= cout);
@@ -302,9 +304,10 @@ unsafe fn output_tile<V: Lanes, const NB: usize>(
 }
 
 /// The convolution of one image in groups of `NB` tiles and blocks of `CV` registers of output
-/// channels; `cout` must be a multiple of `CV·V::N`.
+/// channels; `cout` must be a multiple of `CV·V::N`; `CIN` is the number of input channels or 0
+/// (any, known at run time only).
 #[inline(always)]
-pub(super) unsafe fn conv<V: Lanes, const CV: usize, const NB: usize>(
+pub(super) unsafe fn conv<V: Lanes, const CIN: usize, const CV: usize, const NB: usize>(
     shape: &ConvShape,
     input: &[f32],
     u: &[f32],
@@ -313,7 +316,7 @@ pub(super) unsafe fn conv<V: Lanes, const CV: usize, const NB: usize>(
 ) {
     let (cin, cout) = (shape.input.c, shape.output.c);
     let block = CV * V::N;
-    assert!(cout.is_multiple_of(block));
+    assert!(cout.is_multiple_of(block) && (CIN == 0 || CIN == cin));
     let tiles = Tiles::new(shape);
     let mut v = vec![0.0f32; 16 * NB * cin];
     let mut m = vec![0.0f32; 16 * NB * block];
@@ -323,7 +326,7 @@ pub(super) unsafe fn conv<V: Lanes, const CV: usize, const NB: usize>(
         // `conv_image` checked the lengths of input, u, out, scale, bias and residual.
         unsafe { transform_inputs::<V, NB>(&tiles, input, first, n, &mut v) };
         for oc0 in (0..cout).step_by(block) {
-            unsafe { products::<V, CV, NB>(&v, u, cin, cout, oc0, &mut m) };
+            unsafe { products::<V, CIN, CV, NB>(&v, u, cin, cout, oc0, &mut m) };
             for p in 0..n {
                 for j in 0..CV {
                     let mc = j * V::N;
@@ -339,9 +342,9 @@ pub(super) fn conv_portable(shape: &ConvShape, input: &[f32], u: &[f32], epi: &E
     // SAFETY: F32x1 needs no CPU feature; the lengths were checked by `conv_image`.
     unsafe {
         if shape.output.c.is_multiple_of(4) {
-            conv::<F32x1, 4, 4>(shape, input, u, epi, out)
+            conv::<F32x1, 0, 4, 4>(shape, input, u, epi, out)
         } else {
-            conv::<F32x1, 1, 4>(shape, input, u, epi, out)
+            conv::<F32x1, 0, 1, 4>(shape, input, u, epi, out)
         }
     }
 }
