@@ -5,13 +5,21 @@
 //!
 //! Eigenvalues come from faer's dense self-adjoint eigensolver (Householder tridiagonalisation,
 //! then divide and conquer). It is backward stable: the computed eigenvalues are the exact ones of
-//! a matrix within about n·ε·‖G‖₂ of G, which is where [`rounding_tolerance`] comes from.
+//! a matrix within about n·ε·‖G‖₂ of G, which is where [`rounding_tolerance`] comes from. [`clip`]
+//! runs the same steps itself so that it can carry only the eigenvectors it needs back through the
+//! Householder reflectors.
 
 use clado::{Error, Result};
 use faer::diag::Diag;
 use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::evd::{self_adjoint_evd, self_adjoint_evd_scratch, ComputeEigenvectors};
-use faer::{Accum, Mat, MatRef, Par};
+use faer::linalg::evd::tridiag::tridiag_in_place;
+use faer::linalg::evd::{
+    self_adjoint_evd, self_adjoint_evd_scratch, tridiagonal_self_adjoint_evd, ComputeEigenvectors,
+};
+use faer::linalg::householder::apply_block_householder_sequence_on_the_left_in_place_with_conj;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
+use faer::linalg::qr::no_pivoting::factor::recommended_block_size;
+use faer::{Accum, Col, Conj, Mat, MatRef, Par};
 use ndarray::Array2;
 use serde::Serialize;
 
@@ -159,25 +167,132 @@ pub fn eigen(sym: &Array2<f64>, par: Par) -> Result<(Vec<f64>, Mat<f64>)> {
 }
 
 /// The nearest PSD matrix in Frobenius norm: `sym` with its negative eigenvalues set to zero.
-/// Returns it with the eigenvalues of `sym`.
+/// Returns it with the eigenvalues of `sym` (nondecreasing).
 ///
-/// Computed as sym + W Wᵀ with W = U₋·diag(√−λ₋) over the k negative eigenpairs only: n²·k work,
-/// and a rounding error that scales with the part removed rather than with all of G.
+/// sym = Q·T·Qᵀ (Householder tridiagonalisation), T = Z·Λ·Zᵀ (divide and conquer), and the
+/// eigenvectors of sym are U = Q·Z. With k negative and p positive eigenvalues, the projection is
+/// either side of the same identity, whichever needs fewer eigenvectors:
+///
+/// - k ≤ p: sym + W₋W₋ᵀ with W₋ = U₋·diag(√−λ₋), i.e. sym minus its negative part;
+/// - k > p: W₊W₊ᵀ with W₊ = U₊·diag(√λ₊), the positive part itself (PSD by construction).
+///
+/// Only those m = min(k, p) columns of Z are carried back through the reflectors (2n²m flops
+/// instead of 2n³) and W·Wᵀ is formed on the lower triangle only (n²m), then mirrored, so the
+/// output is exactly symmetric. The rounding error of the product scales with the part added or
+/// kept (‖W‖² ≤ ‖G‖₂), well below [`rounding_tolerance`]; the tests compare both branches with an
+/// independent reconstruction.
 pub fn clip(sym: &Array2<f64>, par: Par) -> Result<(Array2<f64>, Vec<f64>)> {
     let n = sym.nrows();
-    let (values, vectors) = eigen(sym, par)?;
+    assert_eq!(n, sym.ncols(), "clip needs a square matrix");
+    if n == 0 {
+        return Ok((sym.clone(), Vec::new()));
+    }
+    // faer's workspace for the whole decomposition: enough for each of the steps below in turn.
+    let mut buffer = MemBuffer::new(self_adjoint_evd_scratch::<f64>(
+        n,
+        ComputeEigenvectors::Yes,
+        par,
+        Default::default(),
+    ));
+    let stack = MemStack::new(&mut buffer);
+
+    // sym = Q·T·Qᵀ: T's diagonal and subdiagonal stay in `reduced`, the reflectors of Q below it.
+    let row_major = sym.as_standard_layout();
+    let data = row_major.as_slice().expect("standard layout is contiguous");
+    let mut reduced = Mat::<f64>::zeros(n, n);
+    reduced
+        .as_mut()
+        .copy_from_triangular_lower(MatRef::from_row_major_slice(data, n, n));
+    let block = recommended_block_size::<f64>(n, n);
+    let mut reflector_factors = Mat::<f64>::zeros(block, n - 1);
+    tridiag_in_place(
+        reduced.as_mut(),
+        reflector_factors.as_mut(),
+        par,
+        stack,
+        Default::default(),
+    );
+    let diagonal = Col::<f64>::from_fn(n, |i| reduced[(i, i)]);
+    let subdiagonal = Col::<f64>::from_fn(n, |i| if i + 1 < n { reduced[(i + 1, i)] } else { 0.0 });
+
+    // T = Z·Λ·Zᵀ.
+    let mut values = Diag::<f64>::zeros(n);
+    let mut z = Mat::<f64>::zeros(n, n);
+    tridiagonal_self_adjoint_evd(
+        diagonal.as_diagonal(),
+        subdiagonal.as_diagonal(),
+        values.as_mut(),
+        Some(z.as_mut()),
+        par,
+        stack,
+        Default::default(),
+    )
+    .map_err(|e| {
+        Error::other(format!(
+            "the eigensolver did not converge on the {n}×{n} matrix ({e:?})"
+        ))
+    })?;
+    let values: Vec<f64> = values.column_vector().iter().copied().collect();
+
     let negatives = values.iter().take_while(|&&l| l < 0.0).count();
-    let mut out = sym.clone();
-    if negatives > 0 {
-        let w = Mat::<f64>::from_fn(n, negatives, |i, j| vectors[(i, j)] * (-values[j]).sqrt());
-        let mut correction = Mat::<f64>::zeros(n, n);
-        faer::linalg::matmul::matmul(correction.as_mut(), Accum::Replace, w.as_ref(), w.transpose(), 1.0, par);
-        // Add the lower triangle and mirror it, so the result is exactly symmetric.
-        for i in 0..n {
-            for j in 0..=i {
-                let v = sym[[i, j]] + correction[(i, j)];
-                out[[i, j]] = v;
-                out[[j, i]] = v;
+    let positives = values.iter().rev().take_while(|&&l| l > 0.0).count();
+    let (first, count, keep_positive) = if negatives <= positives {
+        (0, negatives, false)
+    } else {
+        (n - positives, positives, true)
+    };
+    if count == 0 {
+        // Nothing to subtract (sym is PSD), or nothing to keep (negative semidefinite).
+        let out = if keep_positive {
+            Array2::zeros((n, n))
+        } else {
+            sym.clone()
+        };
+        return Ok((out, values));
+    }
+
+    // W = Q·Z[:, selected]·diag(√|λ|): Q acts on rows 1.. (its first reflector starts there).
+    let mut w = z.subcols(first, count).to_owned();
+    apply_block_householder_sequence_on_the_left_in_place_with_conj(
+        reduced.as_ref().submatrix(1, 0, n - 1, n - 1),
+        reflector_factors.as_ref(),
+        Conj::No,
+        w.as_mut().subrows_mut(1, n - 1),
+        par,
+        stack,
+    );
+    for (j, lambda) in values[first..first + count].iter().enumerate() {
+        let scale = lambda.abs().sqrt();
+        w.col_mut(j).iter_mut().for_each(|x| *x *= scale);
+    }
+    let mut product = Mat::<f64>::zeros(n, n);
+    triangular::matmul(
+        product.as_mut(),
+        BlockStructure::TriangularLower,
+        Accum::Replace,
+        w.as_ref(),
+        BlockStructure::Rectangular,
+        w.transpose(),
+        BlockStructure::Rectangular,
+        1.0,
+        par,
+    );
+    // The lower triangle, mirrored, so the result is exactly symmetric. `product` is column-major
+    // and `out` row-major: tiles keep the strided side of the copy in cache.
+    const TILE: usize = 64;
+    let mut out = Array2::<f64>::zeros((n, n));
+    for tile_j in (0..n).step_by(TILE) {
+        for tile_i in (tile_j..n).step_by(TILE) {
+            for j in tile_j..(tile_j + TILE).min(n) {
+                for i in tile_i.max(j)..(tile_i + TILE).min(n) {
+                    let v = if keep_positive {
+                        product[(i, j)]
+                    } else {
+                        sym[[i, j]] + product[(i, j)]
+                    };
+                    out[[i, j]] = v;
+                    out[[j, i]] = v;
+                }
             }
         }
     }
@@ -286,8 +401,9 @@ mod tests {
     /// perturbation of the same order; 1e-12 leaves a factor ~100 and still catches any real bug.
     const EIGENVALUE_TOL: f64 = 1e-12;
     /// Clip result vs Q·diag(max(λ, 0))·Qᵀ, entrywise, relative to max|λ|. The projector onto the
-    /// negative eigenspace is accurate to about n·ε·‖A‖₂ / gap; the test spectra keep every |λ|
-    /// ≥ 0.1·max|λ|, so that is ≲ 1e-13; 1e-10 leaves room for the two reconstructions.
+    /// negative eigenspace is accurate to about n·ε·‖A‖₂ / gap; the test spectra keep every nonzero
+    /// |λ| ≥ 0.08·max|λ| (a zero eigenvalue adds nothing on either side), so that is ≲ 1e-13;
+    /// 1e-10 leaves room for the two reconstructions.
     const CLIP_TOL: f64 = 1e-10;
     /// xᵀG'x − xᵀGx − λ·L on brute-force instances, relative to Σ|G| + λ·L: each objective
     /// is a sum of ≤ 400 products, rounded to ≲ 400·ε ≈ 1e-13 of that scale.
@@ -402,6 +518,65 @@ mod tests {
             // Nearest PSD matrix: it moved exactly the norm of the negative part.
             let negative_norm = lambda.iter().filter(|&&l| l < 0.0).map(|l| l * l).sum::<f64>().sqrt();
             assert!((p.frobenius_moved - negative_norm).abs() <= CLIP_TOL * scale);
+        }
+    }
+
+    /// `clip` subtracts the negative part when at most half the eigenvalues are negative and keeps
+    /// the positive part otherwise: both branches, clusters of equal eigenvalues on either side and
+    /// across zero, exact zeros, k = 0 and k = N, against Q·diag(max(λ, 0))·Qᵀ. N = 150 is above
+    /// faer's threshold for divide and conquer (128), the others below it.
+    #[test]
+    fn clip_matches_the_independent_projection_on_both_branches_and_in_clusters() {
+        let repeat = |parts: &[(f64, usize)]| -> Vec<f64> {
+            parts
+                .iter()
+                .flat_map(|&(l, count)| std::iter::repeat_n(l, count))
+                .collect()
+        };
+        let mut r = rng(12);
+        let cases = [
+            (
+                "one negative",
+                [vec![-0.7], gapped_spectrum(29, 1.0, &mut r).split_off(10)].concat(),
+            ),
+            ("two thirds negative", {
+                let mut l: Vec<f64> = gapped_spectrum(60, 1.0, &mut r).iter().map(|l| -l).collect();
+                l.sort_by(f64::total_cmp);
+                l
+            }),
+            (
+                "clusters, few negative",
+                repeat(&[(-2.0, 5), (-0.5, 3), (0.0, 2), (1.0, 12), (4.0, 8)]),
+            ),
+            (
+                "clusters, mostly negative",
+                repeat(&[(-3.0, 9), (-1.0, 10), (0.0, 3), (0.25, 4), (2.0, 4)]),
+            ),
+            ("half negative, N = 150", gapped_spectrum(150, 1.0, &mut r)),
+            ("k = N", repeat(&[(-1.5, 7), (-0.2, 6)])),
+            ("k = 0 with zeros", repeat(&[(0.0, 4), (0.3, 5), (2.0, 3)])),
+            ("1×1 negative", vec![-3.0]),
+            ("1×1 positive", vec![2.0]),
+        ];
+        for (name, lambda) in cases {
+            let n = lambda.len();
+            let scale = lambda.iter().fold(0.0f64, |m, l| m.max(l.abs()));
+            let q = random_orthogonal(n, &mut r);
+            let a = with_eigenvalues(&q, &lambda);
+            let clipped: Vec<f64> = lambda.iter().map(|l| l.max(0.0)).collect();
+            let expected = with_eigenvalues(&q, &clipped);
+            let p = project(&a, Method::Clip, Par::Seq).unwrap();
+            let err = max_abs(&(&p.matrix - &expected));
+            assert!(err <= CLIP_TOL * scale, "{name}: max entry error {err:e}");
+            assert_eq!(p.matrix, p.matrix.t(), "{name}: exactly symmetric");
+            for (c, l) in p.eigenvalues_before.iter().zip(&lambda) {
+                assert!((c - l).abs() <= EIGENVALUE_TOL * scale, "{name}: eigenvalue {c} vs {l}");
+            }
+            let negatives = lambda.iter().filter(|&&l| l < 0.0).count();
+            assert_eq!(p.before.negative_eigenvalues, negatives, "{name}");
+            assert_eq!(p.after.negative_eigenvalues, 0, "{name}");
+            let negative_norm = lambda.iter().filter(|&&l| l < 0.0).map(|l| l * l).sum::<f64>().sqrt();
+            assert!((p.frobenius_moved - negative_norm).abs() <= CLIP_TOL * scale, "{name}");
         }
     }
 
@@ -621,7 +796,15 @@ mod tests {
     fn output_bits_do_not_depend_on_the_thread_pool() {
         // N = 400 is above faer's threshold for parallel tridiagonalisation (≈ 314).
         let g = random_symmetric(400, 1.0, &mut rng(11));
-        for method in [Method::Shift, Method::Clip] {
+        // Shifted by ∓5 (λ spans about ±23), clip takes each of its branches.
+        let cases = [
+            (Method::Shift, g.clone()),
+            (Method::Clip, shift(&g, -5.0)),
+            (Method::Clip, shift(&g, 5.0)),
+        ];
+        let negatives = |g: &Array2<f64>| eigenvalues(g, Par::Seq).unwrap().iter().filter(|&&l| l < 0.0).count();
+        assert!(negatives(&cases[1].1) > 200 && negatives(&cases[2].1) < 200);
+        for (method, g) in cases {
             let in_pool = |threads: usize| {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 pool.install(|| project(&g, method, parallelism()).unwrap().matrix)
