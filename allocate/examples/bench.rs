@@ -3,6 +3,7 @@
 //! cargo run --release -p allocate --example bench -- [--depth 20] [--options 'w{2,4,8}a{2,4,8}']
 //!     [--seed 1] [--formulations projected,identity,product] [--sweep avg-bits=2:8:0.5]
 //!     [--time-limit 60] [--gap 1e-6] [--no-warm] [--scip-log] [--write DIR]
+//!     [--matrix G.npy --index index.json]   (a real matrix instead of the synthetic one)
 use allocate::problem::Problem;
 use allocate::solve::{Allocator, Formulation, Method, Settings};
 use allocate::synthetic;
@@ -43,7 +44,17 @@ fn main() {
         .collect();
 
     let layers = synthetic::resnet_layers(depth, 1, 10);
-    let (g, index) = synthetic::perturbation_instance(&format!("resnet{depth}"), &layers, &options, seed);
+    let (g, index) = match (
+        args.iter().position(|a| a == "--matrix"),
+        args.iter().position(|a| a == "--index"),
+    ) {
+        (Some(m), Some(i)) => (
+            clado::io::read_matrix(&args[m + 1]).unwrap(),
+            clado::io::read_json(&args[i + 1]).unwrap(),
+        ),
+        _ => synthetic::perturbation_instance(&format!("resnet{depth}"), &layers, &options, seed),
+    };
+    let layers = &index.layers;
     if let Some(dir) = args.iter().position(|a| a == "--write").map(|i| args[i + 1].clone()) {
         // Write the instance for the command-line tool, and stop.
         clado::io::write_matrix(&format!("{dir}/G.npy"), &g).unwrap();
@@ -55,9 +66,10 @@ fn main() {
     let lmin = allocate::convex::min_eigenvalue(&problem.matrix);
     let negdiag = problem.matrix.diag().iter().filter(|v| **v < 0.0).count();
     println!(
-        "# resnet{depth}: {} layers x {} options, seed {seed}; lambda_min(G) = {lmin:.3e}, {negdiag} negative diagonal entries",
+        "# {}: {} layers x {} options, seed {seed}; lambda_min(G) = {lmin:.3e}, {negdiag} negative diagonal entries",
+        index.arch,
         layers.len(),
-        options.len()
+        index.options.len()
     );
     let qp = problem.reduced();
     let diag: Vec<f64> = problem.matrix.diag().to_vec();

@@ -160,7 +160,9 @@ pub struct Args {
     /// one layer, is PSD, e.g. after `psd --method clip`; else linearized). For experiments:
     /// linearized (local polytope), product (the seed's dense products of binaries), projected,
     /// projected-rows, projected-diag (convex factored forms after an exact diagonal shift on
-    /// the one-hot affine hull), identity (convex, G + λI), and the `-split` convex variants.
+    /// the one-hot affine hull), identity (convex, G + λI), sdp (convex, with the entries between
+    /// options of one layer, which never count, chosen by the semidefinite relaxation: a stronger
+    /// root bound, slower nodes), and the `-split` convex variants.
     #[arg(long, value_name = "NAME", default_value = "auto")]
     pub formulation: String,
 

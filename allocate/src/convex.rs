@@ -18,9 +18,14 @@
 //! eigensolver's residual can change is bounded and reported ([`Factored::lower_slack`]), so a
 //! bound proven on the factored model is turned into a bound on the original objective.
 
-use crate::problem::ChoiceQp;
+use crate::problem::{BudgetRow, ChoiceQp};
+use crate::sdp;
 use faer::{Mat, Par};
 use ndarray::Array2;
+use std::time::Instant;
+
+/// Iterations of the semidefinite relaxation's ADMM at most ([`crate::sdp`]).
+pub const SDP_ITERATIONS: usize = 2000;
 
 /// How G is made convex; see the module documentation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +35,9 @@ pub enum Convexification {
     Projected(Weights),
     /// G + λI with λ = max(0, −λ_min(G)) (DESIGN.md's shift), no projection.
     Identity,
+    /// Within-layer terms from the semidefinite relaxation ([`crate::sdp`]), then projected
+    /// like [`Convexification::Projected`] with a uniform shift (≈ 0 up to the ADMM's accuracy).
+    Sdp,
 }
 
 /// The direction of the diagonal shift: D = t·diag(w).
@@ -79,11 +87,16 @@ impl Factored {
     }
 }
 
-/// Reformulate `qp` (see the module documentation).
-pub fn convexify(qp: &ChoiceQp, how: Convexification) -> Factored {
+/// Reformulate `qp` (see the module documentation). `rows` (the budgets) and `deadline` are
+/// used by [`Convexification::Sdp`] only, which aims its terms at the budgeted relaxation.
+pub fn convexify(qp: &ChoiceQp, rows: &[BudgetRow], how: Convexification, deadline: Instant) -> Factored {
     let n = qp.n();
     let groups = qp.sizes.len() as f64;
     match how {
+        Convexification::Sdp => {
+            let w = sdp::within_terms(qp, rows, SDP_ITERATIONS, deadline);
+            projected_form(qp, &qp.quad + &w, qp.linear.clone(), &vec![1.0; n])
+        }
         Convexification::Identity => {
             // The within-group entries are free (they never count): G's own, when known and
             // more convex, else zeros.
@@ -130,31 +143,40 @@ pub fn convexify(qp: &ChoiceQp, how: Convexification) -> Factored {
                     diag.iter().map(|d| d.abs() + 1e-2 * mean + f64::MIN_POSITIVE).collect()
                 }
             };
-            let t = -min_generalized_on_subspace(qp, &a, &w);
-            let mut m = a;
-            for i in 0..n {
-                m[[i, i]] += t * w[i];
-                b[i] -= t * w[i];
-            }
-            let x0: Vec<f64> = (0..qp.sizes.len())
-                .flat_map(|g| std::iter::repeat_n(1.0 / qp.sizes[g] as f64, qp.sizes[g]))
-                .collect();
-            let mx0: Vec<f64> = (0..n).map(|i| (0..n).map(|j| m[[i, j]] * x0[j]).sum()).collect();
-            let x0mx0: f64 = x0.iter().zip(&mx0).map(|(a, b)| a * b).sum();
-            for i in 0..n {
-                b[i] += 2.0 * mx0[i];
-            }
-            let p = projected(qp, &m);
-            let (factor, lower, upper) = factor_psd(&p, groups);
-            Factored {
-                factor,
-                linear: b,
-                constant: qp.constant - x0mx0,
-                shift: t,
-                lower_slack: lower,
-                upper_slack: upper,
-            }
+            projected_form(qp, a, b, &w)
         }
+    }
+}
+
+/// xᵀAx + bᵀx + c (A's within-group entries as given: they never count) made convex on the
+/// affine hull of the groups: the smallest shift t·diag(w) (x_v² = x_v moves it into the
+/// linear term), then the projection ΠMΠ, factored.
+fn projected_form(qp: &ChoiceQp, a: Array2<f64>, mut b: Vec<f64>, w: &[f64]) -> Factored {
+    let n = qp.n();
+    let groups = qp.sizes.len() as f64;
+    let t = -min_generalized_on_subspace(qp, &a, w);
+    let mut m = a;
+    for i in 0..n {
+        m[[i, i]] += t * w[i];
+        b[i] -= t * w[i];
+    }
+    let x0: Vec<f64> = (0..qp.sizes.len())
+        .flat_map(|g| std::iter::repeat_n(1.0 / qp.sizes[g] as f64, qp.sizes[g]))
+        .collect();
+    let mx0: Vec<f64> = (0..n).map(|i| (0..n).map(|j| m[[i, j]] * x0[j]).sum()).collect();
+    let x0mx0: f64 = x0.iter().zip(&mx0).map(|(a, b)| a * b).sum();
+    for i in 0..n {
+        b[i] += 2.0 * mx0[i];
+    }
+    let p = projected(qp, &m);
+    let (factor, lower, upper) = factor_psd(&p, groups);
+    Factored {
+        factor,
+        linear: b,
+        constant: qp.constant - x0mx0,
+        shift: t,
+        lower_slack: lower,
+        upper_slack: upper,
     }
 }
 
@@ -225,10 +247,14 @@ fn to_faer(m: &Array2<f64>) -> Mat<f64> {
 /// Eigenvalues (ascending) and eigenvectors of a symmetric matrix, single-threaded so that the
 /// result does not depend on the machine's thread count.
 pub fn eigh(m: &Array2<f64>) -> (Vec<f64>, Mat<f64>) {
+    eigh_mat(&to_faer(m))
+}
+
+/// [`eigh`] of a faer matrix.
+pub fn eigh_mat(a: &Mat<f64>) -> (Vec<f64>, Mat<f64>) {
     use faer::dyn_stack::{MemBuffer, MemStack};
     use faer::linalg::evd;
-    let n = m.nrows();
-    let a = to_faer(m);
+    let n = a.nrows();
     let mut s = faer::diag::Diag::<f64>::zeros(n);
     let mut u = Mat::<f64>::zeros(n, n);
     let scratch = evd::self_adjoint_evd_scratch::<f64>(n, evd::ComputeEigenvectors::Yes, Par::Seq, Default::default());
@@ -298,6 +324,11 @@ mod tests {
     /// rounding of sums of a few hundred terms of size ≤ 1: far below the 1e-6 gap.
     const EXACTNESS: f64 = 1e-9;
 
+    /// The reformulation without budgets and without a deadline that matters.
+    fn form(qp: &ChoiceQp, how: Convexification) -> Factored {
+        convexify(qp, &[], how, Instant::now() + std::time::Duration::from_secs(600))
+    }
+
     fn random_choice(qp: &ChoiceQp, seed: u64) -> Vec<usize> {
         let mut rng = synthetic::SplitMix64::new(seed);
         qp.sizes.iter().map(|&k| rng.below(k)).collect()
@@ -311,8 +342,9 @@ mod tests {
             Convexification::Projected(Weights::RowSums),
             Convexification::Projected(Weights::Diagonal),
             Convexification::Identity,
+            Convexification::Sdp,
         ] {
-            let f = convexify(&qp, how);
+            let f = form(&qp, how);
             for s in 0..50 {
                 let c = random_choice(&qp, s);
                 let (exact, model) = (qp.value(&c), f.value(&qp.indices(&c)));
@@ -346,8 +378,8 @@ mod tests {
         let zeroed = ChoiceQp::new(vec![k; groups], quad.clone(), vec![0.0; n], 0.0);
         assert!(min_eigenvalue(&zeroed.quad) < -1e-3, "the zeroed matrix is indefinite");
         let kept = ChoiceQp::new(vec![k; groups], quad, vec![0.0; n], 0.0).with_within(g);
-        let without = convexify(&zeroed, Convexification::Identity);
-        let with = convexify(&kept, Convexification::Identity);
+        let without = form(&zeroed, Convexification::Identity);
+        let with = form(&kept, Convexification::Identity);
         assert!(without.shift > 1e-3, "{}", without.shift);
         assert_eq!(with.shift, 0.0);
         for s in 0..50 {
@@ -362,8 +394,8 @@ mod tests {
         // Compression onto a subspace cannot lower the smallest eigenvalue (Cauchy interlacing),
         // and the hollow matrix loses the diagonal the identity shift has to cover too.
         let qp = synthetic::random_qp(10, 4, 3);
-        let p = convexify(&qp, Convexification::Projected(Weights::Uniform));
-        let i = convexify(&qp, Convexification::Identity);
+        let p = form(&qp, Convexification::Projected(Weights::Uniform));
+        let i = form(&qp, Convexification::Identity);
         assert!(p.shift <= i.shift + EXACTNESS, "{} > {}", p.shift, i.shift);
         assert!(
             p.factor.ncols() <= qp.n() - qp.sizes.len(),
@@ -374,7 +406,7 @@ mod tests {
     #[test]
     fn projected_matrix_is_psd() {
         let qp = synthetic::random_qp(8, 3, 11);
-        let f = convexify(&qp, Convexification::Projected(Weights::Uniform));
+        let f = form(&qp, Convexification::Projected(Weights::Uniform));
         let product = &f.factor * f.factor.transpose();
         let m = Array2::from_shape_fn((qp.n(), qp.n()), |(i, j)| product[(i, j)]);
         assert!(min_eigenvalue(&m) >= -EXACTNESS);

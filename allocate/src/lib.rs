@@ -78,6 +78,7 @@ pub mod mip;
 pub mod problem;
 pub mod reduce;
 pub mod sanity;
+pub mod sdp;
 pub mod search;
 pub mod solve;
 pub mod synthetic;

@@ -28,6 +28,9 @@ pub const ITERATED_ROUNDS: usize = 200;
 /// Share of the time limit the Lagrangian bound may use before the search.
 pub const DUAL_SHARE: f64 = 0.2;
 
+/// Share of the time limit the semidefinite relaxation's ADMM may take ([`crate::sdp`]).
+pub const SDP_SHARE: f64 = 0.15;
+
 /// Which way to solve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -51,7 +54,8 @@ pub enum Formulation {
     Linearized,
     /// Dense products of binaries, as the seed wrote them.
     Product,
-    /// A factored convex form after an exact convexification.
+    /// A factored convex form after an exact convexification (`sdp`: within-layer terms from
+    /// the semidefinite relaxation, [`crate::sdp`]).
     Convex {
         convexification: Convexification,
         split: bool,
@@ -60,7 +64,7 @@ pub enum Formulation {
 
 impl Formulation {
     /// Every formulation by name, for `--formulation` and the benchmark.
-    pub const ALL: [(&'static str, Formulation); 11] = [
+    pub const ALL: [(&'static str, Formulation); 13] = [
         ("auto", Formulation::Auto),
         ("linearized", Formulation::Linearized),
         ("product", Formulation::Product),
@@ -87,6 +91,8 @@ impl Formulation {
         ),
         ("identity", convex(Convexification::Identity, false)),
         ("identity-split", convex(Convexification::Identity, true)),
+        ("sdp", convex(Convexification::Sdp, false)),
+        ("sdp-split", convex(Convexification::Sdp, true)),
     ];
 
     pub fn parse(text: &str) -> Result<Formulation> {
@@ -329,7 +335,9 @@ impl<'p> Allocator<'p> {
                 0.0,
             ),
             Formulation::Convex { convexification, split } => {
-                let factored = convexify(small, convexification);
+                let deadline =
+                    Instant::now() + std::time::Duration::from_secs_f64(SDP_SHARE * self.settings.time_limit);
+                let factored = convexify(small, &reduction.rows, convexification, deadline);
                 let limits = self.limits(start);
                 let outcome = mip::solve(
                     small,
