@@ -156,8 +156,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = MethodArg::Auto)]
     pub method: MethodArg,
 
-    /// SCIP formulation: auto (default: identity when G, with its entries between options of
-    /// one layer, is PSD, e.g. after `psd --method clip`; else linearized). For experiments:
+    /// SCIP formulation: auto (default: linearized; when G, with its entries between options of
+    /// one layer, is PSD, linearized for 1/6 of the time limit and then, unless finished,
+    /// identity from its best choice: `psd --method shift` matrices close in the first,
+    /// 9-option `psd --method clip` matrices only in the second). For experiments:
     /// linearized (local polytope), product (the seed's dense products of binaries), projected,
     /// projected-rows, projected-diag (convex factored forms after an exact diagonal shift on
     /// the one-hot affine hull), identity (convex, G + λI), sdp (convex, with the entries between

@@ -28,6 +28,10 @@ pub const ITERATED_ROUNDS: usize = 200;
 /// Share of the time limit the Lagrangian bound may use before the search.
 pub const DUAL_SHARE: f64 = 0.2;
 
+/// Share of the time limit [`Formulation::Auto`] gives the linearisation on a PSD matrix before
+/// it turns to the convex form (10 s of the default 60 s).
+pub const AUTO_LINEARIZED_SHARE: f64 = 1.0 / 6.0;
+
 /// Share of the time limit the semidefinite relaxation's ADMM may take ([`crate::sdp`]).
 pub const SDP_SHARE: f64 = 0.15;
 
@@ -45,10 +49,13 @@ pub enum Method {
 /// The SCIP formulation of the objective (see [`mip::Objective`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Formulation {
-    /// The default: [`Formulation::Convex`] with the identity shift when G, with its own
-    /// entries between options of one layer ([`ChoiceQp::within`]), is positive semidefinite
-    /// (e.g. after `psd --method clip`: the convex relaxation is then strong), else
-    /// [`Formulation::Linearized`].
+    /// The default: [`Formulation::Linearized`]; when G, with its own entries between options
+    /// of one layer ([`ChoiceQp::within`]), is positive semidefinite, the linearisation for
+    /// [`AUTO_LINEARIZED_SHARE`] of the time limit and then, unless it has finished,
+    /// [`Formulation::Convex`] with the identity shift from its best choice. (After `psd
+    /// --method shift` the linearisation proves optimality in under a second and the identity
+    /// form's relaxation is weak; after `psd --method clip` with 9 options only the convex form
+    /// closes.)
     Auto,
     /// The local-polytope linearisation (the fastest measured on indefinite G).
     Linearized,
@@ -115,19 +122,14 @@ impl Formulation {
     }
 }
 
-/// [`Formulation::Auto`]'s choice for one problem: the identity convex form when G with its
-/// within-layer entries is PSD up to rounding, else the linearisation.
-fn auto_formulation(qp: &ChoiceQp) -> Formulation {
-    let psd = qp.within.as_ref().is_some_and(|within| {
+/// Whether [`Formulation::Auto`] tries the identity convex form (after a share of the time on
+/// the linearisation): when G with its within-layer entries is PSD up to rounding.
+fn auto_prefers_convex(qp: &ChoiceQp) -> bool {
+    qp.within.as_ref().is_some_and(|within| {
         let filled = &qp.quad + within;
         let scale = filled.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         crate::convex::min_eigenvalue(&filled) >= -1e-9 * scale
-    });
-    if psd {
-        convex(Convexification::Identity, false)
-    } else {
-        Formulation::Linearized
-    }
+    })
 }
 
 const fn convex(convexification: Convexification, split: bool) -> Formulation {
@@ -303,34 +305,22 @@ impl<'p> Allocator<'p> {
                 removed: reduction.removed,
             });
         }
-        let small_starts: Vec<Choice> = starts.iter().filter_map(|c| reduction.project(c)).collect();
-        let formulation = match self.settings.formulation {
-            Formulation::Auto => auto_formulation(small),
-            chosen => chosen,
-        };
-        let limits = self.limits(start);
-        let (outcome, slack, shift) = match formulation {
-            Formulation::Auto => unreachable!("resolved above"),
+        let mut small_starts: Vec<Choice> = starts.iter().filter_map(|c| reduction.project(c)).collect();
+        // One SCIP run of a concrete formulation within `limits`: its outcome, the slack to take
+        // off its bound, and the convexification's shift.
+        let run = |formulation: Formulation, limits: Limits, warm: &[Choice]| match formulation {
+            Formulation::Auto => unreachable!("resolved by the caller"),
             Formulation::Linearized => {
                 // Pairs the dual bound proves worse than the incumbent are left out.
                 let allowed = |i: usize, j: usize| match &pairs {
                     Some(d) => d.allows(small, i, j, incumbent + margin),
                     None => true,
                 };
-                (
-                    mip::solve(
-                        small,
-                        &reduction.rows,
-                        Objective::Linearized { allowed: &allowed },
-                        limits,
-                        &small_starts,
-                    ),
-                    0.0,
-                    0.0,
-                )
+                let objective = Objective::Linearized { allowed: &allowed };
+                (mip::solve(small, &reduction.rows, objective, limits, warm), 0.0, 0.0)
             }
             Formulation::Product => (
-                mip::solve(small, &reduction.rows, Objective::Product, limits, &small_starts),
+                mip::solve(small, &reduction.rows, Objective::Product, limits, warm),
                 0.0,
                 0.0,
             ),
@@ -338,18 +328,50 @@ impl<'p> Allocator<'p> {
                 let deadline =
                     Instant::now() + std::time::Duration::from_secs_f64(SDP_SHARE * self.settings.time_limit);
                 let factored = convexify(small, &reduction.rows, convexification, deadline);
-                let limits = self.limits(start);
-                let outcome = mip::solve(
-                    small,
-                    &reduction.rows,
-                    Objective::Convex {
-                        factored: &factored,
-                        split,
-                    },
-                    limits,
-                    &small_starts,
-                );
+                let limits = Limits {
+                    time: limits.time.min(self.limits(start).time),
+                    ..limits
+                };
+                let objective = Objective::Convex {
+                    factored: &factored,
+                    split,
+                };
+                let outcome = mip::solve(small, &reduction.rows, objective, limits, warm);
                 (outcome, factored.lower_slack, factored.shift)
+            }
+        };
+        let (outcome, slack, shift, method) = match self.settings.formulation {
+            Formulation::Auto if auto_prefers_convex(small) => {
+                // The linearisation first, for a share of the time: it proves optimality in
+                // well under a second on PSD matrices made by a diagonal shift (`psd --method
+                // shift`), where the identity form's relaxation is weak; then the convex form,
+                // which alone closes matrices made PSD by clipping, from the best choice found.
+                let mut first = self.limits(start);
+                first.time = first.time.min(AUTO_LINEARIZED_SHARE * self.settings.time_limit);
+                let (lin, _, _) = run(Formulation::Linearized, first, &small_starts);
+                if matches!(
+                    lin.status,
+                    russcip::Status::Optimal | russcip::Status::GapLimit | russcip::Status::Infeasible
+                ) {
+                    (lin, 0.0, 0.0, "scip/linearized".to_string())
+                } else {
+                    let identity = convex(Convexification::Identity, false);
+                    small_starts.extend(lin.choice.iter().cloned());
+                    let (mut outcome, slack, shift) = run(identity, self.limits(start), &small_starts);
+                    // Both bounds hold for the reduced problem: keep the better one.
+                    outcome.bound = (outcome.bound - slack).max(lin.bound) + slack;
+                    outcome.nodes += lin.nodes;
+                    let method = format!("scip/linearized+{}", identity.name());
+                    (outcome, slack, shift, method)
+                }
+            }
+            Formulation::Auto => {
+                let (outcome, slack, shift) = run(Formulation::Linearized, self.limits(start), &small_starts);
+                (outcome, slack, shift, "scip/linearized".to_string())
+            }
+            chosen => {
+                let (outcome, slack, shift) = run(chosen, self.limits(start), &small_starts);
+                (outcome, slack, shift, format!("scip/{}", chosen.name()))
             }
         };
         if outcome.status == russcip::Status::Infeasible {
@@ -384,7 +406,7 @@ impl<'p> Allocator<'p> {
             stop,
             seconds: start.elapsed().as_secs_f64(),
             nodes: outcome.nodes,
-            method: format!("scip/{}", formulation.name()),
+            method,
             shift,
             removed: reduction.removed,
         })

@@ -198,6 +198,49 @@ fn convex_form_proves_a_small_gap_when_the_optimum_is_far_below_the_largest_entr
     );
 }
 
+/// The default formulation on a PSD (clipped) matrix: the linearisation for a share of the time,
+/// then the identity convex form from its best choice. With time enough: the brute-force
+/// optimum. Cut short (limits of 0.05–0.4 s, so that the first stage, the second, or both stop
+/// early, depending on the machine): the answer meets the budget and the bound, combined from
+/// both stages, never exceeds the true optimum.
+#[test]
+fn auto_on_a_psd_matrix_is_exact_and_its_bound_honest_when_cut_short() {
+    let params = [144, 2304, 2304, 4608, 512, 640, 2304];
+    let options = QuantOption::parse_list("w{2,4,8}a{2,4,8}").unwrap();
+    let (g, index) = perturbation_instance("test", &layers(&params), &options, 5);
+    let (values, vectors) = allocate::convex::eigh(&g);
+    let n = g.nrows();
+    let clipped = Array2::from_shape_fn((n, n), |(i, j)| {
+        (0..n)
+            .map(|k| values[k].max(0.0) * vectors[(i, k)] * vectors[(j, k)])
+            .sum::<f64>()
+    });
+    let problem = Problem::new(&index, "index.json", clipped, "G.npy", &[], false).unwrap();
+    for budget in [vec![], vec![Budget::AvgBits(4.0)], vec![Budget::AvgBits(6.0)]] {
+        let (value, _) = brute_force(&problem, &budget).unwrap();
+        for time_limit in [30.0, 0.4, 0.1, 0.05] {
+            let s = Settings {
+                time_limit,
+                reductions: false,
+                ..settings(Method::Scip)
+            };
+            let got = Allocator::new(&problem, s).solve(&budget, &[]).unwrap();
+            assert!(budget
+                .iter()
+                .all(|b| b.allows(&problem.layers, &problem.layer_options(&got.choice))));
+            assert!(
+                got.bound <= value + SAME_VALUE * value.abs().max(1e-12) && value <= got.objective * (1.0 + 1e-12),
+                "{budget:?}, {time_limit} s: bound {} ≤ optimum {value} ≤ objective {}",
+                got.bound,
+                got.objective
+            );
+            if time_limit == 30.0 {
+                assert!(close(got.objective, value), "{budget:?}: {} vs {value}", got.objective);
+            }
+        }
+    }
+}
+
 /// The semidefinite convexification ([`allocate::sdp`]) on indefinite and on PSD G (G·G, as a
 /// clipped matrix is), with pins, single and joint budgets, on the whole problem and after the
 /// reductions: the brute-force optimum every time, and a bound below it.
