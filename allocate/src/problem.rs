@@ -279,12 +279,8 @@ impl Problem {
     /// x₀ scores exactly 0 on the bound, so another choice wins only where it is better by more
     /// than Z standard errors (bounded): noise is not chased. Needs [`Problem::set_se`].
     pub fn apply_confidence(&mut self, z: f64) {
+        let in_reference = self.in_reference();
         let se = self.se.as_ref().expect("set_se before apply_confidence");
-        let reference = self.chosen_vars(&self.highest_precision());
-        let mut in_reference = vec![false; self.matrix.nrows()];
-        for &v in &reference {
-            in_reference[v] = true;
-        }
         let penalty = Array2::from_shape_fn(se.dim(), |(u, v)| {
             let sign = if in_reference[u] && in_reference[v] { -1.0 } else { 1.0 };
             z * sign * se[[u, v]]
@@ -308,11 +304,7 @@ impl Problem {
     /// its score, so without a budget a layer leaves x₀ only on its own estimates (with
     /// `--confidence`, only when they are significant). Combines with the confidence rule.
     pub fn apply_pessimism(&mut self) {
-        let reference = self.chosen_vars(&self.highest_precision());
-        let mut in_reference = vec![false; self.matrix.nrows()];
-        for &v in &reference {
-            in_reference[v] = true;
-        }
+        let in_reference = self.in_reference();
         let penalty = Array2::from_shape_fn(self.matrix.dim(), |(u, v)| {
             let cross = self.var_layer[u] != self.var_layer[v];
             if cross && !(in_reference[u] && in_reference[v]) {
@@ -322,6 +314,15 @@ impl Problem {
             }
         });
         self.add_penalty(penalty);
+    }
+
+    /// For each variable, whether it is x₀'s (the highest precision everywhere).
+    fn in_reference(&self) -> Vec<bool> {
+        let mut mask = vec![false; self.matrix.nrows()];
+        for v in self.chosen_vars(&self.highest_precision()) {
+            mask[v] = true;
+        }
+        mask
     }
 
     /// Add `extra` to the penalty the objective adds to G.
@@ -336,11 +337,11 @@ impl Problem {
     /// that are not x₀'s own (0 when there are none).
     pub fn ignored_benefit(&self, choice: &[usize]) -> f64 {
         let chosen = self.chosen_vars(choice);
-        let reference = self.chosen_vars(&self.highest_precision());
+        let in_reference = self.in_reference();
         let mut sum = 0.0;
         for &u in &chosen {
             for &v in &chosen {
-                let both_reference = reference.contains(&u) && reference.contains(&v);
+                let both_reference = in_reference[u] && in_reference[v];
                 if self.var_layer[u] != self.var_layer[v] && !both_reference {
                     sum += self.matrix[[u, v]].min(0.0);
                 }
