@@ -180,19 +180,13 @@ fn projected_form(qp: &ChoiceQp, a: Array2<f64>, mut b: Vec<f64>, w: &[f64]) -> 
     }
 }
 
-/// The smallest t with Pᵀ(A + t·diag(w))P ⪰ 0 for an orthonormal basis P of the subspace
-/// {d : Σ_{v∈g} d_v = 0 ∀g}, as −λ_min of the pencil (PᵀAP, PᵀWP).
-fn min_generalized_on_subspace(qp: &ChoiceQp, a: &Array2<f64>, w: &[f64]) -> f64 {
-    let n = qp.n();
-    let m = n - qp.sizes.len();
-    if m == 0 {
-        return 0.0;
-    }
-    // Helmert basis of every group: e_j = (1, …, 1, −j, 0, …)/√(j(j+1)), j = 1..K−1.
-    let mut basis = Mat::<f64>::zeros(n, m);
-    let mut col = 0;
+/// Writes the Helmert basis of every group, e_j = (1, …, 1, −j, 0, …)/√(j(j+1)) for
+/// j = 1..K−1 over the group's variables (orthonormal, each summing to 0), into `basis` from
+/// column `first_col`, with variable v on row `row_offset + v`.
+pub(crate) fn helmert_columns(qp: &ChoiceQp, basis: &mut Mat<f64>, row_offset: usize, first_col: usize) {
+    let mut col = first_col;
     for g in 0..qp.sizes.len() {
-        let s = qp.starts[g];
+        let s = qp.starts[g] + row_offset;
         for j in 1..qp.sizes[g] {
             let norm = ((j * (j + 1)) as f64).sqrt();
             for i in 0..j {
@@ -202,6 +196,18 @@ fn min_generalized_on_subspace(qp: &ChoiceQp, a: &Array2<f64>, w: &[f64]) -> f64
             col += 1;
         }
     }
+}
+
+/// The smallest t with Pᵀ(A + t·diag(w))P ⪰ 0 for an orthonormal basis P of the subspace
+/// {d : Σ_{v∈g} d_v = 0 ∀g}, as −λ_min of the pencil (PᵀAP, PᵀWP).
+fn min_generalized_on_subspace(qp: &ChoiceQp, a: &Array2<f64>, w: &[f64]) -> f64 {
+    let n = qp.n();
+    let m = n - qp.sizes.len();
+    if m == 0 {
+        return 0.0;
+    }
+    let mut basis = Mat::<f64>::zeros(n, m);
+    helmert_columns(qp, &mut basis, 0, 0);
     let a_s = basis.transpose() * to_faer(a) * &basis;
     let wb = Mat::from_fn(n, m, |i, j| w[i] * basis[(i, j)]);
     let w_s = basis.transpose() * &wb;

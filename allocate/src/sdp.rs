@@ -27,7 +27,7 @@
 //! what is left of non-convexity away and accounts for rounding. An approximate W only gives
 //! a weaker bound.
 
-use crate::convex::eigh_mat;
+use crate::convex::{eigh_mat, helmert_columns};
 use crate::problem::{BudgetRow, ChoiceQp};
 use faer::Mat;
 use ndarray::Array2;
@@ -162,18 +162,7 @@ fn face_basis(qp: &ChoiceQp) -> Mat<f64> {
             basis[(v + 1, 0)] = 1.0 / (qp.sizes[g] as f64 * norm);
         }
     }
-    let mut col = 1;
-    for g in 0..qp.sizes.len() {
-        let s = qp.starts[g] + 1;
-        for j in 1..qp.sizes[g] {
-            let norm = ((j * (j + 1)) as f64).sqrt();
-            for i in 0..j {
-                basis[(s + i, col)] = 1.0 / norm;
-            }
-            basis[(s + j, col)] = -(j as f64) / norm;
-            col += 1;
-        }
-    }
+    helmert_columns(qp, &mut basis, 1, 1);
     basis
 }
 

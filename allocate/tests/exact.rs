@@ -38,6 +38,18 @@ fn instance(params: &[u64], options: &str, seed: u64) -> (Array2<f64>, Index) {
     (g, index)
 }
 
+/// G with its negative eigenvalues set to 0 (what `psd --method clip` gives), from
+/// `allocate::convex::eigh`.
+fn clipped(g: &Array2<f64>) -> Array2<f64> {
+    let (values, vectors) = allocate::convex::eigh(g);
+    let n = g.nrows();
+    Array2::from_shape_fn((n, n), |(i, j)| {
+        (0..n)
+            .map(|k| values[k].max(0.0) * vectors[(i, k)] * vectors[(j, k)])
+            .sum::<f64>()
+    })
+}
+
 /// Every choice of the free layers, by brute force on the whole matrix: (value, options).
 fn brute_force(problem: &Problem, budgets: &[Budget]) -> Option<(f64, Vec<QuantOption>)> {
     let mut best: Option<(f64, Vec<QuantOption>)> = None;
@@ -166,14 +178,7 @@ fn convex_form_proves_a_small_gap_when_the_optimum_is_far_below_the_largest_entr
     let params = [144, 2304, 2304, 4608, 512, 640];
     let options = QuantOption::parse_list("w{2,4,8}a{2,4,8}").unwrap();
     let (g, index) = perturbation_instance("test", &layers(&params), &options, 2);
-    let (values, vectors) = allocate::convex::eigh(&g);
-    let n = g.nrows();
-    let clipped = Array2::from_shape_fn((n, n), |(i, j)| {
-        (0..n)
-            .map(|k| values[k].max(0.0) * vectors[(i, k)] * vectors[(j, k)])
-            .sum::<f64>()
-    });
-    let problem = Problem::new(&index, "index.json", clipped, "G.npy", &[], false).unwrap();
+    let problem = Problem::new(&index, "index.json", clipped(&g), "G.npy", &[], false).unwrap();
     let budget = [Budget::AvgBits(7.0)];
     let (value, _) = brute_force(&problem, &budget).unwrap();
     let largest = problem.matrix.iter().fold(0.0f64, |m, v| m.max(v.abs()));
@@ -208,14 +213,7 @@ fn auto_on_a_psd_matrix_is_exact_and_its_bound_honest_when_cut_short() {
     let params = [144, 2304, 2304, 4608, 512, 640, 2304];
     let options = QuantOption::parse_list("w{2,4,8}a{2,4,8}").unwrap();
     let (g, index) = perturbation_instance("test", &layers(&params), &options, 5);
-    let (values, vectors) = allocate::convex::eigh(&g);
-    let n = g.nrows();
-    let clipped = Array2::from_shape_fn((n, n), |(i, j)| {
-        (0..n)
-            .map(|k| values[k].max(0.0) * vectors[(i, k)] * vectors[(j, k)])
-            .sum::<f64>()
-    });
-    let problem = Problem::new(&index, "index.json", clipped, "G.npy", &[], false).unwrap();
+    let problem = Problem::new(&index, "index.json", clipped(&g), "G.npy", &[], false).unwrap();
     for budget in [vec![], vec![Budget::AvgBits(4.0)], vec![Budget::AvgBits(6.0)]] {
         let (value, _) = brute_force(&problem, &budget).unwrap();
         for time_limit in [30.0, 0.4, 0.1, 0.05] {
