@@ -19,7 +19,7 @@ use faer::linalg::evd::{
 use faer::linalg::householder::apply_block_householder_sequence_on_the_left_in_place_with_conj;
 use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::linalg::qr::no_pivoting::factor::recommended_block_size;
-use faer::{Accum, Col, Conj, Mat, MatRef, Par};
+use faer::{Accum, Col, Conj, Mat, MatMut, MatRef, Par};
 use ndarray::Array2;
 use serde::Serialize;
 
@@ -181,11 +181,11 @@ pub fn eigen(sym: &Array2<f64>, par: Par) -> Result<(Vec<f64>, Mat<f64>)> {
 /// output is exactly symmetric. The rounding error of the product scales with the part added or
 /// kept (‖W‖² ≤ ‖G‖₂), well below [`rounding_tolerance`]; the tests compare both branches with an
 /// independent reconstruction.
-pub fn clip(sym: &Array2<f64>, par: Par) -> Result<(Array2<f64>, Vec<f64>)> {
+pub fn clip(sym: Array2<f64>, par: Par) -> Result<(Array2<f64>, Vec<f64>)> {
     let n = sym.nrows();
     assert_eq!(n, sym.ncols(), "clip needs a square matrix");
     if n == 0 {
-        return Ok((sym.clone(), Vec::new()));
+        return Ok((sym, Vec::new()));
     }
     // faer's workspace for the whole decomposition: enough for each of the steps below in turn.
     let mut buffer = MemBuffer::new(self_adjoint_evd_scratch::<f64>(
@@ -243,11 +243,7 @@ pub fn clip(sym: &Array2<f64>, par: Par) -> Result<(Array2<f64>, Vec<f64>)> {
     };
     if count == 0 {
         // Nothing to subtract (sym is PSD), or nothing to keep (negative semidefinite).
-        let out = if keep_positive {
-            Array2::zeros((n, n))
-        } else {
-            sym.clone()
-        };
+        let out = if keep_positive { Array2::zeros((n, n)) } else { sym };
         return Ok((out, values));
     }
 
@@ -265,11 +261,19 @@ pub fn clip(sym: &Array2<f64>, par: Par) -> Result<(Array2<f64>, Vec<f64>)> {
         let scale = lambda.abs().sqrt();
         w.col_mut(j).iter_mut().for_each(|x| *x *= scale);
     }
-    let mut product = Mat::<f64>::zeros(n, n);
+    // The output is built in place in `sym`, whose row-major storage read column-major is the
+    // same symmetric matrix: its lower triangle gets W·Wᵀ (added for the negative part, in place
+    // of sym for the positive part), then is mirrored, so the result is exactly symmetric.
+    let mut out = if sym.is_standard_layout() {
+        sym
+    } else {
+        sym.as_standard_layout().into_owned()
+    };
+    let data = out.as_slice_mut().expect("standard layout is contiguous");
     triangular::matmul(
-        product.as_mut(),
+        MatMut::from_column_major_slice_mut(data, n, n),
         BlockStructure::TriangularLower,
-        Accum::Replace,
+        if keep_positive { Accum::Replace } else { Accum::Add },
         w.as_ref(),
         BlockStructure::Rectangular,
         w.transpose(),
@@ -277,26 +281,23 @@ pub fn clip(sym: &Array2<f64>, par: Par) -> Result<(Array2<f64>, Vec<f64>)> {
         1.0,
         par,
     );
-    // The lower triangle, mirrored, so the result is exactly symmetric. `product` is column-major
-    // and `out` row-major: tiles keep the strided side of the copy in cache.
+    mirror_lower(data, n);
+    Ok((out, values))
+}
+
+/// Copy the lower triangle of a column-major n×n matrix onto its upper triangle. Square tiles
+/// keep both the read and the strided write side in cache.
+fn mirror_lower(data: &mut [f64], n: usize) {
     const TILE: usize = 64;
-    let mut out = Array2::<f64>::zeros((n, n));
     for tile_j in (0..n).step_by(TILE) {
         for tile_i in (tile_j..n).step_by(TILE) {
             for j in tile_j..(tile_j + TILE).min(n) {
-                for i in tile_i.max(j)..(tile_i + TILE).min(n) {
-                    let v = if keep_positive {
-                        product[(i, j)]
-                    } else {
-                        sym[[i, j]] + product[(i, j)]
-                    };
-                    out[[i, j]] = v;
-                    out[[j, i]] = v;
+                for i in tile_i.max(j + 1)..(tile_i + TILE).min(n) {
+                    data[i * n + j] = data[j * n + i];
                 }
             }
         }
     }
-    Ok((out, values))
 }
 
 /// The λ that `shift` adds to the diagonal: the smallest shift that lifts λ_min to
@@ -359,7 +360,7 @@ pub fn project(g: &Array2<f64>, method: Method, par: Par) -> Result<Projection> 
             (shift(&sym, lambda), values, after, lambda)
         }
         Method::Clip => {
-            let (out, values) = clip(&sym, par)?;
+            let (out, values) = clip(sym, par)?;
             let after = values.iter().map(|l| l.max(0.0)).collect();
             (out, values, after, 0.0)
         }
