@@ -10,7 +10,7 @@ use allocate::synthetic::{perturbation_instance, SplitMix64};
 use clado::budget::Budget;
 use clado::format::Index;
 use clado::options::QuantOption;
-use common::{all_choices, close, layers};
+use common::{all_choices, brute_force_min, close, layers};
 use ndarray::Array2;
 
 /// Standard errors shaped like perturb's: a diagonal and cross terms between different layers,
@@ -93,15 +93,9 @@ fn the_solver_minimises_the_upper_bound_exactly() {
             .unwrap();
         problem.apply_confidence(2.0);
         for budgets in [vec![], vec![Budget::AvgBits(4.0)], vec![Budget::AvgBits(6.0)]] {
-            let best = all_choices(&problem)
-                .into_iter()
-                .filter(|c| {
-                    budgets
-                        .iter()
-                        .all(|b| b.allows(&problem.layers, &problem.layer_options(c)))
-                })
-                .map(|c| problem.confidence_report(&c, 2.0).unwrap().delta_vs_highest_upper)
-                .fold(f64::INFINITY, f64::min);
+            let best = brute_force_min(&problem, &budgets, |c| {
+                problem.confidence_report(c, 2.0).unwrap().delta_vs_highest_upper
+            });
             let settings = Settings {
                 gap: 1e-9,
                 ..Settings::default()

@@ -10,7 +10,7 @@ use allocate::solve::{Allocator, Settings};
 use allocate::synthetic::{perturbation_instance, SplitMix64};
 use clado::budget::Budget;
 use clado::options::QuantOption;
-use common::{all_choices, close, layers, SAME_VALUE};
+use common::{all_choices, brute_force_min, close, layers, SAME_VALUE};
 use ndarray::Array2;
 
 fn settings() -> Settings {
@@ -85,15 +85,7 @@ fn the_solver_minimises_the_pessimistic_objective_exactly() {
         let mut problem = mixed_instance(seed);
         problem.apply_pessimism();
         for budgets in [vec![], vec![Budget::AvgBits(4.0)], vec![Budget::AvgBits(6.0)]] {
-            let best = all_choices(&problem)
-                .into_iter()
-                .filter(|c| {
-                    budgets
-                        .iter()
-                        .all(|b| b.allows(&problem.layers, &problem.layer_options(c)))
-                })
-                .map(|c| problem.objective(&c))
-                .fold(f64::INFINITY, f64::min);
+            let best = brute_force_min(&problem, &budgets, |c| problem.objective(c));
             let solved = Allocator::new(&problem, settings()).solve(&budgets, &[]).unwrap();
             let got = problem.objective(&solved.choice);
             assert!(

@@ -2,6 +2,7 @@
 //! written independently of the solver's own search.
 
 use allocate::problem::{Choice, Problem};
+use clado::budget::Budget;
 use clado::format::LayerInfo;
 
 /// Sums of the same entries in different orders differ by rounding only: the solver's answers
@@ -44,6 +45,20 @@ pub fn all_choices(problem: &Problem) -> Vec<Choice> {
             g += 1;
         }
     }
+}
+
+/// The smallest `value` over every choice that meets all `budgets`, by enumeration (∞ if none).
+#[allow(dead_code)] // each test binary compiles this module; exact.rs keeps the arg-min too
+pub fn brute_force_min(problem: &Problem, budgets: &[Budget], value: impl Fn(&Choice) -> f64) -> f64 {
+    all_choices(problem)
+        .into_iter()
+        .filter(|c| {
+            budgets
+                .iter()
+                .all(|b| b.allows(&problem.layers, &problem.layer_options(c)))
+        })
+        .map(|c| value(&c))
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// `a` and `b` equal up to [`SAME_VALUE`] relative precision.
