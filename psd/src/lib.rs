@@ -10,8 +10,8 @@
 pub mod projection;
 
 pub use projection::{
-    clip, eigen, eigenvalues, parallelism, project, rounding_tolerance, shift, shift_amount, symmetrise, Method,
-    Projection, Spectrum, PARALLEL_DEGREE, ROUNDING_CONSTANT, SHIFT_MARGIN,
+    clip, eigen, eigenvalues, parallelism, project, rounding_tolerance, shift, shift_amount, sturm, symmetrise, Method,
+    Projection, Spectrum, Sturm, PARALLEL_DEGREE, ROUNDING_CONSTANT, SHIFT_MARGIN,
 };
 
 use clado::cli::Verbosity;
@@ -328,13 +328,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     if verbosity >= Verbosity::Verbose {
-        let shown: Vec<String> = projection
-            .eigenvalues_before
-            .iter()
-            .take_while(|&&l| l < -projection.tolerance)
-            .take(10)
-            .map(|l| format!("{l:.6e}"))
-            .collect();
+        let shown: Vec<String> = projection.most_negative.iter().map(|l| format!("{l:.6e}")).collect();
         if !shown.is_empty() {
             eprintln!("psd: most negative eigenvalues before: {}", shown.join(", "));
         }
