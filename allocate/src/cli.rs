@@ -157,7 +157,8 @@ pub struct Args {
     pub method: MethodArg,
 
     /// SCIP formulation: auto (default: linearized; when G, with its entries between options of
-    /// one layer, is PSD, linearized for 1/6 of the time limit and then, unless finished,
+    /// one layer, is PSD, linearized for 1/6 of the time limit (1/30 when its Lagrangian bound
+    /// lies below 0 under a positive incumbent) and then, unless finished,
     /// identity from its best choice: `psd --method shift` matrices close in the first,
     /// 9-option `psd --method clip` matrices only in the second). For experiments:
     /// linearized (local polytope), product (the seed's dense products of binaries), projected,
