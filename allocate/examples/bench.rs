@@ -93,6 +93,7 @@ fn main() {
             formulation,
             reductions,
             scip_log,
+            progress_every: None,
         };
         let allocator = Allocator::new(&problem, settings);
         let mut times = Vec::new();

@@ -24,7 +24,9 @@ budget, those dominated by another option of the same layer, and those a Lagrang
 is enumerated when small, or given to SCIP as an integer linear program over the local polytope
 of the pairwise terms (y_uv = x_u·x_v with marginal constraints): exact, and with a strong
 relaxation even for indefinite G. A time limit always applies: on a time-out the best
-allocation found is written with its proven bound and gap, and a warning goes to stderr.
+allocation found is written with its proven bound and gap, and a warning goes to stderr. A
+solve that takes longer than 10 s says so on stderr every 10 s (nodes, best objective, gap;
+--progress-every, none with -q).
 
 Without a budget the tool runs the sanity check: the answer should be the highest-precision
 option everywhere; when it is not, stderr and notes.sanity name the deviating layers and the
@@ -148,6 +150,11 @@ pub struct Args {
     #[arg(long, value_name = "S", default_value_t = 60.0, allow_negative_numbers = true)]
     pub time_limit: f64,
 
+    /// While SCIP searches, a progress line on stderr every S seconds of a solve (nodes, best
+    /// objective, gap); 0 for none. -q prints none.
+    #[arg(long, value_name = "S", default_value_t = PROGRESS_EVERY, allow_negative_numbers = true)]
+    pub progress_every: f64,
+
     /// Relative gap (objective − bound) / max(|objective|, |bound|) at which a solve may stop.
     #[arg(long, value_name = "G", default_value_t = 1e-6, allow_negative_numbers = true)]
     pub gap: f64,
@@ -234,6 +241,10 @@ pub struct Sweep {
 /// At most this many budgets in one sweep.
 pub const MAX_SWEEP: usize = 10_000;
 
+/// Default seconds between progress lines of a solve (`--progress-every`): solves shorter than
+/// this print none.
+pub const PROGRESS_EVERY: f64 = 10.0;
+
 /// Everything the run needs, checked.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -286,6 +297,12 @@ impl Config {
         if a.matrix == "-" && a.index == "-" {
             return Err(Error::usage("--matrix and --index cannot both read stdin"));
         }
+        if !(a.progress_every.is_finite() && a.progress_every >= 0.0) {
+            return Err(Error::usage(format!(
+                "--progress-every {}: expected a number of seconds ≥ 0 (0: no progress lines)",
+                a.progress_every
+            )));
+        }
         if !(a.time_limit.is_finite() && a.time_limit > 0.0) {
             return Err(Error::usage(format!(
                 "--time-limit {}: expected a positive number of seconds",
@@ -323,6 +340,7 @@ impl Config {
             formulation: Formulation::parse(&a.formulation)?,
             reductions: !a.no_reduce,
             scip_log: false,
+            progress_every: (a.progress_every > 0.0 && !a.quiet).then_some(a.progress_every),
         };
         Ok(Config {
             matrix: a.matrix.clone(),

@@ -9,10 +9,12 @@
 use crate::convex::Factored;
 use crate::problem::{BudgetRow, Choice, ChoiceQp};
 use russcip::prelude::*;
-use russcip::{Status, Variable};
+use russcip::{Event, EventMask, Eventhdlr, SCIPEventhdlr, Solving, Status, Variable};
+use std::sync::Arc;
+use std::time::Instant;
 
 /// SCIP's limits.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Limits {
     /// Seconds.
     pub time: f64,
@@ -20,6 +22,64 @@ pub struct Limits {
     pub gap: f64,
     /// Let SCIP print its log (on stdout: for experiments only, never in the tool).
     pub log: bool,
+    /// Progress lines on stderr while SCIP searches.
+    pub progress: Option<Progress>,
+}
+
+/// Progress lines of a long solve: `allocate: LABEL: still solving after T s: N nodes, best B,
+/// gap G` every `every` seconds since `started` (the solve's start, reductions included).
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub every: f64,
+    pub started: Instant,
+    pub label: Arc<str>,
+}
+
+/// SCIP calls this after every node and LP solve; it prints when a line is due.
+struct ProgressLines {
+    progress: Progress,
+    next: f64,
+    /// SCIP's objective times this is the original one (see [`objective_scale`]).
+    scale: f64,
+}
+
+impl Eventhdlr for ProgressLines {
+    fn get_type(&self) -> EventMask {
+        EventMask::NODE_SOLVED | EventMask::LP_SOLVED
+    }
+
+    fn execute(&mut self, model: Model<Solving>, _: SCIPEventhdlr, _: Event) {
+        let elapsed = self.progress.started.elapsed().as_secs_f64();
+        if elapsed < self.next {
+            return;
+        }
+        self.next = elapsed + self.progress.every;
+        let scip = model.scip_ptr();
+        // SAFETY: `scip` is the live SCIP instance of this callback, in its solving stage, where
+        // these getters are valid.
+        let (nodes, solutions, primal, gap) = unsafe {
+            (
+                russcip::ffi::SCIPgetNNodes(scip),
+                russcip::ffi::SCIPgetNSols(scip),
+                russcip::ffi::SCIPgetPrimalbound(scip),
+                russcip::ffi::SCIPgetGap(scip),
+            )
+        };
+        let best = if solutions > 0 {
+            format!("best {:.6e}", primal * self.scale)
+        } else {
+            "no choice yet".to_string()
+        };
+        let gap = if gap.is_finite() && gap < 1e6 {
+            format!("gap {gap:.2e}")
+        } else {
+            "gap unbounded".to_string()
+        };
+        eprintln!(
+            "allocate: {}: still solving after {elapsed:.0} s: {nodes} nodes, {best}, {gap}",
+            self.progress.label
+        );
+    }
 }
 
 /// Priority of SCIP's pseudo-cost branching rule for the linearized form, above reliability
@@ -103,6 +163,10 @@ pub fn solve(
         .expect("SCIP accepts its own parameters")
         .create_prob("allocate")
         .minimize();
+    if let Some(progress) = limits.progress.clone() {
+        let next = progress.every;
+        model.add(eventhdlr(ProgressLines { progress, next, scale }).name("allocate-progress"));
+    }
     let (linear, constant): (Vec<f64>, f64) = match &objective {
         Objective::Convex { factored, .. } => (factored.linear.clone(), factored.constant),
         // x_u² = x_u: the diagonal joins the linear term.

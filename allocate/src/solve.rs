@@ -160,6 +160,8 @@ pub struct Settings {
     pub reductions: bool,
     /// Let SCIP print its log on stdout (experiments only: it would corrupt the tool's output).
     pub scip_log: bool,
+    /// While SCIP searches, a progress line on stderr every this many seconds (none: silent).
+    pub progress_every: Option<f64>,
 }
 
 impl Default for Settings {
@@ -171,6 +173,7 @@ impl Default for Settings {
             formulation: Formulation::Auto,
             reductions: true,
             scip_log: false,
+            progress_every: None,
         }
     }
 }
@@ -253,6 +256,17 @@ impl<'p> Allocator<'p> {
     /// An infeasible budget is [`Error::Infeasible`], naming the smallest feasible budget.
     pub fn solve(&self, budgets: &[Budget], warm: &[Choice]) -> Result<Solved> {
         let start = Instant::now();
+        let label: std::sync::Arc<str> = if budgets.is_empty() {
+            "no budget".into()
+        } else {
+            budgets
+                .iter()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+                .into()
+        };
+        let limits_now = |start: Instant| self.limits(start, &label);
         let qp = &self.qp;
         let rows = self.problem.budget_rows(budgets);
         self.check_feasible(&rows)?;
@@ -339,7 +353,7 @@ impl<'p> Allocator<'p> {
                     Instant::now() + std::time::Duration::from_secs_f64(SDP_SHARE * self.settings.time_limit);
                 let factored = convexify(small, &reduction.rows, convexification, deadline);
                 let limits = Limits {
-                    time: limits.time.min(self.limits(start).time),
+                    time: limits.time.min(limits_now(start).time),
                     ..limits
                 };
                 let objective = Objective::Convex {
@@ -356,7 +370,7 @@ impl<'p> Allocator<'p> {
                 // well under a second on PSD matrices made by a diagonal shift (`psd --method
                 // shift`), where the identity form's relaxation is weak; then the convex form,
                 // which alone closes matrices made PSD by clipping, from the best choice found.
-                let mut first = self.limits(start);
+                let mut first = limits_now(start);
                 let weak = dual_bound.is_finite() && gap_of(incumbent, dual_bound) > 1.0;
                 let share = if weak {
                     AUTO_LINEARIZED_SHARE_WEAK
@@ -373,7 +387,7 @@ impl<'p> Allocator<'p> {
                 } else {
                     let identity = convex(Convexification::Identity, false);
                     small_starts.extend(lin.choice.iter().cloned());
-                    let (mut outcome, slack, shift) = run(identity, self.limits(start), &small_starts);
+                    let (mut outcome, slack, shift) = run(identity, limits_now(start), &small_starts);
                     // Both bounds hold for the reduced problem: keep the better one.
                     outcome.bound = (outcome.bound - slack).max(lin.bound) + slack;
                     outcome.nodes += lin.nodes;
@@ -382,11 +396,11 @@ impl<'p> Allocator<'p> {
                 }
             }
             Formulation::Auto => {
-                let (outcome, slack, shift) = run(Formulation::Linearized, self.limits(start), &small_starts);
+                let (outcome, slack, shift) = run(Formulation::Linearized, limits_now(start), &small_starts);
                 (outcome, slack, shift, "scip/linearized".to_string())
             }
             chosen => {
-                let (outcome, slack, shift) = run(chosen, self.limits(start), &small_starts);
+                let (outcome, slack, shift) = run(chosen, limits_now(start), &small_starts);
                 (outcome, slack, shift, format!("scip/{}", chosen.name()))
             }
         };
@@ -521,11 +535,16 @@ impl<'p> Allocator<'p> {
         (reduction, best_bound, last)
     }
 
-    fn limits(&self, start: Instant) -> Limits {
+    fn limits(&self, start: Instant, label: &std::sync::Arc<str>) -> Limits {
         Limits {
             time: (self.settings.time_limit - start.elapsed().as_secs_f64()).max(0.0),
             gap: self.settings.gap,
             log: self.settings.scip_log,
+            progress: self.settings.progress_every.map(|every| mip::Progress {
+                every,
+                started: start,
+                label: label.clone(),
+            }),
         }
     }
 

@@ -354,6 +354,7 @@ fn bad_input_exits_2_with_one_line_and_no_output_file() {
         (vec!["--avg-bits", "0"], "--avg-bits 0"),
         (vec!["--sweep", "avg-bits=2:8:1", "--avg-bits", "4"], "conflict"),
         (vec!["--time-limit", "-3"], "--time-limit"),
+        (vec!["--progress-every", "-1"], "--progress-every -1"),
         (vec!["--nonsense"], "--nonsense"),
     ];
     for (extra, needle) in cases {
@@ -430,6 +431,42 @@ fn a_time_out_writes_the_best_allocation_with_its_gap() {
     assert!(alloc.solver.bound <= alloc.solver.objective);
     assert!(stderr.contains("warning") && stderr.contains("gap"), "{stderr}");
     assert!(alloc.notes.contains_key("warning"));
+}
+
+#[test]
+fn a_long_solve_prints_progress_lines_unless_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let params: Vec<u64> = (0..12).map(|l| 100 + 37 * (l % 7)).collect();
+    write(dir.path(), &matrix_of(params.len()), &index_of(&params));
+    // A line is due at every SCIP event once `--progress-every` has passed: with 1 µs, at the
+    // first one, whatever the machine's speed.
+    let args = [
+        "--avg-bits",
+        "4.3",
+        "--method",
+        "scip",
+        "--no-reduce",
+        "--time-limit",
+        "20",
+        "--progress-every",
+        "0.000001",
+    ];
+    let r = allocate(dir.path(), &args);
+    let stderr = r.stderr.clone();
+    r.success();
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("allocate: avg-bits=4.3: still solving after"))
+        .unwrap_or_else(|| panic!("no progress line in:\n{stderr}"));
+    assert!(line.contains(" nodes, ") && line.contains("gap"), "{line}");
+    let mut quiet = args.to_vec();
+    quiet.push("-q");
+    let r = allocate(dir.path(), &quiet);
+    assert!(!r.stderr.contains("still solving"), "{}", r.stderr);
+    let mut off = args.to_vec();
+    off.extend(["--progress-every", "0"]);
+    let r = allocate(dir.path(), &off);
+    assert!(!r.stderr.contains("still solving"), "{}", r.stderr);
 }
 
 #[test]
