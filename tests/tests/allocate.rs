@@ -407,23 +407,20 @@ fn bad_files_exit_2_naming_the_file_and_the_problem() {
     assert!(!dir.path().join("out.json").exists());
 }
 
+/// An instance of `layers` layers written to a temporary folder, and the flags that send it to
+/// SCIP whole (no enumeration, no reductions) under an avg-bits budget of 4.3.
+fn scip_instance(layers: u64) -> (tempfile::TempDir, Vec<&'static str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let params: Vec<u64> = (0..layers).map(|l| 100 + 37 * (l % 7)).collect();
+    write(dir.path(), &matrix_of(params.len()), &index_of(&params));
+    (dir, vec!["--avg-bits", "4.3", "--method", "scip", "--no-reduce"])
+}
+
 #[test]
 fn a_time_out_writes_the_best_allocation_with_its_gap() {
-    let dir = tempfile::tempdir().unwrap();
-    let params: Vec<u64> = (0..40).map(|l| 100 + 37 * (l % 7)).collect();
-    write(dir.path(), &matrix_of(params.len()), &index_of(&params));
-    let r = allocate(
-        dir.path(),
-        &[
-            "--avg-bits",
-            "4.3",
-            "--method",
-            "scip",
-            "--no-reduce",
-            "--time-limit",
-            "0.01",
-        ],
-    );
+    let (dir, mut args) = scip_instance(40);
+    args.extend(["--time-limit", "0.01"]);
+    let r = allocate(dir.path(), &args);
     let stderr = r.stderr.clone();
     let alloc = parse(&r.success());
     assert_eq!(alloc.solver.status, "time_limit");
@@ -435,22 +432,10 @@ fn a_time_out_writes_the_best_allocation_with_its_gap() {
 
 #[test]
 fn a_long_solve_prints_progress_lines_unless_quiet() {
-    let dir = tempfile::tempdir().unwrap();
-    let params: Vec<u64> = (0..12).map(|l| 100 + 37 * (l % 7)).collect();
-    write(dir.path(), &matrix_of(params.len()), &index_of(&params));
+    let (dir, mut args) = scip_instance(12);
     // A line is due at every SCIP event once `--progress-every` has passed: with 1 µs, at the
     // first one, whatever the machine's speed.
-    let args = [
-        "--avg-bits",
-        "4.3",
-        "--method",
-        "scip",
-        "--no-reduce",
-        "--time-limit",
-        "20",
-        "--progress-every",
-        "0.000001",
-    ];
+    args.extend(["--time-limit", "20", "--progress-every", "0.000001"]);
     let r = allocate(dir.path(), &args);
     let stderr = r.stderr.clone();
     r.success();
@@ -459,11 +444,11 @@ fn a_long_solve_prints_progress_lines_unless_quiet() {
         .find(|l| l.starts_with("allocate: avg-bits=4.3: still solving after"))
         .unwrap_or_else(|| panic!("no progress line in:\n{stderr}"));
     assert!(line.contains(" nodes, ") && line.contains("gap"), "{line}");
-    let mut quiet = args.to_vec();
+    let mut quiet = args.clone();
     quiet.push("-q");
     let r = allocate(dir.path(), &quiet);
     assert!(!r.stderr.contains("still solving"), "{}", r.stderr);
-    let mut off = args.to_vec();
+    let mut off = args.clone();
     off.extend(["--progress-every", "0"]);
     let r = allocate(dir.path(), &off);
     assert!(!r.stderr.contains("still solving"), "{}", r.stderr);
