@@ -39,7 +39,7 @@
 //! The default formulation, `auto`, uses `linearized` for these (indefinite) instances and the
 //! `identity` convex form when G with its own within-layer entries ([`problem::ChoiceQp::within`],
 //! free because they never count) is PSD, e.g. after `psd --method clip`: there the convex
-//! relaxation is strong (the clipped 9-option matrix of the built-in model: gap 9.3e-5 in 57 s,
+//! relaxation is strong (the clipped 9-option matrix of an earlier training of the built-in model: gap 9.3e-5 in 57 s,
 //! where `linearized` proves a negative bound).
 //!
 //! The default (`linearized` after the reductions), 60 s limit:

@@ -84,7 +84,7 @@ impl Eventhdlr for ProgressLines {
 
 /// Priority of SCIP's pseudo-cost branching rule for the linearized form, above reliability
 /// branching's 10000 so that it decides. The linearized LP has thousands of pair columns (9170
-/// on the raw 9-option matrix of the built-in model) and strong branching's LP solves at the
+/// on the raw 9-option matrix of an earlier training of the built-in model) and strong branching's LP solves at the
 /// root took 3 of its 5 s of SCIP time, and all 60 s on the hardest seeded ResNet-56 budget,
 /// while the trees stay small (≤ 150 nodes measured) without it: that budget went from gap
 /// 8.7e-3 at the time limit to optimal in 21.5 CPU-s, the raw matrix from 7.2–9.4 to
@@ -93,7 +93,7 @@ pub const LINEARIZED_BRANCHING_PRIORITY: i32 = 100_000;
 
 /// Separation rounds per node below the root for the convex forms (SCIP's default: −1, no
 /// limit). Every round adds outer-approximation cuts of t ≥ ‖z‖² and re-solves the LP; on the
-/// clipped 9-option matrix of the built-in model (identity form, avg-bits 4) the tree stayed at
+/// clipped 9-option matrix of an earlier training of the built-in model (identity form, avg-bits 4) the tree stayed at
 /// 373 nodes against 383 while a node took 73 ms instead of 120 ms (27.4 s against 45.8 s).
 pub const CONVEX_NODE_SEPARATION_ROUNDS: i32 = 1;
 

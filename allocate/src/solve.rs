@@ -35,7 +35,7 @@ pub const AUTO_LINEARIZED_SHARE: f64 = 1.0 / 6.0;
 /// [`AUTO_LINEARIZED_SHARE`] when the Lagrangian bound of the local polytope (the
 /// linearisation's own relaxation, [`crate::dual`]) leaves a relative gap above 1 to the
 /// incumbent, i.e. lies below 0 under a positive incumbent (2 s of the default 60 s). On the
-/// clipped 9-option matrix of the built-in model (bound −5.39 against 0.134 at avg-bits 4) the
+/// clipped 9-option matrix of an earlier training of the built-in model (bound −5.39 against 0.134 at avg-bits 4) the
 /// linearisation never closes, and its 1/6 was a third of `auto`'s time; the PSD matrices of
 /// `make demo` it does close (3 options, bounds below 0 too after `clip`) take ≤ 1.3 s in all,
 /// unchanged.
