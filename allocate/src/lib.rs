@@ -179,7 +179,7 @@ fn report(config: &Config, problem: &Problem, budgets: &[Budget], solved: &Solve
     let budget = if budgets.is_empty() {
         "none".to_string()
     } else {
-        budgets.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",")
+        solve::budget_label(budgets)
     };
     let mut notes: BTreeMap<String, Value> = BTreeMap::new();
     notes.insert("method".into(), json!(solved.method));
@@ -217,11 +217,7 @@ fn report(config: &Config, problem: &Problem, budgets: &[Budget], solved: &Solve
             json!("optimised the diagonal of G only; solver.objective is Σ G[v,v], predicted_delta the whole xᵀGx"),
         );
     }
-    let label = if budgets.is_empty() {
-        "no budget".to_string()
-    } else {
-        budget.clone()
-    };
+    let label = solve::budget_label(budgets);
     if config.verbosity >= Verbosity::Verbose {
         eprintln!(
             "allocate: {label}: {} in {:.3} s ({}, {} nodes, {} options removed): objective {:.9e}, bound {:.9e}, gap {:.2e}",

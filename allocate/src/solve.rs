@@ -146,6 +146,16 @@ const fn convex(convexification: Convexification, split: bool) -> Formulation {
     Formulation::Convex { convexification, split }
 }
 
+/// How messages name a solve: its budgets joined by commas (`avg-bits=4,bops=1e9`), or
+/// `no budget`.
+pub fn budget_label(budgets: &[Budget]) -> String {
+    if budgets.is_empty() {
+        "no budget".to_string()
+    } else {
+        budgets.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",")
+    }
+}
+
 /// How to solve, and when to stop.
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
@@ -256,16 +266,7 @@ impl<'p> Allocator<'p> {
     /// An infeasible budget is [`Error::Infeasible`], naming the smallest feasible budget.
     pub fn solve(&self, budgets: &[Budget], warm: &[Choice]) -> Result<Solved> {
         let start = Instant::now();
-        let label: std::sync::Arc<str> = if budgets.is_empty() {
-            "no budget".into()
-        } else {
-            budgets
-                .iter()
-                .map(|b| b.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-                .into()
-        };
+        let label: std::sync::Arc<str> = budget_label(budgets).into();
         let limits_now = |start: Instant| self.limits(start, &label);
         let qp = &self.qp;
         let rows = self.problem.budget_rows(budgets);
