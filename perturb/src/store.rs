@@ -497,12 +497,11 @@ impl Assembled {
         if !report.quiet {
             let d = &self.diagnostics;
             eprintln!(
-                "perturb: G is {n}×{n}; {} of {} single-layer estimates are negative; λ_min {:.3e}, λ_max {:.3e}; FP {} {:.4} on the calibration samples",
+                "perturb: G is {n}×{n}; {} of {} single-layer estimates are negative; λ_min {:.3e}, λ_max {:.3e}; FP loss {:.4} on the calibration samples",
                 d.negative_single,
                 self.g.nrows(),
                 d.lambda_min,
                 d.lambda_max,
-                "loss",
                 self.fp.loss,
                 n = self.g.nrows()
             );

@@ -266,7 +266,7 @@ fn the_pessimistic_rule_does_not_count_on_negative_cross_terms() {
         ("w2a8", "w2a8"),
         "the plain objective takes the benefit"
     );
-    assert!(plain.notes.get("pessimistic").is_none());
+    assert!(!plain.notes.contains_key("pessimistic"));
     let r = allocate(dir.path(), &["--pessimistic"]);
     let alloc = parse(&r.stdout);
     assert!(alloc.layers.iter().all(|c| c.option == "w8a8"), "{}", r.stdout_text());
