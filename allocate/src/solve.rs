@@ -267,7 +267,7 @@ impl<'p> Allocator<'p> {
     pub fn solve(&self, budgets: &[Budget], warm: &[Choice]) -> Result<Solved> {
         let start = Instant::now();
         let label: std::sync::Arc<str> = budget_label(budgets).into();
-        let limits_now = |start: Instant| self.limits(start, &label);
+        let limits_now = || self.limits(start, &label);
         let qp = &self.qp;
         let rows = self.problem.budget_rows(budgets);
         self.check_feasible(&rows)?;
@@ -354,7 +354,7 @@ impl<'p> Allocator<'p> {
                     Instant::now() + std::time::Duration::from_secs_f64(SDP_SHARE * self.settings.time_limit);
                 let factored = convexify(small, &reduction.rows, convexification, deadline);
                 let limits = Limits {
-                    time: limits.time.min(limits_now(start).time),
+                    time: limits.time.min(limits_now().time),
                     ..limits
                 };
                 let objective = Objective::Convex {
@@ -371,7 +371,7 @@ impl<'p> Allocator<'p> {
                 // well under a second on PSD matrices made by a diagonal shift (`psd --method
                 // shift`), where the identity form's relaxation is weak; then the convex form,
                 // which alone closes matrices made PSD by clipping, from the best choice found.
-                let mut first = limits_now(start);
+                let mut first = limits_now();
                 let weak = dual_bound.is_finite() && gap_of(incumbent, dual_bound) > 1.0;
                 let share = if weak {
                     AUTO_LINEARIZED_SHARE_WEAK
@@ -388,7 +388,7 @@ impl<'p> Allocator<'p> {
                 } else {
                     let identity = convex(Convexification::Identity, false);
                     small_starts.extend(lin.choice.iter().cloned());
-                    let (mut outcome, slack, shift) = run(identity, limits_now(start), &small_starts);
+                    let (mut outcome, slack, shift) = run(identity, limits_now(), &small_starts);
                     // Both bounds hold for the reduced problem: keep the better one.
                     outcome.bound = (outcome.bound - slack).max(lin.bound) + slack;
                     outcome.nodes += lin.nodes;
@@ -397,11 +397,11 @@ impl<'p> Allocator<'p> {
                 }
             }
             Formulation::Auto => {
-                let (outcome, slack, shift) = run(Formulation::Linearized, limits_now(start), &small_starts);
+                let (outcome, slack, shift) = run(Formulation::Linearized, limits_now(), &small_starts);
                 (outcome, slack, shift, "scip/linearized".to_string())
             }
             chosen => {
-                let (outcome, slack, shift) = run(chosen, limits_now(start), &small_starts);
+                let (outcome, slack, shift) = run(chosen, limits_now(), &small_starts);
                 (outcome, slack, shift, format!("scip/{}", chosen.name()))
             }
         };

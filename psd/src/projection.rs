@@ -448,53 +448,63 @@ pub fn shift_amount(spectrum: &Spectrum) -> f64 {
 }
 
 /// `sym + λI`.
-pub fn shift(sym: &Array2<f64>, lambda: f64) -> Array2<f64> {
-    let mut out = sym.clone();
-    out.diag_mut().mapv_inplace(|d| d + lambda);
-    out
+pub fn shift(mut sym: Array2<f64>, lambda: f64) -> Array2<f64> {
+    sym.diag_mut().mapv_inplace(|d| d + lambda);
+    sym
 }
 
 /// How many of the most negative eigenvalues a [`Projection`] lists (`psd -v` prints them).
 pub const MOST_NEGATIVE_LISTED: usize = 10;
 
 /// The eigenvalues of a symmetric matrix: all of them sorted (from the eigendecomposition that
-/// `clip` needs anyway), or the tridiagonal form to find single ones.
-enum Eigenvalues {
+/// `clip` needs anyway), or the tridiagonal form to find single ones, with λ_min and λ_max
+/// found once (0 for an empty matrix).
+struct Eigenvalues {
+    source: Source,
+    min: f64,
+    max: f64,
+}
+
+enum Source {
     Sorted(Vec<f64>),
     Tridiagonal(Sturm),
 }
 
 impl Eigenvalues {
-    fn len(&self) -> usize {
-        match self {
-            Eigenvalues::Sorted(v) => v.len(),
-            Eigenvalues::Tridiagonal(t) => t.len(),
+    fn new(source: Source) -> Self {
+        let (min, max) = match &source {
+            Source::Sorted(v) => (v.first().copied(), v.last().copied()),
+            Source::Tridiagonal(t) if t.is_empty() => (None, None),
+            Source::Tridiagonal(t) => (Some(t.eigenvalue(0)), Some(t.eigenvalue(t.len() - 1))),
+        };
+        Eigenvalues {
+            source,
+            min: min.unwrap_or(0.0),
+            max: max.unwrap_or(0.0),
         }
     }
 
+    /// The k-th smallest (k < n).
     fn eigenvalue(&self, k: usize) -> f64 {
-        match self {
-            Eigenvalues::Sorted(v) => v[k],
-            Eigenvalues::Tridiagonal(t) => t.eigenvalue(k),
+        match &self.source {
+            Source::Sorted(v) => v[k],
+            Source::Tridiagonal(_) if k == 0 => self.min,
+            Source::Tridiagonal(t) => t.eigenvalue(k),
         }
     }
 
     fn count_below(&self, x: f64) -> usize {
-        match self {
-            Eigenvalues::Sorted(v) => v.partition_point(|&l| l < x),
-            Eigenvalues::Tridiagonal(t) => t.count_below(x),
+        match &self.source {
+            Source::Sorted(v) => v.partition_point(|&l| l < x),
+            Source::Tridiagonal(t) => t.count_below(x),
         }
     }
 
-    /// λ_min, λ_max and the count below −`tolerance` (all zero for an empty matrix).
+    /// λ_min, λ_max and the count below −`tolerance`.
     fn spectrum(&self, tolerance: f64) -> Spectrum {
-        let n = self.len();
-        if n == 0 {
-            return Spectrum::of_sorted(&[], tolerance);
-        }
         Spectrum {
-            lambda_min: self.eigenvalue(0),
-            lambda_max: self.eigenvalue(n - 1),
+            lambda_min: self.min,
+            lambda_max: self.max,
             negative_eigenvalues: self.count_below(-tolerance),
         }
     }
@@ -536,15 +546,18 @@ pub fn project(g: &Array2<f64>, method: Method, par: Par) -> Result<Projection> 
     let (sym, max_asymmetry) = symmetrise(g);
     // The eigenvalues of the symmetrised input, and what the output's are in terms of them.
     let (matrix, values, shift_lambda): (Array2<f64>, Eigenvalues, f64) = match method {
-        Method::None => (sym.clone(), Eigenvalues::Tridiagonal(sturm(&sym, par)), 0.0),
+        Method::None => {
+            let values = Eigenvalues::new(Source::Tridiagonal(sturm(&sym, par)));
+            (sym, values, 0.0)
+        }
         Method::Shift => {
-            let values = Eigenvalues::Tridiagonal(sturm(&sym, par));
+            let values = Eigenvalues::new(Source::Tridiagonal(sturm(&sym, par)));
             let lambda = shift_amount(&values.spectrum(0.0));
-            (shift(&sym, lambda), values, lambda)
+            (shift(sym, lambda), values, lambda)
         }
         Method::Clip => {
             let (out, values) = clip(sym, par)?;
-            (out, Eigenvalues::Sorted(values), 0.0)
+            (out, Eigenvalues::new(Source::Sorted(values)), 0.0)
         }
     };
     let tolerance = rounding_tolerance(n, values.spectrum(0.0).spectral_norm());
@@ -902,7 +915,7 @@ mod tests {
                     measured.lambda_max
                 );
                 // Independently of the eigensolver: adding the tolerance makes it definite.
-                let lifted = shift(&p.matrix, 2.0 * tolerance + f64::MIN_POSITIVE);
+                let lifted = shift(p.matrix.clone(), 2.0 * tolerance + f64::MIN_POSITIVE);
                 assert!(cholesky_succeeds(&lifted), "{method}, seed {seed}");
             }
             // The shift margin makes it strictly positive definite, as measured and by Cholesky.
@@ -1086,8 +1099,8 @@ mod tests {
         // Shifted by ∓5 (λ spans about ±23), clip takes each of its branches.
         let cases = [
             (Method::Shift, g.clone()),
-            (Method::Clip, shift(&g, -5.0)),
-            (Method::Clip, shift(&g, 5.0)),
+            (Method::Clip, shift(g.clone(), -5.0)),
+            (Method::Clip, shift(g.clone(), 5.0)),
         ];
         let negatives = |g: &Array2<f64>| eigenvalues(g, Par::Seq).unwrap().iter().filter(|&&l| l < 0.0).count();
         assert!(negatives(&cases[1].1) > 200 && negatives(&cases[2].1) < 200);
