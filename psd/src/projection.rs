@@ -5,12 +5,15 @@
 //!
 //! Every method starts with faer's Householder tridiagonalisation G = Q·T·Qᵀ. `none` and `shift`
 //! need only λ_min, λ_max, the count below the tolerance and the few most negative eigenvalues,
-//! which bisection on T's Sturm counts gives in O(n) each ([`Sturm`]); `clip` runs faer's divide
-//! and conquer on T for all eigenpairs and carries only the eigenvectors it needs back through
-//! the Householder reflectors. Both are backward stable: the computed eigenvalues are the exact
-//! ones of a matrix within about n·ε·‖G‖₂ of G, which is where [`rounding_tolerance`] comes
-//! from. [`eigenvalues`] and [`eigen`] (faer's whole eigensolver) serve the tests as an
-//! independent computation.
+//! which bisection on T's Sturm counts gives in O(n) each ([`Sturm`]). `clip` needs T's
+//! eigenvalues and the eigenvectors on one side of zero only: it finds all eigenvalues by the
+//! Pal–Walker–Kahan QL/QR iteration and just those eigenvectors by inverse iteration, certifies
+//! their residuals and orthogonality, and carries them back through the Householder reflectors
+//! (module `tridiagonal`); when the certificate fails or the chosen eigenvalues cluster too
+//! tightly it runs faer's divide and conquer on T for all eigenpairs instead. All of these are
+//! backward stable: the computed eigenvalues are the exact ones of a matrix within about
+//! n·ε·‖G‖₂ of G, which is where [`rounding_tolerance`] comes from. [`eigenvalues`] and [`eigen`]
+//! (faer's whole eigensolver) serve the tests as an independent computation.
 
 use clado::{Error, Result};
 use faer::diag::Diag;
@@ -25,6 +28,8 @@ use faer::linalg::qr::no_pivoting::factor::recommended_block_size;
 use faer::{Accum, Col, Conj, Mat, MatMut, MatRef, Par};
 use ndarray::Array2;
 use serde::Serialize;
+
+mod tridiagonal;
 
 /// The shift leaves λ_min of the output at `SHIFT_MARGIN · ‖G‖₂` rather than at zero, so that
 /// the output stays positive semidefinite once rounded and re-measured: the rounding in forming
@@ -320,18 +325,23 @@ pub fn sturm(sym: &Array2<f64>, par: Par) -> Sturm {
 /// The nearest PSD matrix in Frobenius norm: `sym` with its negative eigenvalues set to zero.
 /// Returns it with the eigenvalues of `sym` (nondecreasing).
 ///
-/// sym = Q·T·Qᵀ (Householder tridiagonalisation), T = Z·Λ·Zᵀ (divide and conquer), and the
-/// eigenvectors of sym are U = Q·Z. With k negative and p positive eigenvalues, the projection is
-/// either side of the same identity, whichever needs fewer eigenvectors:
+/// sym = Q·T·Qᵀ (Householder tridiagonalisation), T = Z·Λ·Zᵀ, and the eigenvectors of sym are
+/// U = Q·Z. With k negative and p positive eigenvalues, the projection is either side of the same
+/// identity, whichever needs fewer eigenvectors:
 ///
 /// - k ≤ p: sym + W₋W₋ᵀ with W₋ = U₋·diag(√−λ₋), i.e. sym minus its negative part;
 /// - k > p: W₊W₊ᵀ with W₊ = U₊·diag(√λ₊), the positive part itself (PSD by construction).
 ///
-/// Only those m = min(k, p) columns of Z are carried back through the reflectors (2n²m flops
-/// instead of 2n³) and W·Wᵀ is formed on the lower triangle only (n²m), then mirrored, so the
-/// output is exactly symmetric. The rounding error of the product scales with the part added or
-/// kept (‖W‖² ≤ ‖G‖₂), well below [`rounding_tolerance`]; the tests compare both branches with an
-/// independent reconstruction.
+/// Λ comes from the Pal–Walker–Kahan iteration (O(n²)), and only those m = min(k, p) columns of
+/// Z are computed, by inverse iteration (O(n·m), in parallel), with every residual
+/// ‖Tz − λz‖₂ ≤ [`rounding_tolerance`] certified, and every |zᵢᵀzᵢ − 1| and
+/// |zᵢᵀzⱼ|·max(|λᵢ|, |λⱼ|)/‖G‖₂ ≤ 10·n·ε (the amount by which a defect moves W·Wᵀ, relative to
+/// ‖G‖₂); failing that (or with more than 64 chosen eigenvalues in one cluster) all of Z comes
+/// from faer's divide and conquer, as before. The m columns are carried back through the
+/// reflectors (2n²m flops instead of 2n³) and W·Wᵀ is formed on the lower triangle only (n²m),
+/// then mirrored, so the output is exactly symmetric. The rounding error of the product scales
+/// with the part added or kept (‖W‖² ≤ ‖G‖₂), well below [`rounding_tolerance`]; the tests
+/// compare both branches with an independent reconstruction.
 pub fn clip(sym: Array2<f64>, par: Par) -> Result<(Array2<f64>, Vec<f64>)> {
     let n = sym.nrows();
     assert_eq!(n, sym.ncols(), "clip needs a square matrix");
@@ -354,40 +364,27 @@ pub fn clip(sym: Array2<f64>, par: Par) -> Result<(Array2<f64>, Vec<f64>)> {
         subdiagonal,
     } = reduce(&sym, par, stack);
 
-    // T = Z·Λ·Zᵀ.
-    let mut values = Diag::<f64>::zeros(n);
-    let mut z = Mat::<f64>::zeros(n, n);
-    tridiagonal_self_adjoint_evd(
-        diagonal.as_diagonal(),
-        subdiagonal.as_diagonal(),
-        values.as_mut(),
-        Some(z.as_mut()),
-        par,
-        stack,
-        Default::default(),
-    )
-    .map_err(|e| {
-        Error::other(format!(
-            "the eigensolver did not converge on the {n}×{n} matrix ({e:?})"
-        ))
-    })?;
-    let values: Vec<f64> = values.column_vector().iter().copied().collect();
-
-    let negatives = values.iter().take_while(|&&l| l < 0.0).count();
-    let positives = values.iter().rev().take_while(|&&l| l > 0.0).count();
-    let (first, count, keep_positive) = if negatives <= positives {
-        (0, negatives, false)
-    } else {
-        (n - positives, positives, true)
+    // T's eigenvalues and the m eigenvectors the projection needs: by inverse iteration when it
+    // certifies them, else by divide and conquer for all of T.
+    let d: Vec<f64> = diagonal.iter().copied().collect();
+    let e: Vec<f64> = subdiagonal.iter().copied().collect();
+    let (values, chosen, z) = match chosen_eigenpairs(&d, &e, par) {
+        Ok(found) => found,
+        Err(_) => divide_and_conquer(&diagonal, &subdiagonal, par, stack)?,
     };
+    let Chosen {
+        first,
+        count,
+        keep_positive,
+    } = chosen;
     if count == 0 {
         // Nothing to subtract (sym is PSD), or nothing to keep (negative semidefinite).
         let out = if keep_positive { Array2::zeros((n, n)) } else { sym };
         return Ok((out, values));
     }
 
-    // W = Q·Z[:, selected]·diag(√|λ|): Q acts on rows 1.. (its first reflector starts there).
-    let mut w = z.subcols(first, count).to_owned();
+    // W = Q·Z·diag(√|λ|): Q acts on rows 1.. (its first reflector starts there).
+    let mut w = z;
     apply_block_householder_sequence_on_the_left_in_place_with_conj(
         reduced.as_ref().submatrix(1, 0, n - 1, n - 1),
         reflector_factors.as_ref(),
@@ -422,6 +419,89 @@ pub fn clip(sym: Array2<f64>, par: Par) -> Result<(Array2<f64>, Vec<f64>)> {
     );
     mirror_lower(data, n);
     Ok((out, values))
+}
+
+/// Which eigenpairs `clip` needs: `count` from `first` in the sorted spectrum, the negative ones
+/// (`keep_positive` false) or the positive ones, whichever are fewer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Chosen {
+    first: usize,
+    count: usize,
+    keep_positive: bool,
+}
+
+impl Chosen {
+    fn of_sorted(values: &[f64]) -> Self {
+        let n = values.len();
+        let negatives = values.iter().take_while(|&&l| l < 0.0).count();
+        let positives = values.iter().rev().take_while(|&&l| l > 0.0).count();
+        if negatives <= positives {
+            Chosen {
+                first: 0,
+                count: negatives,
+                keep_positive: false,
+            }
+        } else {
+            Chosen {
+                first: n - positives,
+                count: positives,
+                keep_positive: true,
+            }
+        }
+    }
+}
+
+/// T's eigenvalues (nondecreasing), the choice, and the chosen eigenvectors of T (n × count), by
+/// the Pal–Walker–Kahan iteration and certified inverse iteration ([`tridiagonal`]).
+fn chosen_eigenpairs(
+    diagonal: &[f64],
+    subdiagonal: &[f64],
+    par: Par,
+) -> std::result::Result<(Vec<f64>, Chosen, Mat<f64>), tridiagonal::Fallback> {
+    let values = tridiagonal::eigenvalues(diagonal, subdiagonal)?;
+    let chosen = Chosen::of_sorted(&values.values);
+    let z = if chosen.count == 0 {
+        Mat::zeros(diagonal.len(), 0)
+    } else {
+        tridiagonal::eigenvectors(
+            diagonal,
+            subdiagonal,
+            &values,
+            chosen.first..chosen.first + chosen.count,
+            par,
+        )?
+    };
+    Ok((values.values, chosen, z))
+}
+
+/// The same by faer's divide and conquer, which finds all n eigenvectors of T.
+fn divide_and_conquer(
+    diagonal: &Col<f64>,
+    subdiagonal: &Col<f64>,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<(Vec<f64>, Chosen, Mat<f64>)> {
+    let n = diagonal.nrows();
+    let mut values = Diag::<f64>::zeros(n);
+    let mut z = Mat::<f64>::zeros(n, n);
+    tridiagonal_self_adjoint_evd(
+        diagonal.as_diagonal(),
+        subdiagonal.as_diagonal(),
+        values.as_mut(),
+        Some(z.as_mut()),
+        par,
+        stack,
+        Default::default(),
+    )
+    .map_err(|e| {
+        Error::other(format!(
+            "the eigensolver did not converge on the {n}×{n} matrix ({e:?})"
+        ))
+    })?;
+    let values: Vec<f64> = values.column_vector().iter().copied().collect();
+    let chosen = Chosen::of_sorted(&values);
+    let z = z.subcols(chosen.first, chosen.count).to_owned();
+    Ok((values, chosen, z))
 }
 
 /// Copy the lower triangle of a column-major n×n matrix onto its upper triangle. Square tiles
@@ -1130,5 +1210,316 @@ mod tests {
         );
         assert_eq!(s.spectral_norm(), 3.0);
         assert_eq!(shift_amount(&s), 2.0 + SHIFT_MARGIN * 3.0);
+    }
+
+    // The tridiagonal eigensolver of `clip`'s fast path: Pal–Walker–Kahan eigenvalues, inverse
+    // iteration vectors, the certificate and the fallback.
+
+    /// T as a dense matrix, for faer's whole eigensolver.
+    fn dense_tridiagonal(d: &[f64], e: &[f64]) -> Array2<f64> {
+        let n = d.len();
+        Array2::from_shape_fn((n, n), |(i, j)| match i.abs_diff(j) {
+            0 => d[i],
+            1 => e[i.min(j)],
+            _ => 0.0,
+        })
+    }
+
+    /// The diagonal and subdiagonal (length n, last entry 0) of the Householder form of `a`.
+    fn tridiagonal_of(a: &Array2<f64>) -> (Vec<f64>, Vec<f64>) {
+        let n = a.nrows();
+        let mut buffer = MemBuffer::new(tridiag_in_place_scratch::<f64>(n, Par::Seq, Default::default()));
+        let t = reduce(a, Par::Seq, MemStack::new(&mut buffer));
+        (
+            t.diagonal.iter().copied().collect(),
+            t.subdiagonal.iter().copied().collect(),
+        )
+    }
+
+    /// A random tridiagonal matrix, entries uniform in [−1, 1): its eigenvectors are localised,
+    /// so far-apart rows give pairs of eigenvalues much closer than ‖T‖/n (clusters).
+    fn random_tridiagonal(n: usize, r: &mut ChaCha8Rng) -> (Vec<f64>, Vec<f64>) {
+        let d = (0..n).map(|_| r.random_range(-1.0..1.0)).collect();
+        let e = (0..n)
+            .map(|i| if i + 1 < n { r.random_range(-1.0..1.0) } else { 0.0 })
+            .collect();
+        (d, e)
+    }
+
+    /// Everything the fast path promises for T's chosen eigenvectors, against faer's whole
+    /// eigensolver on the dense T:
+    /// - eigenvalues within 2·[`rounding_tolerance`] of faer's (both are backward stable, each
+    ///   within the tolerance of the exact ones);
+    /// - residuals ‖Tz − λz‖₂, |zᵢᵀzᵢ − 1| and the weighted |zᵢᵀzⱼ| (all pairs, by a full Gram
+    ///   matrix, not the certificate's shortcut) within the certificate's tolerances;
+    /// - each vector within √2·2·tolerance/gap of ± faer's: both have residuals below the
+    ///   tolerance, so by Davis–Kahan each is within tolerance/gap of the exact eigenvector
+    ///   (sin θ), gap being the distance to the rest of the spectrum.
+    ///
+    /// Returns the vectors, or the fallback the fast path took.
+    fn check_chosen_eigenvectors(
+        name: &str,
+        d: &[f64],
+        e: &[f64],
+        chosen: std::ops::Range<usize>,
+    ) -> std::result::Result<Mat<f64>, tridiagonal::Fallback> {
+        let n = d.len();
+        let (exact, vectors) = eigen(&dense_tridiagonal(d, &e[..n - 1]), Par::Seq).unwrap();
+        let values = tridiagonal::eigenvalues(d, e)?;
+        let norm = exact[0].abs().max(exact[n - 1].abs());
+        let tolerance = rounding_tolerance(n, norm);
+        for (k, (c, l)) in values.values.iter().zip(&exact).enumerate() {
+            assert!((c - l).abs() <= 2.0 * tolerance, "{name}: λ_{k} = {c} vs faer's {l}");
+        }
+        let z = tridiagonal::eigenvectors(d, e, &values, chosen.clone(), Par::Seq)?;
+        assert_eq!((z.nrows(), z.ncols()), (n, chosen.len()));
+        let mut gram = Mat::<f64>::zeros(chosen.len(), chosen.len());
+        faer::linalg::matmul::matmul(gram.as_mut(), Accum::Replace, z.transpose(), z.as_ref(), 1.0, Par::Seq);
+        let orthogonality = tridiagonal::orthogonality_tolerance(n);
+        for (j, k) in chosen.clone().enumerate() {
+            for (i, l) in chosen.clone().enumerate() {
+                let weight = if i == j {
+                    1.0
+                } else {
+                    values.values[k].abs().max(values.values[l].abs()) / norm
+                };
+                let defect = (gram[(i, j)] - if i == j { 1.0 } else { 0.0 }).abs() * weight;
+                assert!(defect <= orthogonality, "{name}: weighted |z{i}ᵀz{j} − δ| = {defect:e}");
+            }
+            let lambda = values.values[k];
+            let residual = (0..n)
+                .map(|i| {
+                    let mut r = (d[i] - lambda) * z[(i, j)];
+                    if i > 0 {
+                        r += e[i - 1] * z[(i - 1, j)];
+                    }
+                    if i + 1 < n {
+                        r += e[i] * z[(i + 1, j)];
+                    }
+                    r * r
+                })
+                .sum::<f64>()
+                .sqrt();
+            assert!(residual <= tolerance, "{name}: residual {residual:e} of vector {k}");
+            let gap = (0..n)
+                .filter(|&o| o != k)
+                .map(|o| (exact[o] - exact[k]).abs())
+                .fold(f64::INFINITY, f64::min);
+            let sign = if (0..n).map(|i| z[(i, j)] * vectors[(i, k)]).sum::<f64>() < 0.0 {
+                -1.0
+            } else {
+                1.0
+            };
+            let distance = (0..n)
+                .map(|i| (z[(i, j)] - sign * vectors[(i, k)]).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            assert!(
+                distance <= std::f64::consts::SQRT_2 * 2.0 * tolerance / gap + orthogonality,
+                "{name}: vector {k} is {distance:e} from faer's (gap {gap:e})"
+            );
+        }
+        Ok(z)
+    }
+
+    #[test]
+    fn tridiagonal_eigenvalues_match_known_spectra_at_any_scale() {
+        // Through the Householder form of Q·diag(λ)·Qᵀ, with scales that take dsterf's scaling
+        // branches (squared entries would overflow or underflow).
+        for (seed, n, scale) in [(20, 7, 1.0), (21, 60, 1e-170), (22, 90, 1e170), (23, 200, 3.0)] {
+            let mut r = rng(seed);
+            let lambda = gapped_spectrum(n, scale, &mut r);
+            let (d, e) = tridiagonal_of(&with_eigenvalues(&random_orthogonal(n, &mut r), &lambda));
+            let values = tridiagonal::eigenvalues(&d, &e).unwrap();
+            for (c, l) in values.values.iter().zip(&lambda) {
+                assert!((c - l).abs() <= EIGENVALUE_TOL * scale, "seed {seed}: {c} vs {l}");
+            }
+        }
+        // The 2×2 closed form and the 1×1.
+        let values = tridiagonal::eigenvalues(&[2.0, 2.0], &[1.0, 0.0]).unwrap();
+        assert_eq!(values.values, [1.0, 3.0]);
+        assert_eq!(tridiagonal::eigenvalues(&[-4.5], &[0.0]).unwrap().values, [-4.5]);
+    }
+
+    #[test]
+    fn inverse_iteration_matches_faer_on_random_and_reduced_matrices() {
+        let mut r = rng(30);
+        // Random tridiagonals (localised vectors, many pairs closer than ‖T‖/n), chosen ranges
+        // at either end and in the middle.
+        for (n, chosen) in [(40, 0..13), (300, 0..150), (300, 200..300), (257, 60..190)] {
+            let (d, e) = random_tridiagonal(n, &mut r);
+            check_chosen_eigenvectors(&format!("random n = {n}"), &d, &e, chosen).unwrap();
+        }
+        // The bench's kind of matrix, Wigner-like, through the Householder form.
+        let (d, e) = tridiagonal_of(&random_symmetric(400, 1.0, &mut r));
+        check_chosen_eigenvectors("reduced Wigner", &d, &e, 0..200).unwrap();
+    }
+
+    #[test]
+    fn inverse_iteration_on_tiny_diagonal_and_split_matrices() {
+        // n = 1 and n = 2 (eigenvalues 1 and 3, vectors (1, ∓1)/√2).
+        let z = check_chosen_eigenvectors("1×1", &[-2.0], &[0.0], 0..1).unwrap();
+        assert_eq!(z[(0, 0)], 1.0);
+        let z = check_chosen_eigenvectors("2×2", &[2.0, 2.0], &[1.0, 0.0], 0..2).unwrap();
+        let half = std::f64::consts::FRAC_1_SQRT_2;
+        for (j, other) in [(0, -half), (1, half)] {
+            assert!((z[(0, j)] - half).abs() <= 4.0 * f64::EPSILON, "2×2 vector {j}");
+            assert!((z[(1, j)] - other).abs() <= 4.0 * f64::EPSILON, "2×2 vector {j}");
+        }
+        // Diagonal, with a repeated entry: every block is 1×1, the vectors are unit vectors.
+        let d = [3.0, -1.0, 0.5, -1.0, 2.0];
+        let z = check_chosen_eigenvectors("diagonal", &d, &[0.0; 5], 0..3).unwrap();
+        for (j, row) in [1, 3, 2].into_iter().enumerate() {
+            let expected = Array1::from_shape_fn(5, |i| if i == row { 1.0 } else { 0.0 });
+            assert_eq!(
+                z.col(j).iter().copied().collect::<Array1<f64>>(),
+                expected,
+                "unit vector {j}"
+            );
+        }
+        // Split by an exact zero and by a negligible coupling: two random blocks whose spectra
+        // interleave; each vector lives on one block.
+        let (mut d, mut e) = random_tridiagonal(120, &mut r_split());
+        e[49] = 0.0;
+        e[89] = 1e-300;
+        for k in 50..90 {
+            d[k] *= 0.5; // a third block with its own spectrum
+        }
+        let z = check_chosen_eigenvectors("split", &d, &e, 0..70).unwrap();
+        let blocks = [0..50, 50..90, 90..120];
+        for j in 0..z.ncols() {
+            let support: Vec<usize> = (0..3)
+                .filter(|&b| blocks[b].clone().any(|i| z[(i, j)] != 0.0))
+                .collect();
+            assert_eq!(support.len(), 1, "vector {j} lives on one block");
+        }
+    }
+
+    fn r_split() -> ChaCha8Rng {
+        rng(31)
+    }
+
+    #[test]
+    fn clusters_are_reorthogonalised_or_fall_back() {
+        let mut r = rng(32);
+        // Close eigenvalues (1e-9 apart, far below ‖T‖/n) in one unreduced block: 20 of them make
+        // one cluster, reorthogonalised; 80 make a cluster above MAX_CLUSTER, which falls back.
+        for (count, falls_back) in [(20, false), (80, true)] {
+            let n = count + 60;
+            let mut lambda: Vec<f64> = (0..count).map(|k| -1.0 - 1e-9 * k as f64).collect();
+            lambda.extend(gapped_spectrum(60, 2.0, &mut r).iter().map(|l| l.abs()));
+            lambda.sort_by(f64::total_cmp);
+            let (d, e) = tridiagonal_of(&with_eigenvalues(&random_orthogonal(n, &mut r), &lambda));
+            let result = check_chosen_eigenvectors(&format!("{count} close"), &d, &e, 0..count);
+            match result {
+                Err(tridiagonal::Fallback::ClusterTooLarge { size }) => {
+                    assert!(falls_back && size > tridiagonal::MAX_CLUSTER, "cluster of {size}")
+                }
+                Err(other) => panic!("{count} close: unexpected fallback {other:?}"),
+                Ok(_) => assert!(!falls_back, "{count} close should have fallen back"),
+            }
+            // Either way clip is the nearest PSD matrix.
+            let q = random_orthogonal(n, &mut r);
+            let a = with_eigenvalues(&q, &lambda);
+            let expected = with_eigenvalues(&q, &lambda.iter().map(|l| l.max(0.0)).collect::<Vec<_>>());
+            let p = project(&a, Method::Clip, Par::Seq).unwrap();
+            let err = max_abs(&(&p.matrix - &expected));
+            assert!(err <= CLIP_TOL * 2.0, "{count} close: clip error {err:e}");
+        }
+        // Exactly repeated eigenvalues: the Householder form splits (an unreduced tridiagonal
+        // has simple eigenvalues), and the copies land in different blocks.
+        let lambda: Vec<f64> = [vec![-2.0; 6], vec![-0.5; 4], gapped_spectrum(30, 3.0, &mut r)]
+            .concat()
+            .into_iter()
+            .map(|l| if l > -0.5 { l.abs() } else { l })
+            .collect();
+        let mut sorted = lambda.clone();
+        sorted.sort_by(f64::total_cmp);
+        let (d, e) = tridiagonal_of(&with_eigenvalues(&random_orthogonal(40, &mut r), &sorted));
+        check_chosen_eigenvectors("repeated", &d, &e, 0..10).unwrap();
+    }
+
+    /// CLADO matrices have few large eigenvalues and many small ones. When the chosen side is
+    /// mostly small eigenvalues, their gaps are far below ‖T‖/n: the plain |zᵢᵀzⱼ| ≤ 10·n·ε would
+    /// make them one cluster too large to reorthogonalise (MAX_CLUSTER), the weighted test (what
+    /// the defect costs W·Wᵀ) keeps the fast path, and clip stays as accurate.
+    #[test]
+    fn many_small_chosen_eigenvalues_keep_the_fast_path() {
+        let mut r = rng(35);
+        let n = 300;
+        // 90 negative eigenvalues in [−0.05, −0.001]·8, the rest positive in [0.1, 8].
+        let mut lambda: Vec<f64> = (0..n)
+            .map(|k| {
+                if k < 90 {
+                    -8.0 * r.random_range(0.001..0.05)
+                } else {
+                    8.0 * r.random_range(0.0125..1.0)
+                }
+            })
+            .collect();
+        lambda.sort_by(f64::total_cmp);
+        let q = random_orthogonal(n, &mut r);
+        let a = with_eigenvalues(&q, &lambda);
+        let (d, e) = tridiagonal_of(&a);
+        // Mean gap 0.4/90 ≈ 0.004 against ‖T‖/n ≈ 0.027: the plain rule would chain all 90.
+        check_chosen_eigenvectors("small negatives", &d, &e, 0..90).unwrap();
+        let expected = with_eigenvalues(&q, &lambda.iter().map(|l| l.max(0.0)).collect::<Vec<_>>());
+        let p = project(&a, Method::Clip, Par::Seq).unwrap();
+        let err = max_abs(&(&p.matrix - &expected));
+        assert!(err <= CLIP_TOL * 8.0, "clip error {err:e}");
+        assert_eq!(p.before.negative_eigenvalues, 90);
+    }
+
+    #[test]
+    fn the_certificate_rejects_vectors_that_are_not_orthogonal_or_not_eigenvectors() {
+        let (d, e) = random_tridiagonal(200, &mut rng(33));
+        let values = tridiagonal::eigenvalues(&d, &e).unwrap();
+        let norm = values.values[0].abs().max(values.values[199].abs());
+        let z = tridiagonal::eigenvectors(&d, &e, &values, 0..100, Par::Seq).unwrap();
+        tridiagonal::certify(&d, &e, &values, 0..100, &z, norm, Par::Seq).unwrap();
+        // Two neighbours rotated into each other by 1e-6: still orthonormal, but no longer
+        // eigenvectors (the residual certificate catches it)...
+        let (c, s) = (1e-6f64.cos(), 1e-6f64.sin());
+        let mut rotated = z.clone();
+        for i in 0..200 {
+            let (a, b) = (z[(i, 40)], z[(i, 41)]);
+            rotated[(i, 40)] = c * a - s * b;
+            rotated[(i, 41)] = s * a + c * b;
+        }
+        let result = tridiagonal::certify(&d, &e, &values, 0..100, &rotated, norm, Par::Seq);
+        assert!(
+            matches!(result, Err(tridiagonal::Fallback::Residual { .. })),
+            "{result:?}"
+        );
+        // ...and 1e-10 of one vector added to its closest neighbour (a gap below 1e-3: the
+        // residual moves by less than 1e-13) breaks orthogonality only.
+        let closest = (0..99)
+            .min_by(|&a, &b| {
+                let gap = |k: usize| values.values[k + 1] - values.values[k];
+                gap(a).total_cmp(&gap(b))
+            })
+            .unwrap();
+        assert!(values.values[closest + 1] - values.values[closest] < 1e-3);
+        let mut skewed = z.clone();
+        for i in 0..200 {
+            skewed[(i, closest + 1)] += 1e-10 * z[(i, closest)];
+        }
+        let result = tridiagonal::certify(&d, &e, &values, 0..100, &skewed, norm, Par::Seq);
+        assert!(
+            matches!(result, Err(tridiagonal::Fallback::Orthogonality { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn inverse_iteration_bits_do_not_depend_on_the_thread_pool() {
+        let (d, e) = random_tridiagonal(600, &mut rng(34));
+        let values = tridiagonal::eigenvalues(&d, &e).unwrap();
+        let sequential = tridiagonal::eigenvectors(&d, &e, &values, 100..400, Par::Seq).unwrap();
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pooled = pool.install(|| tridiagonal::eigenvectors(&d, &e, &values, 100..400, parallelism()).unwrap());
+            assert!(pooled == sequential, "{threads} threads");
+        }
     }
 }
