@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 depths=${*:-20 56}
-formulations=${FORMULATIONS:-auto}
+formulations=${FORMULATIONS:-default}
 sweep=${SWEEP:-avg-bits=2:8:0.5}
 time_limit=${TIME_LIMIT:-60}
 cargo build --release --quiet -p allocate --example bench

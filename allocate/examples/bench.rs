@@ -1,7 +1,8 @@
 //! Benchmark of the allocation solver on seeded ResNet-sized instances (see scripts/bench-allocate.sh).
 //!
 //! cargo run --release -p allocate --example bench -- [--depth 20] [--options 'w{2,4,8}a{2,4,8}']
-//!     [--seed 1] [--formulations projected,identity,product] [--sweep avg-bits=2:8:0.5]
+//!     [--seed 1] [--formulations default,branch-and-bound,linearized,identity,product]
+//!     [--sweep avg-bits=2:8:0.5]
 //!     [--time-limit 60] [--gap 1e-6] [--no-warm] [--scip-log] [--write DIR]
 //!     [--matrix G.npy --index index.json]   (a real matrix instead of the synthetic one)
 use allocate::problem::Problem;
@@ -82,14 +83,20 @@ fn main() {
     let low = problem.objective(&vec![0; qp.sizes.len()]);
     let high = problem.objective(&problem.highest_precision());
     println!("# max|diag| {max_diag:.3e}, max|offdiag| {max_off:.3e}, scale {:.3e}; objective lowest options {low:.4e}, highest {high:.4e}", qp.scale());
-    for f in get("--formulations", "projected").split(',') {
-        let formulation = Formulation::parse(f).unwrap();
+    // `default`: what the tool does (--method auto); `branch-and-bound`: --method
+    // branch-and-bound; any other name: SCIP with that formulation.
+    for f in get("--formulations", "default").split(',') {
+        let (method, formulation) = match f {
+            "default" => (Method::Auto, Formulation::Auto),
+            "branch-and-bound" => (Method::BranchAndBound, Formulation::Auto),
+            name => (Method::Scip, Formulation::parse(name).unwrap()),
+        };
         let scip_log = args.iter().any(|a| a == "--scip-log");
         let reductions = !args.iter().any(|a| a == "--no-reduce");
         let settings = Settings {
             time_limit,
             gap,
-            method: Method::Scip,
+            method,
             formulation,
             reductions,
             scip_log,

@@ -23,7 +23,12 @@ budget, those dominated by another option of the same layer, and those a Lagrang
 (the dual of the local-polytope relaxation) proves worse than a heuristic answer. What remains
 is enumerated when small, or given to SCIP as an integer linear program over the local polytope
 of the pairwise terms (y_uv = x_u·x_v with marginal constraints): exact, and with a strong
-relaxation even for indefinite G. A time limit always applies: on a time-out the best
+relaxation even for indefinite G. When G with its entries between options of one layer (which
+never count) is positive semidefinite, as after `psd --method clip`, the tool's own branch and
+bound on the exact convex relaxation solves it instead (its nodes: a quadratic program, by an
+active-set method, and once few options are left the local-polytope bound too), after SCIP's
+linearisation for a sixth of the time limit unless the Lagrangian bound is weak (it closes
+`psd --method shift` matrices). A time limit always applies: on a time-out the best
 allocation found is written with its proven bound and gap, and a warning goes to stderr. A
 solve that takes longer than 10 s says so on stderr every 10 s (nodes, best objective, gap;
 --progress-every, none with -q).
@@ -150,24 +155,26 @@ pub struct Args {
     #[arg(long, value_name = "S", default_value_t = 60.0, allow_negative_numbers = true)]
     pub time_limit: f64,
 
-    /// While SCIP searches, a progress line on stderr every S seconds of a solve (nodes, best
-    /// objective, gap); 0 for none. -q prints none.
+    /// While SCIP or the branch and bound searches, a progress line on stderr every S seconds
+    /// of a solve (nodes, best objective, gap); 0 for none. -q prints none.
     #[arg(long, value_name = "S", default_value_t = PROGRESS_EVERY, allow_negative_numbers = true)]
     pub progress_every: f64,
 
     /// Relative gap (objective − bound) / max(|objective|, |bound|) at which a solve may stop.
-    #[arg(long, value_name = "G", default_value_t = 1e-6, allow_negative_numbers = true)]
+    #[arg(long, value_name = "G", default_value_t = crate::solve::OPTIMALITY_GAP, allow_negative_numbers = true)]
     pub gap: f64,
 
-    /// How to solve: `auto` enumerates small problems and gives the rest to SCIP.
+    /// How to solve: `auto` enumerates small problems, gives convex ones (G with its entries
+    /// between options of one layer PSD, e.g. after `psd --method clip`) to the branch and
+    /// bound and the rest to SCIP; `scip`, `enumerate` and `branch-and-bound` force one.
     #[arg(long, value_enum, default_value_t = MethodArg::Auto)]
     pub method: MethodArg,
 
-    /// SCIP formulation: auto (default: linearized; when G, with its entries between options of
-    /// one layer, is PSD, linearized for 1/6 of the time limit (1/30 when its Lagrangian bound
-    /// lies below 0 under a positive incumbent) and then, unless finished,
-    /// identity from its best choice: `psd --method shift` matrices close in the first,
-    /// 9-option `psd --method clip` matrices only in the second). For experiments:
+    /// SCIP formulation: auto (default: linearized; with `--method scip`, when G, with its
+    /// entries between options of one layer, is PSD, linearized for 1/6 of the time limit (1/30
+    /// when its Lagrangian bound lies below 0 under a positive incumbent) and then, unless
+    /// finished, identity from its best choice; `--method auto` gives such a G to the branch
+    /// and bound instead). For experiments:
     /// linearized (local polytope), product (the seed's dense products of binaries), projected,
     /// projected-rows, projected-diag (convex factored forms after an exact diagonal shift on
     /// the one-hot affine hull), identity (convex, G + λI), sdp (convex, with the entries between
@@ -198,6 +205,7 @@ pub enum MethodArg {
     Auto,
     Scip,
     Enumerate,
+    BranchAndBound,
 }
 
 /// Parse the command line. `Ok(None)` after `--help` or `--version` was printed; a usage
@@ -332,6 +340,7 @@ impl Config {
             MethodArg::Auto => Method::Auto,
             MethodArg::Scip => Method::Scip,
             MethodArg::Enumerate => Method::Enumerate,
+            MethodArg::BranchAndBound => Method::BranchAndBound,
         };
         let settings = Settings {
             time_limit: a.time_limit,

@@ -222,7 +222,7 @@ fn min_generalized_on_subspace(qp: &ChoiceQp, a: &Array2<f64>, w: &[f64]) -> f64
 }
 
 /// ΠMΠ for the projector Π = I − Σ_g 1_g1_gᵀ/K_g of the groups of `qp`.
-fn projected(qp: &ChoiceQp, m: &Array2<f64>) -> Array2<f64> {
+pub(crate) fn projected(qp: &ChoiceQp, m: &Array2<f64>) -> Array2<f64> {
     let n = qp.n();
     let groups = qp.sizes.len();
     // Row means per group block: (M Σ 1_g1_gᵀ/K_g)[i, j] = mean of row i over j's group.

@@ -63,6 +63,42 @@ impl Messages {
     }
 }
 
+impl Messages {
+    /// The messages of a sub-problem, as a warm start: `parent[g]` are the variables (ids of
+    /// any common numbering) of group g of the problem these messages belong to; every group
+    /// of the sub-problem, `child[a] = (g, vars)`, keeps some variables of parent group g, in
+    /// order, with the parent groups increasing in a. Edges between two such groups keep
+    /// their messages on the variables kept.
+    pub fn restrict_groups(&self, parent: &[Vec<usize>], child: &[(usize, Vec<usize>)]) -> Messages {
+        let groups = parent.len();
+        let edge = |g: usize, h: usize| g * groups - g * (g + 1) / 2 + (h - g - 1);
+        let positions: Vec<Vec<usize>> = child
+            .iter()
+            .map(|(g, vars)| {
+                vars.iter()
+                    .map(|v| {
+                        parent[*g]
+                            .iter()
+                            .position(|p| p == v)
+                            .expect("a kept variable of the group")
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut out = Vec::with_capacity(child.len() * child.len().saturating_sub(1) / 2);
+        for a in 0..child.len() {
+            for b in a + 1..child.len() {
+                let (to_g, to_h) = &self.0[edge(child[a].0, child[b].0)];
+                out.push((
+                    positions[a].iter().map(|&i| to_g[i]).collect(),
+                    positions[b].iter().map(|&j| to_h[j]).collect(),
+                ));
+            }
+        }
+        Messages(out)
+    }
+}
+
 impl DualBound {
     /// Whether a choice with both variables i and j (of different groups) may be worth at most
     /// `cutoff`.
@@ -105,8 +141,8 @@ struct Edge {
 /// The ascent stops when five sweeps improve the bound by less than this fraction.
 pub const STALL: f64 = 1e-6;
 
-/// The best point so far: reparametrised unaries, prices, pair slacks and messages.
-type State = (Vec<f64>, Vec<f64>, Vec<Vec<f64>>, Messages);
+/// The best point so far: reparametrised unaries, prices and the messages of every edge, flat.
+type State = (Vec<f64>, Vec<f64>, Vec<f64>);
 
 /// Improve the bound for at most `seconds` and `max_sweeps` sweeps (or until it stops
 /// improving), from `warm` messages if given (they must belong to a problem with the same
@@ -167,6 +203,7 @@ pub fn bound(qp: &ChoiceQp, rows: &[BudgetRow], seconds: f64, max_sweeps: usize,
     };
     let mut best = f64::NEG_INFINITY;
     let mut best_state: Option<State> = None;
+    let mut scratch = Scratch::default();
     let mut sweeps = 0;
     let tolerance = 1e-12 * qp.scale().max(f64::MIN_POSITIVE);
     loop {
@@ -175,8 +212,14 @@ pub fn bound(qp: &ChoiceQp, rows: &[BudgetRow], seconds: f64, max_sweeps: usize,
         if value > best + tolerance || best_state.is_none() {
             let improved = value - best;
             best = value;
-            let messages = Messages(edges.iter().map(|e| (e.to_g.clone(), e.to_h.clone())).collect());
-            best_state = Some((reparam.clone(), mu.clone(), edge_slacks(&edges), messages));
+            // The messages, flat (the slacks follow from them at the end).
+            let mut flat = best_state.take().map(|(_, _, f)| f).unwrap_or_default();
+            flat.clear();
+            for e in &edges {
+                flat.extend_from_slice(&e.to_g);
+                flat.extend_from_slice(&e.to_h);
+            }
+            best_state = Some((reparam.clone(), mu.clone(), flat));
             if improved.is_finite() && improved < STALL * best.abs().max(tolerance) {
                 break;
             }
@@ -189,7 +232,6 @@ pub fn bound(qp: &ChoiceQp, rows: &[BudgetRow], seconds: f64, max_sweeps: usize,
         let price: Vec<f64> = (0..n)
             .map(|i| rows.iter().zip(&mu).map(|(r, m)| m * r.coef[i]).sum())
             .collect();
-        let mut scratch = Scratch::default();
         for _ in 0..5 {
             for e in edges.iter_mut() {
                 update_edge(qp, &price, e, &mut reparam, &mut scratch);
@@ -197,7 +239,16 @@ pub fn bound(qp: &ChoiceQp, rows: &[BudgetRow], seconds: f64, max_sweeps: usize,
             sweeps += 1;
         }
     }
-    let (reparam, mu, pair_cost, messages) = best_state.expect("one evaluation at least");
+    let (reparam, mu, flat) = best_state.expect("one evaluation at least");
+    let mut at = 0;
+    for e in edges.iter_mut() {
+        let (kg, kh) = (e.to_g.len(), e.to_h.len());
+        e.to_g.copy_from_slice(&flat[at..at + kg]);
+        e.to_h.copy_from_slice(&flat[at + kg..at + kg + kh]);
+        at += kg + kh;
+    }
+    let pair_cost = edge_slacks(&edges);
+    let messages = Messages(edges.into_iter().map(|e| (e.to_g, e.to_h)).collect());
     let mut floor = vec![0.0; n];
     let mut rounding = vec![0; groups];
     for g in 0..groups {
@@ -282,28 +333,46 @@ struct Scratch {
 fn update_edge(qp: &ChoiceQp, price: &[f64], e: &mut Edge, reparam: &mut [f64], s: &mut Scratch) {
     let (sg, sh) = (qp.starts[e.g], qp.starts[e.h]);
     let (kg, kh) = (e.to_g.len(), e.to_h.len());
-    s.a.clear();
-    s.a.extend((0..kg).map(|x| reparam[sg + x] + price[sg + x] - e.to_g[x]));
-    s.b.clear();
-    s.b.extend((0..kh).map(|y| reparam[sh + y] + price[sh + y] - e.to_h[y]));
-    s.row_min.clear();
-    s.row_min.resize(kg, f64::INFINITY);
-    s.col_min.clear();
-    s.col_min.resize(kh, f64::INFINITY);
-    for (x, row) in e.theta.chunks_exact(kh).enumerate() {
-        let ax = s.a[x];
-        for (y, &t) in row.iter().enumerate() {
-            s.row_min[x] = s.row_min[x].min(t + s.b[y]);
-            s.col_min[y] = s.col_min[y].min(t + ax);
+    for buffer in [&mut s.a, &mut s.row_min] {
+        if buffer.len() < kg {
+            buffer.resize(kg, 0.0);
         }
     }
+    for buffer in [&mut s.b, &mut s.col_min] {
+        if buffer.len() < kh {
+            buffer.resize(kh, 0.0);
+        }
+    }
+    let (a, row_min) = (&mut s.a[..kg], &mut s.row_min[..kg]);
+    let (b, col_min) = (&mut s.b[..kh], &mut s.col_min[..kh]);
+    for (x, ax) in a.iter_mut().enumerate() {
+        *ax = reparam[sg + x] + price[sg + x] - e.to_g[x];
+    }
+    for (y, by) in b.iter_mut().enumerate() {
+        *by = reparam[sh + y] + price[sh + y] - e.to_h[y];
+    }
+    col_min.fill(f64::INFINITY);
+    for ((row, &ax), rm) in e.theta.chunks_exact(kh).zip(a.iter()).zip(row_min.iter_mut()) {
+        let mut least = f64::INFINITY;
+        for ((&t, &by), cm) in row.iter().zip(b.iter()).zip(col_min.iter_mut()) {
+            let via_b = t + by;
+            if via_b < least {
+                least = via_b;
+            }
+            let via_a = t + ax;
+            if via_a < *cm {
+                *cm = via_a;
+            }
+        }
+        *rm = least;
+    }
     for x in 0..kg {
-        let new = 0.5 * (s.row_min[x] - s.a[x]);
+        let new = 0.5 * (row_min[x] - a[x]);
         reparam[sg + x] += new - e.to_g[x];
         e.to_g[x] = new;
     }
     for y in 0..kh {
-        let new = 0.5 * (s.col_min[y] - s.b[y]);
+        let new = 0.5 * (col_min[y] - b[y]);
         reparam[sh + y] += new - e.to_h[y];
         e.to_h[y] = new;
     }
@@ -313,28 +382,46 @@ fn update_edge(qp: &ChoiceQp, price: &[f64], e: &mut Edge, reparam: &mut [f64], 
 /// subgradient (usage of the minimisers minus capacity): the function is concave in each price.
 fn optimise_prices(qp: &ChoiceQp, rows: &[BudgetRow], reparam: &[f64], mu: &mut [f64]) {
     let groups = qp.sizes.len();
-    let usage = |mu: &[f64], r: usize| -> f64 {
-        (0..groups)
-            .map(|g| {
-                let best = qp
-                    .group_range(g)
-                    .min_by(|&i, &j| {
-                        let p =
-                            |k: usize| reparam[k] + rows.iter().zip(mu).map(|(row, m)| m * row.coef[k]).sum::<f64>();
-                        // Ties: the cheaper option, so the subgradient is the smallest one.
-                        p(i).total_cmp(&p(j)).then(rows[r].coef[i].total_cmp(&rows[r].coef[j]))
-                    })
-                    .expect("groups are not empty");
-                rows[r].coef[best]
-            })
-            .sum()
-    };
+    let n = qp.n();
+    // Each variable's cost without row r's price, then row r's coefficient: the usage and the
+    // value at a trial price are one pass over those two arrays.
+    let mut base = vec![0.0; n];
     for _round in 0..if rows.len() > 1 { 3 } else { 1 } {
         for r in 0..rows.len() {
+            let coef = &rows[r].coef;
+            for (i, b) in base.iter_mut().enumerate() {
+                *b = reparam[i]
+                    + rows
+                        .iter()
+                        .zip(mu.iter())
+                        .enumerate()
+                        .filter(|(k, _)| *k != r)
+                        .map(|(_, (row, m))| m * row.coef[i])
+                        .sum::<f64>();
+            }
+            // Usage of the minimisers at price p (ties: the cheaper option, so the subgradient
+            // is the smallest one) and the priced minimum Σ_g min_i(base_i + p·c_i).
+            let at = |p: f64| -> (f64, f64) {
+                let mut usage = 0.0;
+                let mut value = 0.0;
+                for g in 0..groups {
+                    let range = qp.group_range(g);
+                    let mut best = range.start;
+                    let mut best_cost = base[best] + p * coef[best];
+                    for i in range.skip(1) {
+                        let cost = base[i] + p * coef[i];
+                        if cost < best_cost || (cost == best_cost && coef[i] < coef[best]) {
+                            best = i;
+                            best_cost = cost;
+                        }
+                    }
+                    usage += coef[best];
+                    value += best_cost;
+                }
+                (usage, value)
+            };
             let cap = rows[r].capacity();
-            let mut trial = mu.to_vec();
-            trial[r] = 0.0;
-            if usage(&trial, r) <= cap {
+            if at(0.0).0 <= cap {
                 mu[r] = 0.0;
                 continue;
             }
@@ -343,42 +430,33 @@ fn optimise_prices(qp: &ChoiceQp, rows: &[BudgetRow], reparam: &[f64], mu: &mut 
                 .iter()
                 .fold(0.0f64, |m, v| m.max(v.abs()))
                 .max(f64::MIN_POSITIVE);
-            let least_coef = rows[r]
-                .coef
+            let least_coef = coef
                 .iter()
                 .fold(f64::INFINITY, |m, &c| if c > 0.0 { m.min(c) } else { m });
             let mut hi = (spread / least_coef.max(f64::MIN_POSITIVE)).max(f64::MIN_POSITIVE);
             let mut lo = 0.0;
             for _ in 0..200 {
-                trial[r] = hi;
-                if usage(&trial, r) <= cap {
+                if at(hi).0 <= cap {
                     break;
                 }
                 lo = hi;
                 hi *= 2.0;
             }
+            // To a relative width of 1e-12: the bound moves by less than that times the
+            // price's scale (60 halvings of an initial bracket that is usually within 2×).
             for _ in 0..60 {
+                if hi - lo <= 1e-12 * hi {
+                    break;
+                }
                 let mid = 0.5 * (lo + hi);
-                trial[r] = mid;
-                if usage(&trial, r) > cap {
+                if at(mid).0 > cap {
                     lo = mid;
                 } else {
                     hi = mid;
                 }
             }
             // The maximum sits at the breakpoint between lo and hi: evaluate both, keep the better.
-            let value = |p: f64| {
-                let mut t = mu.to_vec();
-                t[r] = p;
-                (0..groups)
-                    .map(|g| {
-                        qp.group_range(g)
-                            .map(|i| reparam[i] + rows.iter().zip(&t).map(|(row, m)| m * row.coef[i]).sum::<f64>())
-                            .fold(f64::INFINITY, f64::min)
-                    })
-                    .sum::<f64>()
-                    - p * cap
-            };
+            let value = |p: f64| at(p).1 - p * cap;
             mu[r] = if value(lo) >= value(hi) { lo } else { hi };
         }
     }

@@ -71,12 +71,14 @@
 //!
 //! [`run`] is the whole tool; `main.rs` only parses the command line.
 
+pub mod bnb;
 pub mod cli;
 pub mod convex;
 pub mod dual;
 pub mod mip;
 pub mod problem;
 pub mod reduce;
+pub mod relax;
 pub mod sanity;
 pub mod sdp;
 pub mod search;

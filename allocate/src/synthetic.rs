@@ -152,3 +152,45 @@ pub fn random_qp(groups: usize, k: usize, seed: u64) -> ChoiceQp {
     let linear = (0..n).map(|_| rng.normal()).collect();
     ChoiceQp::new(vec![k; groups], quad, linear, rng.normal())
 }
+
+/// A convex choice problem: G = B·Bᵀ (B n × r, Gaussian) kept whole, with its entries between
+/// options of one group aside in [`ChoiceQp::within`] (as after `psd --method clip`), and a
+/// Gaussian linear term. `rank` below n − groups leaves G singular on the affine hull.
+pub fn random_convex_qp(groups: usize, k: usize, rank: usize, seed: u64) -> ChoiceQp {
+    let mut rng = SplitMix64::new(seed);
+    let n = groups * k;
+    let b = Array2::from_shape_fn((n, rank), |_| rng.normal() / (rank as f64).sqrt());
+    let full = b.dot(&b.t());
+    let quad = Array2::from_shape_fn(
+        (n, n),
+        |(i, j)| {
+            if i != j && i / k == j / k {
+                0.0
+            } else {
+                full[[i, j]]
+            }
+        },
+    );
+    let linear = (0..n).map(|_| 0.3 * rng.normal()).collect();
+    ChoiceQp::new(vec![k; groups], quad, linear, rng.normal()).with_within(full)
+}
+
+/// A budget row over `qp`'s variables: integer coefficients in 1..=8 per option and a limit
+/// at `fraction` of the way from the cheapest choice's use to the dearest's.
+pub fn random_row(qp: &ChoiceQp, fraction: f64, seed: u64) -> crate::problem::BudgetRow {
+    let mut rng = SplitMix64::new(seed);
+    let coef: Vec<f64> = (0..qp.n()).map(|_| (1 + rng.below(8)) as f64).collect();
+    let extreme = |pick: fn(f64, f64) -> f64, start: f64| -> f64 {
+        (0..qp.sizes.len())
+            .map(|g| qp.group_range(g).map(|i| coef[i]).fold(start, pick))
+            .sum()
+    };
+    let (least, most) = (extreme(f64::min, f64::INFINITY), extreme(f64::max, f64::NEG_INFINITY));
+    let limit = (least + fraction * (most - least)).floor();
+    crate::problem::BudgetRow {
+        budget: clado::budget::Budget::SizeBits(limit),
+        coef,
+        fixed_use: 0.0,
+        limit,
+    }
+}

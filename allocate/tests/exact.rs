@@ -239,6 +239,79 @@ fn auto_on_a_psd_matrix_is_exact_and_its_bound_honest_when_cut_short() {
     }
 }
 
+/// The branch and bound on the convex relaxation ([`allocate::bnb`]): on clipped (PSD) G, where
+/// `--method auto` chooses it, and forced on an indefinite G (shifted until convex), with pins,
+/// single and joint budgets (two rows need the relaxation's phase one), with and without the
+/// reductions: the brute-force optimum every time, a bound below it, and alloc.json's method
+/// naming it.
+#[test]
+fn branch_and_bound_matches_brute_force() {
+    let params = [144, 2304, 2304, 4608, 512, 640];
+    let total: u64 = params.iter().sum();
+    let options = QuantOption::parse_list("w{2,4,8}a{2,4,8}").unwrap();
+    for seed in 0..3 {
+        let (g, index) = perturbation_instance("test", &layers(&params), &options, seed);
+        let bops_all8: f64 = index.layers.iter().map(|l| (l.macs * 64) as f64).sum();
+        for (kind, matrix, method) in [
+            ("clipped", clipped(&g), Method::Auto),
+            ("clipped", clipped(&g), Method::BranchAndBound),
+            (
+                "indefinite",
+                instance(&params, "w{2,4,8}a{2,4,8}", seed).0,
+                Method::BranchAndBound,
+            ),
+        ] {
+            for pins in [vec![], vec![("layer2".to_string(), "w4a8".to_string())]] {
+                let problem = Problem::new(&index, "index.json", matrix.clone(), "G.npy", &pins, false).unwrap();
+                for b in [
+                    vec![],
+                    vec![Budget::AvgBits(3.0)],
+                    vec![Budget::AvgBits(5.0)],
+                    vec![Budget::SizeBits((total * 4) as f64)],
+                    vec![Budget::AvgBits(6.0), Budget::Bops(bops_all8 * 0.3)],
+                ] {
+                    let reference = brute_force(&problem, &b);
+                    for reductions in [true, false] {
+                        let s = Settings {
+                            reductions,
+                            ..settings(method)
+                        };
+                        let got = Allocator::new(&problem, s).solve(&b, &[]);
+                        let what =
+                            format!("seed {seed}, {kind}, {method:?}, pins {pins:?}, {b:?}, reductions {reductions}");
+                        match (&reference, got) {
+                            (None, Err(e)) => assert_eq!(e.exit_code(), 1, "{what}: {e}"),
+                            (Some((value, _)), Ok(s)) => {
+                                assert!(close(s.objective, *value), "{what}: {} vs {value}", s.objective);
+                                assert!(
+                                    s.bound <= value + SAME_VALUE * value.abs().max(1e-12),
+                                    "{what}: bound {} above {value}",
+                                    s.bound
+                                );
+                                assert!(b
+                                    .iter()
+                                    .all(|x| x.allows(&problem.layers, &problem.layer_options(&s.choice))));
+                                for (layer, option) in &pins {
+                                    let l = problem.layers.iter().position(|x| &x.name == layer).unwrap();
+                                    assert_eq!(problem.layer_options(&s.choice)[l].to_string(), *option);
+                                }
+                                // Auto may finish in the linearisation's share (its bound is
+                                // not weak on these small instances) or by enumeration.
+                                if method == Method::BranchAndBound {
+                                    assert_eq!(s.method, "branch-and-bound", "{what}");
+                                } else if s.method != "enumeration" {
+                                    assert!(s.method.starts_with("scip/linearized"), "{what}: {}", s.method);
+                                }
+                            }
+                            (r, g) => panic!("{what}: brute force {r:?}, solver {g:?}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The semidefinite convexification ([`allocate::sdp`]) on indefinite and on PSD G (G·G, as a
 /// clipped matrix is), with pins, single and joint budgets, on the whole problem and after the
 /// reductions: the brute-force optimum every time, and a bound below it.

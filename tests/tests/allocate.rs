@@ -454,6 +454,85 @@ fn a_long_solve_prints_progress_lines_unless_quiet() {
     assert!(!r.stderr.contains("still solving"), "{}", r.stderr);
 }
 
+/// `psd --method clip` then `allocate --method branch-and-bound` (what `--method auto` picks
+/// for a convex G on harder instances than this): the allocation enumeration gives, proven
+/// optimal, and alloc.json naming the method.
+#[test]
+fn psd_clip_then_branch_and_bound_agrees_with_enumeration() {
+    let dir = setup();
+    run_in(
+        "psd",
+        &["--method", "clip", "G.npy", "-o", "G-clip.npy", "-q"],
+        b"",
+        Some(dir.path()),
+    )
+    .success();
+    let solve = |method: &str| {
+        let args = [
+            "--matrix",
+            "G-clip.npy",
+            "--index",
+            "index.json",
+            "--avg-bits",
+            "3.5",
+            "--method",
+            method,
+        ];
+        parse(&run_in("allocate", &args, b"", Some(dir.path())).success())
+    };
+    let (bb, exact) = (solve("branch-and-bound"), solve("enumerate"));
+    assert_eq!(bb.layers, exact.layers);
+    assert_eq!(bb.solver.status, "optimal");
+    assert!(bb.solver.bound <= bb.solver.objective && bb.solver.gap <= 1e-6);
+    assert_eq!(bb.notes["method"], "branch-and-bound");
+}
+
+/// The branch and bound cut short: the best allocation found with its bound, gap and warning;
+/// and its progress lines, as SCIP's.
+#[test]
+fn the_branch_and_bound_times_out_honestly_and_reports_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let params: Vec<u64> = (0..40).map(|l| 100 + 37 * (l % 7)).collect();
+    write(dir.path(), &matrix_of(params.len()), &index_of(&params));
+    run_in(
+        "psd",
+        &["--method", "clip", "G.npy", "-o", "G-clip.npy", "-q"],
+        b"",
+        Some(dir.path()),
+    )
+    .success();
+    let base = [
+        "--matrix",
+        "G-clip.npy",
+        "--index",
+        "index.json",
+        "--avg-bits",
+        "4.3",
+        "--method",
+        "branch-and-bound",
+        "--no-reduce",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--time-limit", "0.001"]);
+    let r = run_in("allocate", &args, b"", Some(dir.path()));
+    let stderr = r.stderr.clone();
+    let alloc = parse(&r.success());
+    assert_eq!(alloc.solver.status, "time_limit");
+    assert!(alloc.avg_w_bits <= 4.3);
+    assert!(alloc.solver.bound.is_finite() && alloc.solver.bound <= alloc.solver.objective);
+    assert!(stderr.contains("warning") && stderr.contains("gap"), "{stderr}");
+    let mut args = base.to_vec();
+    args.extend(["--time-limit", "20", "--progress-every", "0.000001"]);
+    let r = run_in("allocate", &args, b"", Some(dir.path()));
+    let stderr = r.stderr.clone();
+    r.success();
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("allocate: avg-bits=4.3: still solving after"))
+        .unwrap_or_else(|| panic!("no progress line in:\n{stderr}"));
+    assert!(line.contains(" nodes, ") && line.contains("gap"), "{line}");
+}
+
 #[test]
 fn the_matrix_can_come_from_stdin() {
     let dir = setup();
