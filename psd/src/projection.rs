@@ -179,8 +179,29 @@ pub fn eigen(sym: &Array2<f64>, par: Par) -> Result<(Vec<f64>, Mat<f64>)> {
 struct Reduction {
     reduced: Mat<f64>,
     reflector_factors: Mat<f64>,
+    /// T of `scale`·sym (a power of two, see [`power_of_two_scale`]): in the range where the
+    /// tridiagonal solvers' products of two entries neither overflow nor underflow.
     diagonal: Col<f64>,
     subdiagonal: Col<f64>,
+    scale: f64,
+}
+
+/// Matrices whose largest entry lies outside [2^−`SCALE_EXPONENT`, 2^`SCALE_EXPONENT`] are
+/// reduced after scaling by a power of two (exact): faer's Householder reflectors lose the
+/// subdiagonal of subnormal matrices (a 2 × 2 with entries 1e-310 came out diagonal), and the
+/// squares of the later steps need the same range. Inside it the bits are those of no scaling.
+const SCALE_EXPONENT: i32 = 400;
+
+/// 2^k bringing `largest` (> 0, finite) near 1, or 1 when it lies inside
+/// [2^−[`SCALE_EXPONENT`], 2^[`SCALE_EXPONENT`]].
+fn power_of_two_scale(largest: f64) -> f64 {
+    let exponent = largest.log2().round() as i32;
+    if exponent.abs() <= SCALE_EXPONENT || !largest.is_finite() || largest == 0.0 {
+        1.0
+    } else {
+        // 2^1000 at most: 2^1030 (for subnormal entries) would overflow; 1e-310 comes to 1e-9.
+        2f64.powi((-exponent).clamp(-1000, 1000))
+    }
 }
 
 /// Reduce `sym` (n ≥ 1) to tridiagonal form. `stack` needs `tridiag_in_place_scratch`.
@@ -193,6 +214,14 @@ fn reduce(sym: &Array2<f64>, par: Par, stack: &mut MemStack) -> Reduction {
     reduced
         .as_mut()
         .copy_from_triangular_lower(MatRef::from_row_major_slice(data, n, n));
+    let scale = power_of_two_scale(data.iter().fold(0.0f64, |m, v| m.max(v.abs())));
+    if scale != 1.0 {
+        for j in 0..n {
+            for i in j..n {
+                reduced[(i, j)] *= scale;
+            }
+        }
+    }
     let block = recommended_block_size::<f64>(n, n);
     let mut reflector_factors = Mat::<f64>::zeros(block, n - 1);
     tridiag_in_place(
@@ -202,6 +231,8 @@ fn reduce(sym: &Array2<f64>, par: Par, stack: &mut MemStack) -> Reduction {
         stack,
         Default::default(),
     );
+    // The reflectors do not depend on the scale; T does: T of `sym` is this one divided by
+    // `scale`.
     let diagonal = Col::<f64>::from_fn(n, |i| reduced[(i, i)]);
     let subdiagonal = Col::<f64>::from_fn(n, |i| if i + 1 < n { reduced[(i + 1, i)] } else { 0.0 });
     Reduction {
@@ -209,6 +240,7 @@ fn reduce(sym: &Array2<f64>, par: Par, stack: &mut MemStack) -> Reduction {
         reflector_factors,
         diagonal,
         subdiagonal,
+        scale,
     }
 }
 
@@ -317,8 +349,8 @@ pub fn sturm(sym: &Array2<f64>, par: Par) -> Sturm {
     }
     let mut buffer = MemBuffer::new(tridiag_in_place_scratch::<f64>(n, par, Default::default()));
     let t = reduce(sym, par, MemStack::new(&mut buffer));
-    let diagonal: Vec<f64> = t.diagonal.iter().copied().collect();
-    let subdiagonal: Vec<f64> = t.subdiagonal.iter().copied().collect();
+    let diagonal: Vec<f64> = t.diagonal.iter().map(|x| x / t.scale).collect();
+    let subdiagonal: Vec<f64> = t.subdiagonal.iter().map(|x| x / t.scale).collect();
     Sturm::new(&diagonal, &subdiagonal)
 }
 
@@ -362,16 +394,21 @@ pub fn clip(sym: Array2<f64>, par: Par) -> Result<(Array2<f64>, Vec<f64>)> {
         reflector_factors,
         diagonal,
         subdiagonal,
+        scale,
     } = reduce(&sym, par, stack);
 
     // T's eigenvalues and the m eigenvectors the projection needs: by inverse iteration when it
     // certifies them, else by divide and conquer for all of T.
     let d: Vec<f64> = diagonal.iter().copied().collect();
     let e: Vec<f64> = subdiagonal.iter().copied().collect();
-    let (values, chosen, z) = match chosen_eigenpairs(&d, &e, par) {
+    // Both on T of scale·sym (the vectors are the same); the eigenvalues scaled back.
+    let (mut values, chosen, z) = match chosen_eigenpairs(&d, &e, par) {
         Ok(found) => found,
         Err(_) => divide_and_conquer(&diagonal, &subdiagonal, par, stack)?,
     };
+    if scale != 1.0 {
+        values.iter_mut().for_each(|l| *l /= scale);
+    }
     let Chosen {
         first,
         count,
@@ -1231,8 +1268,8 @@ mod tests {
         let mut buffer = MemBuffer::new(tridiag_in_place_scratch::<f64>(n, Par::Seq, Default::default()));
         let t = reduce(a, Par::Seq, MemStack::new(&mut buffer));
         (
-            t.diagonal.iter().copied().collect(),
-            t.subdiagonal.iter().copied().collect(),
+            t.diagonal.iter().map(|x| x / t.scale).collect(),
+            t.subdiagonal.iter().map(|x| x / t.scale).collect(),
         )
     }
 
@@ -1509,6 +1546,85 @@ mod tests {
             matches!(result, Err(tridiagonal::Fallback::Orthogonality { .. })),
             "{result:?}"
         );
+    }
+
+    /// V·diag(max(λ, 0))·Vᵀ from faer's whole eigensolver: the reference for matrices whose
+    /// spectrum the test does not know in advance.
+    fn reference_clip(a: &Array2<f64>) -> Array2<f64> {
+        let (values, vectors) = eigen(a, Par::Seq).unwrap();
+        let n = a.nrows();
+        Array2::from_shape_fn((n, n), |(i, j)| {
+            (0..n)
+                .map(|k| vectors[(i, k)] * values[k].max(0.0) * vectors[(j, k)])
+                .sum()
+        })
+    }
+
+    /// Scales where the fast path's arithmetic leaves the normal range (found in review):
+    /// - a graded T where the QL sweep's c = p/r is subnormal, so r/p overflowed and NaN
+    ///   eigenvalues made `clip` return its input unchanged;
+    /// - subnormal entries, where ε times the largest pivot underflowed to a zero perturbation
+    ///   and inverse iteration never ended;
+    /// - entries near 1e-170, where the residual's squares underflowed and the certificate
+    ///   passed any vector.
+    #[test]
+    fn clip_survives_graded_and_subnormal_matrices() {
+        // The graded T (already tridiagonal): eigenvalues −1, 0, 1 up to ~1e-150.
+        let (d, e) = ([0.0, 0.0, -9.999999999e-151], [1e-150, 1.0, 0.0]);
+        match tridiagonal::eigenvalues(&d, &e) {
+            Ok(values) => {
+                for (c, l) in values.values.iter().zip([-1.0, 0.0, 1.0]) {
+                    assert!((c - l).abs() <= EIGENVALUE_TOL, "graded T: {c} vs {l}");
+                }
+            }
+            Err(fallback) => assert_eq!(fallback, tridiagonal::Fallback::EigenvaluesDidNotConverge),
+        }
+        let graded = dense_tridiagonal(&d, &e[..2]);
+        let (out, values) = clip(graded.clone(), Par::Seq).unwrap();
+        assert!(values.iter().all(|l| l.is_finite()), "{values:?}");
+        let err = max_abs(&(&out - &reference_clip(&graded)));
+        assert!(err <= CLIP_TOL, "graded T: max entry error {err:e}");
+
+        // Subnormal: eigenvalues ±1e-310, the projection [[1, 1], [1, 1]]·0.5e-310. Relative
+        // accuracy is gone down there (53 bits become a few), so the check is that it ends with
+        // the right matrix to within a tenth of the scale.
+        let tiny = Array2::from_shape_vec((2, 2), vec![0.0, 1e-310, 1e-310, 0.0]).unwrap();
+        let (out, _) = clip(tiny, Par::Seq).unwrap();
+        for v in out.iter() {
+            assert!((v - 0.5e-310).abs() <= 1e-311, "subnormal: {out:?}");
+        }
+        let values = tridiagonal::eigenvalues(&[0.0, 0.0], &[1e-310, 0.0]).unwrap();
+        // Ends (a vector or a fallback, either is fine).
+        let _ = tridiagonal::eigenvectors(&[0.0, 0.0], &[1e-310, 0.0], &values, 0..1, Par::Seq);
+
+        // 1e-170·[[2, 1], [1, 2]] (eigenvalues 1e-170 and 3e-170): (1, 0) is no eigenvector, its
+        // residual 1e-170·(1, 1)·… is far above the tolerance ~1e-184.
+        let (d, e) = ([2e-170, 2e-170], [1e-170, 0.0]);
+        let values = tridiagonal::eigenvalues(&d, &e).unwrap();
+        let norm = values.values[1].abs();
+        let mut wrong = Mat::<f64>::zeros(2, 1);
+        wrong[(0, 0)] = 1.0;
+        let result = tridiagonal::certify(&d, &e, &values, 0..1, &wrong, norm, Par::Seq);
+        assert!(
+            matches!(result, Err(tridiagonal::Fallback::Residual { .. })),
+            "{result:?}"
+        );
+        // And the real eigenvectors pass at that scale, as at 1 and at 1e100. (Near 1e170 the
+        // pivot tests' products overflow and inverse iteration falls back; `clip` hands it T of
+        // a matrix scaled into [2^-400, 2^400], see `power_of_two_scale`.)
+        for scale in [1e-170, 1.0, 1e100] {
+            let (d, e) = ([2.0 * scale, 2.0 * scale, -scale], [scale, 0.5 * scale, 0.0]);
+            check_chosen_eigenvectors(&format!("scale {scale:e}"), &d, &e, 0..2).unwrap();
+        }
+        // ... and clip at those scales matches the reference.
+        for scale in [1e-170, 1e170] {
+            let mut r = rng(40);
+            let lambda = gapped_spectrum(30, scale, &mut r);
+            let a = with_eigenvalues(&random_orthogonal(30, &mut r), &lambda);
+            let (out, _) = clip(a.clone(), Par::Seq).unwrap();
+            let err = max_abs(&(&out - &reference_clip(&a)));
+            assert!(err <= CLIP_TOL * scale, "scale {scale:e}: max entry error {err:e}");
+        }
     }
 
     #[test]
