@@ -6,7 +6,7 @@
 //! with the projector Π and x₀ of [`crate::convex`]; ΠMΠ is positive semidefinite when M is
 //! convex on the hull. Two further terms are exact on one-hot x and make the Hessian positive
 //! definite for the active-set method of [`crate::relax`]: ε·(xᵀx − 1ᵀx) (x_i² = x_i), which
-//! lowers the relaxation by at most ε·L/4, and μ_g·((1_gᵀx)² − 1) per group (constant on the
+//! lowers the relaxation by at most ε·Σ_g (1 − 1/K_g) < ε·L, and μ_g·((1_gᵀx)² − 1) per group (constant on the
 //! hull), which gives the directions off the hull curvature. ε also covers the rounding of
 //! λ_min(ΠMΠ) and is [`RIDGE`] · λ_max above it.
 //!
@@ -55,7 +55,7 @@ use std::time::Instant;
 
 /// ε above the rounding level of λ_min(ΠMΠ), relative to λ_max: keeps H_FF's condition number
 /// near 1e8, so that the active-set steps are accurate to ~1e-8, while lowering the relaxation
-/// by at most 1e-8·λ_max·L/4 (a few 1e-7 of the entries on the measured matrices).
+/// by less than 1e-8·λ_max·L (a few 1e-7 of the entries on the measured matrices).
 pub const RIDGE: f64 = 1e-8;
 
 /// Rounds of reduced-cost fixing and re-solving at one node, at most.
@@ -297,8 +297,12 @@ struct Search<'a> {
     incumbent: Option<(Choice, f64)>,
     /// The incumbent less the requested gap: nodes whose bound reaches it are pruned.
     cutoff: f64,
-    /// The least bound of anything pruned (∞ when nothing was): the proof's weakest point.
+    /// The least bound of anything pruned or solved (∞ when nothing was): the proof's weakest
+    /// point.
     pruned: f64,
+    /// Rounding allowance of the local-polytope bound ([`crate::solve::DUAL_MARGIN`], as the
+    /// reductions use it).
+    lp_margin: f64,
     heap: BinaryHeap<Node>,
     seq: usize,
     nodes: usize,
@@ -318,6 +322,7 @@ pub fn solve(qp: &ChoiceQp, rows: &[BudgetRow], model: &Model, warm: &[Choice], 
         incumbent: None,
         cutoff: f64::INFINITY,
         pruned: f64::INFINITY,
+        lp_margin: crate::solve::DUAL_MARGIN * qp.scale() * qp.sizes.len() as f64,
         heap: BinaryHeap::new(),
         seq: 0,
         nodes: 0,
@@ -480,7 +485,11 @@ impl Search<'_> {
                 None => return,
             },
         };
-        let mut bound = node.bound.max(sol.bound - slack);
+        // `cert`: this node's own certificate, the only bound its reduced costs may be added
+        // to; `bound`: the best bound of the node, which may come from an ancestor or from the
+        // local polytope.
+        let mut cert = sol.bound - slack;
+        let mut bound = node.bound.max(cert);
         if self.prunes(bound) {
             return;
         }
@@ -489,7 +498,7 @@ impl Search<'_> {
         for _ in 0..FIXING_ROUNDS {
             let mut resolve = false;
             for i in 0..n {
-                if node.alive[i] && self.prunes(bound + reduced[i] - slack) {
+                if node.alive[i] && self.prunes(cert + reduced[i]) {
                     node.alive[i] = false;
                     resolve |= sol.x[i] > 0.0;
                 }
@@ -501,7 +510,8 @@ impl Search<'_> {
                 return;
             };
             sol = again;
-            bound = bound.max(sol.bound - slack);
+            cert = sol.bound - slack;
+            bound = bound.max(cert);
             reduced = sol.reduced(relax, &node.alive);
             if self.prunes(bound) {
                 return;
@@ -519,13 +529,14 @@ impl Search<'_> {
                 child.map(|c| m.messages.restrict_groups(&m.vars, &c))
             });
             let d = crate::dual::bound(&folded, &rows, f64::INFINITY, LP_SWEEPS, warm.as_ref());
-            bound = bound.max(d.bound);
+            let lp = d.bound - self.lp_margin;
+            bound = bound.max(lp);
             if self.prunes(bound) {
                 return;
             }
             let mut resolve = false;
             for (k, &i) in vars.iter().enumerate() {
-                if self.prunes(d.bound + d.floor[k]) {
+                if self.prunes(lp + d.floor[k]) {
                     node.alive[i] = false;
                     resolve |= sol.x[i] > 0.0;
                 }
@@ -541,7 +552,8 @@ impl Search<'_> {
                     return;
                 };
                 sol = again;
-                bound = bound.max(sol.bound - slack);
+                cert = sol.bound - slack;
+                bound = bound.max(cert);
                 reduced = sol.reduced(relax, &node.alive);
                 if self.prunes(bound) {
                     return;
@@ -553,14 +565,36 @@ impl Search<'_> {
         if let Some(choice) = candidate(qp, self.rows, &rounded, self.incumbent_value()) {
             self.offer(choice);
         }
-        if integral || self.prunes(bound) {
+        if self.prunes(bound) {
             return;
         }
-        self.branch(node, sol, bound, reduced);
+        if integral {
+            let undecided = (0..qp.sizes.len()).any(|g| qp.group_range(g).filter(|&i| node.alive[i]).count() > 1);
+            let feasible = search::feasible(qp, self.rows, &rounded);
+            if !undecided {
+                // A leaf: its one choice, offered above when it meets the rows exactly (the
+                // relaxation allows them a tolerance), and worth its exact value.
+                if feasible {
+                    self.pruned = self.pruned.min(qp.value(&rounded));
+                }
+                return;
+            }
+            if feasible {
+                // A relaxed solution one-hot within [`INTEGRAL`] whose rounding meets the rows,
+                // offered above. What else the node holds is no better than `bound`, which the
+                // reported bound accounts for.
+                self.pruned = self.pruned.min(bound);
+                return;
+            }
+            // One-hot within [`INTEGRAL`] but its rounding breaks a row (the relaxation meets
+            // rows only up to their tolerance): the node's other choices still count.
+        }
+        self.branch(node, sol, cert, bound, reduced);
     }
 
     /// Choose a layer by reliability branching and push its children.
-    fn branch(&mut self, mut node: Node, sol: Relaxed, bound: f64, reduced: Vec<f64>) {
+    /// `cert` is the node's own certificate (what `reduced` lifts), `bound` its best bound.
+    fn branch(&mut self, mut node: Node, sol: Relaxed, cert: f64, bound: f64, reduced: Vec<f64>) {
         let qp = self.qp;
         let groups = qp.sizes.len();
         let alive_in = |alive: &[bool], g: usize| qp.group_range(g).filter(|&i| alive[i]).collect::<Vec<usize>>();
@@ -597,7 +631,7 @@ impl Search<'_> {
                 let mut gains = Vec::with_capacity(options.len());
                 let mut children = Vec::with_capacity(options.len());
                 for &v in &options {
-                    if self.prunes(bound + reduced[v]) {
+                    if self.prunes(cert + reduced[v]) {
                         node.alive[v] = false;
                         gains.push(f64::INFINITY);
                         continue;
@@ -641,7 +675,7 @@ impl Search<'_> {
             }
             let child_bound = match &child {
                 Some(c) => bound.max(c.bound - self.model.slack),
-                None => bound + reduced[v],
+                None => bound.max(cert + reduced[v]),
             };
             if self.prunes(child_bound) {
                 continue;
@@ -856,6 +890,52 @@ mod tests {
                 assert!(got.bound <= qp.value(&choice));
             }
         }
+    }
+
+    /// One layer, a warm start, a budget row: the search's answer, checked against `best`.
+    fn one_layer(qp: &ChoiceQp, coef: Vec<f64>, limit: f64, warm: usize, best: (usize, f64)) {
+        let rows = vec![BudgetRow {
+            budget: clado::budget::Budget::SizeBits(limit),
+            coef,
+            fixed_use: 0.0,
+            limit,
+        }];
+        let matrix = match &qp.within {
+            Some(w) => &qp.quad + w,
+            None => qp.quad.clone(),
+        };
+        let m = Model::new(qp, &rows, &matrix);
+        assert_eq!(
+            search::enumerate(qp, &rows).unwrap().0,
+            vec![best.0],
+            "the instance's optimum"
+        );
+        let got = solve(qp, &rows, &m, &[vec![warm]], &limits(10.0));
+        assert_eq!(got.status, Status::Optimal);
+        assert_eq!(got.choice, Some(vec![best.0]));
+        assert!(got.bound <= best.1 + EXACTNESS, "bound {} above {}", got.bound, best.1);
+    }
+
+    /// Found in review: reduced costs of the convex certificate were added to a bound lifted by
+    /// the local polytope (0.6 + 0.605 here, above the incumbent 1.1, which removed the
+    /// optimum 0.6); they may only lift the certificate itself.
+    #[test]
+    fn reduced_costs_lift_only_their_own_certificate() {
+        let u = ndarray::arr1(&[1.0, -1.0, 0.0, 0.0]);
+        let within = Array2::from_shape_fn((4, 4), |(i, j)| u[i] * u[j]);
+        let quad = Array2::from_diag(&within.diag());
+        let qp = ChoiceQp::new(vec![4], quad, vec![-0.01, 0.0, 0.6, 1.1], 0.0).with_within(within);
+        one_layer(&qp, vec![2.0, 0.0, 0.0, 0.0], 1.5, 3, (2, 0.6));
+    }
+
+    /// Found in review: a relaxed solution one-hot within 1e-9 whose rounding breaks the row by
+    /// 1e-10 ended the node, and with it the feasible option 1 (value 1), leaving the warm
+    /// start (value 2) "optimal".
+    #[test]
+    fn a_nearly_one_hot_solution_that_breaks_a_row_is_branched_on() {
+        let quad = Array2::from_diag(&ndarray::arr1(&[0.01, 0.01, 0.01]));
+        let qp = ChoiceQp::new(vec![3], quad, vec![-0.01, 0.99, 1.99], 0.0);
+        one_layer(&qp, vec![1.0, 0.0, 0.0], 1.0 - 1e-10, 2, (1, 1.0));
     }
 
     /// With a gap of 10 % the search may stop early, and says so: the bound within the gap.
