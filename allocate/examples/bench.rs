@@ -11,6 +11,10 @@ use allocate::synthetic;
 use clado::budget::Budget;
 use clado::options::QuantOption;
 
+/// The allocator of the `allocate` binary, so that the figures are the tool's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// CPU seconds of this process (user + system), from /proc: fairer than wall time on a busy
 /// machine; 0 where /proc is missing.
 fn cpu_seconds() -> f64 {

@@ -50,7 +50,6 @@ use ndarray::Array2;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// ε above the rounding level of λ_min(ΠMΠ), relative to λ_max: keeps H_FF's condition number
@@ -199,16 +198,8 @@ pub struct Limits {
     /// Gaps are relative to max(|objective|, |bound|, this): the problem's scale times
     /// [`crate::solve::GAP_FLOOR`].
     pub gap_floor: f64,
-    /// Progress lines on stderr: every this many seconds since `started`, naming `label`.
-    pub progress: Option<Progress>,
-}
-
-/// See [`Limits::progress`].
-#[derive(Clone, Debug)]
-pub struct Progress {
-    pub every: f64,
-    pub started: Instant,
-    pub label: Arc<str>,
+    /// Progress lines on stderr, as SCIP's.
+    pub progress: Option<crate::mip::Progress>,
 }
 
 /// The local-polytope bound's messages at a node, over its undecided layers, to warm-start
@@ -218,6 +209,17 @@ struct NodeMessages {
     groups: Vec<usize>,
     vars: Vec<Vec<usize>>,
     messages: crate::dual::Messages,
+}
+
+/// A node's relaxation and the bounds taken from it.
+struct NodeRelaxation {
+    sol: Relaxed,
+    /// Its own certificate less the rounding slack: the only bound that `reduced` may lift.
+    cert: f64,
+    /// The node's best bound: `cert`, an ancestor's, or the local polytope's.
+    bound: f64,
+    /// Reduced costs of the alive options at `sol` (0 for removed ones).
+    reduced: Vec<f64>,
 }
 
 struct Node {
@@ -413,7 +415,7 @@ impl Search<'_> {
                 let elapsed = p.started.elapsed().as_secs_f64();
                 if elapsed >= due {
                     next_progress = Some(elapsed + p.every);
-                    self.progress_line(&p.label, elapsed, node.bound);
+                    self.progress_line(p, elapsed, node.bound);
                 }
             }
             self.nodes += 1;
@@ -445,21 +447,14 @@ impl Search<'_> {
         }
     }
 
-    /// `allocate: LABEL: still solving after T s: N nodes, best B, gap G`, as SCIP's
-    /// progress lines ([`crate::mip`]).
-    fn progress_line(&self, label: &str, elapsed: f64, open_bound: f64) {
-        let (best, gap) = match self.incumbent_value() {
-            None => ("no choice yet".to_string(), "gap unbounded".to_string()),
-            Some(v) => {
-                let bound = open_bound.min(self.pruned).min(v);
-                let denom = v.abs().max(bound.abs()).max(self.limits.gap_floor);
-                (format!("best {v:.6e}"), format!("gap {:.2e}", (v - bound) / denom))
-            }
-        };
-        eprintln!(
-            "allocate: {label}: still solving after {elapsed:.0} s: {} nodes, {best}, {gap}",
-            self.nodes
-        );
+    /// A progress line, with the best open node's bound.
+    fn progress_line(&self, progress: &crate::mip::Progress, elapsed: f64, open_bound: f64) {
+        let best = self.incumbent_value();
+        let gap = best.map(|v| {
+            let bound = open_bound.min(self.pruned).min(v);
+            (v - bound) / v.abs().max(bound.abs()).max(self.limits.gap_floor)
+        });
+        progress.line(elapsed, self.nodes as u64, best, gap);
     }
 
     /// Solve the relaxation over `alive` from `warm`: `None` when the node is empty.
@@ -469,51 +464,66 @@ impl Search<'_> {
         Some(self.model.qp.solve(alive, start))
     }
 
+    /// The relaxation over `alive` from `warm`, with the bounds it gives on top of `inherited`;
+    /// `None` when the node is empty.
+    fn relaxation(&mut self, alive: &[bool], warm: &[f64], inherited: f64) -> Option<NodeRelaxation> {
+        let sol = self.relax(alive, warm)?;
+        Some(self.bounds_of(sol, alive, inherited))
+    }
+
+    fn bounds_of(&self, sol: Relaxed, alive: &[bool], inherited: f64) -> NodeRelaxation {
+        let cert = sol.bound - self.model.slack;
+        NodeRelaxation {
+            cert,
+            bound: inherited.max(cert),
+            reduced: sol.reduced(&self.model.qp, alive),
+            sol,
+        }
+    }
+
+    /// Re-solve after options that `at.sol` uses were removed from `alive`; false when the node
+    /// is empty or now pruned.
+    fn resolve(&mut self, alive: &[bool], at: &mut NodeRelaxation) -> bool {
+        let from = at.sol.x.clone();
+        match self.relaxation(alive, &from, at.bound) {
+            Some(again) => {
+                *at = again;
+                !self.prunes(at.bound)
+            }
+            None => false,
+        }
+    }
+
     fn process(&mut self, mut node: Node) {
         let (qp, n) = (self.qp, self.qp.n());
-        let relax = &self.model.qp;
-        let slack = self.model.slack;
         // A relaxation solved by strong branching is reused unless options it uses went since.
         let reusable = node
             .solved
             .take()
             .filter(|s| s.x.iter().zip(&node.alive).all(|(x, a)| *a || *x == 0.0));
-        let mut sol = match reusable {
-            Some(sol) => sol,
-            None => match self.relax(&node.alive, &node.warm) {
-                Some(sol) => sol,
+        let mut at = match reusable {
+            Some(sol) => self.bounds_of(sol, &node.alive, node.bound),
+            None => match self.relaxation(&node.alive, &node.warm, node.bound) {
+                Some(at) => at,
                 None => return,
             },
         };
-        // `cert`: this node's own certificate, the only bound its reduced costs may be added
-        // to; `bound`: the best bound of the node, which may come from an ancestor or from the
-        // local polytope.
-        let mut cert = sol.bound - slack;
-        let mut bound = node.bound.max(cert);
-        if self.prunes(bound) {
+        if self.prunes(at.bound) {
             return;
         }
         // Reduced-cost fixing, re-solving when an option of the solution goes.
-        let mut reduced = sol.reduced(relax, &node.alive);
         for _ in 0..FIXING_ROUNDS {
             let mut resolve = false;
             for i in 0..n {
-                if node.alive[i] && self.prunes(cert + reduced[i]) {
+                if node.alive[i] && self.prunes(at.cert + at.reduced[i]) {
                     node.alive[i] = false;
-                    resolve |= sol.x[i] > 0.0;
+                    resolve |= at.sol.x[i] > 0.0;
                 }
             }
             if !resolve {
                 break;
             }
-            let Some(again) = self.relax(&node.alive, &sol.x.clone()) else {
-                return;
-            };
-            sol = again;
-            cert = sol.bound - slack;
-            bound = bound.max(cert);
-            reduced = sol.reduced(relax, &node.alive);
-            if self.prunes(bound) {
+            if !self.resolve(&node.alive, &mut at) {
                 return;
             }
         }
@@ -530,15 +540,15 @@ impl Search<'_> {
             });
             let d = crate::dual::bound(&folded, &rows, f64::INFINITY, LP_SWEEPS, warm.as_ref());
             let lp = d.bound - self.lp_margin;
-            bound = bound.max(lp);
-            if self.prunes(bound) {
+            at.bound = at.bound.max(lp);
+            if self.prunes(at.bound) {
                 return;
             }
             let mut resolve = false;
             for (k, &i) in vars.iter().enumerate() {
                 if self.prunes(lp + d.floor[k]) {
                     node.alive[i] = false;
-                    resolve |= sol.x[i] > 0.0;
+                    resolve |= at.sol.x[i] > 0.0;
                 }
             }
             let (groups, vars) = layers.into_iter().unzip();
@@ -547,25 +557,16 @@ impl Search<'_> {
                 vars,
                 messages: d.messages,
             }));
-            if resolve {
-                let Some(again) = self.relax(&node.alive, &sol.x.clone()) else {
-                    return;
-                };
-                sol = again;
-                cert = sol.bound - slack;
-                bound = bound.max(cert);
-                reduced = sol.reduced(relax, &node.alive);
-                if self.prunes(bound) {
-                    return;
-                }
+            if resolve && !self.resolve(&node.alive, &mut at) {
+                return;
             }
         }
         // The relaxation's rounding, and whether the node is solved.
-        let (rounded, integral) = round(qp, &node.alive, &sol);
+        let (rounded, integral) = round(qp, &node.alive, &at.sol);
         if let Some(choice) = candidate(qp, self.rows, &rounded, self.incumbent_value()) {
             self.offer(choice);
         }
-        if self.prunes(bound) {
+        if self.prunes(at.bound) {
             return;
         }
         if integral {
@@ -581,20 +582,25 @@ impl Search<'_> {
             }
             if feasible {
                 // A relaxed solution one-hot within [`INTEGRAL`] whose rounding meets the rows,
-                // offered above. What else the node holds is no better than `bound`, which the
+                // offered above. What else the node holds is no better than its bound, which the
                 // reported bound accounts for.
-                self.pruned = self.pruned.min(bound);
+                self.pruned = self.pruned.min(at.bound);
                 return;
             }
             // One-hot within [`INTEGRAL`] but its rounding breaks a row (the relaxation meets
             // rows only up to their tolerance): the node's other choices still count.
         }
-        self.branch(node, sol, cert, bound, reduced);
+        self.branch(node, at);
     }
 
     /// Choose a layer by reliability branching and push its children.
-    /// `cert` is the node's own certificate (what `reduced` lifts), `bound` its best bound.
-    fn branch(&mut self, mut node: Node, sol: Relaxed, cert: f64, bound: f64, reduced: Vec<f64>) {
+    fn branch(&mut self, mut node: Node, at: NodeRelaxation) {
+        let NodeRelaxation {
+            sol,
+            cert,
+            bound,
+            reduced,
+        } = at;
         let qp = self.qp;
         let groups = qp.sizes.len();
         let alive_in = |alive: &[bool], g: usize| qp.group_range(g).filter(|&i| alive[i]).collect::<Vec<usize>>();

@@ -35,6 +35,25 @@ pub struct Progress {
     pub label: Arc<str>,
 }
 
+impl Progress {
+    /// Print one line (SCIP's and the branch and bound's): `best` when a choice is known,
+    /// `gap` when finite.
+    pub fn line(&self, elapsed: f64, nodes: u64, best: Option<f64>, gap: Option<f64>) {
+        let best = match best {
+            Some(v) => format!("best {v:.6e}"),
+            None => "no choice yet".to_string(),
+        };
+        let gap = match gap {
+            Some(g) => format!("gap {g:.2e}"),
+            None => "gap unbounded".to_string(),
+        };
+        eprintln!(
+            "allocate: {}: still solving after {elapsed:.0} s: {nodes} nodes, {best}, {gap}",
+            self.label
+        );
+    }
+}
+
 /// SCIP calls this after every node and LP solve; it prints when a line is due.
 struct ProgressLines {
     progress: Progress,
@@ -65,19 +84,11 @@ impl Eventhdlr for ProgressLines {
                 russcip::ffi::SCIPgetGap(scip),
             )
         };
-        let best = if solutions > 0 {
-            format!("best {:.6e}", primal * self.scale)
-        } else {
-            "no choice yet".to_string()
-        };
-        let gap = if gap.is_finite() && gap < 1e6 {
-            format!("gap {gap:.2e}")
-        } else {
-            "gap unbounded".to_string()
-        };
-        eprintln!(
-            "allocate: {}: still solving after {elapsed:.0} s: {nodes} nodes, {best}, {gap}",
-            self.progress.label
+        self.progress.line(
+            elapsed,
+            nodes.max(0) as u64,
+            (solutions > 0).then_some(primal * self.scale),
+            (gap.is_finite() && gap < 1e6).then_some(gap),
         );
     }
 }

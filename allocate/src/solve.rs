@@ -513,11 +513,7 @@ impl<'p> Allocator<'p> {
             deadline: started + std::time::Duration::from_secs_f64(limits.time),
             gap: limits.gap,
             gap_floor: GAP_FLOOR * self.qp.scale(),
-            progress: limits.progress.map(|p| crate::bnb::Progress {
-                every: p.every,
-                started: p.started,
-                label: p.label,
-            }),
+            progress: limits.progress,
         };
         let out = crate::bnb::solve(qp, rows, &model, warm, &bb_limits);
         if self.settings.scip_log {

@@ -851,8 +851,7 @@ pub fn certify(
         // Each entry of r is a sum of three products and a difference: at most 5 roundings of
         // terms of size `size`, and the norm adds one relative rounding per entry.
         let bound = back * (residual.sqrt() * (1.0 + dot_rounding) + 5.0 * f64::EPSILON * rounding.sqrt());
-        // Written so that a NaN fails.
-        if !(bound <= residual_tolerance) {
+        if !at_most(bound, residual_tolerance) {
             return Err(Fallback::Residual {
                 index: j,
                 residual: bound,
@@ -860,7 +859,7 @@ pub fn certify(
             });
         }
         let unit = (dot(v, v) - 1.0).abs() + dot_rounding;
-        if !(unit <= orthogonality) {
+        if !at_most(unit, orthogonality) {
             return Err(Fallback::Orthogonality {
                 pair: (j, j),
                 bound: unit,
@@ -898,7 +897,7 @@ pub fn certify(
         for j in close(i) {
             let overlap = dot(&column(z, i)[rows.clone()], &column(z, j)[rows.clone()]).abs() + dot_rounding;
             let bound = overlap * weight(i, j);
-            if !(bound <= orthogonality) {
+            if !at_most(bound, orthogonality) {
                 return Err(Fallback::Orthogonality {
                     pair: (i, j),
                     bound,
@@ -910,6 +909,12 @@ pub fn certify(
     };
     in_order(par, lambdas.len(), overlaps)?;
     Ok(())
+}
+
+/// value ≤ limit, false for NaN: every certificate test is written with it, so that a NaN
+/// fails it.
+fn at_most(value: f64, limit: f64) -> bool {
+    value <= limit
 }
 
 /// f(0), …, f(count − 1), on the rayon pool unless `par` is sequential; the first error by index.
