@@ -44,7 +44,7 @@
 //! 32,193 nodes against the weakest child's gain, and a lookahead of 8 to 13,485.
 
 use crate::problem::{BudgetRow, Choice, ChoiceQp};
-use crate::relax::{Qp, Relaxed};
+use crate::relax::{NoStart, Qp, Relaxed};
 use crate::search;
 use ndarray::Array2;
 use std::cmp::Ordering;
@@ -457,9 +457,18 @@ impl Search<'_> {
         progress.line(elapsed, self.nodes as u64, best, gap);
     }
 
-    /// Solve the relaxation over `alive` from `warm`: `None` when the node is empty.
-    fn relax(&mut self, alive: &[bool], warm: &[f64]) -> Option<Relaxed> {
-        let start = self.model.qp.feasible_start(alive, warm)?;
+    /// Solve the relaxation over `alive` from `warm`: `None` when there is nothing to search
+    /// (the node is empty, or phase one could not prove a non-empty node empty: then
+    /// `inherited`, a bound valid for the node, enters the reported bound).
+    fn relax(&mut self, alive: &[bool], warm: &[f64], inherited: f64) -> Option<Relaxed> {
+        let start = match self.model.qp.feasible_start(alive, warm) {
+            Ok(start) => start,
+            Err(NoStart::Empty) => return None,
+            Err(NoStart::Unproven) => {
+                self.pruned = self.pruned.min(inherited);
+                return None;
+            }
+        };
         self.relaxations += 1;
         Some(self.model.qp.solve(alive, start))
     }
@@ -467,7 +476,7 @@ impl Search<'_> {
     /// The relaxation over `alive` from `warm`, with the bounds it gives on top of `inherited`;
     /// `None` when the node is empty.
     fn relaxation(&mut self, alive: &[bool], warm: &[f64], inherited: f64) -> Option<NodeRelaxation> {
-        let sol = self.relax(alive, warm)?;
+        let sol = self.relax(alive, warm, inherited)?;
         Some(self.bounds_of(sol, alive, inherited))
     }
 
@@ -646,7 +655,7 @@ impl Search<'_> {
                     for u in qp.group_range(g) {
                         alive[u] = u == v;
                     }
-                    let child = self.relax(&alive, &warm);
+                    let child = self.relax(&alive, &warm, bound);
                     let child_bound = child.as_ref().map_or(f64::INFINITY, |c| c.bound - self.model.slack);
                     self.pseudo.record(v, child_bound - bound, 1.0 - sol.x[v]);
                     if child.is_none() || self.prunes(child_bound) {

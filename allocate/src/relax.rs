@@ -36,6 +36,16 @@ pub struct Qp {
     pub caps: Vec<f64>,
 }
 
+/// Why [`Qp::feasible_start`] found no point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoStart {
+    /// The node's polytope is empty, proven: a row its cheapest options exceed, or phase one's
+    /// own certificate (a least violation above zero over every point).
+    Empty,
+    /// Phase one stopped above zero violation without proving it: the node may hold points.
+    Unproven,
+}
+
 /// The relaxation's solution at a node.
 #[derive(Clone, Debug)]
 pub struct Relaxed {
@@ -100,6 +110,10 @@ const MULTIPLIER_TOLERANCE: f64 = 1e-11;
 /// A Cholesky pivot below this fraction of its diagonal entry marks a row of the working set as
 /// dependent on the others (it is then left out: the others imply it).
 const DEPENDENT_ROW: f64 = 1e-10;
+
+/// Phase one's point is accepted with rows broken by up to this fraction of max(1, |cap|) (see
+/// [`Qp::feasible_start`]): its ridge leaves the active-set steps accurate to a few 1e-7.
+const PHASE_ONE_SLACK: f64 = 1e-6;
 
 /// Active-set iterations at most, per variable (plus a constant): far above what warm starts
 /// need (a few to a few dozen), a guard against cycling on degenerate vertices.
@@ -187,8 +201,8 @@ impl Qp {
     }
 
     /// A point of the node's polytope near `hint` (the groups' alive entries of it, renormalised,
-    /// then moved towards feasibility of the rows), or `None` when the polytope is empty.
-    pub fn feasible_start(&self, alive: &[bool], hint: &[f64]) -> Option<Vec<f64>> {
+    /// then moved towards feasibility of the rows), or why there is none.
+    pub fn feasible_start(&self, alive: &[bool], hint: &[f64]) -> Result<Vec<f64>, NoStart> {
         let mut x = vec![0.0; self.n];
         for range in &self.groups {
             let mass: f64 = range.clone().filter(|&i| alive[i]).map(|i| hint[i].max(0.0)).sum();
@@ -198,15 +212,19 @@ impl Qp {
                 }
             } else {
                 // The option of least use of the first row (or the first alive one).
-                let best = range.clone().filter(|&i| alive[i]).min_by(|&a, &b| {
-                    let key = |i: usize| self.rows.first().map_or(0.0, |r| r[i]);
-                    key(a).total_cmp(&key(b))
-                })?;
+                let best = range
+                    .clone()
+                    .filter(|&i| alive[i])
+                    .min_by(|&a, &b| {
+                        let key = |i: usize| self.rows.first().map_or(0.0, |r| r[i]);
+                        key(a).total_cmp(&key(b))
+                    })
+                    .ok_or(NoStart::Empty)?;
                 x[best] = 1.0;
             }
         }
         if self.meets_rows(&x) {
-            return Some(x);
+            return Ok(x);
         }
         if self.rows.len() == 1 {
             // Move mass to each group's cheapest option, the groups that save most per unit of
@@ -219,14 +237,15 @@ impl Qp {
                 let cheap = range
                     .clone()
                     .filter(|&i| alive[i])
-                    .min_by(|&a, &b| row[a].total_cmp(&row[b]))?;
+                    .min_by(|&a, &b| row[a].total_cmp(&row[b]))
+                    .ok_or(NoStart::Empty)?;
                 least += row[cheap];
                 for i in range.clone().filter(|&i| x[i] > 0.0 && row[i] > row[cheap]) {
                     moves.push((row[i] - row[cheap], i, cheap));
                 }
             }
             if least > cap + self.row_slack_tolerance(0) {
-                return None;
+                return Err(NoStart::Empty);
             }
             moves.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             let mut excess = dot(row, &x) - cap;
@@ -247,18 +266,21 @@ impl Qp {
                     let cheap = range
                         .clone()
                         .filter(|&i| alive[i])
-                        .min_by(|&a, &b| row[a].total_cmp(&row[b]))?;
+                        .min_by(|&a, &b| row[a].total_cmp(&row[b]))
+                        .ok_or(NoStart::Empty)?;
                     x[cheap] = 1.0;
                 }
             }
-            return Some(x);
+            return Ok(x);
         }
         self.phase_one(alive, &x)
     }
 
     /// Several rows: minimise the total violation Σ t_r over the groups' simplices with
     /// R·x − t ≤ cap, t ≥ 0 (an LP, solved with a small ridge by the same method), from `x`.
-    fn phase_one(&self, alive: &[bool], x: &[f64]) -> Option<Vec<f64>> {
+    /// Emptiness is not taken from the solver: its certificate must prove that every point
+    /// violates the rows (the least objective above what the ridge alone can add at t = 0).
+    fn phase_one(&self, alive: &[bool], x: &[f64]) -> Result<Vec<f64>, NoStart> {
         let (n, m) = (self.n, self.rows.len());
         let size = n + m;
         let ridge = 1e-9;
@@ -299,11 +321,28 @@ impl Qp {
         let solved = aux.solve(&alive_aux, start);
         let violation: f64 = solved.x[n..].iter().sum();
         let tolerance = (0..m).map(|r| self.row_slack_tolerance(r)).sum::<f64>();
-        if violation > tolerance {
-            return None;
-        }
         let x = solved.x[..n].to_vec();
-        self.meets_rows(&x).then_some(x)
+        // With the ridge the steps are accurate to a few 1e-7 only (the Hessian's condition is
+        // ~1e9): t = 0 may come with rows broken by that much. Such a start is harmless — the
+        // active-set method keeps a broken row active and never breaks it further, and every
+        // bound is certified from whatever point it reaches — while calling the node empty
+        // would lose it.
+        let nearly =
+            (0..m).all(|r| self.row_usage(r, &x) <= self.caps[r] + PHASE_ONE_SLACK * self.caps[r].abs().max(1.0));
+        if violation <= tolerance && nearly {
+            return Ok(x);
+        }
+        // At a point with t = 0 the objective is the ridge's ½·ε·Σx² ≤ ½·ε·groups; a certified
+        // least objective above that leaves no such point. Prices above 1 would make a slack's
+        // priced gradient negative (the bound −∞); any ν in [0, 1] is as valid.
+        let prices: Vec<f64> = solved.prices.iter().map(|p| p.clamp(0.0, 1.0)).collect();
+        let least = aux.certificate(&alive_aux, &solved.x, &solved.grad, &prices);
+        let ridge_at_most = 0.5 * ridge * self.groups.len() as f64;
+        if least > ridge_at_most + tolerance {
+            Err(NoStart::Empty)
+        } else {
+            Err(NoStart::Unproven)
+        }
     }
 
     /// Minimise from a feasible `x` (see [`Qp::feasible_start`]) over the alive variables. With
@@ -801,7 +840,7 @@ mod tests {
                 }
             }
             let hint = random_point(qp, &alive, &mut rng);
-            let Some(start) = qp.feasible_start(&alive, &hint) else {
+            let Ok(start) = qp.feasible_start(&alive, &hint) else {
                 continue;
             };
             assert!(qp.meets_rows(&start), "seed {seed}: the start meets the rows");
@@ -915,6 +954,6 @@ mod tests {
         assert!(qp.meets_rows(&sol.x) && sol.value - sol.bound <= OPTIMALITY * scale(qp));
         // Without option 1 the rows ask for more than four groups can give.
         let no_middle: Vec<bool> = (0..n).map(|i| i % 3 != 1).collect();
-        assert!(qp.feasible_start(&no_middle, &hint).is_none());
+        assert_eq!(qp.feasible_start(&no_middle, &hint), Err(NoStart::Empty));
     }
 }
