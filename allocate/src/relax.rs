@@ -319,17 +319,16 @@ impl Qp {
         let mut alive_aux = alive.to_vec();
         alive_aux.resize(size, true);
         let solved = aux.solve(&alive_aux, start);
-        let violation: f64 = solved.x[n..].iter().sum();
         let tolerance = (0..m).map(|r| self.row_slack_tolerance(r)).sum::<f64>();
         let x = solved.x[..n].to_vec();
         // With the ridge the steps are accurate to a few 1e-7 only (the Hessian's condition is
         // ~1e9): t = 0 may come with rows broken by that much. Such a start is harmless — the
         // active-set method keeps a broken row active and never breaks it further, and every
         // bound is certified from whatever point it reaches — while calling the node empty
-        // would lose it.
+        // would lose it. Whatever t the solver left, x is what counts.
         let nearly =
             (0..m).all(|r| self.row_usage(r, &x) <= self.caps[r] + PHASE_ONE_SLACK * self.caps[r].abs().max(1.0));
-        if violation <= tolerance && nearly {
+        if nearly {
             return Ok(x);
         }
         // At a point with t = 0 the objective is the ridge's ½·ε·Σx² ≤ ½·ε·groups; a certified

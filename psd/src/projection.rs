@@ -195,8 +195,11 @@ const SCALE_EXPONENT: i32 = 400;
 /// 2^k bringing `largest` (> 0, finite) near 1, or 1 when it lies inside
 /// [2^−[`SCALE_EXPONENT`], 2^[`SCALE_EXPONENT`]].
 fn power_of_two_scale(largest: f64) -> f64 {
+    if largest == 0.0 || !largest.is_finite() {
+        return 1.0;
+    }
     let exponent = largest.log2().round() as i32;
-    if exponent.abs() <= SCALE_EXPONENT || !largest.is_finite() || largest == 0.0 {
+    if exponent.abs() <= SCALE_EXPONENT {
         1.0
     } else {
         // 2^1000 at most: 2^1030 (for subnormal entries) would overflow; 1e-310 comes to 1e-9.
@@ -260,6 +263,9 @@ pub struct Sturm {
     /// Gershgorin bounds: every eigenvalue lies in [lower, upper].
     lower: f64,
     upper: f64,
+    /// The stored T is this power of two times the matrix's (see [`power_of_two_scale`]):
+    /// queries and answers are mapped through it.
+    scale: f64,
 }
 
 impl Sturm {
@@ -288,7 +294,13 @@ impl Sturm {
             pivot_min,
             lower: lower - slack,
             upper: upper + slack,
+            scale: 1.0,
         }
+    }
+
+    /// The same counts and eigenvalues for a T given times `scale` (an exact power of two).
+    fn scaled(self, scale: f64) -> Self {
+        Sturm { scale, ..self }
     }
 
     pub fn len(&self) -> usize {
@@ -302,6 +314,10 @@ impl Sturm {
     /// How many eigenvalues are below `x` (one equal to x may count either way: a zero pivot is
     /// taken as −pivot_min).
     pub fn count_below(&self, x: f64) -> usize {
+        self.count_below_stored(x * self.scale)
+    }
+
+    fn count_below_stored(&self, x: f64) -> usize {
         let mut count = 0;
         let mut pivot = 1.0;
         for (i, &d) in self.diagonal.iter().enumerate() {
@@ -330,13 +346,13 @@ impl Sturm {
             if mid <= lo || mid >= hi {
                 break;
             }
-            if self.count_below(mid) > k {
+            if self.count_below_stored(mid) > k {
                 hi = mid;
             } else {
                 lo = mid;
             }
         }
-        lo + 0.5 * (hi - lo)
+        (lo + 0.5 * (hi - lo)) / self.scale
     }
 }
 
@@ -349,9 +365,11 @@ pub fn sturm(sym: &Array2<f64>, par: Par) -> Sturm {
     }
     let mut buffer = MemBuffer::new(tridiag_in_place_scratch::<f64>(n, par, Default::default()));
     let t = reduce(sym, par, MemStack::new(&mut buffer));
-    let diagonal: Vec<f64> = t.diagonal.iter().map(|x| x / t.scale).collect();
-    let subdiagonal: Vec<f64> = t.subdiagonal.iter().map(|x| x / t.scale).collect();
-    Sturm::new(&diagonal, &subdiagonal)
+    // Bisection on T as reduced (scaled into the range where e² neither underflows nor
+    // overflows), its answers scaled back.
+    let diagonal: Vec<f64> = t.diagonal.iter().copied().collect();
+    let subdiagonal: Vec<f64> = t.subdiagonal.iter().copied().collect();
+    Sturm::new(&diagonal, &subdiagonal).scaled(t.scale)
 }
 
 /// The nearest PSD matrix in Frobenius norm: `sym` with its negative eigenvalues set to zero.
@@ -1615,6 +1633,28 @@ mod tests {
         for scale in [1e-170, 1.0, 1e100] {
             let (d, e) = ([2.0 * scale, 2.0 * scale, -scale], [scale, 0.5 * scale, 0.0]);
             check_chosen_eigenvectors(&format!("scale {scale:e}"), &d, &e, 0..2).unwrap();
+        }
+        // Every method on the zero matrix (the scaling's guard), and the spectrum `none` and
+        // `shift` report at 1e-170 and 1e-310, where T's squared subdiagonal underflowed in the
+        // bisection before it ran on the scaled T.
+        for method in [Method::None, Method::Shift, Method::Clip] {
+            let p = project(&Array2::zeros((3, 3)), method, Par::Seq).unwrap();
+            // Bisection ends within pivmin (the least normal number) of 0.
+            let (low, high) = (p.before.lambda_min, p.before.lambda_max);
+            assert!(
+                low.abs() <= 1e-300 && high.abs() <= 1e-300,
+                "{method:?}: [{low:e}, {high:e}]"
+            );
+            for scale in [1e-170, 1e-310] {
+                let a = Array2::from_shape_vec((2, 2), vec![0.0, scale, scale, 0.0]).unwrap();
+                let p = project(&a, method, Par::Seq).unwrap();
+                let (low, high) = (p.before.lambda_min, p.before.lambda_max);
+                assert!(
+                    (low + scale).abs() <= 1e-3 * scale && (high - scale).abs() <= 1e-3 * scale,
+                    "{method:?} at {scale:e}: λ in [{low:e}, {high:e}]"
+                );
+                assert_eq!(p.before.negative_eigenvalues, 1, "{method:?} at {scale:e}");
+            }
         }
         // ... and clip at those scales matches the reference.
         for scale in [1e-170, 1e170] {
