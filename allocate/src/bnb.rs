@@ -95,10 +95,11 @@ pub struct Model {
 }
 
 impl Model {
-    /// The model of `qp` with `matrix` (n × n: `qp.quad` with any within-group entries, which
-    /// never count on one-hot x) as its quadratic form. Where that matrix is not convex on the
+    /// The model of `qp` with [`ChoiceQp::filled`] (its within-group entries, which never count
+    /// on one-hot x, where known) as its quadratic form. Where that matrix is not convex on the
     /// affine hull, ε covers its least eigenvalue there (exact, but the relaxation weakens).
-    pub fn new(qp: &ChoiceQp, rows: &[BudgetRow], matrix: &Array2<f64>) -> Model {
+    pub fn new(qp: &ChoiceQp, rows: &[BudgetRow]) -> Model {
+        let matrix = &qp.filled();
         let n = qp.n();
         let groups = qp.sizes.len();
         let x0: Vec<f64> = (0..groups)
@@ -830,7 +831,7 @@ mod tests {
     }
 
     fn model(qp: &ChoiceQp, rows: &[BudgetRow]) -> Model {
-        Model::new(qp, rows, &(&qp.quad + qp.within.as_ref().unwrap()))
+        Model::new(qp, rows)
     }
 
     #[test]
@@ -916,11 +917,7 @@ mod tests {
             fixed_use: 0.0,
             limit,
         }];
-        let matrix = match &qp.within {
-            Some(w) => &qp.quad + w,
-            None => qp.quad.clone(),
-        };
-        let m = Model::new(qp, &rows, &matrix);
+        let m = Model::new(qp, &rows);
         assert_eq!(
             search::enumerate(qp, &rows).unwrap().0,
             vec![best.0],

@@ -618,6 +618,15 @@ impl ChoiceQp {
         }
     }
 
+    /// `quad` with the within-group entries filled in where they are known ([`ChoiceQp::within`]):
+    /// the same objective on one-hot choices, convex where G was.
+    pub fn filled(&self) -> Array2<f64> {
+        match &self.within {
+            Some(w) => &self.quad + w,
+            None => self.quad.clone(),
+        }
+    }
+
     /// The same problem, with the within-group entries of `full` kept aside (see
     /// [`ChoiceQp::within`]); `full` is n × n in this problem's variable order.
     pub fn with_within(mut self, full: Array2<f64>) -> ChoiceQp {

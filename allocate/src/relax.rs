@@ -795,8 +795,13 @@ mod tests {
     const OPTIMALITY: f64 = 1e-9;
 
     fn model(qp: &ChoiceQp, rows: &[crate::problem::BudgetRow]) -> Model {
-        let full = &qp.quad + qp.within.as_ref().unwrap();
-        Model::new(qp, rows, &full)
+        Model::new(qp, rows)
+    }
+
+    /// The relaxation over `alive`, solved from a feasible start near a random point.
+    fn solve_from_random_point(qp: &Qp, alive: &[bool], rng: &mut SplitMix64) -> Relaxed {
+        let start = qp.feasible_start(alive, &random_point(qp, alive, rng)).unwrap();
+        qp.solve(alive, start)
     }
 
     /// A random point of the product of the groups' simplices over `alive`.
@@ -875,10 +880,7 @@ mod tests {
             let alive = vec![true; qp.n];
             let mut rng = SplitMix64::new(seed);
             // From the optimum and from arbitrary points with arbitrary prices.
-            let sol = qp.solve(
-                &alive,
-                qp.feasible_start(&alive, &random_point(qp, &alive, &mut rng)).unwrap(),
-            );
+            let sol = solve_from_random_point(qp, &alive, &mut rng);
             let anywhere = random_point(qp, &alive, &mut rng);
             let bounds = [
                 sol.bound,
@@ -909,10 +911,7 @@ mod tests {
             let qp = &m.qp;
             let alive = vec![true; qp.n];
             let mut rng = SplitMix64::new(seed);
-            let a = qp.solve(
-                &alive,
-                qp.feasible_start(&alive, &random_point(qp, &alive, &mut rng)).unwrap(),
-            );
+            let a = solve_from_random_point(qp, &alive, &mut rng);
             let uniform: Vec<f64> = qp
                 .groups
                 .iter()

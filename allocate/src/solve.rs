@@ -504,11 +504,7 @@ impl<'p> Allocator<'p> {
     /// [`crate::bnb`] on the reduced problem, its outcome in SCIP's terms.
     fn branch_and_bound(&self, qp: &ChoiceQp, rows: &[BudgetRow], warm: &[Choice], limits: Limits) -> mip::MipOutcome {
         let started = Instant::now();
-        let matrix = match &qp.within {
-            Some(w) => &qp.quad + w,
-            None => qp.quad.clone(),
-        };
-        let model = crate::bnb::Model::new(qp, rows, &matrix);
+        let model = crate::bnb::Model::new(qp, rows);
         let bb_limits = crate::bnb::Limits {
             deadline: started + std::time::Duration::from_secs_f64(limits.time),
             gap: limits.gap,
