@@ -3,7 +3,8 @@
 //! Everything here works on in-memory matrices, so unit tests can check it against independent
 //! computations; [`crate::run`] adds the files and the report around it.
 //!
-//! Every method starts with faer's Householder tridiagonalisation G = Q·T·Qᵀ. `none` and `shift`
+//! Every method starts with a blocked Householder tridiagonalisation G = Q·T·Qᵀ (module
+//! `householder`, LAPACK's dsytrd in faer's storage). `none` and `shift`
 //! need only λ_min, λ_max, the count below the tolerance and the few most negative eigenvalues,
 //! which bisection on T's Sturm counts gives in O(n) each ([`Sturm`]). `clip` needs T's
 //! eigenvalues and the eigenvectors on one side of zero only: it finds all eigenvalues by the
@@ -18,7 +19,6 @@
 use clado::{Error, Result};
 use faer::diag::Diag;
 use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::evd::tridiag::{tridiag_in_place, tridiag_in_place_scratch};
 use faer::linalg::evd::{
     self_adjoint_evd, self_adjoint_evd_scratch, tridiagonal_self_adjoint_evd, ComputeEigenvectors,
 };
@@ -29,6 +29,8 @@ use faer::{Accum, Col, Conj, Mat, MatMut, MatRef, Par};
 use ndarray::Array2;
 use serde::Serialize;
 
+mod householder;
+mod team;
 mod tridiagonal;
 
 /// The shift leaves λ_min of the output at `SHIFT_MARGIN · ‖G‖₂` rather than at zero, so that
@@ -174,8 +176,8 @@ pub fn eigen(sym: &Array2<f64>, par: Par) -> Result<(Vec<f64>, Mat<f64>)> {
     Ok((values, vectors))
 }
 
-/// sym = Q·T·Qᵀ by faer's Householder reduction: T's diagonal and subdiagonal, and the
-/// reflectors of Q stored below them in `reduced` with their block factors.
+/// sym = Q·T·Qᵀ by the blocked Householder reduction: T's diagonal and subdiagonal, and the
+/// reflectors of Q stored below them in `reduced` with faer's block factors.
 struct Reduction {
     reduced: Mat<f64>,
     reflector_factors: Mat<f64>,
@@ -207,10 +209,11 @@ fn power_of_two_scale(largest: f64) -> f64 {
     }
 }
 
-/// Reduce `sym` (n ≥ 1) to tridiagonal form. `stack` needs `tridiag_in_place_scratch`.
-fn reduce(sym: &Array2<f64>, par: Par, stack: &mut MemStack) -> Reduction {
+/// Reduce `sym` (n ≥ 1) to tridiagonal form ([`householder::tridiagonalise`]).
+fn reduce(sym: &Array2<f64>, par: Par) -> Reduction {
     let n = sym.nrows();
-    // faer reads the lower triangle; row-major read column-major is the transpose, i.e. sym.
+    // The reduction reads the lower triangle; row-major read column-major is the transpose,
+    // i.e. sym.
     let row_major = sym.as_standard_layout();
     let data = row_major.as_slice().expect("standard layout is contiguous");
     let mut reduced = Mat::<f64>::zeros(n, n);
@@ -227,13 +230,7 @@ fn reduce(sym: &Array2<f64>, par: Par, stack: &mut MemStack) -> Reduction {
     }
     let block = recommended_block_size::<f64>(n, n);
     let mut reflector_factors = Mat::<f64>::zeros(block, n - 1);
-    tridiag_in_place(
-        reduced.as_mut(),
-        reflector_factors.as_mut(),
-        par,
-        stack,
-        Default::default(),
-    );
+    householder::tridiagonalise(reduced.as_mut(), reflector_factors.as_mut(), par);
     // The reflectors do not depend on the scale; T does: T of `sym` is this one divided by
     // `scale`.
     let diagonal = Col::<f64>::from_fn(n, |i| reduced[(i, i)]);
@@ -363,8 +360,7 @@ pub fn sturm(sym: &Array2<f64>, par: Par) -> Sturm {
     if n == 0 {
         return Sturm::new(&[], &[]);
     }
-    let mut buffer = MemBuffer::new(tridiag_in_place_scratch::<f64>(n, par, Default::default()));
-    let t = reduce(sym, par, MemStack::new(&mut buffer));
+    let t = reduce(sym, par);
     // Bisection on T as reduced (scaled into the range where e² neither underflows nor
     // overflows), its answers scaled back.
     let diagonal: Vec<f64> = t.diagonal.iter().copied().collect();
@@ -413,7 +409,7 @@ pub fn clip(sym: Array2<f64>, par: Par) -> Result<(Array2<f64>, Vec<f64>)> {
         diagonal,
         subdiagonal,
         scale,
-    } = reduce(&sym, par, stack);
+    } = reduce(&sym, par);
 
     // T's eigenvalues and the m eigenvectors the projection needs: by inverse iteration when it
     // certifies them, else by divide and conquer for all of T.
@@ -1282,9 +1278,7 @@ mod tests {
 
     /// The diagonal and subdiagonal (length n, last entry 0) of the Householder form of `a`.
     fn tridiagonal_of(a: &Array2<f64>) -> (Vec<f64>, Vec<f64>) {
-        let n = a.nrows();
-        let mut buffer = MemBuffer::new(tridiag_in_place_scratch::<f64>(n, Par::Seq, Default::default()));
-        let t = reduce(a, Par::Seq, MemStack::new(&mut buffer));
+        let t = reduce(a, Par::Seq);
         (
             t.diagonal.iter().map(|x| x / t.scale).collect(),
             t.subdiagonal.iter().map(|x| x / t.scale).collect(),
