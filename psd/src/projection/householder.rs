@@ -36,11 +36,12 @@ const PARALLEL_ROWS: usize = 256;
 /// written) to tridiagonal form Qᵀ·a·Q = T in place, with faer's layout: see the module
 /// documentation. `householder` is b × (n − 1) for faer's block size b. The work is split into
 /// `par.degree()` parts, run on up to that many threads of a [`Team`] (no more than the rayon
-/// pool has): the bits depend on the degree, never on the pool.
+/// pool has, nor the machine cores): the bits depend on the degree, never on the pool.
 pub fn tridiagonalise(mut a: MatMut<'_, f64>, mut householder: MatMut<'_, f64>, par: Par) {
     let n = a.nrows();
     assert_eq!(n, a.ncols(), "tridiagonalisation needs a square matrix");
     assert_eq!(householder.ncols(), n.saturating_sub(1));
+    assert!(householder.nrows() >= 1, "faer's block size is at least 1");
     if n < 2 {
         return;
     }
@@ -102,6 +103,9 @@ struct Panel {
     /// [V W] and [W V] of the rows below the panel, for the trailing update.
     left: Mat<f64>,
     right: Mat<f64>,
+    /// Wᵀv and Vᵀv of the column being reduced.
+    wt_v: Mat<f64>,
+    vt_v: Mat<f64>,
 }
 
 impl Panel {
@@ -113,6 +117,8 @@ impl Panel {
             partial: (0..parts).map(|_| Mutex::new(vec![0.0; n])).collect(),
             left: Mat::zeros(n, 2 * PANEL),
             right: Mat::zeros(n, 2 * PANEL),
+            wt_v: Mat::zeros(PANEL, 1),
+            vt_v: Mat::zeros(PANEL, 1),
         }
     }
 
@@ -121,9 +127,17 @@ impl Panel {
     /// reflector H = I − τ⁻¹·v·vᵀ is made, and w = τ⁻¹·(A₂₂·v − V·(Wᵀ·v) − W·(Vᵀ·v)), corrected
     /// by −½·τ⁻¹·(wᵀ·v)·v, so that H·A₂₂·H = A₂₂ − v·wᵀ − w·vᵀ with A₂₂ as updated so far. v and
     /// w are kept in rows j + 1 − k.. of column i of V and W (rows above are zero).
-    fn reduce(&mut self, team: &Team, mut a: MatMut<'_, f64>, k: usize, width: usize, taus: &mut [f64]) {
+    fn reduce(&mut self, team: &mut Team<'_>, mut a: MatMut<'_, f64>, k: usize, width: usize, taus: &mut [f64]) {
         let n = a.nrows();
-        let Panel { v, w, y, partial, .. } = self;
+        let Panel {
+            v,
+            w,
+            y,
+            partial,
+            wt_v,
+            vt_v,
+            ..
+        } = self;
         v.fill(0.0);
         w.fill(0.0);
         for i in 0..width {
@@ -174,10 +188,10 @@ impl Panel {
             if i > 0 {
                 let vs = v.as_ref().submatrix(r + 1, 0, rows, i);
                 let ws = w.as_ref().submatrix(r + 1, 0, rows, i);
-                let mut wt_v = Mat::<f64>::zeros(i, 1);
-                let mut vt_v = Mat::<f64>::zeros(i, 1);
+                let mut wt_v = wt_v.as_mut().subrows_mut(0, i);
+                let mut vt_v = vt_v.as_mut().subrows_mut(0, i);
                 matmul(
-                    wt_v.as_mut(),
+                    wt_v.rb_mut(),
                     Accum::Replace,
                     ws.transpose(),
                     vi.as_mat(),
@@ -185,7 +199,7 @@ impl Panel {
                     Par::Seq,
                 );
                 matmul(
-                    vt_v.as_mut(),
+                    vt_v.rb_mut(),
                     Accum::Replace,
                     vs.transpose(),
                     vi.as_mat(),
@@ -193,8 +207,8 @@ impl Panel {
                     Par::Seq,
                 );
                 let mut ym = MatMut::from_column_major_slice_mut(&mut *y, rows, 1);
-                matmul(ym.rb_mut(), Accum::Add, vs, wt_v.as_ref(), -1.0, Par::Seq);
-                matmul(ym.rb_mut(), Accum::Add, ws, vt_v.as_ref(), -1.0, Par::Seq);
+                matmul(ym.rb_mut(), Accum::Add, vs, wt_v.rb(), -1.0, Par::Seq);
+                matmul(ym.rb_mut(), Accum::Add, ws, vt_v.rb(), -1.0, Par::Seq);
             }
             // w = τ⁻¹·y − ½·τ⁻¹·(τ⁻¹·yᵀv)·v.
             let mut wi = w.as_mut().col_mut(i).subrows_mut(r + 1, rows);
@@ -212,7 +226,7 @@ impl Panel {
 
     /// The panel's deferred update of the trailing triangle (rows and columns k + width..):
     /// A₂₂ −= V·Wᵀ + W·Vᵀ = [V W]·[W V]ᵀ, lower triangle only, in column parts of equal area.
-    fn update_trailing(&mut self, team: &Team, a: MatMut<'_, f64>, width: usize) {
+    fn update_trailing(&mut self, team: &mut Team<'_>, a: MatMut<'_, f64>, width: usize) {
         let rest = a.nrows();
         let (vs, ws) = (
             self.v.as_ref().submatrix(width, 0, rest, width),
@@ -270,7 +284,7 @@ impl Panel {
 /// y = A·x for the symmetric A (m × m) given by its lower triangle (column-major, contiguous
 /// columns), reading each stored entry once. Large ones are split into `partial.len()` column
 /// parts of equal area, each summing into its own partial product; those are added in order.
-fn symv_lower(team: &Team, a: MatRef<'_, f64>, x: &[f64], y: &mut [f64], partial: &[Mutex<Vec<f64>>]) {
+fn symv_lower(team: &mut Team<'_>, a: MatRef<'_, f64>, x: &[f64], y: &mut [f64], partial: &[Mutex<Vec<f64>>]) {
     let m = a.nrows();
     let parts = if m < PARALLEL_ROWS { 1 } else { partial.len() };
     if parts == 1 {
@@ -357,6 +371,13 @@ fn four_columns(a: [&[f64]; 4], s: [f64; 4], x: &[f64], y: &mut [f64]) -> [f64; 
             return unsafe { four_columns_avx2(a, s, x, y) };
         }
     }
+    four_columns_portable(a, s, x, y)
+}
+
+/// [`four_columns`] without SIMD intrinsics (other CPUs; its sums run in another order, so the
+/// last bits can differ from the AVX2 kernel's).
+fn four_columns_portable(a: [&[f64]; 4], s: [f64; 4], x: &[f64], y: &mut [f64]) -> [f64; 4] {
+    let len = x.len();
     let mut dots = [0.0; 4];
     for t in 0..len {
         y[t] += s[0] * a[0][t] + s[1] * a[1][t] + s[2] * a[2][t] + s[3] * a[3][t];
@@ -425,8 +446,10 @@ unsafe fn four_columns_avx2(a: [&[f64]; 4], s: [f64; 4], x: &[f64], y: &mut [f64
 mod tests {
     use super::*;
     use faer::dyn_stack::{MemBuffer, MemStack};
-    use faer::linalg::evd::tridiag::{tridiag_in_place, tridiag_in_place_scratch};
-    use faer::linalg::householder::apply_block_householder_sequence_on_the_left_in_place_with_conj;
+    use faer::linalg::householder::{
+        apply_block_householder_sequence_on_the_left_in_place_scratch,
+        apply_block_householder_sequence_on_the_left_in_place_with_conj,
+    };
     use faer::linalg::qr::no_pivoting::factor::recommended_block_size;
     use faer::Conj;
     use rand::{Rng, SeedableRng};
@@ -451,27 +474,16 @@ mod tests {
     }
 
     /// `a` reduced in place, with the block factors faer's back-transformation needs.
-    fn reduced(a: &Mat<f64>, par: Par, faer_own: bool) -> (Mat<f64>, Mat<f64>) {
+    fn reduced(a: &Mat<f64>, par: Par) -> (Mat<f64>, Mat<f64>) {
         let n = a.nrows();
         let mut out = a.clone();
         let mut factors = Mat::<f64>::zeros(recommended_block_size::<f64>(n, n), n.saturating_sub(1));
-        if faer_own {
-            let mut buffer = MemBuffer::new(tridiag_in_place_scratch::<f64>(n, par, Default::default()));
-            tridiag_in_place(
-                out.as_mut(),
-                factors.as_mut(),
-                par,
-                MemStack::new(&mut buffer),
-                Default::default(),
-            );
-        } else {
-            tridiagonalise(out.as_mut(), factors.as_mut(), par);
-        }
+        tridiagonalise(out.as_mut(), factors.as_mut(), par);
         (out, factors)
     }
 
-    /// Q·T·Qᵀ from the reduced form, with Q applied by faer as `clip` applies it.
-    fn reconstruct(reduced: &Mat<f64>, factors: &Mat<f64>) -> Mat<f64> {
+    /// T and Q of the reduced form, Q applied by faer (as `clip` applies it) to the identity.
+    fn t_and_q(reduced: &Mat<f64>, factors: &Mat<f64>) -> (Mat<f64>, Mat<f64>) {
         let n = reduced.nrows();
         let t = Mat::from_fn(n, n, |i, j| match i.abs_diff(j) {
             0 => reduced[(i, i)],
@@ -480,14 +492,11 @@ mod tests {
         });
         let mut q = Mat::<f64>::identity(n, n);
         if n > 1 {
-            let block = factors.nrows();
-            let mut buffer = MemBuffer::new(
-                faer::linalg::householder::apply_block_householder_sequence_on_the_left_in_place_scratch::<f64>(
-                    n - 1,
-                    block,
-                    n,
-                ),
-            );
+            let mut buffer = MemBuffer::new(apply_block_householder_sequence_on_the_left_in_place_scratch::<f64>(
+                n - 1,
+                factors.nrows(),
+                n,
+            ));
             apply_block_householder_sequence_on_the_left_in_place_with_conj(
                 reduced.as_ref().submatrix(1, 0, n - 1, n - 1),
                 factors.as_ref(),
@@ -497,7 +506,7 @@ mod tests {
                 MemStack::new(&mut buffer),
             );
         }
-        &q * &t * q.transpose()
+        (t, q)
     }
 
     fn max_abs(a: faer::MatRef<'_, f64>) -> f64 {
@@ -511,33 +520,80 @@ mod tests {
     }
 
     #[test]
-    fn the_reduction_reconstructs_the_matrix_and_matches_faers_at_every_boundary() {
+    fn the_reduction_is_an_orthogonal_similarity_at_every_boundary() {
         for (seed, &n) in SIZES.iter().enumerate() {
             let a = random_lower(n, seed as u64);
-            let (faer_form, _) = reduced(&a, Par::Seq, true);
+            let full = symmetric(&a);
+            // Independent: faer's own eigensolver on the full matrix.
+            let expected = full.self_adjoint_eigenvalues(faer::Side::Lower).unwrap();
             for par in [Par::Seq, Par::rayon(4)] {
-                let (form, factors) = reduced(&a, par, false);
-                // Backward error of a Householder reduction: a modest multiple of n·ε·‖A‖.
+                let (form, factors) = reduced(&a, par);
+                let (t, q) = t_and_q(&form, &factors);
+                // Backward error of a Householder reduction: a modest multiple of n·ε·‖A‖
+                // (entries of A lie in [−1, 1), so ‖A‖₂ ≤ n).
                 let tolerance = 10.0 * n as f64 * f64::EPSILON * (n as f64);
-                let error = max_abs((reconstruct(&form, &factors) - symmetric(&a)).as_ref());
+                let orthogonality = max_abs((q.transpose() * &q - Mat::<f64>::identity(n, n)).as_ref());
+                let error = max_abs((&q * &t * q.transpose() - &full).as_ref());
                 assert!(
-                    error <= tolerance,
-                    "n = {n}, {par:?}: ‖QTQᵀ − A‖max = {error:.2e} > {tolerance:.2e}"
+                    orthogonality <= tolerance && error <= tolerance,
+                    "n = {n}, {par:?}: ‖QᵀQ − I‖max = {orthogonality:.2e}, ‖QTQᵀ − A‖max = {error:.2e} > {tolerance:.2e}"
                 );
-                // Same reflector convention as faer's unblocked routine: the same T up to
-                // rounding (not a different tridiagonal form of the same spectrum).
-                for i in 0..n {
-                    let d = (form[(i, i)] - faer_form[(i, i)]).abs();
-                    let e = if i + 1 < n {
-                        (form[(i + 1, i)] - faer_form[(i + 1, i)]).abs()
-                    } else {
-                        0.0
-                    };
+                let found = t.self_adjoint_eigenvalues(faer::Side::Lower).unwrap();
+                for (k, (x, y)) in found.iter().zip(&expected).enumerate() {
                     assert!(
-                        d.max(e) <= tolerance,
-                        "n = {n}, {par:?}: T differs from faer's at row {i}: {d:.2e}, {e:.2e}"
+                        (x - y).abs() <= tolerance,
+                        "n = {n}, {par:?}: eigenvalue {k} of T is {x}, of A {y}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn the_upper_triangle_is_never_read_nor_written() {
+        for n in [5, 40, 300] {
+            let a = random_lower(n, 100 + n as u64);
+            let mut poisoned = a.clone();
+            for j in 0..n {
+                for i in 0..j {
+                    poisoned[(i, j)] = f64::NAN;
+                }
+            }
+            let (clean, clean_factors) = reduced(&a, Par::rayon(4));
+            let (dirty, dirty_factors) = reduced(&poisoned, Par::rayon(4));
+            for j in 0..n {
+                for i in 0..n {
+                    if i >= j {
+                        assert_eq!(clean[(i, j)].to_bits(), dirty[(i, j)].to_bits(), "n = {n}, ({i}, {j})");
+                    } else {
+                        assert!(dirty[(i, j)].is_nan(), "n = {n}: ({i}, {j}) was written");
+                    }
+                }
+            }
+            assert!(clean_factors == dirty_factors, "n = {n}: the block factors changed");
+        }
+    }
+
+    #[test]
+    fn the_portable_kernel_agrees_with_the_dispatched_one() {
+        let mut r = ChaCha8Rng::seed_from_u64(3);
+        for len in [0, 1, 7, 8, 9, 100, 1001] {
+            let mut column = || (0..len).map(|_| r.random_range(-1.0..1.0)).collect::<Vec<f64>>();
+            let a = [column(), column(), column(), column()];
+            let x = column();
+            let y0 = column();
+            let s = [0.3, -1.2, 0.7, 2.0];
+            let cols = [&a[0][..], &a[1][..], &a[2][..], &a[3][..]];
+            let (mut y1, mut y2) = (y0.clone(), y0.clone());
+            let d1 = four_columns(cols, s, &x, &mut y1);
+            let d2 = four_columns_portable(cols, s, &x, &mut y2);
+            let tolerance = 1e-14 * (len as f64 + 1.0);
+            for (u, v) in y1.iter().zip(&y2).chain(d1.iter().zip(&d2)) {
+                assert!((u - v).abs() <= tolerance, "len {len}: {u} ≠ {v}");
+            }
+            for p in 0..4 {
+                let exact: f64 = (0..len).map(|t| a[p][t] * x[t]).sum();
+                assert!((d2[p] - exact).abs() <= tolerance, "len {len}: dot {p}");
             }
         }
     }
@@ -547,7 +603,7 @@ mod tests {
         let a = random_lower(300, 7);
         let in_pool = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| reduced(&a, Par::rayon(4), false))
+            pool.install(|| reduced(&a, Par::rayon(4)))
         };
         let (one, factors) = in_pool(1);
         for threads in [2, 3, 4] {
