@@ -5,7 +5,7 @@
 //! faer's own `tridiag_in_place` applies each rank-2 update to the whole trailing triangle as it
 //! goes (fused with the next product): every column reads and writes that triangle once. Here
 //! the updates of a panel of [`PANEL`] columns are deferred: each column only reads the trailing
-//! triangle once (a symmetric matrix–vector product, [`symv_lower`], with corrections from the
+//! triangle once (a symmetric matrix–vector product, [`symv_columns`], with corrections from the
 //! panel's earlier reflectors), and the whole panel's rank-2·[`PANEL`] update is one matrix
 //! product on faer's GEMM. At N = 2,000 the reduction is bound by the speed at which the
 //! triangle comes from the caches, so halving that traffic is what counts.
@@ -617,6 +617,38 @@ mod tests {
                         "n = {n}, {par:?}: eigenvalue {k} of T is {x}, of A {y}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn split_matrices_and_other_degrees_in_the_parallel_range() {
+        // Blocks ending at columns 40 and 300 give reflectors with a zero tail (τ = ∞) while the
+        // trailing matrix is still split into parts; degrees 3 and 5 cut it differently.
+        let n = 600;
+        let mut a = random_lower(n, 21);
+        for j in 0..n {
+            for i in j..n {
+                let block = |x: usize| usize::from(x > 40) + usize::from(x > 300);
+                if block(i) != block(j) {
+                    a[(i, j)] = 0.0;
+                }
+            }
+        }
+        let full = symmetric(&a);
+        let expected = full.self_adjoint_eigenvalues(faer::Side::Lower).unwrap();
+        let tolerance = 10.0 * n as f64 * f64::EPSILON * (n as f64);
+        for degree in [3, 5] {
+            let (form, factors) = reduced(&a, Par::rayon(degree));
+            let (t, q) = t_and_q(&form, &factors);
+            let error = max_abs((&q * &t * q.transpose() - &full).as_ref());
+            assert!(error <= tolerance, "degree {degree}: ‖QTQᵀ − A‖max = {error:.2e}");
+            let found = t.self_adjoint_eigenvalues(faer::Side::Lower).unwrap();
+            for (x, y) in found.iter().zip(&expected) {
+                assert!(
+                    (x - y).abs() <= tolerance,
+                    "degree {degree}: eigenvalue {x} against {y}"
+                );
             }
         }
     }
