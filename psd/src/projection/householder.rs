@@ -94,29 +94,18 @@ fn part_columns(m: usize, parts: usize, p: usize) -> Range<usize> {
 }
 
 /// A panel's reflectors and workspace: V and W (n × PANEL, row r holding matrix row k + r for a
-/// panel starting at k), the product y, Wᵀv and Vᵀv, and each part's share of them.
+/// panel starting at k), the product y, and one partial product per part.
 struct Panel {
     v: Mat<f64>,
     w: Mat<f64>,
     y: Vec<f64>,
-    wt_v: Mat<f64>,
-    vt_v: Mat<f64>,
-    /// Row j + 1 of W and V, which every part needs in round (3).
-    w_row: Mat<f64>,
-    v_row: Mat<f64>,
-    parts: Vec<Mutex<Part>>,
+    partial: Vec<Mutex<Vec<f64>>>,
     /// [V W] and [W V] of the rows below the panel, for the trailing update.
     left: Mat<f64>,
     right: Mat<f64>,
-}
-
-/// What one part computes for a column: its partial product (rows from its first column on),
-/// Wᵀv and Vᵀv over its rows, and its share of wᵀv.
-struct Part {
-    y: Vec<f64>,
+    /// Wᵀv and Vᵀv of the column being reduced.
     wt_v: Mat<f64>,
     vt_v: Mat<f64>,
-    w_dot_v: f64,
 }
 
 impl Panel {
@@ -125,46 +114,59 @@ impl Panel {
             v: Mat::zeros(n, PANEL),
             w: Mat::zeros(n, PANEL),
             y: vec![0.0; n],
-            wt_v: Mat::zeros(PANEL, 1),
-            vt_v: Mat::zeros(PANEL, 1),
-            w_row: Mat::zeros(PANEL, 1),
-            v_row: Mat::zeros(PANEL, 1),
-            parts: (0..parts)
-                .map(|_| {
-                    Mutex::new(Part {
-                        y: vec![0.0; n],
-                        wt_v: Mat::zeros(PANEL, 1),
-                        vt_v: Mat::zeros(PANEL, 1),
-                        w_dot_v: 0.0,
-                    })
-                })
-                .collect(),
+            partial: (0..parts).map(|_| Mutex::new(vec![0.0; n])).collect(),
             left: Mat::zeros(n, 2 * PANEL),
             right: Mat::zeros(n, 2 * PANEL),
+            wt_v: Mat::zeros(PANEL, 1),
+            vt_v: Mat::zeros(PANEL, 1),
         }
     }
 
-    /// Reduce columns k..k + width (each k + i < n − 1) by dlatrd. For column j = k + i, already
-    /// brought up to date with the panel's earlier reflectors: its reflector H = I − τ⁻¹·v·vᵀ,
-    /// then w = τ⁻¹·(A₂₂·v − V·(Wᵀ·v) − W·(Vᵀ·v)), corrected by −½·τ⁻¹·(wᵀ·v)·v, so that
-    /// H·A₂₂·H = A₂₂ − v·wᵀ − w·vᵀ with A₂₂ as updated so far; then column j + 1 is brought up to
-    /// date (rows j + 1..): a −= V·W[j + 1]ᵀ + W·V[j + 1]ᵀ. v and w are kept in rows j + 1 − k..
-    /// of column i of V and W (rows above are zero).
-    ///
-    /// Everything of size n runs in the team, in three rounds per column over the same parts of
-    /// the trailing rows (which are also the parts of its columns): (1) A₂₂·v and the parts'
-    /// Wᵀv and Vᵀv; (2) w before the correction, and the parts' wᵀv; (3) the correction and the
-    /// next column's update. Between rounds the caller adds the parts' sums, in a fixed order.
+    /// Reduce columns k..k + width (each k + i < n − 1) by dlatrd: column j = k + i is first
+    /// brought up to date with the panel's earlier reflectors (its rows j.. only), then its
+    /// reflector H = I − τ⁻¹·v·vᵀ is made, and w = τ⁻¹·(A₂₂·v − V·(Wᵀ·v) − W·(Vᵀ·v)), corrected
+    /// by −½·τ⁻¹·(wᵀ·v)·v, so that H·A₂₂·H = A₂₂ − v·wᵀ − w·vᵀ with A₂₂ as updated so far. v and
+    /// w are kept in rows j + 1 − k.. of column i of V and W (rows above are zero).
     fn reduce(&mut self, team: &mut Team<'_>, mut a: MatMut<'_, f64>, k: usize, width: usize, taus: &mut [f64]) {
         let n = a.nrows();
-        let degree = self.parts.len();
-        self.v.fill(0.0);
-        self.w.fill(0.0);
+        let Panel {
+            v,
+            w,
+            y,
+            partial,
+            wt_v,
+            vt_v,
+            ..
+        } = self;
+        v.fill(0.0);
+        w.fill(0.0);
         for i in 0..width {
             let j = k + i;
-            // The trailing rows j + 1.. are rows `first`.. of V and W.
-            let (first, rows) = (i + 1, n - j - 1);
+            let r = j - k;
+            if i > 0 {
+                // a[j.., j] −= V[j.., ..i]·W[j, ..i]ᵀ + W[j.., ..i]·V[j, ..i]ᵀ.
+                let rows = n - j;
+                let (vs, ws) = (v.as_ref().submatrix(r, 0, rows, i), w.as_ref().submatrix(r, 0, rows, i));
+                let mut column = a.rb_mut().submatrix_mut(j, j, rows, 1);
+                matmul(
+                    column.rb_mut(),
+                    Accum::Add,
+                    vs,
+                    ws.row(0).transpose().as_mat(),
+                    -1.0,
+                    Par::Seq,
+                );
+                matmul(
+                    column.rb_mut(),
+                    Accum::Add,
+                    ws,
+                    vs.row(0).transpose().as_mat(),
+                    -1.0,
+                    Par::Seq,
+                );
+            }
             // The reflector of a[j + 1.., j]: β replaces its head, v's essential part its tail.
+            let rows = n - j - 1;
             let tau = {
                 let column = a.rb_mut().col_mut(j).subrows_mut(j + 1, rows);
                 let (mut head, tail) = column.split_at_row_mut(1);
@@ -172,134 +174,52 @@ impl Panel {
             };
             taus[j] = tau;
             let tau_inv = tau.recip();
-            {
-                let mut vi = self.v.as_mut().col_mut(i).subrows_mut(first, rows);
-                vi[0] = 1.0;
-                for t in 1..rows {
-                    vi[t] = a[(j + 1 + t, j)];
-                }
+            let mut vi = v.as_mut().col_mut(i).subrows_mut(r + 1, rows);
+            vi[0] = 1.0;
+            for t in 1..rows {
+                vi[t] = a[(j + 1 + t, j)];
             }
-            let parts = if rows < PARALLEL_ROWS { 1 } else { degree };
-            let range = |p: usize| part_columns(rows, parts, p);
-            let v = self.v.as_ref().subrows(first, rows);
-            let vi = v.col(i);
+            // y = A₂₂·v on the trailing triangle as it was when the panel began.
+            let vi = v.as_ref().col(i).subrows(r + 1, rows);
             let x = vi.try_as_col_major().expect("columns are contiguous").as_slice();
-
-            // (1) A₂₂·v on the trailing triangle as it was when the panel began, and Wᵀv, Vᵀv.
-            {
-                let a22 = a.rb().submatrix(j + 1, j + 1, rows, rows);
-                let w = self.w.as_ref().subrows(first, rows);
-                let shares = &self.parts;
-                team.run(parts, &|p| {
-                    let mut guard = shares[p].lock().expect("each part is locked once");
-                    let part = &mut *guard;
-                    let own = range(p);
-                    part.y[own.start..rows].fill(0.0);
-                    symv_columns(a22, x, &mut part.y[..rows], own.clone());
-                    let x_own = vi.subrows(own.start, own.len()).as_mat();
-                    for (dst, m) in [(&mut part.wt_v, w), (&mut part.vt_v, v)] {
-                        matmul(
-                            dst.as_mut().subrows_mut(0, i),
-                            Accum::Replace,
-                            m.submatrix(own.start, 0, own.len(), i).transpose(),
-                            x_own,
-                            1.0,
-                            Par::Seq,
-                        );
-                    }
-                });
-            }
-            let y = &mut self.y[..rows];
-            y.fill(0.0);
-            self.wt_v.fill(0.0);
-            self.vt_v.fill(0.0);
-            for (p, share) in self.parts[..parts].iter().enumerate() {
-                let part = share.lock().expect("the parts are done");
-                let start = range(p).start;
-                for (yi, pi) in y[start..].iter_mut().zip(&part.y[start..rows]) {
-                    *yi += pi;
-                }
-                for q in 0..i {
-                    self.wt_v[(q, 0)] += part.wt_v[(q, 0)];
-                    self.vt_v[(q, 0)] += part.vt_v[(q, 0)];
-                }
-            }
-
-            // (2) w = τ⁻¹·(y − V·(Wᵀv) − W·(Vᵀv)) into column i of W, and the parts' wᵀv.
-            {
-                let (w_done, w_new) = self.w.as_mut().subrows_mut(first, rows).split_at_col_mut(i);
-                let w_done = w_done.rb();
-                let (y, wt_v, vt_v) = (&*y, self.wt_v.as_ref(), self.vt_v.as_ref());
-                let chunks = column_chunks(w_new.col_mut(0), parts, range);
-                let shares = &self.parts;
-                team.run(parts, &|p| {
-                    let mut chunk = chunks[p].lock().expect("each part is locked once");
-                    let own = range(p);
-                    for (t, value) in own.clone().zip(chunk.iter_mut()) {
-                        *value = y[t];
-                    }
-                    let mut chunk = MatMut::from_column_major_slice_mut(&mut chunk[..], own.len(), 1);
-                    let (v_own, w_own) = (
-                        v.submatrix(own.start, 0, own.len(), i),
-                        w_done.subrows(own.start, own.len()),
-                    );
-                    matmul(chunk.rb_mut(), Accum::Add, v_own, wt_v.subrows(0, i), -1.0, Par::Seq);
-                    matmul(chunk.rb_mut(), Accum::Add, w_own, vt_v.subrows(0, i), -1.0, Par::Seq);
-                    let mut dot = 0.0;
-                    for t in 0..own.len() {
-                        chunk[(t, 0)] *= tau_inv;
-                        dot += chunk[(t, 0)] * vi[own.start + t];
-                    }
-                    shares[p].lock().expect("each part is locked once").w_dot_v = dot;
-                });
-            }
-            let dot: f64 = self.parts[..parts]
-                .iter()
-                .map(|share| share.lock().expect("the parts are done").w_dot_v)
-                .sum();
-            let alpha = -0.5 * tau_inv * dot;
-
-            // (3) w += α·v, and column j + 1 brought up to date with this panel's reflectors
-            // 0..=i. Row j + 1 of w (row 0 here) comes first: every part needs it.
-            self.w[(first, i)] += alpha * vi[0];
-            for q in 0..=i {
-                self.w_row[(q, 0)] = self.w[(first, q)];
-                self.v_row[(q, 0)] = self.v[(first, q)];
-            }
-            let next = i + 1 < width;
-            {
-                let (w_done, w_new) = self.w.as_mut().subrows_mut(first, rows).split_at_col_mut(i);
-                let w_done = w_done.rb();
-                let (w_row, v_row) = (
-                    self.w_row.as_ref().subrows(0, i + 1),
-                    self.v_row.as_ref().subrows(0, i + 1),
+            let y = &mut y[..rows];
+            symv_lower(team, a.rb().submatrix(j + 1, j + 1, rows, rows), x, y, partial);
+            // The panel's deferred updates: y −= V·(Wᵀv) + W·(Vᵀv), over rows j + 1.. .
+            if i > 0 {
+                let vs = v.as_ref().submatrix(r + 1, 0, rows, i);
+                let ws = w.as_ref().submatrix(r + 1, 0, rows, i);
+                let mut wt_v = wt_v.as_mut().subrows_mut(0, i);
+                let mut vt_v = vt_v.as_mut().subrows_mut(0, i);
+                matmul(
+                    wt_v.rb_mut(),
+                    Accum::Replace,
+                    ws.transpose(),
+                    vi.as_mat(),
+                    1.0,
+                    Par::Seq,
                 );
-                let w_chunks = column_chunks(w_new.col_mut(0), parts, range);
-                let a_chunks = if next {
-                    column_chunks(a.rb_mut().col_mut(j + 1).subrows_mut(j + 1, rows), parts, range)
-                } else {
-                    Vec::new()
-                };
-                team.run(parts, &|p| {
-                    let own = range(p);
-                    let mut w_own = w_chunks[p].lock().expect("each part is locked once");
-                    let skip = usize::from(own.start == 0);
-                    for t in skip..own.len() {
-                        w_own[t] += alpha * vi[own.start + t];
-                    }
-                    if next {
-                        let mut a_own = a_chunks[p].lock().expect("each part is locked once");
-                        let mut a_own = MatMut::from_column_major_slice_mut(&mut a_own[..], own.len(), 1);
-                        let v_own = v.submatrix(own.start, 0, own.len(), i + 1);
-                        matmul(a_own.rb_mut(), Accum::Add, v_own, w_row, -1.0, Par::Seq);
-                        let w_old = w_done.subrows(own.start, own.len());
-                        matmul(a_own.rb_mut(), Accum::Add, w_old, v_row.subrows(0, i), -1.0, Par::Seq);
-                        let v_last = v_row[(i, 0)];
-                        for t in 0..own.len() {
-                            a_own[(t, 0)] -= w_own[t] * v_last;
-                        }
-                    }
-                });
+                matmul(
+                    vt_v.rb_mut(),
+                    Accum::Replace,
+                    vs.transpose(),
+                    vi.as_mat(),
+                    1.0,
+                    Par::Seq,
+                );
+                let mut ym = MatMut::from_column_major_slice_mut(&mut *y, rows, 1);
+                matmul(ym.rb_mut(), Accum::Add, vs, wt_v.rb(), -1.0, Par::Seq);
+                matmul(ym.rb_mut(), Accum::Add, ws, vt_v.rb(), -1.0, Par::Seq);
+            }
+            // w = τ⁻¹·y − ½·τ⁻¹·(τ⁻¹·yᵀv)·v.
+            let mut wi = w.as_mut().col_mut(i).subrows_mut(r + 1, rows);
+            let mut dot = 0.0;
+            for t in 0..rows {
+                wi[t] = y[t] * tau_inv;
+                dot += wi[t] * vi[t];
+            }
+            let alpha = -0.5 * tau_inv * dot;
+            for t in 0..rows {
+                wi[t] += alpha * vi[t];
             }
         }
     }
@@ -319,7 +239,7 @@ impl Panel {
         right.rb_mut().subcols_mut(0, width).copy_from(ws);
         right.rb_mut().subcols_mut(width, width).copy_from(vs);
         let (left, right) = (left.rb(), right.rb());
-        let parts = if rest < PARALLEL_ROWS { 1 } else { self.parts.len() };
+        let parts = if rest < PARALLEL_ROWS { 1 } else { self.partial.len() };
         // Column blocks of `a`, one per part, each below its own diagonal.
         let mut blocks = Vec::with_capacity(parts);
         let mut remaining = a;
@@ -361,25 +281,33 @@ impl Panel {
     }
 }
 
-/// `column` cut into `parts` consecutive pieces by `range` (which covers it in order), each
-/// behind its own lock so that the parts of a team can each fill their own.
-fn column_chunks<'a>(
-    column: faer::ColMut<'a, f64>,
-    parts: usize,
-    range: impl Fn(usize) -> Range<usize>,
-) -> Vec<Mutex<&'a mut [f64]>> {
-    let mut rest = column
-        .try_as_col_major_mut()
-        .expect("columns are contiguous")
-        .as_slice_mut();
-    let mut chunks = Vec::with_capacity(parts);
-    for p in 0..parts {
-        let (chunk, others) = std::mem::take(&mut rest).split_at_mut(range(p).len());
-        chunks.push(Mutex::new(chunk));
-        rest = others;
+/// y = A·x for the symmetric A (m × m) given by its lower triangle (column-major, contiguous
+/// columns), reading each stored entry once. Large ones are split into `partial.len()` column
+/// parts of equal area, each summing into its own partial product; those are added in order.
+fn symv_lower(team: &mut Team<'_>, a: MatRef<'_, f64>, x: &[f64], y: &mut [f64], partial: &[Mutex<Vec<f64>>]) {
+    let m = a.nrows();
+    let parts = if m < PARALLEL_ROWS { 1 } else { partial.len() };
+    if parts == 1 {
+        y.fill(0.0);
+        symv_columns(a, x, y, 0..m);
+        return;
     }
-    assert!(rest.is_empty(), "the parts cover the column");
-    chunks
+    team.run(parts, &|p| {
+        let mut part = partial[p].lock().expect("each part is locked once");
+        let columns = part_columns(m, parts, p);
+        // Columns c.. touch rows c.. only.
+        let rows = &mut part[columns.start..m];
+        rows.fill(0.0);
+        symv_columns(a, x, &mut part[..m], columns);
+    });
+    y.fill(0.0);
+    for (p, part) in partial[..parts].iter().enumerate() {
+        let part = part.lock().expect("the parts are done");
+        let first = part_start(m, parts, p);
+        for (yi, pi) in y[first..].iter_mut().zip(&part[first..m]) {
+            *yi += pi;
+        }
+    }
 }
 
 /// y += (the contribution of columns `columns` of the lower triangle of A, and of their mirror
