@@ -371,15 +371,14 @@ fn four_columns(a: [&[f64]; 4], s: [f64; 4], x: &[f64], y: &mut [f64]) -> [f64; 
             return unsafe { four_columns_avx2(a, s, x, y) };
         }
     }
-    four_columns_portable(a, s, x, y)
+    four_columns_portable(a, s, x, y, [0.0; 4])
 }
 
-/// [`four_columns`] without SIMD intrinsics (other CPUs; its sums run in another order, so the
-/// last bits can differ from the AVX2 kernel's).
-fn four_columns_portable(a: [&[f64]; 4], s: [f64; 4], x: &[f64], y: &mut [f64]) -> [f64; 4] {
-    let len = x.len();
-    let mut dots = [0.0; 4];
-    for t in 0..len {
+/// [`four_columns`] without SIMD intrinsics, adding onto `dots` (other CPUs, and the AVX2
+/// kernel's last rows; its sums run in another order, so the last bits can differ from the
+/// AVX2 kernel's).
+fn four_columns_portable(a: [&[f64]; 4], s: [f64; 4], x: &[f64], y: &mut [f64], mut dots: [f64; 4]) -> [f64; 4] {
+    for t in 0..x.len() {
         y[t] += s[0] * a[0][t] + s[1] * a[1][t] + s[2] * a[2][t] + s[3] * a[3][t];
         for p in 0..4 {
             dots[p] += a[p][t] * x[t];
@@ -433,13 +432,10 @@ unsafe fn four_columns_avx2(a: [&[f64]; 4], s: [f64; 4], x: &[f64], y: &mut [f64
         unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(lo[p], hi[p])) };
         dots[p] = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
     }
-    for t in steps * 8..len {
-        y[t] += s[0] * a[0][t] + s[1] * a[1][t] + s[2] * a[2][t] + s[3] * a[3][t];
-        for p in 0..4 {
-            dots[p] += a[p][t] * x[t];
-        }
-    }
-    dots
+    // The rows left over, carrying on the same sums.
+    let done = steps * 8;
+    let rest = [&a[0][done..], &a[1][done..], &a[2][done..], &a[3][done..]];
+    four_columns_portable(rest, s, &x[done..], &mut y[done..], dots)
 }
 
 #[cfg(test)]
@@ -618,7 +614,7 @@ mod tests {
             let cols = [&a[0][..], &a[1][..], &a[2][..], &a[3][..]];
             let (mut y1, mut y2) = (y0.clone(), y0.clone());
             let d1 = four_columns(cols, s, &x, &mut y1);
-            let d2 = four_columns_portable(cols, s, &x, &mut y2);
+            let d2 = four_columns_portable(cols, s, &x, &mut y2, [0.0; 4]);
             let tolerance = 1e-14 * (len as f64 + 1.0);
             for (u, v) in y1.iter().zip(&y2).chain(d1.iter().zip(&d2)) {
                 assert!((u - v).abs() <= tolerance, "len {len}: {u} ≠ {v}");

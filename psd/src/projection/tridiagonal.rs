@@ -227,7 +227,7 @@ fn ql_sweeps(
         if m < end {
             e[m] = 0.0;
         }
-        let mut p = d[l];
+        let p = d[l];
         if m == l {
             // d[l] is an eigenvalue.
             l += 1;
@@ -251,41 +251,15 @@ fn ql_sweeps(
             return false;
         }
         *sweeps += 1;
-        // Shift.
-        let rte = e[l].sqrt();
-        let mut sigma = (d[l + 1] - p) / (2.0 * rte);
-        let r = sigma.hypot(1.0);
-        sigma = p - rte / (sigma + r.copysign(sigma));
-        let (mut c, mut s) = (1.0, 0.0);
-        let mut gamma = d[m] - sigma;
-        p = gamma * gamma;
+        let mut sweep = Sweep::new(p, e[l], d[l + 1], d[m]);
         for i in (l..m).rev() {
-            let bb = e[i];
-            let r = p + bb;
+            let (e_before, diagonal) = sweep.rotate(e[i], d[i]);
             if i != m - 1 {
-                e[i + 1] = s * r;
+                e[i + 1] = e_before;
             }
-            // c = p/r, s = bb/r and p/c = r/p: two independent divisions where dsterf has two
-            // in a row on the loop's critical path.
-            let (r_inverse, r_over_p) = (1.0 / r, r / p);
-            let old_c = c;
-            c = p * r_inverse;
-            s = bb * r_inverse;
-            let old_gamma = gamma;
-            let alpha = d[i];
-            gamma = c * (alpha - sigma) - s * old_gamma;
-            d[i + 1] = old_gamma + (alpha - gamma);
-            p = if c == 0.0 {
-                old_c * bb
-            } else if r_over_p.is_finite() {
-                gamma * gamma * r_over_p
-            } else {
-                // c subnormal: r/p overflows where dsterf's γ²/c does not.
-                gamma * gamma / c
-            };
+            d[i + 1] = diagonal;
         }
-        e[l] = s * p;
-        d[l] = sigma + gamma;
+        (e[l], d[l]) = sweep.finish();
     }
 }
 
@@ -308,7 +282,7 @@ fn qr_sweeps(
         if m > end {
             e[m - 1] = 0.0;
         }
-        let mut p = d[l];
+        let p = d[l];
         if m == l {
             if l > end {
                 l -= 1;
@@ -331,41 +305,76 @@ fn qr_sweeps(
             return false;
         }
         *sweeps += 1;
-        // Shift.
-        let rte = e[l - 1].sqrt();
-        let mut sigma = (d[l - 1] - p) / (2.0 * rte);
+        let mut sweep = Sweep::new(p, e[l - 1], d[l - 1], d[m]);
+        for i in m..l {
+            let (e_before, diagonal) = sweep.rotate(e[i], d[i + 1]);
+            if i != m {
+                e[i - 1] = e_before;
+            }
+            d[i] = diagonal;
+        }
+        (e[l - 1], d[l]) = sweep.finish();
+    }
+}
+
+/// One implicit QL or QR sweep of dsterf with the squared off-diagonal: the shift σ and the
+/// running c, s, γ and p of its rotations (the two directions differ only in which way they walk).
+struct Sweep {
+    sigma: f64,
+    c: f64,
+    s: f64,
+    gamma: f64,
+    p: f64,
+}
+
+impl Sweep {
+    /// The shift from the end being deflated (d_end = p, e² next to it, its neighbour d_next),
+    /// and the start at d_m, the far end of the unreduced block.
+    fn new(p: f64, e_squared: f64, d_next: f64, d_m: f64) -> Self {
+        let rte = e_squared.sqrt();
+        let mut sigma = (d_next - p) / (2.0 * rte);
         let r = sigma.hypot(1.0);
         sigma = p - rte / (sigma + r.copysign(sigma));
-        let (mut c, mut s) = (1.0, 0.0);
-        let mut gamma = d[m] - sigma;
-        p = gamma * gamma;
-        for i in m..l {
-            let bb = e[i];
-            let r = p + bb;
-            if i != m {
-                e[i - 1] = s * r;
-            }
-            // c = p/r, s = bb/r and p/c = r/p: two independent divisions where dsterf has two
-            // in a row on the loop's critical path.
-            let (r_inverse, r_over_p) = (1.0 / r, r / p);
-            let old_c = c;
-            c = p * r_inverse;
-            s = bb * r_inverse;
-            let old_gamma = gamma;
-            let alpha = d[i + 1];
-            gamma = c * (alpha - sigma) - s * old_gamma;
-            d[i] = old_gamma + (alpha - gamma);
-            p = if c == 0.0 {
-                old_c * bb
-            } else if r_over_p.is_finite() {
-                gamma * gamma * r_over_p
-            } else {
-                // c subnormal: r/p overflows where dsterf's γ²/c does not.
-                gamma * gamma / c
-            };
+        let gamma = d_m - sigma;
+        Sweep {
+            sigma,
+            c: 1.0,
+            s: 0.0,
+            gamma,
+            p: gamma * gamma,
         }
-        e[l - 1] = s * p;
-        d[l] = sigma + gamma;
+    }
+
+    /// One rotation against the squared off-diagonal `bb` and the diagonal entry `alpha`: the
+    /// previous squared off-diagonal (s·r, written unless this is the first rotation) and the
+    /// previous diagonal entry.
+    fn rotate(&mut self, bb: f64, alpha: f64) -> (f64, f64) {
+        let Sweep { sigma, c, s, gamma, p } = self;
+        let r = *p + bb;
+        let e_before = *s * r;
+        // c = p/r, s = bb/r and p/c = r/p: two independent divisions where dsterf has two in a
+        // row on the loop's critical path.
+        let (r_inverse, r_over_p) = (1.0 / r, r / *p);
+        let old_c = *c;
+        *c = *p * r_inverse;
+        *s = bb * r_inverse;
+        let old_gamma = *gamma;
+        *gamma = *c * (alpha - *sigma) - *s * old_gamma;
+        let diagonal = old_gamma + (alpha - *gamma);
+        *p = if *c == 0.0 {
+            old_c * bb
+        } else if r_over_p.is_finite() {
+            *gamma * *gamma * r_over_p
+        } else {
+            // c subnormal: r/p overflows where dsterf's γ²/c does not.
+            *gamma * *gamma / *c
+        };
+        (e_before, diagonal)
+    }
+
+    /// The squared off-diagonal and the diagonal entry at the deflating end.
+    fn finish(&self) -> (f64, f64) {
+        (self.s * self.p, self.sigma + self.gamma)
     }
 }
 
