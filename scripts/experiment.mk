@@ -46,7 +46,7 @@ OPTIONS_general      := w{2,4,8}a{2,4,8}
 BUDGETS_general      := 2.5 3 4 5 6
 BUDGETS_FULL_general := 2.25 2.5 2.75 3 3.5 4 4.5 5 5.5 6 7
 
-# Quantization options per layer (option grammar of DESIGN.md; brace expansion allowed).
+# Quantization options per layer (option grammar of docs/definitions.md; brace expansion allowed).
 OPTIONS ?= $(or $(OPTIONS_$(EXP)),w2a8,w4a8,w8a8)
 # Budgets of kind BUDGET_KIND (an allocate flag: avg-bits, size-mb, size-bits or bops).
 BUDGETS ?= $(or $(if $(FULL),$(BUDGETS_FULL_$(EXP))),$(BUDGETS_$(EXP)),3 4 5 6)

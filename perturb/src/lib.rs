@@ -1,5 +1,5 @@
 //! `perturb`: measure how the metric changes when one layer, or two layers together, are
-//! quantized, and write the matrix G of DESIGN.md (`G.npy`) with its `index.json`.
+//! quantized, and write the matrix G of docs/definitions.md (`G.npy`) with its `index.json`.
 //!
 //! The work is split into *units*: (calibration batch, variable layer l, option o). A unit
 //! measures every pair (l, o) × (m, o') with m after l. Units are independent, so they

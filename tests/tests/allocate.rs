@@ -1,5 +1,5 @@
 //! End-to-end tests of the `allocate` binary: real files in, JSON out (parsed, never compared
-//! as text), exit codes as STYLE.md says.
+//! as text), exit codes as docs/definitions.md says.
 
 use clado::format::{Alloc, Index};
 use clado::io::json_from_bytes;

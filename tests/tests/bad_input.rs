@@ -1,6 +1,6 @@
 //! Hostile inputs through the real binaries, one table per tool.
 //!
-//! Every case must end the same way (STYLE.md, DESIGN.md "Files between the tools"):
+//! Every case must end the same way (docs/definitions.md, "Files between the tools"):
 //! - exit code 2;
 //! - exactly one line on stderr, `TOOL: ...`, that names the problem: the file (or flag) and
 //!   what was wrong or expected (each case lists words the line must contain);
