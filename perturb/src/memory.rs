@@ -168,7 +168,7 @@ pub fn human(bytes: u64) -> String {
     if b >= (1u64 << 30) as f64 {
         format!("{:.2} GiB", b / (1u64 << 30) as f64)
     } else {
-        format!("{:.0} MiB", b / (1u64 << 20) as f64)
+        format!("{:.1} MiB", b / (1u64 << 20) as f64)
     }
 }
 
