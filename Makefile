@@ -19,6 +19,11 @@ JOBS ?= 2
 # variants and the finer budget sweeps.
 EXPERIMENTS ?= main binary $(if $(FULL),multi general)
 
+# Recipes run under bash with errexit, nounset and pipefail: any failing command fails its target.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+
 .PHONY: all setup setup-data setup-scip setup-font build test fuzz-smoke fuzz demo bench clean
 
 all: build
@@ -61,7 +66,7 @@ fuzz:
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 demo: setup build
-	@set -e; for exp in $(EXPERIMENTS); do \
+	@for exp in $(EXPERIMENTS); do \
 	  echo "== experiment $$exp" >&2; \
 	  $(MAKE) --no-print-directory -f scripts/experiment.mk -j$(JOBS) EXP=$$exp BIN=$(BIN); \
 	done

@@ -10,6 +10,7 @@
 #   quantize calibrate ............................................ calib.json
 #   perturb --metric M --se (quantizers from calib.json) ......... M/G.npy M/G.se.npy M/index.json
 #   psd --method P ................................................ M/G-P.npy M/psd-P.json
+#   scripts/uniform.py, the pins of the method uniform ............ alloc/uniform/BUDGET.pins
 #   allocate, one file per method and budget (and `none`) ......... alloc/METHOD/BUDGET.json
 #   evaluate on the test set, one call per method (one FP pass) ... eval/METHOD.jsonl, eval/fp.jsonl
 #   scripts/table.py .............................................. table.md table.csv sanity.md
@@ -46,7 +47,7 @@ OPTIONS_general      := w{2,4,8}a{2,4,8}
 BUDGETS_general      := 2.5 3 4 5 6
 BUDGETS_FULL_general := 2.25 2.5 2.75 3 3.5 4 4.5 5 5.5 6 7
 
-# Quantization options per layer (option grammar of DESIGN.md; brace expansion allowed).
+# Quantization options per layer (the option grammar of docs/definitions.md; brace expansion allowed).
 OPTIONS ?= $(or $(OPTIONS_$(EXP)),w2a8,w4a8,w8a8)
 # Budgets of kind BUDGET_KIND (an allocate flag: avg-bits, size-mb, size-bits or bops).
 BUDGETS ?= $(or $(if $(FULL),$(BUDGETS_FULL_$(EXP))),$(BUDGETS_$(EXP)),3 4 5 6)
@@ -97,6 +98,11 @@ NEEDED_METRICS := $(sort $(METRICS) $(if $(filter uniform naive,$(BASELINES))$(C
 MODEL := --arch $(ARCH) $(if $(WEIGHTS),--weights $(WEIGHTS)) --data $(DATA)
 QUIET := -q
 
+# Every recipe runs under bash with errexit, nounset and pipefail: a failing command fails its
+# stage, make stops with the stage named, and the stage's half-made target is deleted.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+
 .PHONY: all report plot clean-experiment
 .DELETE_ON_ERROR:
 .SECONDARY:
@@ -111,6 +117,7 @@ plot: $(OUT)/plot.png $(OUT)/plot.svg
 # and `make TIME_LIMIT=10` only the allocations and what follows.
 
 $(shell mkdir -p $(OUT))
+$(if $(filter 0,$(.SHELLSTATUS)),,$(error cannot create OUT=$(OUT)))
 # $(call differ,A,B): non-empty when the strings A and B differ.
 differ = $(or $(subst x$(1),,x$(2)),$(subst x$(2),,x$(1)))
 # $(call stamp,NAME,TEXT): write `NAME: TEXT` to $(OUT)/.NAME.vars unless it holds it already.
@@ -134,8 +141,9 @@ $(OUT)/calib.json: $(OUT)/.calib.vars $(BIN)/quantize
 
 $(OUT)/%/G.npy $(OUT)/%/G.se.npy $(OUT)/%/index.json: $(OUT)/calib.json $(OUT)/.calib.vars $(OUT)/.perturb.vars $(BIN)/perturb
 	@mkdir -p $(@D)
-	@cat $(OUT)/.calib.vars $(OUT)/.perturb.vars | cmp -s - $(@D)/work.vars || \
-	  { rm -rf $(@D)/work; cat $(OUT)/.calib.vars $(OUT)/.perturb.vars > $(@D)/work.vars; }
+	@# cmp: 0 when M/work was made for these variables; 1 (differ) or 2 (no work.vars) when not.
+	@if ! cat $(OUT)/.calib.vars $(OUT)/.perturb.vars | cmp -s - $(@D)/work.vars; then \
+	  rm -rf $(@D)/work; cat $(OUT)/.calib.vars $(OUT)/.perturb.vars > $(@D)/work.vars; fi
 	$(BIN)/perturb $(MODEL) --samples $(SAMPLES) --seed $(SEED) --calib $(OUT)/calib.json \
 	  --options '$(OPTIONS)' --metric $* $(PERTURB_FLAGS) \
 	  -o $(@D)/G.npy --se $(@D)/G.se.npy --index $(@D)/index.json --resume $(@D)/work $(QUIET)
@@ -169,11 +177,14 @@ $(eval $(call method,clado-loss-conf,loss,$(OUT)/loss/G.npy,$(CONFIDENCE_FLAGS))
 $(eval $(call method,clado-loss-pess,loss,$(OUT)/loss/G.npy,$(CONFIDENCE_FLAGS) --pessimistic))
 
 # uniform: every layer pinned to the highest-precision option the budget allows (its predicted Δ
-# comes from the loss G).
-$(OUT)/alloc/uniform/%.json: $(OUT)/loss/G.npy $(OUT)/loss/index.json $(OUT)/.allocate.vars $(BIN)/allocate $(SCRIPTS)/uniform.py
+# comes from the loss G). The pins are a stage of their own, so that a failure of uniform.py fails
+# the graph instead of leaving an unpinned allocation under the name `uniform`.
+$(OUT)/alloc/uniform/%.pins: $(OUT)/loss/index.json $(OUT)/.allocate.vars $(SCRIPTS)/uniform.py
 	@mkdir -p $(@D)
+	$(PYTHON) $(SCRIPTS)/uniform.py $< --$(BUDGET_KIND) $* > $@
+$(OUT)/alloc/uniform/%.json: $(OUT)/loss/G.npy $(OUT)/loss/index.json $(OUT)/alloc/uniform/%.pins $(OUT)/.allocate.vars $(BIN)/allocate
 	$(BIN)/allocate --matrix $< --index $(OUT)/loss/index.json --$(BUDGET_KIND) $* \
-	  $$($(PYTHON) $(SCRIPTS)/uniform.py $(OUT)/loss/index.json --$(BUDGET_KIND) $*) -o $@ $(QUIET)
+	  $(file <$(OUT)/alloc/uniform/$*.pins) -o $@ $(QUIET)
 METHOD_METRIC_uniform := loss
 METHOD_MATRIX_uniform := $(OUT)/loss/G.npy
 
