@@ -4,6 +4,7 @@
 #
 #   make -f scripts/experiment.mk EXP=main -j2            # one of the named experiments below
 #   make -f scripts/experiment.mk EXP=mse W_CALIB=mse A_CALIB=mse OPTIONS=w2a8,w4a8,w8a8
+#   make -f scripts/experiment.mk EXP=main LAUNCHER=slurm SHARDS=16 SLURM_CPUS=4  # perturb on Slurm
 #
 # The graph, for each metric M in $(METRICS) and psd method P in $(PSD_METHODS):
 #
@@ -79,6 +80,23 @@ PESSIMISTIC ?= 1
 PERTURB_FLAGS ?=
 ALLOCATE_FLAGS ?=
 TIME_LIMIT ?= 60
+# Where perturb runs. LAUNCHER=local: here (make -j runs the metrics in parallel).
+# LAUNCHER=slurm: each metric's perturbation is a Slurm job array of SHARDS tasks and its merge a
+# job that depends on it (sbatch --dependency=afterok); make waits for the merge and the later
+# stages run here as usual. The working directory and OUT must be on a filesystem that the nodes
+# share. A shard that fails or is cancelled fails the stage, naming the shard and its log; running
+# make again resubmits only the missing shards, which resume from their finished units.
+# SLURM_PARTITION, SLURM_TIME (sbatch --time) and SLURM_CPUS (CPUs per task, also perturb's
+# threads) pass through to every sbatch, and so do SBATCH_FLAGS (split at spaces).
+LAUNCHER ?= local
+SHARDS ?= 4
+SLURM_PARTITION ?=
+SLURM_TIME ?=
+SLURM_CPUS ?=
+SBATCH_FLAGS ?=
+# Not for the environment of the jobs: srun reads SLURM_PARTITION.
+unexport SLURM_PARTITION SLURM_TIME SLURM_CPUS SBATCH_FLAGS
+$(if $(filter-out local slurm,$(LAUNCHER)),$(error LAUNCHER=$(LAUNCHER): expected local or slurm))
 # The tools, the plot and the report.
 BIN ?= target/release
 PLOT ?= $(BIN)/clado-plot
@@ -125,6 +143,7 @@ stamp = $(if $(call differ,$(file <$(OUT)/.$(1).vars),$(1): $(strip $(2))),$(fil
 
 $(call stamp,calib,$(MODEL) $(OPTIONS) $(SAMPLES) $(SEED) $(W_CALIB) $(A_CALIB))
 $(call stamp,perturb,$(PERTURB_FLAGS))
+$(call stamp,launcher,$(LAUNCHER) $(if $(filter slurm,$(LAUNCHER)),$(SHARDS)))
 $(call stamp,allocate,$(BUDGET_KIND) $(TIME_LIMIT) $(ALLOCATE_FLAGS) $(if $(CONFIDENCE),$(CONFIDENCE_FLAGS)))
 $(call stamp,evaluate,$(EVAL_SAMPLES) $(BUDGETS))
 $(call stamp,report,$(EXP) $(METHODS) $(PLOT_X))
@@ -137,16 +156,26 @@ $(OUT)/calib.json: $(OUT)/.calib.vars $(BIN)/quantize
 
 # ---- perturb: G, its standard errors and index.json, per metric ---------------------------------
 # Finished work units are kept in M/work while perturb runs (rerun after an interruption and it
-# continues); the directory is dropped when the stage's variables change or the run finishes.
+# continues); the directory is dropped when the stage's variables or the launcher change, and when
+# the run finishes. With LAUNCHER=slurm, scripts/slurm-perturb.sh submits the shards and the merge
+# and waits for them; M/work holds each shard's result, finished units and Slurm log.
+
+PERTURB = $(BIN)/perturb $(MODEL) --samples $(SAMPLES) --seed $(SEED) --calib $(OUT)/calib.json \
+  --options '$(OPTIONS)' --metric $* $(PERTURB_FLAGS) $(QUIET)
+WORK_VARS := $(OUT)/.calib.vars $(OUT)/.perturb.vars $(OUT)/.launcher.vars
+SBATCH := $(if $(SLURM_PARTITION),--partition=$(SLURM_PARTITION)) $(if $(SLURM_TIME),--time=$(SLURM_TIME)) \
+  $(if $(SLURM_CPUS),--cpus-per-task=$(SLURM_CPUS)) $(SBATCH_FLAGS)
 
 $(OUT)/%/G.npy $(OUT)/%/G.se.npy $(OUT)/%/index.json: $(OUT)/calib.json $(OUT)/.calib.vars $(OUT)/.perturb.vars $(BIN)/perturb
 	@mkdir -p $(@D)
 	@# cmp: 0 when M/work was made for these variables; 1 (differ) or 2 (no work.vars) when not.
-	@if ! cat $(OUT)/.calib.vars $(OUT)/.perturb.vars | cmp -s - $(@D)/work.vars; then \
-	  rm -rf $(@D)/work; cat $(OUT)/.calib.vars $(OUT)/.perturb.vars > $(@D)/work.vars; fi
-	$(BIN)/perturb $(MODEL) --samples $(SAMPLES) --seed $(SEED) --calib $(OUT)/calib.json \
-	  --options '$(OPTIONS)' --metric $* $(PERTURB_FLAGS) \
-	  -o $(@D)/G.npy --se $(@D)/G.se.npy --index $(@D)/index.json --resume $(@D)/work $(QUIET)
+	@if ! cat $(WORK_VARS) | cmp -s - $(@D)/work.vars; then \
+	  rm -rf $(@D)/work; cat $(WORK_VARS) > $(@D)/work.vars; fi
+ifeq ($(LAUNCHER),slurm)
+	bash $(SCRIPTS)/slurm-perturb.sh $(@D) $(SHARDS) $(SBATCH) -- $(PERTURB)
+else
+	$(PERTURB) -o $(@D)/G.npy --se $(@D)/G.se.npy --index $(@D)/index.json --resume $(@D)/work
+endif
 	@rm -rf $(@D)/work $(@D)/work.vars
 
 # ---- psd ----------------------------------------------------------------------------------------
