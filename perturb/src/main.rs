@@ -30,6 +30,8 @@ Examples:
   # on 4 machines (or make -j4), then combine:
   perturb ... --shard 3/4 -o part3.json
   perturb merge part1.json part2.json part3.json part4.json -o G.npy --index index.json
+  # a Slurm job array of any size, then the merge:
+  sbatch --array=1-16 --wrap 'perturb ... --shard slurm -o part$SLURM_ARRAY_TASK_ID.json'
   # then: psd --method shift < G.npy > Gpsd.npy; allocate --matrix Gpsd.npy --index index.json";
 
 #[derive(Parser)]
@@ -81,7 +83,10 @@ struct Cli {
     #[arg(long, value_name = "DIR")]
     resume: Option<String>,
     /// Compute shard K of N (work units numbered K-1 mod N); combine with `perturb merge`.
-    #[arg(long, value_name = "K/N")]
+    /// `slurm`: K and N of this task of a Slurm job array (`sbatch --array=1-N`): K is the
+    /// task's place among the array's ids, N the array's size (SLURM_ARRAY_TASK_ID, _MIN,
+    /// _STEP, _COUNT), so one sbatch line serves any N. Outside an array it is an error (exit 2).
+    #[arg(long, value_name = "K/N|slurm")]
     shard: Option<String>,
     /// Measure every entry with a full forward pass from the images, as the seed did (slow:
     /// for checking the fast path, which reuses unchanged prefixes).

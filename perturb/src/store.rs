@@ -22,8 +22,12 @@ pub struct Shard {
 impl Shard {
     pub const WHOLE: Shard = Shard { index: 1, count: 1 };
 
-    /// Parse `K/N` with 1 ≤ K ≤ N.
+    /// Parse `K/N` with 1 ≤ K ≤ N, or `slurm`: this task's place in its Slurm job array
+    /// (see [`Shard::of_slurm_array`]).
     pub fn parse(text: &str) -> Result<Shard> {
+        if text == "slurm" {
+            return Shard::of_slurm_array(|name| std::env::var(name).ok());
+        }
         let bad = || Error::usage(format!("--shard '{text}': expected K/N with 1 <= K <= N, e.g. 2/8"));
         let (k, n) = text.split_once('/').ok_or_else(bad)?;
         let (index, count): (usize, usize) = (
@@ -36,8 +40,90 @@ impl Shard {
         Ok(Shard { index, count })
     }
 
+    /// The shard of a task of a Slurm job array, from the variables sbatch sets (looked up by
+    /// `var`): K is the task's place among the array's ids (`SLURM_ARRAY_TASK_ID` counted from
+    /// `SLURM_ARRAY_TASK_MIN` in steps of `SLURM_ARRAY_TASK_STEP`), N is `SLURM_ARRAY_TASK_COUNT`.
+    /// So `--array=1-N` and `--array=0-15` both work; an array with gaps (`--array=1,4`) or a
+    /// resubmission of some of the tasks does not number the shards and needs `--shard K/N`.
+    pub fn of_slurm_array(var: impl Fn(&str) -> Option<String>) -> Result<Shard> {
+        let number = |name: &str| -> Result<Option<usize>> {
+            var(name)
+                .map(|text| {
+                    text.trim().parse().map_err(|_| {
+                        Error::usage(format!(
+                            "--shard slurm: {name}={text:?} is not a task number of a job array"
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let Some(id) = number("SLURM_ARRAY_TASK_ID")? else {
+            return Err(Error::usage(
+                "--shard slurm: SLURM_ARRAY_TASK_ID is not set: this is not a task of a Slurm job \
+                 array (submit with sbatch --array=1-N, or give --shard K/N)",
+            ));
+        };
+        let needed = |name: &str| -> Result<usize> {
+            number(name)?.ok_or_else(|| {
+                Error::usage(format!(
+                    "--shard slurm: SLURM_ARRAY_TASK_ID is set but {name} is not (Slurm sets both in a job array)"
+                ))
+            })
+        };
+        let (min, count) = (needed("SLURM_ARRAY_TASK_MIN")?, needed("SLURM_ARRAY_TASK_COUNT")?);
+        let step = number("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1).max(1);
+        let place = id.checked_sub(min).filter(|d| d % step == 0).map(|d| d / step + 1);
+        match place {
+            Some(index) if index <= count => Ok(Shard { index, count }),
+            _ => Err(Error::usage(format!(
+                "--shard slurm: task {id} is not one of the {count} tasks {min}, {}, ... of its array \
+                 (ids with gaps, or a resubmission of some tasks): give --shard K/N",
+                min + step
+            ))),
+        }
+    }
+
     pub fn owns(&self, unit: usize) -> bool {
         unit % self.count == self.index - 1
+    }
+}
+
+#[cfg(test)]
+mod slurm_array_tests {
+    use super::Shard;
+
+    fn shard_of(vars: &[(&str, &str)]) -> clado::Result<Shard> {
+        Shard::of_slurm_array(|name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string()))
+    }
+
+    #[test]
+    fn the_place_in_the_array_is_the_shard() {
+        let array = |id: &str, min: &str, count: &str, step: &str| {
+            shard_of(&[
+                ("SLURM_ARRAY_TASK_ID", id),
+                ("SLURM_ARRAY_TASK_MIN", min),
+                ("SLURM_ARRAY_TASK_COUNT", count),
+                ("SLURM_ARRAY_TASK_STEP", step),
+            ])
+            .map(|s| (s.index, s.count))
+        };
+        assert_eq!(array("1", "1", "3", "1").unwrap(), (1, 3));
+        assert_eq!(array("3", "1", "3", "1").unwrap(), (3, 3));
+        assert_eq!(array("0", "0", "16", "1").unwrap(), (1, 16), "--array=0-15");
+        assert_eq!(array("7", "3", "3", "2").unwrap(), (3, 3), "--array=3-7:2");
+        assert!(array("4", "3", "3", "2").is_err(), "4 is not in 3-7:2");
+        assert!(array("2", "2", "1", "1").is_ok(), "a one-task array is shard 1/1");
+        assert!(array("5", "1", "2", "1").is_err(), "--array=1,5: ids with a gap");
+        assert!(array("x", "1", "2", "1").is_err());
+    }
+
+    #[test]
+    fn outside_an_array_it_is_a_usage_error() {
+        let err = shard_of(&[]).unwrap_err();
+        assert!(matches!(err, clado::Error::Usage(_)), "{err}");
+        assert!(err.to_string().contains("SLURM_ARRAY_TASK_ID is not set"), "{err}");
+        let err = shard_of(&[("SLURM_ARRAY_TASK_ID", "2")]).unwrap_err();
+        assert!(err.to_string().contains("SLURM_ARRAY_TASK_MIN"), "{err}");
     }
 }
 
