@@ -81,7 +81,8 @@ impl Job {
 
     /// Samples in batch `b` (the last one may be short).
     pub fn batch_len(&self, b: usize) -> usize {
-        self.batch_size.min(self.samples.saturating_sub(b * self.batch_size))
+        self.batch_size
+            .min(self.samples.saturating_sub(b.saturating_mul(self.batch_size)))
     }
 
     /// Number of units: batches × variable layers × options (`None` beyond usize).
@@ -165,8 +166,8 @@ impl Job {
     }
 }
 
-#[cfg(feature = "measure")]
 /// The measurement flags, validated.
+#[cfg(feature = "measure")]
 pub struct Settings {
     pub options: Vec<QuantOption>,
     pub metric: Metric,
@@ -201,8 +202,8 @@ pub struct Reporting {
     pub reference: bool,
 }
 
-#[cfg(feature = "measure")]
 /// Run a measurement: validate everything, then compute (resuming from `resume` if given).
+#[cfg(feature = "measure")]
 pub fn run(
     model: &ModelArgs,
     data_args: &DataArgs,
@@ -402,16 +403,16 @@ pub fn run(
     }
 }
 
-#[cfg(feature = "measure")]
 /// Combine shards' partial results into `G.npy` and `index.json`.
+#[cfg(feature = "measure")]
 pub fn merge(parts: &[String], matrix: &str, index: &str, se: Option<&str>, report: &Reporting) -> Result<()> {
     let partials: Vec<Partial> = parts.iter().map(|p| Partial::read(p)).collect::<Result<_>>()?;
     let assembled = store::assemble_named(parts, &partials)?;
     assembled.write(matrix, index, se, report)
 }
 
-#[cfg(feature = "measure")]
 /// The variable layers: all, or `--layers`, minus `--exclude`; every name must exist.
+#[cfg(feature = "measure")]
 fn choose_layers(names: Vec<&str>, settings: &Settings) -> Result<Vec<usize>> {
     let find = |n: &str| {
         names.iter().position(|x| *x == n).ok_or_else(|| {

@@ -108,7 +108,10 @@ impl Moments {
     /// The moments of per-sample values, or the first sample whose value is not finite or
     /// beyond [`MAX_PER_SAMPLE`].
     pub fn of(values: &[f64]) -> Result<Moments, usize> {
-        if let Some(bad) = values.iter().position(|v| !(v.abs() <= MAX_PER_SAMPLE)) {
+        if let Some(bad) = values
+            .iter()
+            .position(|v| !(-MAX_PER_SAMPLE..=MAX_PER_SAMPLE).contains(v))
+        {
             return Err(bad);
         }
         // Within the bound no sum of fewer than 1e200 samples leaves the f64 range.
@@ -121,7 +124,7 @@ impl Moments {
     fn problem(&self, samples: usize) -> Option<String> {
         let limit = samples as f64 * MAX_PER_SAMPLE;
         let (sum, sumsq) = (self.sum.value(), self.sumsq.value());
-        if !(sum.abs() <= limit) {
+        if !(-limit..=limit).contains(&sum) {
             Some(format!("sum {sum:e} is beyond what {samples} samples can give"))
         } else if !(0.0..=limit).contains(&sumsq) {
             Some(format!(
