@@ -23,6 +23,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(c) = combine(&["part.json".to_string()], &[part]) {
         assert!(c.g.iter().all(|x| x.is_finite()), "G is not finite");
         assert!(c.se.iter().all(|x| x.is_finite() && *x >= 0.0), "standard errors");
-        assert!(c.fp.loss.is_finite() && (0.0..=100.0).contains(&c.fp.top1), "FP reference");
+        assert!(
+            c.fp.loss.is_finite() && (0.0..=100.0).contains(&c.fp.top1),
+            "FP reference"
+        );
     }
 });
