@@ -96,7 +96,7 @@ pub fn rounding_tolerance(n: usize, spectral_norm: f64) -> f64 {
     ROUNDING_CONSTANT * n as f64 * f64::EPSILON * spectral_norm
 }
 
-/// (G + Gᵀ)/2, exactly symmetric, and the largest |G[i,j] − G[j,i]| found.
+/// (G + Gᵀ)/2, exactly symmetric, and the largest `|G[i,j] − G[j,i]|` found.
 ///
 /// xᵀ((G + Gᵀ)/2)x = xᵀGx for every x, so this never changes an objective.
 pub fn symmetrise(g: &Array2<f64>) -> (Array2<f64>, f64) {
@@ -331,7 +331,7 @@ pub struct Projection {
     /// The output matrix, exactly symmetric.
     pub matrix: Array2<f64>,
     pub method: Method,
-    /// Largest |G[i,j] − G[j,i]| of the input.
+    /// Largest `|G[i,j] − G[j,i]|` of the input.
     pub max_asymmetry: f64,
     /// Spectrum of the symmetrised input.
     pub before: Spectrum,
