@@ -163,6 +163,7 @@ fn fixed_layers_count_in_the_budget() {
     let mut idx = index();
     idx.fixed.insert("layer5".into(), "fp".into());
     idx.variables.retain(|v| v.layer != 5);
+    idx.matrix.rows = idx.variables.len();
     let g = matrix().slice(ndarray::s![..15, ..15]).to_owned();
     write(dir.path(), &g, &idx);
     let alloc = parse(&allocate(dir.path(), &["--avg-bits", "6"]).success());

@@ -308,3 +308,22 @@ fn the_readme_one_liners_run_as_written() {
     assert_eq!(last.len(), 1);
     assert_eq!(last[0].avg_w_bits, read_alloc(d, "alloc-3.json").avg_w_bits);
 }
+
+/// A tool waiting for data on a terminal says so on stderr (`script` gives it a terminal, and
+/// ends that input at once, so the tool then reports the empty input).
+#[test]
+fn a_terminal_on_stdin_is_named_instead_of_a_silent_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    for (line, expected) in [
+        ("psd -o G.npy", "psd: reading a .npy matrix from standard input (a terminal)"),
+        (
+            "evaluate --alloc -",
+            "evaluate: reading an alloc.json document from standard input (a terminal)",
+        ),
+    ] {
+        let r = sh(dir.path(), &format!("script -qec '{line}' /dev/null < /dev/null"));
+        // script passes the tool's exit status and puts its stderr on the terminal (stdout).
+        assert_eq!(r.status, Some(2), "{r:?}");
+        assert!(r.stdout.contains(expected) && r.stdout.contains("e.g. `"), "{line}: {r:?}");
+    }
+}
