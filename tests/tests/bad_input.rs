@@ -768,7 +768,7 @@ fn write_bad_calib_and_alloc(dir: &Path) {
     write_json(
         dir,
         "calib_arch.json",
-        &edited(&calib, |v| v["arch"] = json!("resnet56")),
+        &edited(&calib, |v| v["model"]["arch"] = json!("resnet56")),
     );
     write_json(
         dir,
@@ -791,6 +791,11 @@ fn write_bad_calib_and_alloc(dir: &Path) {
     let alloc = alloc_all("w4a8");
     write_json(dir, "alloc.json", &serde_json::to_value(&alloc).unwrap());
     write_json(dir, "alloc_v1.json", &edited(&alloc, |v| v["version"] = json!(1)));
+    write_json(
+        dir,
+        "alloc_model.json",
+        &edited(&alloc, |v| v["model"]["digest"] = json!("0123456789abcdef")),
+    );
     write_json(
         dir,
         "alloc_field.json",
@@ -872,6 +877,14 @@ fn alloc_cases(base: &[&str]) -> Vec<Case> {
             "alloc: other version",
             a("alloc_v1.json"),
             &["alloc_v1.json", "older version"],
+        ),
+        case(
+            "alloc: another model",
+            a("alloc_model.json"),
+            &[
+                "alloc_model.json",
+                "model: made for resnet20 with weights digest 0123456789abcdef",
+            ],
         ),
         case(
             "alloc: unknown field",

@@ -315,7 +315,10 @@ fn the_readme_one_liners_run_as_written() {
 fn a_terminal_on_stdin_is_named_instead_of_a_silent_wait() {
     let dir = tempfile::tempdir().unwrap();
     for (line, expected) in [
-        ("psd -o G.npy", "psd: reading a .npy matrix from standard input (a terminal)"),
+        (
+            "psd -o G.npy",
+            "psd: reading a .npy matrix from standard input (a terminal)",
+        ),
         (
             "evaluate --alloc -",
             "evaluate: reading an alloc.json document from standard input (a terminal)",
@@ -324,6 +327,9 @@ fn a_terminal_on_stdin_is_named_instead_of_a_silent_wait() {
         let r = sh(dir.path(), &format!("script -qec '{line}' /dev/null < /dev/null"));
         // script passes the tool's exit status and puts its stderr on the terminal (stdout).
         assert_eq!(r.status, Some(2), "{r:?}");
-        assert!(r.stdout.contains(expected) && r.stdout.contains("e.g. `"), "{line}: {r:?}");
+        assert!(
+            r.stdout.contains(expected) && r.stdout.contains("e.g. `"),
+            "{line}: {r:?}"
+        );
     }
 }
