@@ -354,8 +354,10 @@ mod tests {
             .map(|(l, o)| format!(r#"{{"layer":{l},"option":{o}}}"#))
             .collect();
         let text = format!(
-            r#"{{"version":1,"arch":"resnet20","layers":[],"options":[],"variables":[{}],"metric":"loss",
+            r#"{{"version":2,"model":{{"arch":"resnet20","digest":"0"}},"calib_digest":"0",
+                "matrix":{{"rows":{},"digest":"0"}},"layers":[],"options":[],"variables":[{}],"metric":"loss",
                 "naive":false,"samples":8,"data":"npy:x.npy,y.npy","seed":0,"fp":{{"loss":0.3,"top1":91.0}}}}"#,
+            vars.len(),
             vars.join(",")
         );
         clado::io::json_from_bytes("index.json", text.as_bytes()).unwrap()
