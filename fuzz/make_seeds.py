@@ -38,22 +38,23 @@ def main():
     layers = [{"name": "conv1", "kind": "conv", "params": 144, "macs": 147456},
               {"name": "fc", "kind": "linear", "params": 640, "macs": 640}]
     options = [{"name": "w2a8", "w_bits": 2, "a_bits": 8}, {"name": "w8", "w_bits": 8, "a_bits": None}]
-    index = {"version": 1, "arch": "resnet20", "layers": layers, "fixed": {"fc": "fp"}, "options": options,
+    index = {"version": 2, "model": {"arch": "resnet20", "digest": "8f5e2c1a0b3d4e6f"}, "calib_digest": "0123456789abcdef",
+             "matrix": {"rows": 2, "digest": "fedcba9876543210", "se_digest": "0011223344556677"}, "layers": layers, "fixed": {"fc": "fp"}, "options": options,
              "variables": [{"layer": 0, "option": 0}, {"layer": 0, "option": 1}], "metric": "loss", "naive": False,
              "samples": 256, "data": "fashion-mnist:/d:train", "seed": 0, "fp": {"loss": 0.27, "top1": 90.4},
              "diagnostics": {"negative_single": 0, "lambda_min": -0.1, "lambda_max": 1.0, "evaluations": 2, "seconds": 1.5}}
     write("json_index", "index.json", json.dumps(index, indent=1))
-    calib = {"version": 1, "arch": "resnet20", "w_calib": "minmax", "a_calib": "mse", "per_tensor": False, "samples": 8,
+    calib = {"version": 2, "model": {"arch": "resnet20", "digest": "8f5e2c1a0b3d4e6f"}, "w_calib": "minmax", "a_calib": "mse", "per_tensor": False, "samples": 8,
              "data": "npy:x.npy,y.npy:train", "seed": 0,
              "layers": [{"name": "conv1", "weight_scales": {"2": [0.5, 0.25], "8": [0.01]}, "act_ranges": {"8": {"lo": -1.0, "hi": 2.5}}}]}
     write("json_calib", "calib.json", json.dumps(calib, indent=1))
-    alloc = {"version": 1, "layers": [{"name": "conv1", "option": "w4a8", "w_bits": 4, "a_bits": 8},
+    alloc = {"version": 2, "model": {"arch": "resnet20", "digest": "8f5e2c1a0b3d4e6f"}, "layers": [{"name": "conv1", "option": "w4a8", "w_bits": 4, "a_bits": 8},
                                       {"name": "fc", "option": "fp", "w_bits": None, "a_bits": None}],
              "predicted_delta": 0.01, "size_bits": 21056, "avg_w_bits": 26.9, "bops": 4718592, "budget": "avg-bits=4",
              "solver": {"status": "optimal", "objective": 0.01, "bound": 0.0099, "gap": 1e-6, "seconds": 0.1},
              "notes": {"method": "enumerate", "sanity": {"deviating": ["conv1"]}}}
     write("json_alloc", "alloc.json", json.dumps(alloc, indent=1))
-    metrics = {"version": 1, "config": "uniform:w4a8", "arch": "resnet20", "data": "fashion-mnist:/d:test", "samples": 10000,
+    metrics = {"version": 2, "config": "uniform:w4a8", "arch": "resnet20", "data": "fashion-mnist:/d:test", "samples": 10000,
                "top1": 89.9, "top5": 99.7, "loss": 0.2855, "kl": 0.0169, "size_bits": 1082000, "size_mb": 0.135,
                "avg_w_bits": 4.0, "bops": 162000000}
     write("json_metrics", "metrics.json", json.dumps(metrics))

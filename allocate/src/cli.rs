@@ -33,6 +33,18 @@ allocation found is written with its proven bound and gap, and a warning goes to
 solve that takes longer than 10 s says so on stderr every 10 s (nodes, best objective, gap;
 --progress-every, none with -q).
 
+Inputs belong together: the index must list as many variables as G has rows (a message names
+both files and both sizes), and --se must be the standard errors perturb wrote with this index
+(index.json records their digest, matrix.se_digest). alloc.json records the model of the index
+(architecture and weights digest), so `evaluate` and `quantize apply` refuse it for another model.
+Standard input (--matrix -, --index - or --se -) is read to its end before the other files, so
+`perturb -o - --index index.json | psd | allocate --matrix - --index index.json` reads the index
+of this run. --sweep writes JSON lines, which `evaluate --alloc` reads: each line is evaluated.
+
+Same inputs, same bytes: alloc.json is byte-identical across runs and thread counts but for
+`solver.seconds` (wall clock) — and, when a solve stops at --time-limit, for whatever the search
+had reached by then.
+
 Without a budget the tool runs the sanity check: the answer should be the highest-precision
 option everywhere; when it is not, stderr and notes.sanity name the deviating layers and the
 negative estimates (G[v,v] < 0, or negative cross terms) that make the deviation pay.
@@ -78,6 +90,11 @@ Examples:
   allocate --matrix G.npy --index index.json -o unconstrained.json
   allocate --matrix G.npy --index index.json --pin conv1=w8a8,fc=w8a8 \\
            --sweep avg-bits=2:8:0.25 > front.jsonl
+  evaluate --alloc front.jsonl         # one metrics line per allocation
+
+  # in one pipe: G on stdout, the index written before G's last byte
+  perturb --options w2a8,w8a8 -o - --index index.json | psd \\
+      | allocate --matrix - --index index.json --avg-bits 4 | evaluate --alloc -
 
   # do not chase calibration noise: a pessimistic objective from perturb's standard errors
   perturb ... -o G.npy --index index.json --se G.se.npy

@@ -88,7 +88,7 @@ pub mod synthetic;
 use clado::budget::Budget;
 use clado::cli::Verbosity;
 use clado::format::{Alloc, Index, LayerChoice, SolverReport, FORMAT_VERSION};
-use clado::io::display_name;
+use clado::io::{display_name, Input};
 use clado::{Error, Result};
 use cli::Config;
 use problem::{Choice, Problem};
@@ -98,14 +98,40 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 /// Read the inputs, solve, write the allocation(s). Every input is checked before solving.
+///
+/// Stdin is read to its end before the files (`clado::io`, Pipelines), so the index that
+/// `perturb -o - --index index.json` finished before its last byte of G is the one read.
+/// The index must describe the matrix (as many variables as rows) and the standard errors
+/// (`--se`: the digest perturb recorded when it wrote them).
 pub fn run(config: &Config) -> Result<()> {
     let index_name = display_name(&config.index, false);
     let matrix_name = display_name(&config.matrix, false);
-    let index: Index = clado::io::read_json(&config.index)?;
-    let matrix = clado::io::read_matrix(&config.matrix)?;
-    let mut problem = Problem::new(&index, &index_name, matrix, &matrix_name, &config.pins, config.naive)?;
+    let index_kind = clado::io::document_kind::<Index>();
+    let mut inputs = vec![
+        Input::new(&config.index, &index_kind, "index.json"),
+        Input::new(&config.matrix, clado::io::MATRIX_KIND, "G.npy"),
+    ];
     if let Some(path) = &config.se {
-        problem.set_se(clado::io::read_matrix(path)?, &display_name(path, false))?;
+        inputs.push(Input::new(path, clado::io::MATRIX_KIND, "G.se.npy"));
+    }
+    let bytes = clado::io::read_inputs(&inputs)?;
+    let index: Index = clado::io::json_from_bytes(&index_name, &bytes[0])?;
+    let matrix = clado::io::matrix_from_npy_bytes(&matrix_name, &bytes[1])?;
+    let mut problem = Problem::new(&index, &index_name, matrix, &matrix_name, &config.pins, config.naive)?;
+    if index.matrix.rows != index.variables.len() {
+        return Err(Error::input(
+            &index_name,
+            format!(
+                "matrix.rows is {}, but the index lists {} variables (expected equal)",
+                index.matrix.rows,
+                index.variables.len()
+            ),
+        ));
+    }
+    if let Some(path) = &config.se {
+        let se_name = display_name(path, false);
+        check_se_digest(&index, &index_name, &se_name, &bytes[2])?;
+        problem.set_se(clado::io::matrix_from_npy_bytes(&se_name, &bytes[2])?, &se_name)?;
         if config.confidence > 0.0 {
             problem.apply_confidence(config.confidence);
         }
@@ -121,6 +147,28 @@ pub fn run(config: &Config) -> Result<()> {
             clado::io::write_json(&config.output, &alloc)
         }
         Some(sweep) => run_sweep(config, &allocator, sweep),
+    }
+}
+
+/// `--se` must be the standard errors perturb wrote with this index (their digest).
+fn check_se_digest(index: &Index, index_name: &str, se_name: &str, bytes: &[u8]) -> Result<()> {
+    let found = clado::io::digest(bytes);
+    match &index.matrix.se_digest {
+        Some(expected) if *expected == found => Ok(()),
+        Some(expected) => Err(Error::input(
+            se_name,
+            format!(
+                "digest {found}, but {index_name} records the standard errors written with it as digest \
+                 {expected} (matrix.se_digest): they belong to another perturbation run"
+            ),
+        )),
+        None => Err(Error::input(
+            se_name,
+            format!(
+                "{index_name} records no standard errors (matrix.se_digest; perturb ran without --se), \
+                 so these belong to another perturbation run"
+            ),
+        )),
     }
 }
 
@@ -257,6 +305,7 @@ fn report(config: &Config, problem: &Problem, budgets: &[Budget], solved: &Solve
     }
     Alloc {
         version: FORMAT_VERSION,
+        model: problem.model.clone(),
         layers: problem
             .layers
             .iter()

@@ -41,6 +41,8 @@ pub type Choice = Vec<usize>;
 /// The checked problem: layers, options, decisions, and the matrix in use.
 #[derive(Clone, Debug)]
 pub struct Problem {
+    /// The model the index was measured on (copied into every alloc.json).
+    pub model: clado::format::ModelId,
     /// Every quantizable layer, in forward order.
     pub layers: Vec<LayerInfo>,
     /// The options of the index.
@@ -227,6 +229,7 @@ impl Problem {
             .map(|d| d.expect("every layer decided above"))
             .collect();
         Ok(Problem {
+            model: index.model.clone(),
             layers: index.layers.clone(),
             options,
             var_option,

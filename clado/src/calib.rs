@@ -6,6 +6,7 @@ use crate::engine::{Images, LayerPrecision, Network, Parallelism, Plan, WeightCa
 use crate::format::{Calib, LayerCalib, FORMAT_VERSION};
 use crate::options::QuantOption;
 use crate::quant::{self, ActObserver, Calibration};
+use crate::setup::LoadedModel;
 use crate::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,10 +26,10 @@ pub fn bits_needed(options: &[QuantOption]) -> (BTreeSet<u8>, BTreeSet<u8>) {
     (w, a)
 }
 
-/// Calibrate the quantizers of every layer of `net` for the given bit widths on `data` (the FP
+/// Calibrate the quantizers of every layer of `model` for the given bit widths on `data` (the FP
 /// model's inputs to each layer; docs/definitions.md's `minmax` or the `mse` search).
 pub fn calibrate(
-    net: &Network,
+    model: &LoadedModel,
     data: &Dataset,
     data_spec: &str,
     seed: u64,
@@ -37,6 +38,7 @@ pub fn calibrate(
     settings: CalibSettings,
     batch_size: usize,
 ) -> Result<Calib> {
+    let net = &model.net;
     let layers = net.layers();
     let mut observers: Vec<ActObserver> = layers.iter().map(|_| ActObserver::new(settings.a_calib)).collect();
     if !a_bits.is_empty() {
@@ -67,7 +69,7 @@ pub fn calibrate(
     }
     Ok(Calib {
         version: FORMAT_VERSION,
-        arch: net.arch().to_string(),
+        model: model.id.clone(),
         w_calib: settings.w_calib.to_string(),
         a_calib: settings.a_calib.to_string(),
         per_tensor: settings.per_tensor,
@@ -78,15 +80,11 @@ pub fn calibrate(
     })
 }
 
-/// Check that `calib` (read from `source`) was made for `net` and holds the parameters that
-/// `options` need on `layers` (indices into `net.layers()`).
-pub fn check_calib(calib: &Calib, source: &str, net: &Network, options: &[QuantOption]) -> Result<()> {
-    if calib.arch != net.arch() {
-        return Err(Error::input(
-            source,
-            format!("made for {}, but the model is {}", calib.arch, net.arch()),
-        ));
-    }
+/// Check that `calib` (read from `source`) was made for `model` (the same [`crate::format::ModelId`])
+/// and holds the parameters that `options` need on every layer.
+pub fn check_calib(calib: &Calib, source: &str, model: &LoadedModel, options: &[QuantOption]) -> Result<()> {
+    let net = &model.net;
+    model.id.check(&model.describe(), source, &calib.model)?;
     let names: Vec<&str> = net.layers().iter().map(|l| l.name.as_str()).collect();
     let got: Vec<&str> = calib.layers.iter().map(|l| l.name.as_str()).collect();
     if names != got {

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 /// }
 /// ```
 pub fn main(tool: &str, body: impl FnOnce() -> Result<(), Error>) -> ExitCode {
+    crate::io::set_tool_name(tool);
     match body() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,

@@ -9,6 +9,8 @@
 //! | [`Metrics`] metrics JSON | evaluate | scripts |
 //!
 //! Every document carries `version`; readers reject other versions and unknown fields.
+//! Every document but the metrics names the model it was made for ([`ModelId`]), so a tool
+//! refuses a side file of another model instead of using it.
 //! Matrix convention: variable v = (layer, option) in the order of [`Index::variables`];
 //! xᵀGx is the predicted change of the metric for a one-hot choice x.
 
@@ -17,8 +19,67 @@ use crate::options::QuantOption;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Version of every JSON format written by this build.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of every JSON format written by this build. 2: index.json, calib.json and alloc.json
+/// name their model ([`ModelId`]); index.json records the matrix it describes ([`MatrixId`]).
+pub const FORMAT_VERSION: u32 = 2;
+
+/// Which model a file was made for: the architecture and a digest of the weights file's bytes.
+/// Two files belong together when their `ModelId`s are equal (the layer lists are in the
+/// documents themselves and checked against the model separately).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelId {
+    /// `resnet20`, `resnet32`, `resnet44`, `resnet56`; a model read from a graph file names
+    /// its format (e.g. `onnx`) and its digest is that file's.
+    pub arch: String,
+    /// [`crate::io::digest`] of the weights file (16 hex digits of FNV-1a 64).
+    pub digest: String,
+}
+
+impl ModelId {
+    /// The identity of a model that was not loaded from a file (synthetic instances, tests).
+    pub fn synthetic(arch: &str) -> ModelId {
+        ModelId {
+            arch: arch.into(),
+            digest: "synthetic".into(),
+        }
+    }
+
+    /// Check that a file's model (`found`, field `model` of `source`) is this one (`what`
+    /// names where this one comes from, e.g. `--weights models/x.safetensors`).
+    pub fn check(&self, what: &str, source: &str, found: &ModelId) -> crate::Result<()> {
+        if found == self {
+            return Ok(());
+        }
+        Err(crate::Error::input(
+            source,
+            format!(
+                "model: made for {} with weights digest {}, but {what} is {} with weights digest {}: \
+                 it belongs to another model (rerun the tool that wrote it)",
+                found.arch, found.digest, self.arch, self.digest
+            ),
+        ))
+    }
+}
+
+impl std::fmt::Display for ModelId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (weights digest {})", self.arch, self.digest)
+    }
+}
+
+/// The matrix an index describes, as `perturb` wrote it: its rows (= variables) and
+/// [`crate::io::digest`]s of the `.npy` bytes of G and of its standard errors.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixId {
+    pub rows: usize,
+    /// Digest of `G.npy` as written (a `psd` output of it has another digest).
+    pub digest: String,
+    /// Digest of `G.se.npy` (`perturb --se`); absent when none was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub se_digest: Option<String>,
+}
 
 /// A quantizable layer (Conv2d or Linear) as PyTorch names its module.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -136,8 +197,13 @@ pub struct NoiseSummary {
 #[serde(deny_unknown_fields)]
 pub struct Index {
     pub version: u32,
-    /// Architecture, e.g. `resnet20`.
-    pub arch: String,
+    /// The model measured.
+    pub model: ModelId,
+    /// [`crate::io::digest`] of the quantizer parameters used (compact JSON of the calib.json
+    /// document, whether read with `--calib` or calibrated by `perturb` itself).
+    pub calib_digest: String,
+    /// The G (and standard errors) written with this index.
+    pub matrix: MatrixId,
     /// Every quantizable layer of the model, in forward order (also those not perturbed).
     pub layers: Vec<LayerInfo>,
     /// Names of layers that are not variables (excluded or pinned at `fixed_option`).
@@ -161,15 +227,22 @@ pub struct Index {
 
 impl Index {
     /// An index in which every layer is a variable with every option, in the matrix order
-    /// `perturb` writes (layer-major), for a problem that was not measured: metric `loss`,
-    /// nothing fixed, 0 samples, data `synthetic`, seed 0, FP loss 0 and top-1 0. Synthetic
+    /// `perturb` writes (layer-major), for a problem that was not measured: a
+    /// [`ModelId::synthetic`], metric `loss`, nothing fixed, 0 samples, data `synthetic`,
+    /// seed 0, FP loss 0 and top-1 0, digests `synthetic`. Synthetic
     /// instances (allocate's benchmarks, the tests) change what they need with struct update
     /// syntax: `Index { seed, ..Index::all_options(...) }`.
     pub fn all_options(arch: &str, layers: Vec<LayerInfo>, options: &[QuantOption]) -> Index {
         let k = options.len();
         Index {
             version: FORMAT_VERSION,
-            arch: arch.into(),
+            model: ModelId::synthetic(arch),
+            calib_digest: "synthetic".into(),
+            matrix: MatrixId {
+                rows: layers.len() * k,
+                digest: "synthetic".into(),
+                se_digest: None,
+            },
             variables: (0..layers.len())
                 .flat_map(|l| (0..k).map(move |o| Variable { layer: l, option: o }))
                 .collect(),
@@ -189,6 +262,7 @@ impl Index {
 
 impl Versioned for Index {
     const KIND: &'static str = "index.json";
+    const WRITER: &'static str = "perturb";
     const VERSION: u32 = FORMAT_VERSION;
 }
 
@@ -217,7 +291,8 @@ pub struct LayerCalib {
 #[serde(deny_unknown_fields)]
 pub struct Calib {
     pub version: u32,
-    pub arch: String,
+    /// The model calibrated.
+    pub model: ModelId,
     /// `minmax` or `mse`.
     pub w_calib: String,
     pub a_calib: String,
@@ -230,6 +305,7 @@ pub struct Calib {
 
 impl Versioned for Calib {
     const KIND: &'static str = "calib.json";
+    const WRITER: &'static str = "quantize calibrate";
     const VERSION: u32 = FORMAT_VERSION;
 }
 
@@ -272,6 +348,8 @@ pub struct SolverReport {
 #[serde(deny_unknown_fields)]
 pub struct Alloc {
     pub version: u32,
+    /// The model allocated for (the index's).
+    pub model: ModelId,
     /// Every quantizable layer in forward order.
     pub layers: Vec<LayerChoice>,
     /// Predicted change of the metric: xᵀGx.
@@ -289,6 +367,7 @@ pub struct Alloc {
 
 impl Versioned for Alloc {
     const KIND: &'static str = "alloc.json";
+    const WRITER: &'static str = "allocate";
     const VERSION: u32 = FORMAT_VERSION;
 }
 
@@ -317,6 +396,7 @@ pub struct Metrics {
 
 impl Versioned for Metrics {
     const KIND: &'static str = "metrics JSON";
+    const WRITER: &'static str = "evaluate";
     const VERSION: u32 = FORMAT_VERSION;
 }
 
@@ -327,20 +407,47 @@ mod tests {
 
     #[test]
     fn rejects_unknown_fields_and_other_versions() {
-        let ok = br#"{"version":1,"layers":[],"predicted_delta":0,"size_bits":0,"avg_w_bits":0,
-            "bops":0,"budget":"none","solver":{"status":"optimal","objective":0,"bound":0,"gap":0,"seconds":0}}"#;
+        let ok = br#"{"version":2,"model":{"arch":"resnet20","digest":"00"},"layers":[],"predicted_delta":0,
+            "size_bits":0,"avg_w_bits":0,"bops":0,"budget":"none",
+            "solver":{"status":"optimal","objective":0,"bound":0,"gap":0,"seconds":0}}"#;
         json_from_bytes::<Alloc>("a.json", ok).unwrap();
         let unknown = String::from_utf8_lossy(ok).replace("\"bops\":0", "\"bops\":0,\"colour\":1");
         let e = json_from_bytes::<Alloc>("a.json", unknown.as_bytes())
             .unwrap_err()
             .to_string();
         assert!(e.contains("a.json") && e.contains("unknown field `colour`"), "{e}");
-        let v2 = String::from_utf8_lossy(ok).replace("\"version\":1", "\"version\":2");
-        let e = json_from_bytes::<Alloc>("a.json", v2.as_bytes())
+        let v3 = String::from_utf8_lossy(ok).replace("\"version\":2", "\"version\":3");
+        let e = json_from_bytes::<Alloc>("a.json", v3.as_bytes())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("version 2 is not supported"), "{e}");
+        assert!(e.contains("version 3") && e.contains("newer"), "{e}");
+        let v1 = String::from_utf8_lossy(ok).replace("\"version\":2", "\"version\":1");
+        let e = json_from_bytes::<Alloc>("a.json", v1.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("older version") && e.contains("rerun allocate"), "{e}");
         let e = json_from_bytes::<Alloc>("a.json", b"{}").unwrap_err().to_string();
         assert!(e.contains("missing field `version`"), "{e}");
+    }
+
+    #[test]
+    fn a_file_of_another_model_is_refused_naming_both() {
+        let ours = ModelId {
+            arch: "resnet20".into(),
+            digest: "aaaa".into(),
+        };
+        assert!(ours.check("--weights r20.pth", "alloc.json", &ours.clone()).is_ok());
+        let theirs = ModelId {
+            digest: "bbbb".into(),
+            ..ours.clone()
+        };
+        let e = ours
+            .check("--weights r20.pth", "alloc.json", &theirs)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("alloc.json: model:") && e.contains("bbbb") && e.contains("aaaa") && e.contains("r20.pth"),
+            "{e}"
+        );
     }
 }

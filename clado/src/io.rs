@@ -3,6 +3,15 @@
 //! A path of `-` is stdin (for inputs) or stdout (for outputs). Named outputs are written
 //! atomically: to a temporary file in the same directory, renamed over the target only when
 //! complete, so a killed run never leaves a half-written file for Make to trust.
+//!
+//! # Pipelines
+//! A tool that reads data on stdin and side files (`--index`, `--calib`, `--se`, `--weights`)
+//! reads stdin to its end first ([`read_inputs`]), then the side files: in
+//! `perturb -o - --index index.json | psd | allocate --matrix - --index index.json`, perturb
+//! finishes `index.json` before the last byte of G, so allocate reads the index of this run, not
+//! one left from an earlier run. A tool that writes data on stdout and side files writes the
+//! side files completely first ([`write_outputs`]). Reading stdin that is a terminal says so on
+//! stderr, instead of waiting silently.
 
 use crate::{Error, Result};
 use ndarray::Array2;
@@ -20,10 +29,55 @@ pub fn display_name(path: &str, output: bool) -> String {
     }
 }
 
+/// FNV-1a 64 of some bytes, as 16 hex digits: the content digest files record (weights files,
+/// quantizer parameters, matrices). It tells files apart; it does not authenticate them.
+pub fn digest(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// [`digest`] of a file.
+pub fn file_digest(path: &str) -> Result<String> {
+    Ok(digest(&std::fs::read(path).map_err(|e| Error::io(path, e))?))
+}
+
+/// The running tool's name for messages printed outside its error path (set by
+/// [`crate::cli::main`]).
+static TOOL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub(crate) fn set_tool_name(name: &str) {
+    let _ = TOOL.set(name.to_string());
+}
+
+/// When stdin is a terminal, say on stderr what the tool waits for there (a `kind`, e.g.
+/// `a .npy matrix`) and how to give it one (`example`, a file name), instead of hanging
+/// silently.
+pub fn note_terminal_stdin(kind: &str, example: &str) {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        let tool = TOOL.get().map(String::as_str).unwrap_or("clado");
+        eprintln!(
+            "{tool}: reading {kind} from standard input (a terminal): pipe or redirect a file in, \
+             e.g. `{tool} ... < {example}`, or end the input with Ctrl-D"
+        );
+    }
+}
+
 /// Read all bytes of a file, or of stdin for `-`.
 pub fn read_bytes(path: &str) -> Result<Vec<u8>> {
+    read_input(path, "the input", "FILE")
+}
+
+/// [`read_bytes`], saying what is expected (`kind`, `example` file name) when stdin is a
+/// terminal ([`note_terminal_stdin`]).
+pub fn read_input(path: &str, kind: &str, example: &str) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     if path == "-" {
+        note_terminal_stdin(kind, example);
         std::io::stdin()
             .lock()
             .read_to_end(&mut buf)
@@ -32,6 +86,54 @@ pub fn read_bytes(path: &str) -> Result<Vec<u8>> {
         buf = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     }
     Ok(buf)
+}
+
+/// One input of a run for [`read_inputs`]: its path (`-` for stdin) and, for the message when
+/// stdin is a terminal, what it holds and an example file name.
+#[derive(Clone, Copy, Debug)]
+pub struct Input<'a> {
+    pub path: &'a str,
+    pub kind: &'a str,
+    pub example: &'a str,
+}
+
+impl<'a> Input<'a> {
+    pub fn new(path: &'a str, kind: &'a str, example: &'a str) -> Self {
+        Input { path, kind, example }
+    }
+}
+
+/// The bytes of every input of a run, in the order given, reading stdin (`-`, at most one) to
+/// its end before any named file is opened (see the module doc, Pipelines).
+pub fn read_inputs(inputs: &[Input<'_>]) -> Result<Vec<Vec<u8>>> {
+    if inputs.iter().filter(|i| i.path == "-").count() > 1 {
+        return Err(Error::usage(
+            "stdin (`-`) can be read only once: give the other inputs as files",
+        ));
+    }
+    let mut bytes: Vec<Option<Vec<u8>>> = vec![None; inputs.len()];
+    let order = inputs
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.path == "-")
+        .chain(inputs.iter().enumerate().filter(|(_, i)| i.path != "-"));
+    for (at, input) in order {
+        bytes[at] = Some(read_input(input.path, input.kind, input.example)?);
+    }
+    Ok(bytes.into_iter().map(|b| b.expect("every input was read")).collect())
+}
+
+/// Write several outputs of one run, each as [`write_bytes`] does: named files first, stdout
+/// (`-`) last, so a reader at the end of the pipe finds the side files complete when its data
+/// ends.
+pub fn write_outputs(outputs: &[(&str, &[u8])]) -> Result<()> {
+    for (path, bytes) in outputs.iter().filter(|(p, _)| *p != "-") {
+        write_bytes(path, bytes)?;
+    }
+    for (path, bytes) in outputs.iter().filter(|(p, _)| *p == "-") {
+        write_bytes(path, bytes)?;
+    }
+    Ok(())
 }
 
 /// Write `bytes` to `path` atomically, or to stdout for `-`.
@@ -121,9 +223,12 @@ pub fn check_distinct_outputs(outputs: &[(&str, &str)]) -> Result<()> {
 /// float32 is promoted. Anything else is an input error naming the file.
 pub fn read_matrix(path: &str) -> Result<Array2<f64>> {
     let name = display_name(path, false);
-    let bytes = read_bytes(path)?;
+    let bytes = read_input(path, MATRIX_KIND, "G.npy")?;
     matrix_from_npy_bytes(&name, &bytes)
 }
+
+/// What a matrix input holds, for [`Input::kind`].
+pub const MATRIX_KIND: &str = "a .npy matrix";
 
 /// Parse `.npy` bytes into a 2-D float64 matrix (see [`read_matrix`]).
 pub fn matrix_from_npy_bytes(name: &str, bytes: &[u8]) -> Result<Array2<f64>> {
@@ -212,11 +317,16 @@ fn header_value(header: &str, key: &str) -> Option<String> {
 
 /// Write a float64 matrix as `.npy` (atomically, or to stdout for `-`).
 pub fn write_matrix(path: &str, m: &Array2<f64>) -> Result<()> {
+    write_bytes(path, &npy_bytes(m)?)
+}
+
+/// The `.npy` bytes of a float64 matrix, as [`write_matrix`] writes them.
+pub fn npy_bytes(m: &Array2<f64>) -> Result<Vec<u8>> {
     use ndarray_npy::WriteNpyExt;
     let mut buf = Vec::new();
     m.write_npy(&mut buf)
         .map_err(|e| Error::other(format!("encoding .npy: {e}")))?;
-    write_bytes(path, &buf)
+    Ok(buf)
 }
 
 /// A JSON document with a format version. Reading checks the version before anything else.
@@ -225,46 +335,121 @@ pub trait Versioned {
     const KIND: &'static str;
     /// The version this build reads and writes.
     const VERSION: u32;
+    /// The tool to rerun when a file of an older version is given.
+    const WRITER: &'static str = "the tool that wrote it";
+}
+
+/// [`Versioned::KIND`] as a phrase for [`Input::kind`]: `an alloc.json document`.
+pub fn document_kind<T: Versioned>() -> String {
+    let article = if T::KIND.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {} document", T::KIND)
+}
+
+/// An example file name of `T`'s kind for messages: `alloc.json`.
+fn document_example<T: Versioned>() -> &'static str {
+    if T::KIND.ends_with(".json") {
+        T::KIND
+    } else {
+        "FILE"
+    }
 }
 
 /// Read a versioned JSON document. Unknown fields, a missing or other version, and type errors
 /// are input errors naming the file and the field.
 pub fn read_json<T: DeserializeOwned + Versioned>(path: &str) -> Result<T> {
     let name = display_name(path, false);
-    let bytes = read_bytes(path)?;
+    let bytes = read_input(path, &document_kind::<T>(), document_example::<T>())?;
     json_from_bytes(&name, &bytes)
 }
 
-/// Parse a versioned JSON document from bytes (see [`read_json`]).
+/// Parse one versioned JSON document from bytes (see [`read_json`]). Several documents (JSON
+/// lines) are an error that says how many there are.
 pub fn json_from_bytes<T: DeserializeOwned + Versioned>(name: &str, bytes: &[u8]) -> Result<T> {
+    let mut docs = json_documents_from_bytes::<T>(name, bytes)?;
+    if docs.len() > 1 {
+        return Err(Error::input(
+            name,
+            format!("holds {} JSON documents, expected one {}", docs.len(), T::KIND),
+        ));
+    }
+    Ok(docs.remove(0))
+}
+
+/// Read one or more versioned JSON documents: one document, JSON lines, or documents simply
+/// following each other (whitespace between them is optional). At least one is needed.
+pub fn read_json_documents<T: DeserializeOwned + Versioned>(path: &str) -> Result<Vec<T>> {
+    let name = display_name(path, false);
+    let bytes = read_input(path, &document_kind::<T>(), document_example::<T>())?;
+    json_documents_from_bytes(&name, &bytes)
+}
+
+/// Parse one or more versioned JSON documents from bytes (see [`read_json_documents`]). With
+/// several, messages say which document (from 1) is wrong.
+pub fn json_documents_from_bytes<T: DeserializeOwned + Versioned>(name: &str, bytes: &[u8]) -> Result<Vec<T>> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(Error::input(
             name,
-            format!("empty input, expected a {} document", T::KIND),
+            format!("empty input, expected {}", document_kind::<T>()),
         ));
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| Error::input(name, format!("not valid JSON: {e}")))?;
+    let values: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(bytes)
+        .into_iter::<serde_json::Value>()
+        .enumerate()
+        .map(|(i, v)| {
+            v.map_err(|e| match i {
+                0 => Error::input(name, format!("not valid JSON: {e}")),
+                _ => Error::input(name, format!("document {}: not valid JSON: {e}", i + 1)),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let several = values.len() > 1;
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            document_from_value::<T>(v).map_err(|msg| match several {
+                true => Error::input(name, format!("document {}: {msg}", i + 1)),
+                false => Error::input(name, msg),
+            })
+        })
+        .collect()
+}
+
+/// Check the version of one parsed document, then its fields; the message on failure.
+fn document_from_value<T: DeserializeOwned + Versioned>(value: serde_json::Value) -> std::result::Result<T, String> {
     match value.get("version") {
         Some(v) if v.as_u64() == Some(T::VERSION as u64) => {}
         Some(v) => {
-            return Err(Error::input(
-                name,
-                format!(
+            return Err(match v.as_u64() {
+                Some(old) if old < T::VERSION as u64 => format!(
+                    "{} version {old} was written by an older version of the toolkit (this build reads \
+                     version {}): rerun {}",
+                    T::KIND,
+                    T::VERSION,
+                    T::WRITER
+                ),
+                Some(new) => format!(
+                    "{} version {new} was written by a newer version of the toolkit (this build reads \
+                     version {})",
+                    T::KIND,
+                    T::VERSION
+                ),
+                None => format!(
                     "{} version {v} is not supported (this build reads version {})",
                     T::KIND,
                     T::VERSION
                 ),
-            ))
+            })
         }
         None => {
-            return Err(Error::input(
-                name,
-                format!(
-                    "missing field `version`: not a {} document (expected version {})",
-                    T::KIND,
-                    T::VERSION
-                ),
+            return Err(format!(
+                "missing field `version`: not a {} document (expected version {})",
+                T::KIND,
+                T::VERSION
             ))
         }
     }
@@ -272,17 +457,22 @@ pub fn json_from_bytes<T: DeserializeOwned + Versioned>(name: &str, bytes: &[u8]
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         match path.as_str() {
-            "." => Error::input(name, format!("{}: {}", T::KIND, e.inner())),
-            _ => Error::input(name, format!("{}: {path}: {}", T::KIND, e.inner())),
+            "." => format!("{}: {}", T::KIND, e.inner()),
+            _ => format!("{}: {path}: {}", T::KIND, e.inner()),
         }
     })
 }
 
 /// Write a JSON document (pretty, one trailing newline), atomically or to stdout for `-`.
 pub fn write_json<T: Serialize>(path: &str, value: &T) -> Result<()> {
+    write_bytes(path, json_document(value)?.as_bytes())
+}
+
+/// The text [`write_json`] writes.
+pub fn json_document<T: Serialize>(value: &T) -> Result<String> {
     let mut text = serde_json::to_string_pretty(value).map_err(|e| Error::other(format!("encoding JSON: {e}")))?;
     text.push('\n');
-    write_bytes(path, text.as_bytes())
+    Ok(text)
 }
 
 /// One compact JSON line (for JSON-lines outputs such as sweeps).
@@ -295,6 +485,7 @@ pub fn json_line<T: Serialize>(value: &T) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::FORMAT_VERSION;
 
     /// Partial results and resumed units are f64s in JSON: reading one back must give the same
     /// bits, or a resumed `perturb` differs from an uninterrupted one in the last place (serde_json
@@ -312,6 +503,60 @@ mod tests {
             let back: f64 = serde_json::from_str(&text).unwrap();
             assert_eq!(back.to_bits(), x.to_bits(), "{x:e} written as {text}");
         }
+    }
+
+    #[test]
+    fn json_lines_and_concatenated_documents_read_in_order() {
+        use crate::format::Metrics;
+        let line = |config: &str| {
+            format!(
+                r#"{{"version":{FORMAT_VERSION},"config":"{config}","arch":"resnet20","data":"d","samples":1,"top1":0,
+                "top5":0,"loss":0,"kl":0,"size_bits":0,"size_mb":0,"avg_w_bits":0,"bops":0}}"#
+            )
+            .replace('\n', "")
+        };
+        let lines = format!("{}\n{}\n{}\n", line("a"), line("b"), line("c"));
+        let docs: Vec<Metrics> = json_documents_from_bytes("m.jsonl", lines.as_bytes()).unwrap();
+        assert_eq!(
+            docs.iter().map(|m| m.config.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        // Pretty documents one after another (`cat a.json b.json`), even without a newline.
+        let pretty = |c: &str| json_document(&json_from_bytes::<Metrics>("x", line(c).as_bytes()).unwrap()).unwrap();
+        let cat = format!("{}{}", pretty("x").trim_end(), pretty("y"));
+        let docs: Vec<Metrics> = json_documents_from_bytes("cat", cat.as_bytes()).unwrap();
+        assert_eq!(docs.len(), 2);
+        // One document where one is expected; several name their count.
+        let e = json_from_bytes::<Metrics>("m.jsonl", lines.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "m.jsonl: holds 3 JSON documents, expected one metrics JSON");
+        // Errors name the document.
+        let bad = format!("{}\n{}\n", line("a"), line("b").replace("\"top1\":0", "\"top1\":\"x\""));
+        let e = json_documents_from_bytes::<Metrics>("m.jsonl", bad.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("m.jsonl: document 2: metrics JSON: top1:"), "{e}");
+        let e = json_documents_from_bytes::<Metrics>("m.jsonl", format!("{}\n{{oops", line("a")).as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("m.jsonl: document 2: not valid JSON"), "{e}");
+        let e = json_documents_from_bytes::<Metrics>("<stdin>", b" \n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "<stdin>: empty input, expected a metrics JSON document");
+    }
+
+    #[test]
+    fn outputs_are_written_and_digests_are_fnv1a() {
+        // FNV-1a 64 test vectors (Fowler, Noll, Vo): "" and "a".
+        assert_eq!(digest(b""), "cbf29ce484222325");
+        assert_eq!(digest(b"a"), "af63dc4c8601ec8c");
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        write_outputs(&[(a.to_str().unwrap(), b"1"), (b.to_str().unwrap(), b"2")]).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), b"1");
+        assert_eq!(file_digest(b.to_str().unwrap()).unwrap(), digest(b"2"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use crate::calib::CalibSettings;
 use crate::data::{self, DataSpec, Dataset, Split};
 use crate::engine::Network;
+use crate::format::{Alloc, ModelId};
 use crate::options::QuantOption;
 use crate::quant::Calibration;
 use crate::{Error, Result};
@@ -87,6 +88,19 @@ pub struct LoadedModel {
     pub net: Network,
     /// The checkpoint path as given (or the built-in model's).
     pub weights: String,
+    /// What files made for this model record: the architecture and the checkpoint's digest.
+    pub id: ModelId,
+}
+
+impl LoadedModel {
+    /// Where the model comes from, for messages: `--weights r20.pth` (or `the built-in model`).
+    pub fn describe(&self) -> String {
+        if self.weights == BUILTIN_WEIGHTS {
+            "the built-in model".into()
+        } else {
+            format!("--weights {}", self.weights)
+        }
+    }
 }
 
 /// Load and check the checkpoint against the architecture.
@@ -94,7 +108,11 @@ pub fn load_model(args: &ModelArgs) -> Result<LoadedModel> {
     let weights = args.weights.clone().unwrap_or_else(|| BUILTIN_WEIGHTS.to_string());
     let (_spec, state) = crate::model::load_checked(&weights, &args.arch)?;
     let net = Network::from_state_dict(&args.arch, &state).map_err(|e| Error::input(&weights, e))?;
-    Ok(LoadedModel { net, weights })
+    let id = ModelId {
+        arch: net.arch().to_string(),
+        digest: crate::io::file_digest(&weights)?,
+    };
+    Ok(LoadedModel { net, weights, id })
 }
 
 /// Samples ready to run, and their description for files (`spec` + split).
@@ -139,15 +157,11 @@ pub fn load_data(args: &DataArgs, default_split: Split, net: &Network) -> Result
     Ok(LoadedData { data, description })
 }
 
-/// Read an allocation and match it to the model's layers: every layer named once, no other.
-pub fn read_alloc(path: &str, net: &Network) -> Result<Vec<QuantOption>> {
-    let alloc: crate::format::Alloc = crate::io::read_json(path)?;
-    let name = crate::io::display_name(path, false);
-    alloc_choice(&alloc, &name, net)
-}
-
-/// The per-layer options of `alloc` (read from `name`) in `net`'s layer order.
-pub fn alloc_choice(alloc: &crate::format::Alloc, name: &str, net: &Network) -> Result<Vec<QuantOption>> {
+/// The per-layer options of `alloc` (read from `name`) in the model's layer order: the
+/// allocation must be made for this model (its `model`) and name every layer once, no other.
+pub fn alloc_choice(alloc: &Alloc, name: &str, model: &LoadedModel) -> Result<Vec<QuantOption>> {
+    model.id.check(&model.describe(), name, &alloc.model)?;
+    let net = &model.net;
     let layers = net.layers();
     for c in &alloc.layers {
         if !layers.iter().any(|l| l.name == c.name) {

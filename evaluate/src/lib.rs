@@ -1,10 +1,16 @@
 //! `evaluate`: top-1, top-5, mean loss, KL to the FP model, size and BOPs of a model at FP, at a
 //! uniform option, or at the allocations of `allocate` — one JSON line each, sharing one FP pass.
+//!
+//! An allocation file may hold several allocations (JSON lines, as `allocate --sweep` writes):
+//! each is evaluated in order. Stdin is read to its end before any other file. Loss and KL are
+//! summed per sample in sample order, so the output does not depend on the batch size or the
+//! thread count.
 
 use clado::calib::{self, CalibSettings, PrecisionTable};
 use clado::data::{Dataset, Split};
 use clado::engine::{Images, Logits, Network, Parallelism, Plan};
-use clado::format::{Calib, Metrics, FORMAT_VERSION};
+use clado::format::{Alloc, Calib, Metrics, FORMAT_VERSION};
+use clado::io::Input;
 use clado::options::QuantOption;
 use clado::setup::{self, DataArgs, ModelArgs};
 use clado::{budget, Error, Result};
@@ -15,9 +21,10 @@ use std::io::Write;
 pub enum Config {
     Fp,
     Uniform(QuantOption),
-    /// An allocation file and its choice per layer (in the model's layer order).
+    /// An allocation (its label in the metrics: the file's path, `PATH#N` for the N-th of
+    /// several in one file) and its choice per layer (in the model's layer order).
     Alloc {
-        path: String,
+        label: String,
         choice: Vec<QuantOption>,
     },
 }
@@ -27,7 +34,7 @@ impl Config {
         match self {
             Config::Fp => "fp".into(),
             Config::Uniform(o) => format!("uniform:{o}"),
-            Config::Alloc { path, .. } => path.clone(),
+            Config::Alloc { label, .. } => label.clone(),
         }
     }
 
@@ -47,45 +54,73 @@ pub enum QuantSource {
     Calibrate { settings: CalibSettings, data: DataArgs },
 }
 
-/// Evaluate `configs` on the samples of `data_args` and write one JSON line per config.
+/// Evaluate `configs`, then every allocation in the files `allocs` (`-` for stdin), on the
+/// samples of `data_args` and write one JSON line per configuration.
 pub fn run(
     model: &ModelArgs,
     data_args: &DataArgs,
     configs: &[Config],
+    allocs: &[String],
     quant: &QuantSource,
     out: &mut dyn Write,
     quiet: bool,
 ) -> Result<()> {
     setup::check_data_args(data_args)?;
+    // Stdin first, then the side files (clado::io, Pipelines).
+    let alloc_kind = clado::io::document_kind::<Alloc>();
+    let calib_kind = clado::io::document_kind::<Calib>();
+    let mut inputs: Vec<Input<'_>> = allocs
+        .iter()
+        .map(|p| Input::new(p, &alloc_kind, "alloc.json"))
+        .collect();
+    if let QuantSource::File(path) = quant {
+        inputs.push(Input::new(path, &calib_kind, "calib.json"));
+    }
+    let mut bytes = clado::io::read_inputs(&inputs)?;
+    let calib_bytes = match quant {
+        QuantSource::File(_) => bytes.pop(),
+        QuantSource::Calibrate { .. } => None,
+    };
+    let mut documents: Vec<(String, String, Alloc)> = Vec::new();
+    for (path, bytes) in allocs.iter().zip(&bytes) {
+        let name = clado::io::display_name(path, false);
+        let docs: Vec<Alloc> = clado::io::json_documents_from_bytes(&name, bytes)?;
+        let several = docs.len() > 1;
+        for (i, alloc) in docs.into_iter().enumerate() {
+            let (label, source) = match several {
+                true => (format!("{path}#{}", i + 1), format!("{name}: document {}", i + 1)),
+                false => (path.clone(), name.clone()),
+            };
+            documents.push((label, source, alloc));
+        }
+    }
     let loaded = setup::load_model(model)?;
     let net = &loaded.net;
-    // Resolve allocation files against the model before any forward pass.
-    let configs: Vec<Config> = configs
-        .iter()
-        .map(|c| match c {
-            Config::Alloc { path, .. } => Ok(Config::Alloc {
-                path: path.clone(),
-                choice: setup::read_alloc(path, net)?,
-            }),
-            c => Ok(c.clone()),
-        })
-        .collect::<Result<_>>()?;
+    // Resolve the allocations against the model before any forward pass.
+    let mut configs = configs.to_vec();
+    for (label, source, alloc) in &documents {
+        configs.push(Config::Alloc {
+            label: label.clone(),
+            choice: setup::alloc_choice(alloc, source, &loaded)?,
+        });
+    }
     let mut options: Vec<QuantOption> = configs.iter().flat_map(|c| c.choice(net)).collect();
     options.sort();
     options.dedup();
     let quantized: Vec<QuantOption> = options.iter().copied().filter(|o| *o != QuantOption::FP).collect();
 
-    let calib: Calib = match quant {
-        QuantSource::File(path) => {
-            let c: Calib = clado::io::read_json(path)?;
-            calib::check_calib(&c, &clado::io::display_name(path, false), net, &quantized)?;
+    let calib: Calib = match (quant, &calib_bytes) {
+        (QuantSource::File(path), Some(bytes)) => {
+            let name = clado::io::display_name(path, false);
+            let c: Calib = clado::io::json_from_bytes(&name, bytes)?;
+            calib::check_calib(&c, &name, &loaded, &quantized)?;
             c
         }
-        QuantSource::Calibrate { settings, data } => {
+        (QuantSource::Calibrate { settings, data }, _) => {
             let cal = setup::load_data(data, Split::Train, net)?;
             let (w, a) = calib::bits_needed(&quantized);
             calib::calibrate(
-                net,
+                &loaded,
                 &cal.data,
                 &cal.description,
                 data.seed,
@@ -95,6 +130,7 @@ pub fn run(
                 data.batch_size,
             )?
         }
+        (QuantSource::File(_), None) => unreachable!("the calib file was read with the allocations"),
     };
     let eval = setup::load_data(data_args, Split::Test, net)?;
     let table = PrecisionTable::new(net, &calib, &quantized)?;
@@ -158,6 +194,8 @@ fn forward_all(net: &Network, data: &Dataset, plan: &Plan, batch_size: usize) ->
         .collect()
 }
 
+/// The metrics of one configuration: top-k counts, and loss and KL summed per sample in sample
+/// order (whatever the batches), divided by the number of samples.
 fn metrics(
     config: &Config,
     net: &Network,
@@ -169,17 +207,19 @@ fn metrics(
     cost: budget::Cost,
 ) -> Result<Metrics> {
     let logits = quantized.unwrap_or(fp);
-    let (mut top1, mut top5, mut loss, mut kl) = (0usize, 0usize, 0.0f64, 0.0f64);
+    let (mut top1, mut top5) = (0usize, 0usize);
+    let (mut loss_each, mut kl_each) = (Vec::with_capacity(data.len()), Vec::with_capacity(data.len()));
     for (((_, labels), l), f) in data.batches(batch_size).zip(logits).zip(fp) {
         let labels: Vec<usize> = labels.iter().map(|&x| x as usize).collect();
         top1 += l.correct_top_k(&labels, 1)?;
         top5 += l.correct_top_k(&labels, 5.min(net.classes()))?;
-        loss += l.mean_cross_entropy(&labels)? * labels.len() as f64;
+        loss_each.extend(l.cross_entropy_each(&labels)?);
         if quantized.is_some() {
-            kl += l.mean_kl_from(f)? * labels.len() as f64;
+            kl_each.extend(l.kl_each_from(f)?);
         }
     }
     let n = data.len() as f64;
+    let sum_in_order = |values: &[f64]| values.iter().fold(0.0f64, |sum, v| sum + v);
     Ok(Metrics {
         version: FORMAT_VERSION,
         config: config.label(),
@@ -188,8 +228,8 @@ fn metrics(
         samples: data.len(),
         top1: 100.0 * top1 as f64 / n,
         top5: 100.0 * top5 as f64 / n,
-        loss: loss / n,
-        kl: kl / n,
+        loss: sum_in_order(&loss_each) / n,
+        kl: sum_in_order(&kl_each) / n,
         size_bits: cost.size_bits,
         size_mb: cost.size_mb(),
         avg_w_bits: cost.avg_w_bits,

@@ -11,7 +11,19 @@ const LONG_ABOUT: &str = "\
 Evaluate a model at full precision, at a uniform option, or at allocations written by
 `allocate`: top-1 and top-5 accuracy (%), mean cross-entropy, mean KL(p_fp ‖ p_quant), size in
 bits and MB, average weight bits and BOPs. One JSON object per line on stdout, one line per
-configuration, in the order given (FP first when --fp is given); all share one FP pass.
+configuration: FP (with --fp), then each --uniform, then each allocation in the order given;
+all share one FP pass. An --alloc file may hold several allocations (JSON lines, as
+`allocate --sweep` writes them): each is evaluated in order, its `config` is `FILE#N` (N from
+1); a file of one allocation gives `config` FILE.
+
+An allocation (and --calib) must be made for this model: alloc.json and calib.json record the
+architecture and a digest of the weights file they were made with, and a file of another model
+or layer list is refused (exit 2) naming the file, the field and both models. Standard input
+(--alloc - or --calib -) is read to its end before any other file.
+
+The output is the same bytes whatever --batch-size and the thread count (RAYON_NUM_THREADS):
+loss and KL are summed per sample in sample order. A reader that stops early (`| head -1`)
+ends evaluate quietly with exit 0.
 
 Quantizer parameters come from --calib (as written by `quantize calibrate`, so that evaluate
 quantizes exactly as perturb did), or are calibrated here on --calib-samples samples of the
@@ -20,7 +32,8 @@ training split (the same defaults as perturb's).
 Examples:
   evaluate --fp --uniform w8a8 --uniform w4a8 --uniform w2a8
   evaluate --alloc a3.json --alloc a4.json --calib calib.json | jq .top1
-  allocate --matrix G.npy --index index.json --avg-bits 4 | evaluate --alloc -";
+  allocate --matrix G.npy --index index.json --avg-bits 4 | evaluate --alloc -
+  allocate --matrix G.npy --index index.json --sweep avg-bits=3:6:1 | evaluate --alloc -";
 
 #[derive(Parser)]
 #[command(name = "evaluate", version, about = "Accuracy, loss, KL, size and BOPs of quantized models", long_about = LONG_ABOUT)]
@@ -35,7 +48,8 @@ struct Cli {
     /// Evaluate every layer at this option (repeatable), e.g. `w4a8`.
     #[arg(long, value_name = "OPTION")]
     uniform: Vec<String>,
-    /// Evaluate an allocation (`alloc.json` from allocate; `-` for stdin; repeatable).
+    /// Evaluate the allocation(s) of a file (`alloc.json` or JSON lines from allocate; `-` for
+    /// stdin; repeatable).
     #[arg(long, value_name = "FILE")]
     alloc: Vec<String>,
     /// Quantizer parameters (`calib.json` from `quantize calibrate`).
@@ -66,10 +80,9 @@ fn main() -> std::process::ExitCode {
         if cli.alloc.iter().filter(|a| *a == "-").count() > 1 {
             return Err(Error::usage("--alloc -: stdin can be read only once"));
         }
-        configs.extend(cli.alloc.iter().map(|p| Config::Alloc {
-            path: p.clone(),
-            choice: Vec::new(),
-        }));
+        if cli.alloc.iter().any(|a| a == "-") && cli.calib.as_deref() == Some("-") {
+            return Err(Error::usage("--alloc - and --calib -: stdin can be read only once"));
+        }
         let quant = match &cli.calib {
             Some(path) => QuantSource::File(path.clone()),
             None => QuantSource::Calibrate {
@@ -84,6 +97,14 @@ fn main() -> std::process::ExitCode {
             },
         };
         let stdout = std::io::stdout();
-        evaluate::run(&cli.model, &cli.data, &configs, &quant, &mut stdout.lock(), cli.quiet)
+        evaluate::run(
+            &cli.model,
+            &cli.data,
+            &configs,
+            &cli.alloc,
+            &quant,
+            &mut stdout.lock(),
+            cli.quiet,
+        )
     })
 }

@@ -219,6 +219,12 @@ pub fn run(
     }
     let started = Instant::now();
     setup::check_data_args(data_args)?;
+    // `--calib -` is read to its end before the weights and samples (clado::io, Pipelines).
+    let calib_bytes = settings
+        .calib_file
+        .as_deref()
+        .map(|path| clado::io::read_input(path, &clado::io::document_kind::<Calib>(), "calib.json"))
+        .transpose()?;
     let loaded = setup::load_model(model)?;
     let net = &loaded.net;
     let variables = choose_layers(net.layers().iter().map(|l| l.name.as_str()).collect(), settings)?;
@@ -240,17 +246,18 @@ pub fn run(
         note(report, format_args!("--max-memory {text}: {}", estimate.describe()));
     }
 
-    let calib: Calib = match &settings.calib_file {
-        Some(path) => {
-            let c: Calib = clado::io::read_json(path)?;
-            calib::check_calib(&c, &clado::io::display_name(path, false), net, &settings.options)?;
+    let calib: Calib = match (&settings.calib_file, &calib_bytes) {
+        (Some(path), Some(bytes)) => {
+            let name = clado::io::display_name(path, false);
+            let c: Calib = clado::io::json_from_bytes(&name, bytes)?;
+            calib::check_calib(&c, &name, &loaded, &settings.options)?;
             c
         }
-        None => {
+        _ => {
             let (w, a) = calib::bits_needed(&settings.options);
             note(report, format_args!("calibrating quantizers on {} samples", ds.len()));
             calib::calibrate(
-                net,
+                &loaded,
                 ds,
                 &data.description,
                 data_args.seed,
@@ -266,7 +273,7 @@ pub fn run(
     let job = Job {
         version: FORMAT_VERSION,
         arch: net.arch().to_string(),
-        weights_digest: store::file_digest(&loaded.weights)?,
+        weights_digest: loaded.id.digest.clone(),
         data: data.description.clone(),
         samples: ds.len(),
         seed: data_args.seed,
@@ -276,7 +283,7 @@ pub fn run(
         variables: variables.clone(),
         metric: settings.metric,
         naive: settings.naive,
-        calib_digest: store::digest(&serde_json::to_vec(&calib).map_err(|e| Error::other(e.to_string()))?),
+        calib_digest: clado::io::digest(&serde_json::to_vec(&calib).map_err(|e| Error::other(e.to_string()))?),
     };
     let shard = match output {
         Output::Partial { shard, .. } => *shard,

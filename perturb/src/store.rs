@@ -2,7 +2,9 @@
 
 use crate::units::{ExactTotal, FpBatch, MomentsTotal, UnitResult};
 use crate::{Job, Reporting};
-use clado::format::{Diagnostics, FpReference, Index, NoiseSummary, OptionInfo, Variable, FORMAT_VERSION};
+use clado::format::{
+    Diagnostics, FpReference, Index, MatrixId, ModelId, NoiseSummary, OptionInfo, Variable, FORMAT_VERSION,
+};
 use clado::io::Versioned;
 use clado::options::QuantOption;
 use clado::{Error, Result};
@@ -255,21 +257,6 @@ fn owned_units(units: usize, s: Shard) -> usize {
     } else {
         (units - s.index) / s.count + 1
     }
-}
-
-/// FNV-1a 64 of some bytes, as 16 hex digits.
-pub fn digest(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
-/// [`digest`] of a file.
-pub fn file_digest(path: &str) -> Result<String> {
-    Ok(digest(&std::fs::read(path).map_err(|e| Error::io(path, e))?))
 }
 
 /// `--resume DIR`: `job.json`, then one file per finished unit and per finished batch's FP
@@ -731,7 +718,8 @@ pub fn extreme_eigenvalues(g: &Array2<f64>) -> (f64, f64) {
 }
 
 impl Assembled {
-    pub fn index(&self) -> Index {
+    /// The index of this result, describing `matrix` (the G and standard errors as written).
+    pub fn index(&self, matrix: MatrixId) -> Index {
         let job = &self.job;
         let options: Vec<OptionInfo> = job
             .options
@@ -752,7 +740,12 @@ impl Assembled {
             .collect();
         Index {
             version: FORMAT_VERSION,
-            arch: job.arch.clone(),
+            model: ModelId {
+                arch: job.arch.clone(),
+                digest: job.weights_digest.clone(),
+            },
+            calib_digest: job.calib_digest.clone(),
+            matrix,
             layers: job.layers.clone(),
             fixed,
             options,
@@ -767,13 +760,24 @@ impl Assembled {
         }
     }
 
-    /// Write `G.npy`, `index.json` and, if asked, the standard errors (same shape as G).
+    /// Write `G.npy`, `index.json` and, if asked, the standard errors (same shape as G). The
+    /// index records digests of the matrices' bytes; whatever goes to stdout is written last,
+    /// after the files are complete (see `clado::io`, Pipelines).
     pub fn write(&self, matrix: &str, index: &str, se: Option<&str>, report: &Reporting) -> Result<()> {
-        clado::io::write_matrix(matrix, &self.g)?;
-        if let Some(se) = se {
-            clado::io::write_matrix(se, &self.se)?;
+        let g_bytes = clado::io::npy_bytes(&self.g)?;
+        let se_bytes = se.map(|_| clado::io::npy_bytes(&self.se)).transpose()?;
+        let id = MatrixId {
+            rows: self.g.nrows(),
+            digest: clado::io::digest(&g_bytes),
+            se_digest: se_bytes.as_deref().map(clado::io::digest),
+        };
+        let index_text = clado::io::json_document(&self.index(id))?;
+        let mut outputs: Vec<(&str, &[u8])> = vec![(index, index_text.as_bytes())];
+        if let (Some(path), Some(bytes)) = (se, &se_bytes) {
+            outputs.push((path, bytes));
         }
-        clado::io::write_json(index, &self.index())?;
+        outputs.push((matrix, &g_bytes));
+        clado::io::write_outputs(&outputs)?;
         if !report.quiet {
             let d = &self.diagnostics;
             eprintln!(

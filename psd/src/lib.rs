@@ -16,7 +16,7 @@ pub use projection::{
 
 use clado::cli::Verbosity;
 use clado::format::{Index, FORMAT_VERSION};
-use clado::io::{check_finite, display_name, read_json, read_matrix, write_json, write_matrix};
+use clado::io::{check_finite, display_name, read_json, read_matrix};
 use clado::{Error, Result};
 use ndarray::Array2;
 use serde::Serialize;
@@ -64,6 +64,9 @@ Report (--report FILE, JSON; a short summary on stderr unless -q):
   negative), shift (λ added to the diagonal), objective_offset (λ·L for shift with --index, 0 for
   none, null for clip or without --index), frobenius_moved (‖output − input‖_F),
   frobenius_input, method, seconds (the projection, without I/O).
+
+Same inputs, same bytes: the matrix is byte-identical across runs and thread counts; in the
+report only `seconds` differs. The report is written before the matrix.
 
 Exit status: 0 on success; 2 on a bad flag or input (non-square, not 2-D, NaN or infinite entry,
 empty or not .npy, index that does not match), with one line on stderr and nothing written.
@@ -317,11 +320,15 @@ pub fn run(args: &Args) -> Result<()> {
     let projection = project(&g, args.method, parallelism())?;
     let seconds = start.elapsed().as_secs_f64();
 
-    write_matrix(&args.output, &projection.matrix)?;
+    // The report (a side file, or stdout when the matrix goes to a file) before the matrix.
     let report = Report::new(args, layers, &projection, seconds);
+    let report_text = clado::io::json_document(&report)?;
+    let matrix_bytes = clado::io::npy_bytes(&projection.matrix)?;
+    let mut outputs = vec![(args.output.as_str(), matrix_bytes.as_slice())];
     if let Some(path) = &args.report {
-        write_json(path, &report)?;
+        outputs.push((path, report_text.as_bytes()));
     }
+    clado::io::write_outputs(&outputs)?;
     if verbosity >= Verbosity::Normal {
         for line in report.summary().lines() {
             eprintln!("psd: {line}");
@@ -347,8 +354,10 @@ mod tests {
             .map(|(l, o)| format!(r#"{{"layer":{l},"option":{o}}}"#))
             .collect();
         let text = format!(
-            r#"{{"version":1,"arch":"resnet20","layers":[],"options":[],"variables":[{}],"metric":"loss",
+            r#"{{"version":2,"model":{{"arch":"resnet20","digest":"0"}},"calib_digest":"0",
+                "matrix":{{"rows":{},"digest":"0"}},"layers":[],"options":[],"variables":[{}],"metric":"loss",
                 "naive":false,"samples":8,"data":"npy:x.npy,y.npy","seed":0,"fp":{{"loss":0.3,"top1":91.0}}}}"#,
+            vars.len(),
             vars.join(",")
         );
         clado::io::json_from_bytes("index.json", text.as_bytes()).unwrap()

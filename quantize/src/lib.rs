@@ -4,13 +4,14 @@
 use clado::calib::{self, CalibSettings};
 use clado::checkpoint::{self, StateDict};
 use clado::data::Split;
-use clado::format::{ActRange, Calib};
+use clado::format::{ActRange, Alloc, Calib, ModelId};
+use clado::io::Input;
 use clado::options::QuantOption;
 use clado::quant::{self, ActQuantizer};
 use clado::setup::{self, DataArgs, ModelArgs};
 use clado::{Error, Result};
 use serde::Serialize;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// `quantize calibrate`: quantizer parameters for the given bit widths on the given samples.
 pub fn calibrate(
@@ -35,7 +36,7 @@ pub fn calibrate(
         );
     }
     let c = calib::calibrate(
-        &loaded.net,
+        &loaded,
         &samples.data,
         &samples.description,
         data.seed,
@@ -66,8 +67,9 @@ pub struct ExportedActivation {
 }
 
 /// `quantize apply`: write `output` (.safetensors) with every layer's weights fake-quantized as
-/// the allocation says; its metadata records the allocation and the input quantizers. With
-/// `export_int`, also write the integer weight codes (int8) and their scales.
+/// the allocation says; its metadata records the model, the allocation and the input
+/// quantizers. With `export_int`, also write the integer weight codes (int8) and their scales.
+/// The allocation file must hold exactly one allocation; stdin is read before any other file.
 pub fn apply(
     model: &ModelArgs,
     alloc_path: &str,
@@ -76,9 +78,29 @@ pub fn apply(
     export_int: Option<&str>,
     quiet: bool,
 ) -> Result<()> {
+    let alloc_kind = clado::io::document_kind::<Alloc>();
+    let calib_kind = clado::io::document_kind::<Calib>();
+    let mut inputs = vec![Input::new(alloc_path, &alloc_kind, "alloc.json")];
+    if let Params::File(path) = params {
+        inputs.push(Input::new(path, &calib_kind, "calib.json"));
+    }
+    let bytes = clado::io::read_inputs(&inputs)?;
+    let alloc_name = clado::io::display_name(alloc_path, false);
+    let mut allocs: Vec<Alloc> = clado::io::json_documents_from_bytes(&alloc_name, &bytes[0])?;
+    if allocs.len() > 1 {
+        return Err(Error::input(
+            &alloc_name,
+            format!(
+                "holds {} allocations, but quantize apply writes one checkpoint: pick one, e.g. the \
+                 third line with `sed -n 3p FILE | quantize apply --alloc - ...`",
+                allocs.len()
+            ),
+        ));
+    }
+    let alloc = allocs.remove(0);
     let loaded = setup::load_model(model)?;
     let net = &loaded.net;
-    let choice = setup::read_alloc(alloc_path, net)?;
+    let choice = setup::alloc_choice(&alloc, &alloc_name, &loaded)?;
     let mut used: Vec<QuantOption> = choice.clone();
     used.sort();
     used.dedup();
@@ -86,8 +108,9 @@ pub fn apply(
     let owned;
     let calib: &Calib = match params {
         Params::File(path) => {
-            owned = clado::io::read_json::<Calib>(path)?;
-            calib::check_calib(&owned, &clado::io::display_name(path, false), net, &used)?;
+            let name = clado::io::display_name(path, false);
+            owned = clado::io::json_from_bytes::<Calib>(&name, &bytes[1])?;
+            calib::check_calib(&owned, &name, &loaded, &used)?;
             &owned
         }
         Params::Calibrate { data, settings } => {
@@ -97,7 +120,7 @@ pub fn apply(
             }
             let (w, a) = calib::bits_needed(&used);
             owned = calib::calibrate(
-                net,
+                &loaded,
                 &samples.data,
                 &samples.description,
                 data.seed,
@@ -111,7 +134,7 @@ pub fn apply(
     };
 
     let mut state: StateDict = checkpoint::load(&loaded.weights)?;
-    let mut activations: HashMap<String, ExportedActivation> = HashMap::new();
+    let mut activations: BTreeMap<String, ExportedActivation> = BTreeMap::new();
     let mut codes: Vec<(String, Vec<usize>, Vec<u8>, safetensors::Dtype)> = Vec::new();
     for (i, (layer, o)) in net.layers().iter().zip(&choice).enumerate() {
         let lc = &calib.layers[i];
@@ -143,25 +166,29 @@ pub fn apply(
             let q = ActQuantizer::from_range(b, range);
             activations.insert(
                 layer.name.clone(),
+                // `+ 0.0` turns a -0.0 (e.g. round(−0/s)) into 0.0, so equal runs print alike.
                 ExportedActivation {
                     bits: b,
-                    lo: range.lo,
-                    hi: range.hi,
-                    scale: q.scale,
-                    zero_point: q.zero_point,
+                    lo: range.lo + 0.0,
+                    hi: range.hi + 0.0,
+                    scale: q.scale + 0.0,
+                    zero_point: q.zero_point + 0.0,
                 },
             );
         }
     }
-    let allocation: HashMap<&str, String> = net
-        .layers()
-        .iter()
-        .zip(&choice)
-        .map(|(l, o)| (l.name.as_str(), o.to_string()))
-        .collect();
-    let mut meta = HashMap::new();
-    meta.insert("clado.allocation".to_string(), json(&allocation)?);
-    meta.insert("clado.input_quantizers".to_string(), json(&activations)?);
+    let metadata = AppliedMetadata {
+        model: &loaded.id,
+        allocation: net
+            .layers()
+            .iter()
+            .zip(&choice)
+            .map(|(l, o)| (l.name.as_str(), o.to_string()))
+            .collect(),
+        input_quantizers: activations,
+    };
+    // One key, so the header's order cannot depend on a hash map's (safetensors takes one).
+    let meta = HashMap::from([(METADATA_KEY.to_string(), json(&metadata)?)]);
     checkpoint::save_safetensors_with_metadata(output, &state, Some(meta.clone()))?;
     if let Some(path) = export_int {
         let views: Vec<(String, Bytes)> = codes
@@ -172,6 +199,21 @@ pub fn apply(
         clado::io::write_bytes(path, &encoded)?;
     }
     Ok(())
+}
+
+/// The `__metadata__` key of the checkpoints `apply` writes; its value is [`AppliedMetadata`] as
+/// JSON.
+pub const METADATA_KEY: &str = "clado";
+
+/// What a quantized checkpoint records about how it was made.
+#[derive(Serialize)]
+pub struct AppliedMetadata<'a> {
+    /// The model the allocation was applied to.
+    pub model: &'a ModelId,
+    /// Layer name → option, in name order.
+    pub allocation: BTreeMap<&'a str, String>,
+    /// Layer name → input quantizer, for layers with quantized activations.
+    pub input_quantizers: BTreeMap<String, ExportedActivation>,
 }
 
 fn json<T: Serialize>(v: &T) -> Result<String> {

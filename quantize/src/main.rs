@@ -17,11 +17,18 @@ input activation per bit width (asymmetric, per tensor), from the FP model's act
 calibration samples. perturb and evaluate read it with --calib, so all tools quantize alike.
 
 `quantize apply` writes a .safetensors checkpoint whose weights are fake-quantized as an
-allocation says; it loads into the same architecture here and in PyTorch. Its metadata records
-the allocation and each layer's input quantizer (bits, range, scale, zero point): activations
-are quantized at run time, so evaluating this checkpoint at FP quantizes weights only
-(`evaluate --alloc` quantizes both). --export-int also writes the integer weight codes (int8)
-with their scales.
+allocation says; it loads into the same architecture here and in PyTorch. Its metadata (one key,
+`clado`, a JSON object) records the model (`arch` and the weights file's `digest`), the
+allocation (layer → option) and each layer's input quantizer (bits, range, scale, zero point):
+activations are quantized at run time, so evaluating this checkpoint at FP quantizes weights
+only (`evaluate --alloc` quantizes both). --export-int also writes the integer weight codes
+(int8) with their scales. The allocation file must hold one allocation (of a sweep's JSON
+lines, pick one: `sed -n 3p front.jsonl | quantize apply --alloc - ...`), made for this model;
+a calib.json must be of this model too (both record the architecture and the weights digest).
+Standard input (--alloc - or --calib -) is read to its end before any other file.
+
+Same inputs, same bytes: calib.json and the checkpoints are byte-identical across runs, thread
+counts (RAYON_NUM_THREADS) and --batch-size.
 
 Examples:
   quantize calibrate --options 'w{2,4,8}a{2,4,8}' --samples 256 -o calib.json

@@ -4,7 +4,7 @@
 //! The binaries are the ones `cargo build --workspace --bins` put next to this test executable
 //! (`make test` builds them first).
 
-use clado::format::{Alloc, FpReference, Index, LayerChoice, LayerInfo, SolverReport, FORMAT_VERSION};
+use clado::format::{Alloc, FpReference, Index, LayerChoice, LayerInfo, ModelId, SolverReport, FORMAT_VERSION};
 use clado::options::QuantOption;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -112,6 +112,14 @@ pub fn fixture_checkpoint() -> String {
         .into_owned()
 }
 
+/// The identity files made for [`fixture_checkpoint`] record.
+pub fn fixture_model() -> ModelId {
+    ModelId {
+        arch: "resnet20".into(),
+        digest: clado::io::file_digest(&fixture_checkpoint()).expect("the fixture checkpoint is readable"),
+    }
+}
+
 /// The quantizable layers of a CIFAR ResNet-20, in forward order (PyTorch names).
 pub fn resnet20_layer_names() -> Vec<String> {
     let mut names = vec!["conv1".to_string()];
@@ -139,10 +147,12 @@ pub fn choice(name: &str, option: &str) -> LayerChoice {
     }
 }
 
-/// An `alloc.json` with these choices and neutral solver fields (as if written by hand).
+/// An `alloc.json` for [`fixture_checkpoint`] with these choices and neutral solver fields (as
+/// if written by hand).
 pub fn alloc_of(layers: Vec<LayerChoice>) -> Alloc {
     Alloc {
         version: FORMAT_VERSION,
+        model: fixture_model(),
         layers,
         predicted_delta: 0.0,
         size_bits: 0,

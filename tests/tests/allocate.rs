@@ -163,6 +163,7 @@ fn fixed_layers_count_in_the_budget() {
     let mut idx = index();
     idx.fixed.insert("layer5".into(), "fp".into());
     idx.variables.retain(|v| v.layer != 5);
+    idx.matrix.rows = idx.variables.len();
     let g = matrix().slice(ndarray::s![..15, ..15]).to_owned();
     write(dir.path(), &g, &idx);
     let alloc = parse(&allocate(dir.path(), &["--avg-bits", "6"]).success());
@@ -215,10 +216,14 @@ fn the_confidence_rule_ignores_insignificant_negative_estimates() {
     let mut g = matrix();
     g[[2 * 3, 2 * 3]] = -0.5;
     write(dir.path(), &g, &index());
+    // The index records the digest of the standard errors written with it, as perturb's does.
     let write_se = |scale: f64| {
         let se = g.mapv(|v| if v == 0.0 { 0.0 } else { scale });
         let mut bytes = Vec::new();
         se.write_npy(&mut bytes).unwrap();
+        let mut idx = index();
+        idx.matrix.se_digest = Some(clado::io::digest(&bytes));
+        write(dir.path(), &g, &idx);
         std::fs::write(dir.path().join("G.se.npy"), bytes).unwrap();
     };
     // The -0.5 is within two standard errors of 0 (se 0.3 each: bound 2·(0.3 + 0.3) on the
@@ -242,6 +247,12 @@ fn the_confidence_rule_ignores_insignificant_negative_estimates() {
     assert_eq!(alloc.layers[2].option, "w2a8");
     let upper = alloc.notes["confidence"]["delta_vs_highest_upper"].as_f64().unwrap();
     assert!(upper < 0.0, "a significant improvement over 8 bits: {upper}");
+    // Standard errors of another run (not the digest the index records) are refused.
+    let stale = std::fs::read(dir.path().join("G.se.npy")).unwrap();
+    write_se(0.3);
+    std::fs::write(dir.path().join("G.se.npy"), &stale).unwrap();
+    one_line_error(allocate(dir.path(), &["--se", "G.se.npy"]), 2, "G.se.npy: digest");
+    write_se(1e-6);
     // --se alone reports without changing the answer; --confidence without --se is refused.
     let r = allocate(dir.path(), &["--se", "G.se.npy"]);
     let alloc = parse(&r.stdout);
@@ -421,7 +432,7 @@ fn bad_files_exit_2_naming_the_file_and_the_problem() {
     one_line_error(
         allocate(dir.path(), &["-o", "out.json"]),
         2,
-        "index.json version 99 is not supported",
+        "index.json version 99 was written by a newer version",
     );
     // A missing file.
     write(dir.path(), &matrix(), &index());

@@ -245,7 +245,7 @@ fn small_problem() -> (Index, Array2<f64>) {
 /// Index files in every broken way, beside the good `index.json`.
 fn write_bad_indexes(dir: &Path, index: &Index) {
     write_json(dir, "index.json", &serde_json::to_value(index).unwrap());
-    write_json(dir, "index_v2.json", &edited(index, |v| v["version"] = json!(2)));
+    write_json(dir, "index_v1.json", &edited(index, |v| v["version"] = json!(1)));
     write_json(
         dir,
         "index_nover.json",
@@ -273,8 +273,8 @@ fn index_cases(base: &[&str]) -> Vec<Case> {
     vec![
         case(
             "index: other version",
-            i("index_v2.json"),
-            &["index_v2.json", "version 2"],
+            i("index_v1.json"),
+            &["index_v1.json", "older version"],
         ),
         case(
             "index: no version",
@@ -754,7 +754,7 @@ fn write_bad_calib_and_alloc(dir: &Path) {
     )
     .success();
     let calib: Value = serde_json::from_slice(&std::fs::read(dir.join("calib.json")).unwrap()).unwrap();
-    write_json(dir, "calib_v2.json", &edited(&calib, |v| v["version"] = json!(2)));
+    write_json(dir, "calib_v1.json", &edited(&calib, |v| v["version"] = json!(1)));
     write_json(
         dir,
         "calib_field.json",
@@ -768,7 +768,7 @@ fn write_bad_calib_and_alloc(dir: &Path) {
     write_json(
         dir,
         "calib_arch.json",
-        &edited(&calib, |v| v["arch"] = json!("resnet56")),
+        &edited(&calib, |v| v["model"]["arch"] = json!("resnet56")),
     );
     write_json(
         dir,
@@ -790,7 +790,12 @@ fn write_bad_calib_and_alloc(dir: &Path) {
 
     let alloc = alloc_all("w4a8");
     write_json(dir, "alloc.json", &serde_json::to_value(&alloc).unwrap());
-    write_json(dir, "alloc_v2.json", &edited(&alloc, |v| v["version"] = json!(2)));
+    write_json(dir, "alloc_v1.json", &edited(&alloc, |v| v["version"] = json!(1)));
+    write_json(
+        dir,
+        "alloc_model.json",
+        &edited(&alloc, |v| v["model"]["digest"] = json!("0123456789abcdef")),
+    );
     write_json(
         dir,
         "alloc_field.json",
@@ -830,8 +835,8 @@ fn calib_cases(base: &[&str]) -> Vec<Case> {
     vec![
         case(
             "calib: other version",
-            c("calib_v2.json"),
-            &["calib_v2.json", "version 2"],
+            c("calib_v1.json"),
+            &["calib_v1.json", "older version"],
         ),
         case(
             "calib: unknown field",
@@ -870,8 +875,16 @@ fn alloc_cases(base: &[&str]) -> Vec<Case> {
     vec![
         case(
             "alloc: other version",
-            a("alloc_v2.json"),
-            &["alloc_v2.json", "version 2"],
+            a("alloc_v1.json"),
+            &["alloc_v1.json", "older version"],
+        ),
+        case(
+            "alloc: another model",
+            a("alloc_model.json"),
+            &[
+                "alloc_model.json",
+                "model: made for resnet20 with weights digest 0123456789abcdef",
+            ],
         ),
         case(
             "alloc: unknown field",

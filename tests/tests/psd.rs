@@ -37,12 +37,14 @@ fn index_json(variables: &[(usize, usize)]) -> String {
         .map(|(l, o)| format!(r#"{{"layer":{l},"option":{o}}}"#))
         .collect();
     format!(
-        r#"{{"version":1,"arch":"resnet20","layers":[
+        r#"{{"version":2,"model":{{"arch":"resnet20","digest":"0"}},"calib_digest":"0",
+            "matrix":{{"rows":{},"digest":"0"}},"layers":[
               {{"name":"conv1","kind":"conv","params":432,"macs":442368}},
               {{"name":"fc","kind":"linear","params":640,"macs":640}}],
             "options":[{{"name":"w4a8","w_bits":4,"a_bits":8}},{{"name":"w8a8","w_bits":8,"a_bits":8}}],
             "variables":[{}],"metric":"loss","naive":false,"samples":64,"data":"npy:x.npy,y.npy",
             "seed":0,"fp":{{"loss":0.3,"top1":91.0}}}}"#,
+        vars.len(),
         vars.join(",")
     )
 }

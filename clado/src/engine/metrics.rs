@@ -83,6 +83,40 @@ impl Logits {
         Ok(sum / self.batch.max(1) as f64)
     }
 
+    /// The cross-entropy (natural log) of each sample against its label, in sample order: summed
+    /// over batches in sample order, they give a mean that does not depend on the batch size.
+    pub fn cross_entropy_each(&self, labels: &[usize]) -> Result<Vec<f64>> {
+        self.check_labels(labels)?;
+        let mut logp = vec![0.0f64; self.classes];
+        Ok(labels
+            .iter()
+            .enumerate()
+            .map(|(i, &label)| {
+                log_softmax(self.row(i), &mut logp);
+                -logp[label]
+            })
+            .collect())
+    }
+
+    /// KL(p_reference ‖ p_self) of each sample, in sample order (see [`Self::cross_entropy_each`]).
+    pub fn kl_each_from(&self, reference: &Logits) -> Result<Vec<f64>> {
+        if reference.batch != self.batch || reference.classes != self.classes {
+            return Err(Error::other(format!(
+                "KL between logits of {}x{} and {}x{}",
+                reference.batch, reference.classes, self.batch, self.classes
+            )));
+        }
+        let mut logp = vec![0.0f64; self.classes];
+        let mut logq = vec![0.0f64; self.classes];
+        Ok((0..self.batch)
+            .map(|i| {
+                log_softmax(reference.row(i), &mut logp);
+                log_softmax(self.row(i), &mut logq);
+                logp.iter().zip(&logq).map(|(&lp, &lq)| lp.exp() * (lp - lq)).sum()
+            })
+            .collect())
+    }
+
     /// Mean over samples of KL(p_reference ‖ p_self), e.g. `quantized.mean_kl_from(&fp)`.
     pub fn mean_kl_from(&self, reference: &Logits) -> Result<f64> {
         if reference.batch != self.batch || reference.classes != self.classes {
