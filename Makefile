@@ -19,11 +19,11 @@ JOBS ?= 2
 # variants and the finer budget sweeps.
 EXPERIMENTS ?= main binary $(if $(FULL),multi general)
 
-.PHONY: all setup setup-data setup-scip setup-font build test fuzz-smoke fuzz demo bench clean
+.PHONY: all setup setup-data setup-scip setup-font setup-venv build test fuzz-smoke fuzz demo bench clean
 
 all: build
 
-setup: setup-data setup-scip setup-font
+setup: setup-data setup-scip setup-font setup-venv
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist package (IDX files).
 setup-data:
@@ -41,6 +41,15 @@ setup-font:
 	@if [ ! -e $(FONT) ]; then \
 	  echo "setup: installing Debian package fonts-dejavu-core" >&2; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-dejavu-core >/dev/null; \
+	fi
+
+# onnxruntime (the ONNX graph tests' reference), onnx and numpy, pinned, in .deps/venv.
+VENV := .deps/venv
+VENV_PACKAGES := onnxruntime==1.32.0 onnx==1.23.2 numpy==2.4.6
+setup-venv:
+	@if ! $(VENV)/bin/python -c 'import onnxruntime, onnx, numpy' 2>/dev/null; then \
+	  echo "setup: installing $(VENV_PACKAGES) into $(VENV)" >&2; \
+	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(VENV_PACKAGES); \
 	fi
 
 build: setup-scip
