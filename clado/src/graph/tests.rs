@@ -562,3 +562,59 @@ fn quantized_layers_match_a_reference_outside_the_executor() {
         exec.run(&xq, 2, false).unwrap()
     );
 }
+
+/// onnxruntime from `make setup-venv`, run live on new inputs (batch 3, another seed than the
+/// committed ones) with its default graph optimisations, as a user would run it.
+#[test]
+fn executor_matches_onnxruntime_run_live() {
+    use rand::{Rng, SeedableRng};
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `make setup-venv` (onnxruntime is the reference)",
+        python.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(19);
+    let mut jobs = Vec::new();
+    for (i, model) in fixtures().iter().enumerate() {
+        let graph = Graph::from_onnx(model).unwrap();
+        let mut shape = vec![3];
+        shape.extend_from_slice(graph.input_shape());
+        let x: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| rng.random_range(-2.5f32..2.5))
+            .collect();
+        let (xp, yp) = (
+            dir.path().join(format!("x{i}.npy")),
+            dir.path().join(format!("y{i}.npy")),
+        );
+        ndarray_npy::write_npy(&xp, &ndarray::ArrayD::from_shape_vec(shape, x.clone()).unwrap()).unwrap();
+        jobs.push((model.clone(), graph, x, xp, yp));
+    }
+    let script = "import sys, numpy as np, onnxruntime as ort\n\
+        args = sys.argv[1:]\n\
+        for m, x, y in zip(args[0::3], args[1::3], args[2::3]):\n\
+        \x20   s = ort.InferenceSession(m, providers=['CPUExecutionProvider'])\n\
+        \x20   np.save(y, s.run(None, {s.get_inputs()[0].name: np.load(x)})[0])\n";
+    let mut cmd = std::process::Command::new(&python);
+    cmd.args(["-c", script]);
+    for (m, _, _, xp, yp) in &jobs {
+        cmd.arg(m).arg(xp).arg(yp);
+    }
+    let out = cmd.output().expect("run onnxruntime");
+    assert!(
+        out.status.success(),
+        "onnxruntime: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (model, graph, x, _, yp) in &jobs {
+        let (_, want) = npy(yp);
+        let got = Executor::new(graph).unwrap().run(x, 3, true).unwrap().remove(0);
+        let err = relative_error(&got, &want);
+        assert!(
+            err <= LOGIT_TOLERANCE,
+            "{}: relative error {err:e} against live onnxruntime",
+            model.display()
+        );
+    }
+}
