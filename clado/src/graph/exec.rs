@@ -84,6 +84,10 @@ pub struct Executor<'g> {
     last_uses: Vec<Vec<ValueId>>,
     /// For each node, its index in [`Graph::layers`] if it is a quantizable layer.
     layer_of: Vec<Option<usize>>,
+    /// For each node, whether it may overwrite its first input: an element-wise op whose
+    /// output has that input's shape, that input being a runtime value it is the last reader
+    /// of (and read once, not a graph output). Same arithmetic either way.
+    in_place: Vec<bool>,
 }
 
 impl<'g> Executor<'g> {
@@ -160,11 +164,36 @@ impl<'g> Executor<'g> {
         for (l, layer) in graph.layers.iter().enumerate() {
             layer_of[layer.node] = Some(l);
         }
+        let last_uses = graph.last_uses();
+        let in_place = graph
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let x = node.inputs[0];
+                let elementwise = match &node.op {
+                    Op::Unary(_) | Op::BatchNorm { .. } | Op::Reshape { .. } | Op::Softmax { .. } => true,
+                    // The second operand the same shape (a residual add) or a scalar.
+                    Op::Binary(_) => {
+                        let b = &graph.values[node.inputs[1]].shape;
+                        graph.values[node.outputs[0]].shape == graph.values[x].shape
+                            && (*b == graph.values[x].shape || b.iter().product::<usize>() == 1)
+                    }
+                    _ => false,
+                };
+                elementwise
+                    && layer_of[i].is_none()
+                    && graph.values[x].constant.is_none()
+                    && last_uses[i].contains(&x)
+                    && node.inputs.iter().filter(|&&v| v == x).count() == 1
+            })
+            .collect();
         Ok(Executor {
             graph,
             steps,
-            last_uses: graph.last_uses(),
+            last_uses,
             layer_of,
+            in_place,
         })
     }
 
@@ -259,7 +288,15 @@ impl<'g> Executor<'g> {
         vals[g.input] = Some(x.to_vec());
         for (i, node) in g.nodes.iter().enumerate() {
             let quant = self.layer_of[i].and_then(|l| plan.get(l));
-            let outs = self.run_node(i, &vals, quant);
+            let outs = if self.in_place[i] {
+                // The node is its input's last reader: it works on that buffer.
+                let x = vals[node.inputs[0]]
+                    .take()
+                    .expect("inputs are computed before their readers");
+                vec![self.run_in_place(i, x, &vals)]
+            } else {
+                self.run_node(i, &vals, quant)
+            };
             for (&o, v) in node.outputs.iter().zip(outs) {
                 vals[o] = Some(v);
             }
@@ -271,6 +308,30 @@ impl<'g> Executor<'g> {
             .iter()
             .map(|&o| vals[o].clone().expect("outputs are computed"))
             .collect()
+    }
+
+    /// Element-wise nodes, on their first input's buffer (see `in_place`).
+    fn run_in_place(&self, i: usize, mut x: Vec<f32>, vals: &[Option<Vec<f32>>]) -> Vec<f32> {
+        let g = self.graph;
+        let node = &g.nodes[i];
+        match (&self.steps[i], &node.op) {
+            (Step::BatchNorm { scale, shift }, _) => ops::channel_affine(&mut x, scale.len(), scale, shift),
+            (_, Op::Unary(u)) => ops::unary(*u, &mut x),
+            (_, Op::Reshape { .. }) => {}
+            (_, Op::Softmax { axis, flatten }) => {
+                ops::softmax(&mut x, &g.values[node.inputs[0]].shape, *axis, *flatten)
+            }
+            (_, Op::Binary(b)) => {
+                let v = node.inputs[1];
+                let y = match &g.values[v].constant {
+                    Some(t) => t.as_f32().expect("float constant"),
+                    None => vals[v].as_deref().expect("inputs are computed before their readers"),
+                };
+                ops::binary_in_place(*b, &mut x, y);
+            }
+            _ => unreachable!("only element-wise nodes run in place"),
+        }
+        x
     }
 
     fn run_node(&self, i: usize, vals: &[Option<Vec<f32>>], quant: Option<&LayerQuant>) -> Vec<Vec<f32>> {

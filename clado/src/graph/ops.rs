@@ -544,6 +544,18 @@ pub(crate) fn binary_f32(op: Binary, a: &[f32], sa: &[usize], b: &[f32], sb: &[u
     broadcast(a, sa, b, sb, out, binary_fn_f32(op))
 }
 
+/// `x = f(x, y)` element-wise, `y` of `x`'s length or a scalar (same arithmetic as
+/// [`binary_f32`]).
+pub(crate) fn binary_in_place(op: Binary, x: &mut [f32], y: &[f32]) {
+    let f = binary_fn_f32(op);
+    if y.len() == x.len() {
+        x.iter_mut().zip(y).for_each(|(a, &b)| *a = f(*a, b));
+    } else {
+        let b = y[0];
+        x.iter_mut().for_each(|a| *a = f(*a, b));
+    }
+}
+
 /// BatchNormalization with precomputed per-channel `scale` and `shift`: `y = x·scale + shift`.
 pub(crate) fn channel_affine(x: &mut [f32], channels: usize, scale: &[f32], shift: &[f32]) {
     let inner = x.len() / channels;
