@@ -467,20 +467,37 @@ fn conv(x: &[f32], c: &ConvStep, weight: &[f32]) -> Vec<f32> {
     }
     let k = cin_g * kh * kw;
     let pointwise = kh == 1 && kw == 1 && a.strides == [1, 1] && a.pads == [0; 4];
-    let mut col = if pointwise { Vec::new() } else { vec![0.0f32; k * plane] };
+    // The im2col matrix lives in a buffer kept per thread (im2col writes every element):
+    // allocating it per call cost page faults and zeroing.
+    let mut col = if pointwise {
+        Vec::new()
+    } else {
+        COLUMNS.with(|c| c.take())
+    };
+    if !pointwise && col.len() < k * plane {
+        col.resize(k * plane, 0.0);
+    }
     for grp in 0..g {
         let xg = &x[grp * cin_g * h * w..(grp + 1) * cin_g * h * w];
         let rhs: &[f32] = if pointwise {
             xg
         } else {
-            im2col(xg, c, &mut col);
-            &col
+            im2col(xg, c, &mut col[..k * plane]);
+            &col[..k * plane]
         };
         let wg = &weight[grp * m_g * k..(grp + 1) * m_g * k];
         let yg = &mut y[grp * m_g * plane..(grp + 1) * m_g * plane];
         matmul((m_g, plane, k), yg, true, wg, (k, 1), rhs, (plane, 1), 1.0);
     }
+    if !pointwise {
+        COLUMNS.with(|c| c.replace(col));
+    }
     y
+}
+
+thread_local! {
+    /// Scratch space of [`conv`]'s im2col matrices, one per thread.
+    static COLUMNS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Range of output positions `o` whose input position `o·stride − pad + tap` lies in `0..len`.
