@@ -55,6 +55,10 @@ pub type ValueId = usize;
 /// floats (1 GiB). Declared sizes beyond it are refused before anything is allocated.
 pub const MAX_TENSOR_ELEMENTS: usize = 1 << 28;
 
+/// Largest number of elements of all constants of a model together: 2^30 (4 GiB of floats;
+/// the largest torchvision classifiers have under 2^28 parameters).
+pub const MAX_CONSTANT_ELEMENTS: usize = 1 << 30;
+
 /// A named tensor of the graph: its per-sample shape and, for a constant, its data.
 #[derive(Clone, Debug)]
 pub struct Value {

@@ -23,12 +23,14 @@
 //! - `offset` and `length` must lie inside the data file, and `length` must be the tensor's
 //!   size; raw data must have exactly the declared size.
 //! - Every declared size (tensor dims, shapes computed at load) is checked against
-//!   [`MAX_TENSOR_ELEMENTS`] with overflow-checked arithmetic before anything is allocated.
+//!   [`MAX_TENSOR_ELEMENTS`] with overflow-checked arithmetic before anything is allocated, and
+//!   all constants together against [`MAX_CONSTANT_ELEMENTS`] (so that many tensors reading the
+//!   same bytes of a data file cannot add up to terabytes either).
 //! - Protobuf nesting is bounded by prost's recursion limit.
 
 use super::ops::{Binary, ConvAttrs, GemmAttrs, Op, PoolAttrs, SliceAxis, Unary};
 use super::tensor::{Data, Tensor};
-use super::{check_elements, Graph, GraphBuilder, ValueId, MAX_TENSOR_ELEMENTS};
+use super::{check_elements, Graph, GraphBuilder, ValueId, MAX_CONSTANT_ELEMENTS, MAX_TENSOR_ELEMENTS};
 use crate::{Error, Result};
 use prost::Message;
 use std::collections::{HashMap, HashSet};
@@ -81,6 +83,17 @@ pub(super) fn read_bytes(bytes: &[u8], name: &str, dir: Option<&Path>) -> Result
     }
     let mut external = ExternalData::new(dir, name);
     let mut consts: HashMap<String, Arc<Tensor>> = HashMap::new();
+    let mut budget = MAX_CONSTANT_ELEMENTS;
+    // Every declared size against the budget of all constants, before anything is read.
+    for t in &graph.initializer {
+        let declared = t
+            .dims
+            .iter()
+            .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+            .collect::<Vec<_>>();
+        let n = check_elements(&declared).map_err(|e| err(format!("initializer {:?}: {e}", t.name())))?;
+        take(&mut budget, n).map_err(|e| err(format!("initializer {:?}: {e}", t.name())))?;
+    }
     for t in &graph.initializer {
         let tensor =
             tensor_from_proto(t, &mut external).map_err(|e| err(format!("initializer {:?}: {e}", t.name())))?;
@@ -134,6 +147,7 @@ pub(super) fn read_bytes(bytes: &[u8], name: &str, dir: Option<&Path>) -> Result
             Lowered::Folded(tensors) => {
                 for (name, t) in outputs.iter().zip(tensors) {
                     check_elements(&t.shape).map_err(at)?;
+                    take(&mut budget, t.len()).map_err(at)?;
                     if !name.is_empty() {
                         ctx.consts.insert(name.to_string(), Arc::new(t));
                     }
@@ -150,7 +164,8 @@ pub(super) fn read_bytes(bytes: &[u8], name: &str, dir: Option<&Path>) -> Result
                     let shapes: Vec<&[usize]> = tensors.iter().map(|t| t.shape.as_slice()).collect();
                     let out_shapes = op.infer(&shapes, &vec![true; shapes.len()], n_out).map_err(at)?;
                     for s in &out_shapes {
-                        check_elements(s).map_err(at)?;
+                        let n = check_elements(s).map_err(at)?;
+                        take(&mut budget, n).map_err(at)?;
                     }
                     let refs: Vec<&Tensor> = tensors.iter().map(|t| t.as_ref()).collect();
                     let folded = super::ops::fold(&op, &refs, &out_shapes).ok_or_else(|| {
@@ -208,6 +223,14 @@ pub(super) fn read_bytes(bytes: &[u8], name: &str, dir: Option<&Path>) -> Result
         return Err(err("the graph has no outputs".into()));
     }
     b.finish(outs).map_err(|e| err(e.to_string()))
+}
+
+/// Takes `n` elements from the budget of all constants of a model.
+fn take(budget: &mut usize, n: usize) -> std::result::Result<(), String> {
+    *budget = budget
+        .checked_sub(n)
+        .ok_or_else(|| format!("the model's constants exceed the limit of {MAX_CONSTANT_ELEMENTS} elements in all"))?;
+    Ok(())
 }
 
 fn input_shape(input: &proto::ValueInfoProto) -> std::result::Result<Vec<usize>, String> {

@@ -351,6 +351,30 @@ fn external_ranges_and_declared_sizes_are_checked_before_allocation() {
         m.graph.as_mut().unwrap().initializer[0].dims = vec![i64::MAX, 4];
     });
     assert!(load_err(&path).contains("exceeds the limit"));
+    // Five tensors of 2^28 floats each, all reading the same bytes of one file: each is within
+    // the per-tensor limit, together they exceed the budget of all constants, which is checked
+    // before any of them is read.
+    let (d, path) = edited_copy(|m, _| {
+        let g = m.graph.as_mut().unwrap();
+        let mut big = g.initializer[0].clone();
+        big.dims = vec![1 << 28];
+        big.external_data.retain(|e| e.key() == "location");
+        for e in &mut big.external_data {
+            e.value = Some("huge.data".into());
+        }
+        for i in 0..5 {
+            let mut t = big.clone();
+            t.name = Some(format!("alias{i}"));
+            g.initializer.push(t);
+        }
+    });
+    // A sparse file: 1 GiB of zeros that take no disk space.
+    std::fs::File::create(d.path().join("huge.data"))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let e = load_err(&path);
+    assert!(e.contains("exceed the limit") && e.contains("in all"), "{e}");
 }
 
 #[test]
