@@ -1,7 +1,7 @@
 # CLADO toolkit: the two commands of the README.
 #   make demo   set everything up, build, and run the experiment graph on the built-in model
 #   make test   set everything up and run the whole test suite
-# Other targets: setup (system packages, SCIP, font), build (release binaries), bench, fuzz-smoke
+# Other targets: setup (system packages, SCIP, font, Slurm), build (release binaries), bench, fuzz-smoke
 # (a few seconds of each fuzz target; part of `make test`), fuzz (FUZZ_SECONDS per target).
 #
 # `make demo` runs scripts/experiment.mk once per experiment of EXPERIMENTS (JOBS stages at a
@@ -19,11 +19,16 @@ JOBS ?= 2
 # variants and the finer budget sweeps.
 EXPERIMENTS ?= main binary $(if $(FULL),multi general)
 
-.PHONY: all setup setup-data setup-scip setup-font setup-venv build test fuzz-smoke fuzz demo bench clean
+# Recipes run under bash with errexit, nounset and pipefail: any failing command fails its target.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+
+.PHONY: all setup setup-data setup-scip setup-font setup-slurm setup-venv build test fuzz-smoke fuzz demo bench clean
 
 all: build
 
-setup: setup-data setup-scip setup-font setup-venv
+setup: setup-data setup-scip setup-font setup-slurm setup-venv
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist package (IDX files).
 setup-data:
@@ -41,6 +46,15 @@ setup-font:
 	@if [ ! -e $(FONT) ]; then \
 	  echo "setup: installing Debian package fonts-dejavu-core" >&2; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-dejavu-core >/dev/null; \
+	fi
+
+# Slurm and munge (Debian's slurm-wlm and munge; the munge package makes /etc/munge/munge.key):
+# the client commands of scripts/experiment.mk's LAUNCHER=slurm, and the daemons of the test
+# that starts a single-node cluster (tests/tests/slurm.rs).
+setup-slurm:
+	@if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then \
+	  echo "setup: installing Debian packages slurm-wlm and munge" >&2; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; \
 	fi
 
 # onnxruntime (the ONNX graph tests' reference), onnx and numpy, pinned, in .deps/venv.
@@ -70,7 +84,7 @@ fuzz:
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 demo: setup build
-	@set -e; for exp in $(EXPERIMENTS); do \
+	@for exp in $(EXPERIMENTS); do \
 	  echo "== experiment $$exp" >&2; \
 	  $(MAKE) --no-print-directory -f scripts/experiment.mk -j$(JOBS) EXP=$$exp BIN=$(BIN); \
 	done

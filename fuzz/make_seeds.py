@@ -58,6 +58,9 @@ def main():
                "avg_w_bits": 4.0, "bops": 162000000}
     write("json_metrics", "metrics.json", json.dumps(metrics))
 
+    for name, shard, naive in [("whole.json", (1, 1), False), ("shard2of3.json", (2, 3), False), ("naive.json", (1, 1), True)]:
+        write("perturb_units", name, json.dumps(perturb_partial(layers, shard, naive), indent=1))
+
     for i, text in enumerate(["w{2,4,8}a{2,4,8}", "w4,fp", "w2a8,w4a8,w8a8", "a4,w8"]):
         write("options", f"options{i}.txt", text)
     for i, text in enumerate(["avg-bits=4", "size-bits=1e6", "size-mb=0.1", "bops=2.5e9"]):
@@ -77,6 +80,30 @@ def main():
     write("cifar", "train.bin", bytes([7, 42]) + bytes(range(256)) * 12)
 
     write("checkpoint_pth", "tiny.pth", tiny_pth())
+
+
+def perturb_partial(layers, shard, naive):
+    """A partial result of `perturb --shard K/N` (a whole run for 1/1): 3 samples in batches of
+    2, both layers variable, options w4a8 and w8; units are numbered batch-major, then layer,
+    then option, and shard K owns the numbers K-1 mod N. Each sum is a list of exact parts."""
+    options = ["w4a8", "w8"]
+    job = {"version": 1, "arch": "resnet20", "weights_digest": "0b7b43c4a0f9dca6", "data": "npy:x.npy,y.npy:train",
+           "samples": 3, "seed": 0, "batch_size": 2, "options": options, "layers": layers, "variables": [0, 1],
+           "metric": "loss", "naive": naive, "calib_digest": "90eb90c987c03e73"}
+    index, count = shard
+    units, batches = [], []
+    for number in range(2 * 2 * 2):
+        b, k, o = number // 4, number // 2 % 2, number % 2
+        if number % count != index - 1:
+            continue
+        n = 2 if b == 0 else 1
+        moments = lambda x: {"sum": [x * n], "sumsq": [x * x * n, -1.5e-25 * x * x]}
+        pairs = [] if naive or k == 1 else [moments(0.001 * (o2 + 1)) for o2 in range(2)]
+        units.append({"batch": b, "layer": k, "option": o, "samples": n, "single": moments(0.01 * (o + 1)), "pairs": pairs})
+        batches.append(b)
+    fp = [[b, {"samples": 2 if b == 0 else 1, "loss_sum": [2.3 * (2 if b == 0 else 1)], "correct": 1}]
+          for b in sorted(set(batches))]
+    return {"version": 1, "job": job, "shard": {"index": index, "count": count}, "fp": fp, "units": units, "seconds": 0.5}
 
 
 def tiny_pth():

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Print the `allocate --pin` flags that put every layer at one option: the highest-precision
 option of index.json whose uniform model fits the budget (the experiment graph's `uniform`
-method). Budgets follow DESIGN.md: FP counts 32 bits; layers fixed in the index count at their
-fixed option.
+method). Budgets follow docs/definitions.md: FP counts 32 bits; layers fixed in the index count at
+their fixed option. The experiment graph writes the flags to a file, a stage of its own:
 
-    allocate --matrix G.npy --index index.json --avg-bits 4 $(uniform.py index.json --avg-bits 4)
+    uniform.py index.json --avg-bits 4 > 4.pins
+    allocate --matrix G.npy --index index.json --avg-bits 4 $(< 4.pins)
 
 Exit status 1 (and a message on stderr) when no option fits; 2 on bad usage or input.
 """
@@ -21,7 +22,7 @@ def bits(value):
 
 
 def option_bits(name):
-    """(w_bits, a_bits) of an option name of DESIGN.md's grammar: `w4a8`, `w4`, `a8`, `fp`."""
+    """(w_bits, a_bits) of an option name (docs/definitions.md's grammar): `w4a8`, `w4`, `a8`, `fp`."""
     w = re.search(r"w(\d+)", name)
     a = re.search(r"a(\d+)", name)
     return (int(w.group(1)) if w else FP_BITS, int(a.group(1)) if a else FP_BITS)

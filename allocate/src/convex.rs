@@ -11,7 +11,7 @@
 //! remaining hollow matrix A is shifted by λ = −λ_min(ΠAΠ on the subspace) — the smallest
 //! uniform shift that makes the objective convex on the affine hull, and negative when A is
 //! already convex there, which tightens the relaxation — and ΠMΠ = F Fᵀ is factored.
-//! [`Convexification::Identity`] is the shift of DESIGN.md, G + λI with λ = −λ_min(G): exact too
+//! [`Convexification::Identity`] is the shift of docs/definitions.md, G + λI with λ = −λ_min(G): exact too
 //! (xᵀx = L), but it ignores the one-hot structure and weakens the continuous relaxation.
 //!
 //! The factor keeps eigenvalues above rounding level. What dropping the others and the
@@ -33,7 +33,7 @@ pub enum Convexification {
     /// Diagonal into the linear term, projection onto the one-hot affine hull, smallest shift
     /// t·w with w from [`Weights`].
     Projected(Weights),
-    /// G + λI with λ = max(0, −λ_min(G)) (DESIGN.md's shift), no projection.
+    /// G + λI with λ = max(0, −λ_min(G)) (docs/definitions.md's shift), no projection.
     Identity,
     /// Within-layer terms from the semidefinite relaxation ([`crate::sdp`]), then projected
     /// like [`Convexification::Projected`] with a uniform shift (≈ 0 up to the ADMM's accuracy).

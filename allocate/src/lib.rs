@@ -1,5 +1,5 @@
 //! `allocate`: one quantization option per layer, minimising the predicted change xᵀGx of the
-//! metric under budgets, solved exactly with a proven bound (DESIGN.md, issue 6).
+//! metric under budgets, solved exactly with a proven bound (docs/definitions.md, "The matrix G").
 //!
 //! # How a solve goes
 //! 1. [`problem`]: index, matrix and pins are checked against each other; pinned layers fold

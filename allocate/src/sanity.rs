@@ -1,4 +1,4 @@
-//! The sanity check of an unconstrained allocation (DESIGN.md, "Known problems of the seed").
+//! The sanity check of an unconstrained allocation (docs/definitions.md, "The sanity check").
 //!
 //! Without a budget the least predicted change should come from the highest-precision option
 //! everywhere. When it does not, some estimates say that quantizing more *lowers* the metric:

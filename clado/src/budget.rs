@@ -1,4 +1,4 @@
-//! Model size and compute of a choice of options (DESIGN.md, "Budgets").
+//! Model size and compute of a choice of options (docs/definitions.md, "Budgets").
 //!
 //! params_l = weight elements of layer l (biases stay FP and are not counted);
 //! size_bits = Σ_l params_l · w_bits(l), FP counting 32 bits; avg_w_bits = size_bits / Σ params;

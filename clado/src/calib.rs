@@ -26,7 +26,7 @@ pub fn bits_needed(options: &[QuantOption]) -> (BTreeSet<u8>, BTreeSet<u8>) {
 }
 
 /// Calibrate the quantizers of every layer of `net` for the given bit widths on `data` (the FP
-/// model's inputs to each layer; DESIGN.md's `minmax` or the `mse` search).
+/// model's inputs to each layer; docs/definitions.md's `minmax` or the `mse` search).
 pub fn calibrate(
     net: &Network,
     data: &Dataset,

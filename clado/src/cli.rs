@@ -3,7 +3,7 @@
 use crate::Error;
 use std::process::ExitCode;
 
-/// Run a tool's body; print `tool: error` on stderr and return the exit code of STYLE.md.
+/// Run a tool's body; print `tool: error` on stderr and return the exit code of docs/definitions.md.
 ///
 /// ```no_run
 /// fn main() -> std::process::ExitCode {

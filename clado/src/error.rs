@@ -1,6 +1,6 @@
 //! One error type for every tool, and its exit codes.
 //!
-//! Exit codes (STYLE.md): 0 success; 1 a valid negative answer (an infeasible budget);
+//! Exit codes (docs/definitions.md): 0 success; 1 a valid negative answer (an infeasible budget);
 //! 2 a usage or input error. A closed stdout (`tool | head`) is not an error: exit 0.
 
 use std::fmt;

@@ -1,4 +1,4 @@
-//! The files between the tools (DESIGN.md, "Files between the tools").
+//! The files between the tools (docs/definitions.md, "Files between the tools").
 //!
 //! | file | written by | read by |
 //! | --- | --- | --- |

@@ -1,4 +1,4 @@
-//! Quantizers (DESIGN.md, "Quantizers"): pure Rust on `f32` slices, exact so that every tool
+//! Quantizers (docs/definitions.md, "Quantizers"): pure Rust on `f32` slices, exact so that every tool
 //! quantizes alike and results can be cross-checked.
 //!
 //! # Weights: symmetric, narrow range, per output channel
@@ -26,7 +26,7 @@
 //!
 //! # Rounding and arithmetic
 //! Rounding is round half to even everywhere ([`round_half_even`], as `torch.round`). The
-//! quotient is `x / s` as DESIGN.md writes it (PyTorch's fake-quantize kernels multiply by
+//! quotient is `x / s` as docs/definitions.md writes it (PyTorch's fake-quantize kernels multiply by
 //! `1/s`, which can differ by one ulp and so, rarely, at an exact tie). Clamping before or after
 //! rounding gives the same integer because the bounds are integers; the loops clamp first so
 //! that the fast rounding trick stays exact (`|y| ≤ 255`). NaN inputs stay NaN. Inputs are
@@ -75,7 +75,7 @@ use std::str::FromStr;
 /// Range calibration method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Calibration {
-    /// The full observed range (DESIGN.md formulas).
+    /// The full observed range (docs/definitions.md formulas).
     MinMax,
     /// The shrunk range with the least squared error (see the module docs).
     Mse,
@@ -339,7 +339,7 @@ pub fn check_act_range(range: ActRange) -> Result<(), String> {
     }
 }
 
-/// Asymmetric per-tensor activation quantizer (DESIGN.md): `n = 2^bits − 1` levels,
+/// Asymmetric per-tensor activation quantizer (docs/definitions.md): `n = 2^bits − 1` levels,
 /// `xq = (clamp(round(x/scale) + zero_point, 0, n) − zero_point) · scale`.
 ///
 /// `scale == 0` (from the range `[0, 0]`) maps every non-NaN input to 0.

@@ -55,7 +55,7 @@ pub struct DataArgs {
 /// `evaluate`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct CalibArgs {
-    /// Weight range calibration: `minmax` (max |w| per channel, DESIGN.md's formula) or `mse`
+    /// Weight range calibration: `minmax` (max |w| per channel, docs/definitions.md's formula) or `mse`
     /// (the clipping that minimises the squared error over a grid of shrink factors).
     #[arg(long, default_value = "minmax", value_name = "METHOD")]
     pub w_calib: String,

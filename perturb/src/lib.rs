@@ -1,5 +1,5 @@
 //! `perturb`: measure how the metric changes when one layer, or two layers together, are
-//! quantized, and write the matrix G of DESIGN.md (`G.npy`) with its `index.json`.
+//! quantized, and write the matrix G of docs/definitions.md (`G.npy`) with its `index.json`.
 //!
 //! The work is split into *units*: (calibration batch, variable layer l, option o). A unit
 //! measures every pair (l, o) × (m, o') with m after l. Units are independent, so they
@@ -7,25 +7,48 @@
 //! - are saved one by one in a `--resume` directory, so a killed run continues where it was,
 //! - are dealt to shards by `--shard K/N` (unit number mod N) and combined by `perturb merge`.
 //!
-//! The numbers of a unit do not depend on threads, shards or restarts: the forward engine is
-//! bitwise deterministic and sums run in sample order in f64.
+//! G does not depend on the batch size, threads, shards or restarts: the forward engine gives
+//! every sample the same bits in any batch, units keep exact sums of the per-sample values
+//! ([`units::ExactSum`]), and G is rounded once from their exact total.
+//!
+//! Without the default feature `measure` the crate holds only the file formats and their
+//! checks ([`units`], [`store`]), with no forward engine (the fuzz targets build it so).
 
+#[cfg(feature = "measure")]
 pub mod measure;
+#[cfg(feature = "measure")]
 pub mod memory;
 pub mod store;
+pub mod units;
 
+#[cfg(feature = "measure")]
 use clado::calib::{self, CalibSettings, PrecisionTable};
+#[cfg(feature = "measure")]
 use clado::data::Split;
+#[cfg(feature = "measure")]
 use clado::engine::Images;
-use clado::format::{Calib, LayerInfo, Metric, FORMAT_VERSION};
+#[cfg(feature = "measure")]
+use clado::format::{Calib, FORMAT_VERSION};
+use clado::format::{LayerInfo, Metric};
 use clado::options::QuantOption;
+#[cfg(feature = "measure")]
 use clado::setup::{self, DataArgs, ModelArgs};
+#[cfg(feature = "measure")]
 use clado::{Error, Result};
-use measure::{Measure, UnitResult};
+#[cfg(feature = "measure")]
+use measure::Measure;
 use serde::{Deserialize, Serialize};
+#[cfg(feature = "measure")]
+use std::collections::{BTreeMap, HashSet};
+#[cfg(feature = "measure")]
 use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(feature = "measure")]
 use std::time::Instant;
-use store::{Partial, ResumeDir, Shard};
+use store::Shard;
+#[cfg(feature = "measure")]
+use store::{Partial, ResumeDir};
+#[cfg(feature = "measure")]
+use units::UnitResult;
 
 /// Everything that decides the numbers of a run. Two runs (or shards) with equal jobs give
 /// equal unit results; `--resume` and `merge` check it.
@@ -56,12 +79,78 @@ impl Job {
         self.samples.div_ceil(self.batch_size)
     }
 
+    /// Samples in batch `b` (the last one may be short).
+    pub fn batch_len(&self, b: usize) -> usize {
+        self.batch_size
+            .min(self.samples.saturating_sub(b.saturating_mul(self.batch_size)))
+    }
+
+    /// Number of units: batches × variable layers × options (`None` beyond usize).
+    pub fn unit_count(&self) -> Option<usize> {
+        self.batches()
+            .checked_mul(self.variables.len())?
+            .checked_mul(self.options.len())
+    }
+
+    /// The unit with number `u` (canonical order: batch-major, then layer, then option).
+    pub fn unit_at(&self, u: usize) -> (usize, usize, usize) {
+        let o = self.options.len();
+        let per_batch = self.variables.len() * o;
+        (u / per_batch, u % per_batch / o, u % o)
+    }
+
     /// Every unit (batch, variable, option) in canonical order.
-    pub fn units(&self) -> Vec<(usize, usize, usize)> {
-        let (k, o) = (self.variables.len(), self.options.len());
-        (0..self.batches())
-            .flat_map(move |b| (0..k).flat_map(move |v| (0..o).map(move |x| (b, v, x))))
-            .collect()
+    pub fn units(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        (0..self.unit_count().unwrap_or(0)).map(|u| self.unit_at(u))
+    }
+
+    /// The number of unit (b, k, o) (in range).
+    pub fn unit_number(&self, (b, k, o): (usize, usize, usize)) -> usize {
+        (b * self.variables.len() + k) * self.options.len() + o
+    }
+
+    /// The name of variable layer `k` (in range).
+    pub fn variable_name(&self, k: usize) -> &str {
+        &self.layers[self.variables[k]].name
+    }
+
+    /// A unit as messages name it: `unit (batch 2, layer 'fc', option w4a8)`, with numbers
+    /// where an index is out of range.
+    pub fn unit_label(&self, (b, k, o): (usize, usize, usize)) -> String {
+        let layer = match self.variables.get(k).and_then(|&l| self.layers.get(l)) {
+            Some(l) => format!("'{}'", l.name),
+            None => k.to_string(),
+        };
+        let option = self.options.get(o).map_or_else(|| o.to_string(), String::clone);
+        format!("unit (batch {b}, layer {layer}, option {option})")
+    }
+
+    /// What makes this job (read from a file) unusable, if anything: it must name samples,
+    /// a batch size, options that parse, and variable layers in forward order among its layers.
+    pub fn problem(&self) -> Option<String> {
+        if self.samples == 0 || self.batch_size == 0 {
+            return Some(format!(
+                "job has {} samples in batches of {}: both must be positive",
+                self.samples, self.batch_size
+            ));
+        }
+        if self.options.is_empty() || self.variables.is_empty() {
+            return Some("job has no options or no variable layers".into());
+        }
+        if let Some(o) = self.options.iter().find(|o| QuantOption::parse(o).is_err()) {
+            return Some(format!("job option '{o}' is not an option"));
+        }
+        if self.variables.windows(2).any(|w| w[0] >= w[1]) || self.variables.iter().any(|&v| v >= self.layers.len()) {
+            return Some(format!(
+                "job's variable layers {:?} are not increasing indices among its {} layers",
+                self.variables,
+                self.layers.len()
+            ));
+        }
+        if self.unit_count().is_none() {
+            return Some("job has more units than can be counted".into());
+        }
+        None
     }
 
     /// Forward evaluations of the whole job, counted once per configuration (not per batch):
@@ -78,6 +167,7 @@ impl Job {
 }
 
 /// The measurement flags, validated.
+#[cfg(feature = "measure")]
 pub struct Settings {
     pub options: Vec<QuantOption>,
     pub metric: Metric,
@@ -113,6 +203,7 @@ pub struct Reporting {
 }
 
 /// Run a measurement: validate everything, then compute (resuming from `resume` if given).
+#[cfg(feature = "measure")]
 pub fn run(
     model: &ModelArgs,
     data_args: &DataArgs,
@@ -197,16 +288,17 @@ pub fn run(
         None => Partial::empty(job.clone(), shard),
     };
 
-    // Work still to do, by batch.
+    // Work still to do, by batch. A batch runs again when it has units to do or its FP
+    // metrics are not saved yet.
     let mine: Vec<(usize, usize, usize)> = job
         .units()
-        .into_iter()
         .enumerate()
         .filter(|(u, _)| shard.owns(*u))
         .map(|(_, u)| u)
         .collect();
     let total_units = mine.len();
-    let todo: Vec<(usize, usize, usize)> = mine.iter().copied().filter(|u| !done.has_unit(*u)).collect();
+    let done_units: HashSet<(usize, usize, usize)> = done.units.iter().map(UnitResult::key).collect();
+    let todo: Vec<(usize, usize, usize)> = mine.iter().copied().filter(|u| !done_units.contains(u)).collect();
     let per_unit_evals = |k: usize| -> u64 {
         let o = job.options.len() as u64;
         if job.naive {
@@ -215,12 +307,9 @@ pub fn run(
             (job.variables.len() - 1 - k) as u64 * o
         }
     };
+    let mut fp_done: BTreeMap<usize, units::FpBatch> = done.fp.iter().cloned().collect();
     let mut batches: Vec<usize> = todo.iter().map(|u| u.0).collect();
-    for b in mine.iter().map(|u| u.0) {
-        if !done.fp.iter().any(|(x, _)| *x == b) {
-            batches.push(b);
-        }
-    }
+    batches.extend(mine.iter().map(|u| u.0).filter(|b| !fp_done.contains_key(b)));
     batches.sort_unstable();
     batches.dedup();
     let singles_per_batch = (job.variables.len() * job.options.len()) as u64;
@@ -249,7 +338,7 @@ pub fn run(
 
     let evaluations = AtomicU64::new(0);
     let layer_runs = AtomicU64::new(0);
-    let progress = store::Progress::new(planned, report.quiet);
+    let progress = measure::Progress::new(planned, report.quiet);
     let measure = Measure {
         net,
         table: &table,
@@ -259,7 +348,7 @@ pub fn run(
         evaluations: &evaluations,
         layer_runs: &layer_runs,
     };
-    let mut results = done;
+    let mut results = Partial { fp: Vec::new(), ..done };
     let labels_all: Vec<usize> = ds.labels.iter().map(|&l| l as usize).collect();
     for b in batches {
         let start = b * job.batch_size;
@@ -283,9 +372,10 @@ pub fn run(
         if let Some(r) = &resume {
             r.save_fp(b, &fp)?;
         }
-        results.fp.push((b, fp));
+        fp_done.insert(b, fp);
         results.units.extend(units);
     }
+    results.fp = fp_done.into_iter().collect();
     progress.finish();
     results.seconds += started.elapsed().as_secs_f64();
     let naive_layer_runs = planned * job.layers.len() as u64 * job.batch_size.min(job.samples) as u64;
@@ -314,6 +404,7 @@ pub fn run(
 }
 
 /// Combine shards' partial results into `G.npy` and `index.json`.
+#[cfg(feature = "measure")]
 pub fn merge(parts: &[String], matrix: &str, index: &str, se: Option<&str>, report: &Reporting) -> Result<()> {
     let partials: Vec<Partial> = parts.iter().map(|p| Partial::read(p)).collect::<Result<_>>()?;
     let assembled = store::assemble_named(parts, &partials)?;
@@ -321,6 +412,7 @@ pub fn merge(parts: &[String], matrix: &str, index: &str, se: Option<&str>, repo
 }
 
 /// The variable layers: all, or `--layers`, minus `--exclude`; every name must exist.
+#[cfg(feature = "measure")]
 fn choose_layers(names: Vec<&str>, settings: &Settings) -> Result<Vec<usize>> {
     let find = |n: &str| {
         names.iter().position(|x| *x == n).ok_or_else(|| {
@@ -348,6 +440,7 @@ fn choose_layers(names: Vec<&str>, settings: &Settings) -> Result<Vec<usize>> {
     Ok(chosen)
 }
 
+#[cfg(feature = "measure")]
 fn note(report: &Reporting, msg: std::fmt::Arguments<'_>) {
     if !report.quiet {
         eprintln!("perturb: {msg}");

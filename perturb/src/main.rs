@@ -23,6 +23,11 @@ option per layer.
 d is measured on calibration samples (default: 256 from the training split), relative to the FP
 model. Without --calib the quantizers are calibrated on the same samples.
 
+G.npy, the --se file and index.json (but for its diagnostics.seconds) have the same bytes
+whatever --batch-size, the thread count (RAYON_NUM_THREADS), the --shard split or the
+interruptions resumed: every sample gets the same bits in any batch, units keep exact sums of
+the per-sample values, and G is rounded once from their total.
+
 Examples:
   perturb --options w2a8,w4a8,w8a8 --samples 256 -o G.npy --index index.json
   perturb --weights r20.pth --data cifar10:DIR --options 'w{2,4,8}a{2,4,8}' --metric kl \\
@@ -30,6 +35,8 @@ Examples:
   # on 4 machines (or make -j4), then combine:
   perturb ... --shard 3/4 -o part3.json
   perturb merge part1.json part2.json part3.json part4.json -o G.npy --index index.json
+  # a Slurm job array of any size, then the merge:
+  sbatch --array=1-16 --wrap 'perturb ... --shard slurm -o part$SLURM_ARRAY_TASK_ID.json'
   # then: psd --method shift < G.npy > Gpsd.npy; allocate --matrix Gpsd.npy --index index.json";
 
 #[derive(Parser)]
@@ -77,11 +84,16 @@ struct Cli {
     /// Also write the standard error of every entry of G (same shape, .npy).
     #[arg(long, value_name = "FILE", conflicts_with = "shard")]
     se: Option<String>,
-    /// Keep finished work in DIR; rerun the same command to continue after an interruption.
+    /// Keep finished work in DIR; rerun the same command (with the same --batch-size: work
+    /// units are batches) to continue after an interruption. Every file read back is checked
+    /// against the run; a damaged or foreign one is refused, naming it.
     #[arg(long, value_name = "DIR")]
     resume: Option<String>,
     /// Compute shard K of N (work units numbered K-1 mod N); combine with `perturb merge`.
-    #[arg(long, value_name = "K/N")]
+    /// `slurm`: K and N of this task of a Slurm job array (`sbatch --array=1-N`): K is the
+    /// task's place among the array's ids, N the array's size (SLURM_ARRAY_TASK_ID, _MIN,
+    /// _STEP, _COUNT), so one sbatch line serves any N. Outside an array it is an error (exit 2).
+    #[arg(long, value_name = "K/N|slurm")]
     shard: Option<String>,
     /// Measure every entry with a full forward pass from the images, as the seed did (slow:
     /// for checking the fast path, which reuses unchanged prefixes).
@@ -102,6 +114,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Combine the partial results of `--shard` runs into G.npy and index.json.
+    ///
+    /// Takes every shard 1..N of one run once, each complete: a missing, repeated, incomplete,
+    /// edited or foreign part is refused (exit 2, naming the file and the unit), and nothing is
+    /// written.
     Merge {
         /// Partial results of every shard of one run.
         #[arg(required = true, value_name = "PART")]

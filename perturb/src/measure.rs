@@ -8,72 +8,13 @@
 //!   before each later variable layer m; that state is shared by every option of m, and each
 //!   (m, o') runs only the rest of the network from there.
 
+use crate::units::{FpBatch, Moments, UnitResult};
 use clado::calib::PrecisionTable;
 use clado::engine::{log_softmax, Images, Logits, Network, Parallelism, Plan, State};
 use clado::format::Metric;
-use clado::Result;
+use clado::{Error, Result};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
-
-/// Sum and sum of squares of a per-sample quantity, accumulated in f64 in sample order.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Moments {
-    pub sum: f64,
-    pub sumsq: f64,
-}
-
-impl Moments {
-    fn of(values: impl Iterator<Item = f64>) -> Moments {
-        let mut m = Moments::default();
-        for v in values {
-            m.sum += v;
-            m.sumsq += v * v;
-        }
-        m
-    }
-
-    pub fn add(&mut self, other: &Moments) {
-        self.sum += other.sum;
-        self.sumsq += other.sumsq;
-    }
-
-    /// Mean and standard error of the mean over `n` samples (SE 0 when n < 2).
-    pub fn mean_se(&self, n: usize) -> (f64, f64) {
-        let nf = n as f64;
-        let mean = self.sum / nf;
-        if n < 2 {
-            return (mean, 0.0);
-        }
-        let var = ((self.sumsq - self.sum * self.sum / nf) / (nf - 1.0)).max(0.0);
-        (mean, (var / nf).sqrt())
-    }
-}
-
-/// The result of one work unit (batch, variable layer k, option o).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct UnitResult {
-    pub batch: usize,
-    /// Index into the variable layers.
-    pub layer: usize,
-    /// Index into the options.
-    pub option: usize,
-    /// Samples in the batch.
-    pub samples: usize,
-    /// Per-sample Δ = metric(l at o) − metric(FP).
-    pub single: Moments,
-    /// For every later variable layer m and option o' (m-major): the per-sample interaction
-    /// Δ(l,o; m,o') − Δ(l,o) − Δ(m,o'). Empty for `--naive`.
-    pub pairs: Vec<Moments>,
-}
-
-/// FP metrics of one batch.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct FpBatch {
-    pub samples: usize,
-    pub loss_sum: f64,
-    pub correct: usize,
-}
 
 /// What is measured, fixed for a run.
 pub struct Measure<'a> {
@@ -114,7 +55,7 @@ impl Measure<'_> {
         }
         let fp_logits = net.run_to_logits(&state, &fp, Parallelism::Rayon)?;
         self.count_layers(layers, n);
-        let (fp_batch, fp_values) = self.fp_reference(&fp_logits, labels)?;
+        let (fp_batch, fp_values) = self.fp_reference(batch, &fp_logits, labels)?;
 
         // Every single Δ of the batch, per sample (all are needed by the units' pairs).
         let options = self.table.options.len();
@@ -155,8 +96,7 @@ impl Measure<'_> {
                             self.count_layers(layers - lm, n);
                             self.evaluations.fetch_add(1, Ordering::Relaxed);
                             let both = self.deltas(&logits, labels, &fp_logits, &fp_values);
-                            let (a, b) = (single(k, o), single(m, o2));
-                            pairs.push(Moments::of((0..n).map(|s| both[s] - a[s] - b[s])));
+                            pairs.push(self.interaction(batch, (k, o), (m, o2), &both, single(k, o), single(m, o2))?);
                         }
                     }
                 }
@@ -165,7 +105,7 @@ impl Measure<'_> {
                     layer: k,
                     option: o,
                     samples: n,
-                    single: Moments::of(single(k, o).iter().copied()),
+                    single: self.moments(batch, &[(k, o)], single(k, o))?,
                     pairs,
                 };
                 on_unit(&result)?;
@@ -178,11 +118,11 @@ impl Measure<'_> {
     /// What the FP logits of a batch give: its [`FpBatch`] (loss sum, correct count) and the
     /// per-sample FP value of the metric that every Δ is measured from (the loss; 0 for KL,
     /// which compares with the FP predictions themselves).
-    fn fp_reference(&self, fp_logits: &Logits, labels: &[usize]) -> Result<(FpBatch, Vec<f64>)> {
+    fn fp_reference(&self, batch: usize, fp_logits: &Logits, labels: &[usize]) -> Result<(FpBatch, Vec<f64>)> {
         let fp_loss = per_sample(fp_logits, labels, fp_logits, Metric::Loss);
         let fp_batch = FpBatch {
             samples: labels.len(),
-            loss_sum: fp_loss.iter().sum(),
+            loss_sum: self.moments(batch, &[], &fp_loss)?.sum,
             correct: fp_logits.correct_top_k(labels, 1)?,
         };
         let fp_values = match self.metric {
@@ -205,7 +145,7 @@ impl Measure<'_> {
         let n = images.batch();
         let fp = Plan::fp(net);
         let fp_logits = net.forward(images, &fp, Parallelism::Rayon)?;
-        let (fp_batch, fp_values) = self.fp_reference(&fp_logits, labels)?;
+        let (fp_batch, fp_values) = self.fp_reference(batch, &fp_logits, labels)?;
         let options = self.table.options.len();
         let k_count = self.variables.len();
         let full = |quantized: &[(usize, usize)]| -> Result<Vec<f64>> {
@@ -235,7 +175,7 @@ impl Measure<'_> {
                         for o2 in 0..options {
                             let both = full(&[(k, o), (m, o2)])?;
                             let b = &singles[m * options + o2];
-                            pairs.push(Moments::of((0..n).map(|s| both[s] - a[s] - b[s])));
+                            pairs.push(self.interaction(batch, (k, o), (m, o2), &both, a, b)?);
                         }
                     }
                 }
@@ -244,12 +184,49 @@ impl Measure<'_> {
                     layer: k,
                     option: o,
                     samples: n,
-                    single: Moments::of(a.iter().copied()),
+                    single: self.moments(batch, &[(k, o)], a)?,
                     pairs,
                 });
             }
         }
         Ok((fp_batch, results))
+    }
+
+    /// The exact moments of per-sample values measured with `quantized` (variable layer,
+    /// option) in batch `batch`; a value that is not finite stops the run with the sample.
+    fn moments(&self, batch: usize, quantized: &[(usize, usize)], values: &[f64]) -> Result<Moments> {
+        Moments::of(values).map_err(|s| {
+            let with = match quantized {
+                [] => "the FP model".to_string(),
+                _ => quantized
+                    .iter()
+                    .map(|&(k, o)| {
+                        let l = self.variables[k];
+                        format!("'{}' at {}", self.net.layers()[l].name, self.table.options[o])
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+            };
+            Error::other(format!(
+                "the metric of sample {s} of batch {batch} with {with} is {} (not a finite value of at most {:e}): the model or its quantizer parameters give non-finite logits",
+                values[s],
+                crate::units::MAX_PER_SAMPLE
+            ))
+        })
+    }
+
+    /// The moments of the per-sample interaction Δ(u, v) − Δ(u) − Δ(v).
+    fn interaction(
+        &self,
+        batch: usize,
+        u: (usize, usize),
+        v: (usize, usize),
+        both: &[f64],
+        du: &[f64],
+        dv: &[f64],
+    ) -> Result<Moments> {
+        let values: Vec<f64> = both.iter().zip(du).zip(dv).map(|((b, x), y)| b - x - y).collect();
+        self.moments(batch, &[u, v], &values)
     }
 
     /// Per-sample Δ of the metric against the FP values.
@@ -260,6 +237,38 @@ impl Measure<'_> {
 
     fn count_layers(&self, layers: usize, images: usize) {
         self.layer_runs.fetch_add((layers * images) as u64, Ordering::Relaxed);
+    }
+}
+
+/// A progress bar on stderr (hidden with `-q` or when stderr is not a terminal… indicatif
+/// hides itself then), counting forward evaluations.
+pub struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    pub fn new(total: u64, quiet: bool) -> Self {
+        let bar = if quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            let b = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "perturb: {bar:30} {pos}/{len} evaluations, {per_sec}, ETA {eta}",
+                )
+                .expect("valid template"),
+            );
+            b
+        };
+        Progress { bar }
+    }
+
+    pub fn set(&self, done: u64) {
+        self.bar.set_position(done);
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
     }
 }
 

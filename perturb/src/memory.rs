@@ -91,10 +91,12 @@ pub fn estimate(shape: &Shape<'_>) -> Result<Estimate> {
     let weights = shape.weight_bit_widths as u64 * params * F32;
     let n = (shape.variables.len() * shape.options) as u64;
     let batches = shape.samples.div_ceil(shape.batch_size.max(1)) as u64;
-    // Moments are two f64; a unit keeps one per later variable, every batch keeps its units;
-    // the singles of a batch are one f64 per sample; the end assembles a few N×N f64 matrices.
+    // Moments are two exact sums, each a Vec header and a 4-f64 allocation of parts (112
+    // bytes); a unit keeps one per later variable, every batch keeps its units; the singles of
+    // a batch are one f64 per sample; the end adds every pair's moments into exact totals (the
+    // same 112 bytes in a BTreeMap entry, about 200) and assembles a few N×N f64 matrices.
     let pairs = if shape.naive { 0 } else { n * n / 2 };
-    let results = batches * (n + pairs) * 16 + n * batch * 8 + 4 * n * n * 8;
+    let results = batches * (n + pairs) * 112 + pairs * 200 + n * batch * 8 + 4 * n * n * 8;
     let (resident, peak_so_far) = process_memory();
     Ok(Estimate {
         resident,
@@ -168,7 +170,7 @@ pub fn human(bytes: u64) -> String {
     if b >= (1u64 << 30) as f64 {
         format!("{:.2} GiB", b / (1u64 << 30) as f64)
     } else {
-        format!("{:.0} MiB", b / (1u64 << 20) as f64)
+        format!("{:.1} MiB", b / (1u64 << 20) as f64)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Keeping and combining unit results: shards, the resume directory, and the assembly of G.
 
-use crate::measure::{FpBatch, Moments, UnitResult};
+use crate::units::{ExactTotal, FpBatch, MomentsTotal, UnitResult};
 use crate::{Job, Reporting};
 use clado::format::{Diagnostics, FpReference, Index, NoiseSummary, OptionInfo, Variable, FORMAT_VERSION};
 use clado::io::Versioned;
@@ -8,7 +8,7 @@ use clado::options::QuantOption;
 use clado::{Error, Result};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 /// `--shard K/N`: this run owns the units whose number is K-1 mod N.
@@ -22,8 +22,12 @@ pub struct Shard {
 impl Shard {
     pub const WHOLE: Shard = Shard { index: 1, count: 1 };
 
-    /// Parse `K/N` with 1 ≤ K ≤ N.
+    /// Parse `K/N` with 1 ≤ K ≤ N, or `slurm`: this task's place in its Slurm job array
+    /// (see [`Shard::of_slurm_array`]).
     pub fn parse(text: &str) -> Result<Shard> {
+        if text == "slurm" {
+            return Shard::of_slurm_array(|name| std::env::var(name).ok());
+        }
         let bad = || Error::usage(format!("--shard '{text}': expected K/N with 1 <= K <= N, e.g. 2/8"));
         let (k, n) = text.split_once('/').ok_or_else(bad)?;
         let (index, count): (usize, usize) = (
@@ -36,8 +40,90 @@ impl Shard {
         Ok(Shard { index, count })
     }
 
+    /// The shard of a task of a Slurm job array, from the variables sbatch sets (looked up by
+    /// `var`): K is the task's place among the array's ids (`SLURM_ARRAY_TASK_ID` counted from
+    /// `SLURM_ARRAY_TASK_MIN` in steps of `SLURM_ARRAY_TASK_STEP`), N is `SLURM_ARRAY_TASK_COUNT`.
+    /// So `--array=1-N` and `--array=0-15` both work; an array with gaps (`--array=1,4`) or a
+    /// resubmission of some of the tasks does not number the shards and needs `--shard K/N`.
+    pub fn of_slurm_array(var: impl Fn(&str) -> Option<String>) -> Result<Shard> {
+        let number = |name: &str| -> Result<Option<usize>> {
+            var(name)
+                .map(|text| {
+                    text.trim().parse().map_err(|_| {
+                        Error::usage(format!(
+                            "--shard slurm: {name}={text:?} is not a task number of a job array"
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let Some(id) = number("SLURM_ARRAY_TASK_ID")? else {
+            return Err(Error::usage(
+                "--shard slurm: SLURM_ARRAY_TASK_ID is not set: this is not a task of a Slurm job \
+                 array (submit with sbatch --array=1-N, or give --shard K/N)",
+            ));
+        };
+        let needed = |name: &str| -> Result<usize> {
+            number(name)?.ok_or_else(|| {
+                Error::usage(format!(
+                    "--shard slurm: SLURM_ARRAY_TASK_ID is set but {name} is not (Slurm sets both in a job array)"
+                ))
+            })
+        };
+        let (min, count) = (needed("SLURM_ARRAY_TASK_MIN")?, needed("SLURM_ARRAY_TASK_COUNT")?);
+        let step = number("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1).max(1);
+        let place = id.checked_sub(min).filter(|d| d % step == 0).map(|d| d / step + 1);
+        match place {
+            Some(index) if index <= count => Ok(Shard { index, count }),
+            _ => Err(Error::usage(format!(
+                "--shard slurm: task {id} is not one of the {count} tasks {min}, {}, ... of its array \
+                 (ids with gaps, or a resubmission of some tasks): give --shard K/N",
+                min + step
+            ))),
+        }
+    }
+
     pub fn owns(&self, unit: usize) -> bool {
         unit % self.count == self.index - 1
+    }
+}
+
+#[cfg(test)]
+mod slurm_array_tests {
+    use super::Shard;
+
+    fn shard_of(vars: &[(&str, &str)]) -> clado::Result<Shard> {
+        Shard::of_slurm_array(|name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string()))
+    }
+
+    #[test]
+    fn the_place_in_the_array_is_the_shard() {
+        let array = |id: &str, min: &str, count: &str, step: &str| {
+            shard_of(&[
+                ("SLURM_ARRAY_TASK_ID", id),
+                ("SLURM_ARRAY_TASK_MIN", min),
+                ("SLURM_ARRAY_TASK_COUNT", count),
+                ("SLURM_ARRAY_TASK_STEP", step),
+            ])
+            .map(|s| (s.index, s.count))
+        };
+        assert_eq!(array("1", "1", "3", "1").unwrap(), (1, 3));
+        assert_eq!(array("3", "1", "3", "1").unwrap(), (3, 3));
+        assert_eq!(array("0", "0", "16", "1").unwrap(), (1, 16), "--array=0-15");
+        assert_eq!(array("7", "3", "3", "2").unwrap(), (3, 3), "--array=3-7:2");
+        assert!(array("4", "3", "3", "2").is_err(), "4 is not in 3-7:2");
+        assert!(array("2", "2", "1", "1").is_ok(), "a one-task array is shard 1/1");
+        assert!(array("5", "1", "2", "1").is_err(), "--array=1,5: ids with a gap");
+        assert!(array("x", "1", "2", "1").is_err());
+    }
+
+    #[test]
+    fn outside_an_array_it_is_a_usage_error() {
+        let err = shard_of(&[]).unwrap_err();
+        assert!(matches!(err, clado::Error::Usage(_)), "{err}");
+        assert!(err.to_string().contains("SLURM_ARRAY_TASK_ID is not set"), "{err}");
+        let err = shard_of(&[("SLURM_ARRAY_TASK_ID", "2")]).unwrap_err();
+        assert!(err.to_string().contains("SLURM_ARRAY_TASK_MIN"), "{err}");
     }
 }
 
@@ -48,8 +134,9 @@ pub struct Partial {
     pub version: u32,
     pub job: Job,
     pub shard: Shard,
-    /// FP metrics of each batch this shard ran.
+    /// FP metrics of each batch this shard ran: every batch it holds units of, once.
     pub fp: Vec<(usize, FpBatch)>,
+    /// Every unit the shard owns, once.
     pub units: Vec<UnitResult>,
     /// Wall-clock seconds spent.
     pub seconds: f64,
@@ -76,15 +163,97 @@ impl Partial {
         clado::io::read_json(path)
     }
 
-    pub fn has_unit(&self, (b, k, o): (usize, usize, usize)) -> bool {
-        self.units.iter().any(|u| (u.batch, u.layer, u.option) == (b, k, o))
-    }
-
     /// Canonical order, so that files do not depend on thread scheduling.
     pub fn sort(&mut self) {
-        self.units.sort_by_key(|u| (u.batch, u.layer, u.option));
+        self.units.sort_by_key(UnitResult::key);
         self.fp.sort_by_key(|f| f.0);
-        self.fp.dedup_by_key(|f| f.0);
+    }
+
+    /// Check that this part (read from `name`) holds exactly the results of its shard of
+    /// `job`: a valid shard, every unit it owns once and no other, each unit within the job's
+    /// ranges and counts, and the FP metrics of exactly the batches of those units.
+    pub fn check(&self, name: &str, job: &Job) -> Result<()> {
+        let bad = |msg: String| Error::input(name, msg);
+        if let Some(p) = shard_problem(self.shard) {
+            return Err(bad(p));
+        }
+        let shard = self.shard;
+        let whose = if shard == Shard::WHOLE {
+            "the run".to_string()
+        } else {
+            format!("shard {}/{}", shard.index, shard.count)
+        };
+        let mut numbers = Vec::with_capacity(self.units.len());
+        for u in &self.units {
+            let label = job.unit_label(u.key());
+            if let Some(p) = u.problem(job) {
+                return Err(bad(format!("{label}: {p}")));
+            }
+            let number = job.unit_number(u.key());
+            if !shard.owns(number) {
+                return Err(bad(format!(
+                    "{label} belongs to shard {}/{}, but this file is {whose}",
+                    number % shard.count + 1,
+                    shard.count
+                )));
+            }
+            numbers.push(number);
+        }
+        numbers.sort_unstable();
+        if let Some(w) = numbers.windows(2).find(|w| w[0] == w[1]) {
+            return Err(bad(format!("{} appears twice", job.unit_label(job.unit_at(w[0])))));
+        }
+        let owned = owned_units(job.unit_count().unwrap_or(0), shard);
+        if numbers.len() < owned {
+            // The units present are owned and distinct: the first gap in the owned sequence
+            // is the first missing one.
+            let nth = |j: usize| shard.index - 1 + j * shard.count;
+            let j = (0..numbers.len())
+                .find(|&j| numbers[j] != nth(j))
+                .unwrap_or(numbers.len());
+            return Err(bad(format!(
+                "{} is missing ({} of the {owned} units of {whose} present): a file of an unfinished or cut run",
+                job.unit_label(job.unit_at(nth(j))),
+                numbers.len()
+            )));
+        }
+        let unit_batches: BTreeSet<usize> = self.units.iter().map(|u| u.batch).collect();
+        let mut fp_batches = BTreeSet::new();
+        for (b, fp) in &self.fp {
+            if *b >= job.batches() {
+                return Err(bad(format!(
+                    "FP metrics of batch {b}: the run has {} batches",
+                    job.batches()
+                )));
+            }
+            if let Some(p) = fp.problem(*b, job) {
+                return Err(bad(p));
+            }
+            if !fp_batches.insert(*b) {
+                return Err(bad(format!("FP metrics of batch {b} appear twice")));
+            }
+            if !unit_batches.contains(b) {
+                return Err(bad(format!("FP metrics of batch {b}, where {whose} has no unit")));
+            }
+        }
+        if let Some(b) = unit_batches.difference(&fp_batches).next() {
+            return Err(bad(format!("no FP metrics of batch {b}, whose units it holds")));
+        }
+        Ok(())
+    }
+}
+
+/// What is wrong with a shard read from a file, if anything.
+fn shard_problem(s: Shard) -> Option<String> {
+    (s.index == 0 || s.index > s.count).then(|| format!("shard {}/{}: expected K/N with 1 <= K <= N", s.index, s.count))
+}
+
+/// How many of `units` units shard `s` owns (numbers `s.index - 1 + j·s.count`).
+fn owned_units(units: usize, s: Shard) -> usize {
+    if units < s.index {
+        0
+    } else {
+        (units - s.index) / s.count + 1
     }
 }
 
@@ -103,8 +272,8 @@ pub fn file_digest(path: &str) -> Result<String> {
     Ok(digest(&std::fs::read(path).map_err(|e| Error::io(path, e))?))
 }
 
-/// `--resume DIR`: `job.json`, then one file per finished unit and per finished batch's FP pass,
-/// each written atomically.
+/// `--resume DIR`: `job.json`, then one file per finished unit and per finished batch's FP
+/// pass, each written atomically. Reading it back checks every file as `merge` checks a part.
 pub struct ResumeDir {
     dir: PathBuf,
     job: Job,
@@ -134,6 +303,33 @@ struct Saved<T> {
 impl<T> Versioned for Saved<T> {
     const KIND: &'static str = "perturb resume file";
     const VERSION: u32 = FORMAT_VERSION;
+}
+
+/// A file of a resume directory, by its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Saving {
+    Unit(usize, usize, usize),
+    Fp(usize),
+}
+
+impl Saving {
+    fn file_name(self) -> String {
+        match self {
+            Saving::Unit(b, k, o) => format!("unit-b{b}-v{k}-o{o}.json"),
+            Saving::Fp(b) => format!("fp-b{b}.json"),
+        }
+    }
+
+    /// The file a name stands for (`None` for names that are not unit or FP files).
+    fn parse(name: &str) -> Option<Saving> {
+        let stem = name.strip_suffix(".json")?;
+        if let Some(b) = stem.strip_prefix("fp-b") {
+            return Some(Saving::Fp(b.parse().ok()?));
+        }
+        let (b, rest) = stem.strip_prefix("unit-b")?.split_once("-v")?;
+        let (k, o) = rest.split_once("-o")?;
+        Some(Saving::Unit(b.parse().ok()?, k.parse().ok()?, o.parse().ok()?))
+    }
 }
 
 impl ResumeDir {
@@ -170,18 +366,14 @@ impl ResumeDir {
         })
     }
 
-    fn unit_path(&self, b: usize, k: usize, o: usize) -> PathBuf {
-        self.dir.join(format!("unit-b{b}-v{k}-o{o}.json"))
-    }
-
-    fn fp_path(&self, b: usize) -> PathBuf {
-        self.dir.join(format!("fp-b{b}.json"))
+    fn path(&self, f: Saving) -> String {
+        self.dir.join(f.file_name()).to_string_lossy().into_owned()
     }
 
     pub fn save_unit(&self, u: &UnitResult) -> Result<()> {
-        let p = self.unit_path(u.batch, u.layer, u.option);
+        let (b, k, o) = u.key();
         clado::io::write_json(
-            &p.to_string_lossy(),
+            &self.path(Saving::Unit(b, k, o)),
             &Saved {
                 version: FORMAT_VERSION,
                 value: u,
@@ -191,7 +383,7 @@ impl ResumeDir {
 
     pub fn save_fp(&self, b: usize, fp: &FpBatch) -> Result<()> {
         clado::io::write_json(
-            &self.fp_path(b).to_string_lossy(),
+            &self.path(Saving::Fp(b)),
             &Saved {
                 version: FORMAT_VERSION,
                 value: fp,
@@ -199,23 +391,78 @@ impl ResumeDir {
         )
     }
 
-    /// What the directory already holds.
+    /// What the directory already holds, every file checked: a unit file must hold the unit
+    /// its name says, valid for the job; an FP file the metrics of its batch; and no unit or
+    /// FP file may be there that this run (shard) would not write.
     pub fn load(&self) -> Result<Partial> {
-        let mut p = Partial::empty(self.job.clone(), self.shard);
-        for (u, (b, k, o)) in self.job.units().into_iter().enumerate() {
-            if !self.shard.owns(u) {
-                continue;
+        let job = &self.job;
+        let mine: Vec<(usize, usize, usize)> = job
+            .units()
+            .enumerate()
+            .filter(|(u, _)| self.shard.owns(*u))
+            .map(|(_, u)| u)
+            .collect();
+        let mut expected: HashSet<Saving> = mine.iter().map(|&(b, k, o)| Saving::Unit(b, k, o)).collect();
+        expected.extend(mine.iter().map(|u| Saving::Fp(u.0)));
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| Error::io(self.dir.display(), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(self.dir.display(), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match Saving::parse(&name) {
+                Some(f) if !expected.contains(&f) => {
+                    let what = match f {
+                        Saving::Unit(b, k, o) => job.unit_label((b, k, o)),
+                        Saving::Fp(b) => format!("FP metrics of batch {b}"),
+                    };
+                    return Err(Error::input(
+                        entry.path().display(),
+                        format!(
+                            "{what} is not part of this run{} ({} batches × {} layers × {} options): the directory holds another run's files",
+                            if self.shard == Shard::WHOLE {
+                                String::new()
+                            } else {
+                                format!("'s shard {}/{}", self.shard.index, self.shard.count)
+                            },
+                            job.batches(),
+                            job.variables.len(),
+                            job.options.len()
+                        ),
+                    ));
+                }
+                _ => {}
             }
-            let path = self.unit_path(b, k, o);
-            if path.exists() {
-                let s: Saved<UnitResult> = clado::io::read_json(&path.to_string_lossy())?;
+        }
+        let mut p = Partial::empty(job.clone(), self.shard);
+        for &(b, k, o) in &mine {
+            let path = self.path(Saving::Unit(b, k, o));
+            if Path::new(&path).exists() {
+                let s: Saved<UnitResult> = clado::io::read_json(&path)?;
+                let label = job.unit_label((b, k, o));
+                let problem = if s.value.key() != (b, k, o) {
+                    Some(format!("holds {}", job.unit_label(s.value.key())))
+                } else {
+                    s.value.problem(job)
+                };
+                if let Some(problem) = problem {
+                    return Err(Error::input(
+                        &path,
+                        format!("{label}: {problem}; delete the file to measure the unit again"),
+                    ));
+                }
                 p.units.push(s.value);
             }
         }
-        for b in 0..self.job.batches() {
-            let path = self.fp_path(b);
-            if path.exists() {
-                let s: Saved<FpBatch> = clado::io::read_json(&path.to_string_lossy())?;
+        let batches: BTreeSet<usize> = mine.iter().map(|u| u.0).collect();
+        for b in batches {
+            let path = self.path(Saving::Fp(b));
+            if Path::new(&path).exists() {
+                let s: Saved<FpBatch> = clado::io::read_json(&path)?;
+                if let Some(problem) = s.value.problem(b, job) {
+                    return Err(Error::input(
+                        &path,
+                        format!("{problem}; delete the file to measure the batch again"),
+                    ));
+                }
                 p.fp.push((b, s.value));
             }
         }
@@ -227,31 +474,173 @@ impl ResumeDir {
 fn job_difference(a: &Job, b: &Job, sa: Shard, sb: Shard) -> String {
     let mut d = Vec::new();
     if a.arch != b.arch || a.weights_digest != b.weights_digest {
-        d.push("another model");
+        d.push("another model".to_string());
     }
-    if a.data != b.data || a.samples != b.samples || a.seed != b.seed || a.batch_size != b.batch_size {
-        d.push("other samples");
+    if a.data != b.data || a.samples != b.samples || a.seed != b.seed {
+        d.push("other samples".to_string());
+    }
+    if a.batch_size != b.batch_size {
+        d.push(format!(
+            "--batch-size {} there, {} here: G does not depend on it, but units are batches, so one run keeps one batch size",
+            a.batch_size, b.batch_size
+        ));
     }
     if a.options != b.options {
-        d.push("other options");
+        d.push("other options".to_string());
     }
-    if a.variables != b.variables {
-        d.push("other layers");
+    if a.variables != b.variables || a.layers != b.layers {
+        d.push("other layers".to_string());
     }
     if a.metric != b.metric || a.naive != b.naive {
-        d.push("another metric");
+        d.push("another metric".to_string());
     }
     if a.calib_digest != b.calib_digest {
-        d.push("other quantizer parameters");
+        d.push("other quantizer parameters".to_string());
     }
     if sa != sb {
-        d.push("another shard");
+        d.push(format!(
+            "shard {}/{} there, {}/{} here",
+            sa.index, sa.count, sb.index, sb.count
+        ));
     }
     if d.is_empty() {
         "another format version".into()
     } else {
         d.join(", ")
     }
+}
+
+/// G, its standard errors and the FP reference of a whole job, from checked parts.
+pub struct Combined {
+    pub job: Job,
+    pub g: Array2<f64>,
+    pub se: Array2<f64>,
+    pub fp: FpReference,
+    /// Wall-clock seconds the parts spent.
+    pub seconds: f64,
+}
+
+/// Check that `partials` (read from the files `names`) are every shard of one run, each
+/// complete and valid ([`Partial::check`]), then add their units exactly into G.
+pub fn combine(names: &[String], partials: &[Partial]) -> Result<Combined> {
+    let first = partials
+        .first()
+        .ok_or_else(|| Error::usage("perturb merge: no partial results given"))?;
+    for (name, p) in names.iter().zip(partials) {
+        if let Some(problem) = shard_problem(p.shard) {
+            return Err(Error::input(name, problem));
+        }
+    }
+    let job = &first.job;
+    if let Some(problem) = job.problem() {
+        return Err(Error::input(&names[0], problem));
+    }
+    let count = first.shard.count;
+    for (name, p) in names.iter().zip(partials).skip(1) {
+        if p.job != *job {
+            return Err(Error::input(
+                name,
+                format!(
+                    "comes from another run than {} ({}): a merge takes the shards of one run",
+                    names[0],
+                    job_difference(&p.job, job, p.shard, p.shard)
+                ),
+            ));
+        }
+        if p.shard.count != count {
+            return Err(Error::input(
+                name,
+                format!(
+                    "is shard {}/{}, but {} is shard {}/{count}: a merge takes the shards of one run",
+                    p.shard.index, p.shard.count, names[0], first.shard.index
+                ),
+            ));
+        }
+    }
+    let mut given: BTreeMap<usize, &str> = BTreeMap::new();
+    for (name, p) in names.iter().zip(partials) {
+        if let Some(other) = given.insert(p.shard.index, name) {
+            return Err(Error::input(
+                name,
+                format!("is shard {}/{count}, like {other}: each shard once", p.shard.index),
+            ));
+        }
+    }
+    if let Some(missing) = (1..=count).zip(given.keys()).find(|(k, g)| k != *g).map(|(k, _)| k) {
+        return Err(Error::usage(format!(
+            "shard {missing}/{count} is missing: a merge takes all {count} shards of the run ({} given)",
+            given.len()
+        )));
+    }
+    if given.len() < count {
+        return Err(Error::usage(format!(
+            "shard {}/{count} is missing: a merge takes all {count} shards of the run ({} given)",
+            given.len() + 1,
+            given.len()
+        )));
+    }
+    for (name, p) in names.iter().zip(partials) {
+        p.check(name, job)?;
+    }
+
+    // Shards share batches: their FP metrics of a batch must agree.
+    let mut fp: BTreeMap<usize, (&FpBatch, &str)> = BTreeMap::new();
+    for (name, p) in names.iter().zip(partials) {
+        for (b, f) in &p.fp {
+            if let Some((prev, other)) = fp.insert(*b, (f, name)) {
+                if prev != f {
+                    return Err(Error::input(
+                        name,
+                        format!("FP metrics of batch {b} differ from those in {other}"),
+                    ));
+                }
+            }
+        }
+    }
+
+    let (nk, no) = (job.variables.len(), job.options.len());
+    let nvar = nk * no;
+    let mut single = vec![MomentsTotal::default(); nvar];
+    let mut pair: BTreeMap<(usize, usize), MomentsTotal> = BTreeMap::new();
+    for u in partials.iter().flat_map(|p| &p.units) {
+        let v = u.layer * no + u.option;
+        single[v].add(&u.single);
+        for (i, m) in u.pairs.iter().enumerate() {
+            let w = (u.layer + 1) * no + i;
+            pair.entry((v, w)).or_default().add(m);
+        }
+    }
+    let n = job.samples;
+    let mut g = Array2::<f64>::zeros((nvar, nvar));
+    let mut se = Array2::<f64>::zeros((nvar, nvar));
+    for (v, m) in single.iter().enumerate() {
+        let (mean, e) = m.mean_se(n);
+        g[[v, v]] = mean;
+        se[[v, v]] = e;
+    }
+    for (&(u, v), m) in &pair {
+        let (mean, e) = m.mean_se(n);
+        g[[u, v]] = mean / 2.0;
+        g[[v, u]] = mean / 2.0;
+        se[[u, v]] = e / 2.0;
+        se[[v, u]] = e / 2.0;
+    }
+    let mut loss = ExactTotal::default();
+    let mut correct = 0usize;
+    for (f, _) in fp.values() {
+        loss.add(&f.loss_sum);
+        correct += f.correct;
+    }
+    Ok(Combined {
+        job: job.clone(),
+        g,
+        se,
+        fp: FpReference {
+            loss: loss.value() / n as f64,
+            top1: 100.0 * correct as f64 / n as f64,
+        },
+        seconds: partials.iter().map(|p| p.seconds).sum(),
+    })
 }
 
 /// The measurement of a whole job, ready to write.
@@ -264,133 +653,23 @@ pub struct Assembled {
 }
 
 /// Assemble one complete result.
+#[cfg(feature = "measure")]
 pub fn assemble(partials: &[Partial]) -> Result<Assembled> {
     let names: Vec<String> = (0..partials.len()).map(|i| format!("part {}", i + 1)).collect();
     assemble_named(&names, partials)
 }
 
-/// Assemble shards (named for messages) into G: every unit must be present exactly once.
+/// Assemble shards (named for messages) into G ([`combine`]) with its diagnostics.
+#[cfg(feature = "measure")]
 pub fn assemble_named(names: &[String], partials: &[Partial]) -> Result<Assembled> {
-    let first = partials
-        .first()
-        .ok_or_else(|| Error::usage("perturb merge: no partial results given"))?;
-    let job = &first.job;
-    for (name, p) in names.iter().zip(partials).skip(1) {
-        if p.job != *job {
-            return Err(Error::input(
-                name,
-                format!(
-                    "comes from another run than {} ({})",
-                    names[0],
-                    job_difference(&p.job, job, p.shard, p.shard)
-                ),
-            ));
-        }
-        if p.shard.count != first.shard.count {
-            return Err(Error::input(
-                name,
-                format!(
-                    "is shard {}/{}, but {} is of {} shards",
-                    p.shard.index, p.shard.count, names[0], first.shard.count
-                ),
-            ));
-        }
-    }
-    let mut seen_shards = HashSet::new();
-    for (name, p) in names.iter().zip(partials) {
-        if !seen_shards.insert(p.shard.index) {
-            return Err(Error::input(
-                name,
-                format!("shard {}/{} is given twice", p.shard.index, p.shard.count),
-            ));
-        }
-    }
-    if let Some(missing) = (1..=first.shard.count).find(|k| !seen_shards.contains(k)) {
-        return Err(Error::usage(format!(
-            "shard {missing}/{} is missing",
-            first.shard.count
-        )));
-    }
-
-    let mut units: BTreeMap<(usize, usize, usize), &UnitResult> = BTreeMap::new();
-    let mut fp: BTreeMap<usize, FpBatch> = BTreeMap::new();
-    let mut seconds = 0.0;
-    for (name, p) in names.iter().zip(partials) {
-        seconds += p.seconds;
-        for u in &p.units {
-            if units.insert((u.batch, u.layer, u.option), u).is_some() {
-                return Err(Error::input(
-                    name,
-                    format!(
-                        "unit (batch {}, layer {}, option {}) appears twice",
-                        u.batch, u.layer, u.option
-                    ),
-                ));
-            }
-        }
-        for (b, f) in &p.fp {
-            if let Some(prev) = fp.insert(*b, *f) {
-                if prev != *f {
-                    return Err(Error::input(
-                        name,
-                        format!("FP metrics of batch {b} differ between shards"),
-                    ));
-                }
-            }
-        }
-    }
-    let all = job.units();
-    if let Some(&(b, k, o)) = all.iter().find(|u| !units.contains_key(u)) {
-        return Err(Error::other(format!(
-            "incomplete: no result for batch {b}, layer '{}', option {} ({} of {} units present)",
-            job.layers[job.variables[k]].name,
-            job.options[o],
-            units.len(),
-            all.len()
-        )));
-    }
-
-    let (nk, no) = (job.variables.len(), job.options.len());
-    let nvar = nk * no;
-    let mut single = vec![Moments::default(); nvar];
-    let mut pair: BTreeMap<(usize, usize), Moments> = BTreeMap::new();
-    let mut n = 0usize;
-    for (&(b, k, o), u) in &units {
-        if k == 0 && o == 0 {
-            n += u.samples;
-        }
-        let v = k * no + o;
-        single[v].add(&u.single);
-        let mut idx = 0;
-        for m in k + 1..nk {
-            for o2 in 0..no {
-                if let Some(p) = u.pairs.get(idx) {
-                    pair.entry((v, m * no + o2)).or_default().add(p);
-                }
-                idx += 1;
-            }
-        }
-        let _ = b;
-    }
-    let mut g = Array2::<f64>::zeros((nvar, nvar));
-    let mut se = Array2::<f64>::zeros((nvar, nvar));
-    for v in 0..nvar {
-        let (mean, e) = single[v].mean_se(n);
-        g[[v, v]] = mean;
-        se[[v, v]] = e;
-    }
-    for (&(u, v), m) in &pair {
-        let (mean, e) = m.mean_se(n);
-        g[[u, v]] = mean / 2.0;
-        g[[v, u]] = mean / 2.0;
-        se[[u, v]] = e / 2.0;
-        se[[v, u]] = e / 2.0;
-    }
-    let fp_n: usize = fp.values().map(|f| f.samples).sum();
-    let fp_ref = FpReference {
-        loss: fp.values().map(|f| f.loss_sum).sum::<f64>() / fp_n.max(1) as f64,
-        top1: 100.0 * fp.values().map(|f| f.correct).sum::<usize>() as f64 / fp_n.max(1) as f64,
-    };
+    let Combined {
+        job,
+        g,
+        se,
+        fp,
+        seconds,
+    } = combine(names, partials)?;
+    let nvar = g.nrows();
     let (lambda_min, lambda_max) = extreme_eigenvalues(&g);
     let noise = noise_summary(&g, &se, job.options.len(), NOISE_Z);
     let diagnostics = Diagnostics {
@@ -402,10 +681,10 @@ pub fn assemble_named(names: &[String], partials: &[Partial]) -> Result<Assemble
         seconds,
     };
     Ok(Assembled {
-        job: job.clone(),
+        job,
         g,
         se,
-        fp: fp_ref,
+        fp,
         diagnostics,
     })
 }
@@ -434,6 +713,7 @@ pub fn noise_summary(g: &Array2<f64>, se: &Array2<f64>, options: usize, z: f64) 
 }
 
 /// Smallest and largest eigenvalue of a symmetric matrix.
+#[cfg(feature = "measure")]
 pub fn extreme_eigenvalues(g: &Array2<f64>) -> (f64, f64) {
     let n = g.nrows();
     if n == 0 {
@@ -513,38 +793,6 @@ impl Assembled {
             }
         }
         Ok(())
-    }
-}
-
-/// A progress bar on stderr (hidden with `-q` or when stderr is not a terminal… indicatif
-/// hides itself then), counting forward evaluations.
-pub struct Progress {
-    bar: indicatif::ProgressBar,
-}
-
-impl Progress {
-    pub fn new(total: u64, quiet: bool) -> Self {
-        let bar = if quiet {
-            indicatif::ProgressBar::hidden()
-        } else {
-            let b = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "perturb: {bar:30} {pos}/{len} evaluations, {per_sec}, ETA {eta}",
-                )
-                .expect("valid template"),
-            );
-            b
-        };
-        Progress { bar }
-    }
-
-    pub fn set(&self, done: u64) {
-        self.bar.set_position(done);
-    }
-
-    pub fn finish(&self) {
-        self.bar.finish_and_clear();
     }
 }
 

@@ -1,7 +1,7 @@
 //! Times each projection on random symmetric indefinite matrices.
 //!
-//!     cargo bench -p psd --bench projection                   # N = 500, 2000, 5000
-//!     cargo bench -p psd --bench projection -- 1000 3000      # other sizes
+//!     cargo bench -p psd --bench projection                   # N = 500, 1000, 2000
+//!     cargo bench -p psd --bench projection -- 900 5000       # other sizes
 //!     PSD_BENCH_RUNS=5 PSD_BENCH_DEGREE=1 cargo bench -p psd --bench projection
 //!
 //! Prints the median, min and max wall-clock seconds of `project` (what `psd` reports as
@@ -53,7 +53,7 @@ fn main() {
     // `cargo bench` passes `--bench`; keep only the numbers.
     let mut sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     if sizes.is_empty() {
-        sizes = vec![500, 2000, 5000];
+        sizes = vec![500, 1000, 2000];
     }
     let runs = env_usize("PSD_BENCH_RUNS", 3).max(1);
     let degree = env_usize("PSD_BENCH_DEGREE", psd::PARALLEL_DEGREE).max(1);

@@ -1,6 +1,6 @@
 //! Hostile inputs through the real binaries, one table per tool.
 //!
-//! Every case must end the same way (STYLE.md, DESIGN.md "Files between the tools"):
+//! Every case must end the same way (docs/definitions.md, "Files between the tools"):
 //! - exit code 2;
 //! - exactly one line on stderr, `TOOL: ...`, that names the problem: the file (or flag) and
 //!   what was wrong or expected (each case lists words the line must contain);
@@ -1194,4 +1194,406 @@ fn evaluate_refuses_bad_input() {
 /// An allocation giving every layer of the ResNet-20 `option`.
 fn alloc_all(option: &str) -> Alloc {
     alloc_of(resnet20_layer_names().iter().map(|n| choice(n, option)).collect())
+}
+
+/// The job every merge and resume case edits: 8 images in batches of 3 (the last one short),
+/// 2 layers × 2 options: 3 batches × 4 units, dealt to 2 shards.
+fn small_perturb_job(fx: &str) -> Vec<String> {
+    [
+        "--weights",
+        fx,
+        "--data",
+        "npy:x.npy,y.npy",
+        "--samples",
+        "8",
+        "--batch-size",
+        "3",
+        "--options",
+        "w4a8,w8a8",
+        "--layers",
+        "conv1,fc",
+        "-q",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn run_ok(dir: &Path, args: &[String]) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_in("perturb", &args, b"", Some(dir)).success();
+}
+
+fn read_json(dir: &Path, name: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap()
+}
+
+/// The unit (batch, layer, option) of a part or resume file's unit object.
+fn unit_key(u: &Value) -> (u64, u64, u64) {
+    let n = |f: &str| u[f].as_u64().unwrap();
+    (n("batch"), n("layer"), n("option"))
+}
+
+/// Every way a shard's partial result can be wrong: each merge exits 2 naming the file and
+/// (where there is one) the unit, and writes nothing.
+#[test]
+fn perturb_merge_refuses_bad_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_model_inputs(d);
+    let fx = fixture_checkpoint();
+    let job = small_perturb_job(&fx);
+    let shard = |k: &str, out: &str, extra: &[&str]| {
+        let mut a = job.clone();
+        a.extend(["--shard", k, "-o", out].iter().map(|s| s.to_string()));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        run_ok(d, &a);
+    };
+    shard("1/2", "part1.json", &[]);
+    shard("2/2", "part2.json", &[]);
+    // The same shard of another run (other samples).
+    shard("2/2", "other2.json", &["--seed", "1"]);
+    shard("1/3", "third1.json", &[]);
+    let part1 = read_json(d, "part1.json");
+    let part2 = read_json(d, "part2.json");
+    assert_eq!(part1["units"].as_array().unwrap().len(), 6, "12 units, every other one");
+    // Shard 1 holds the units numbered 0, 2, 4, … : (0, 0, 0), (0, 1, 0), (1, 0, 0), …
+    assert_eq!(unit_key(&part1["units"][0]), (0, 0, 0));
+    let edit = |name: &str, doc: &Value, f: &dyn Fn(&mut Value)| {
+        let mut v = doc.clone();
+        f(&mut v);
+        write_json(d, name, &v);
+    };
+    edit("p_nopairs.json", &part1, &|v| v["units"][0]["pairs"] = json!([]));
+    edit("p_samples.json", &part1, &|v| v["units"][0]["samples"] = json!(5));
+    edit("p_lastsamples.json", &part1, &|v| {
+        let last = v["units"].as_array_mut().unwrap().last_mut().unwrap();
+        last["samples"] = json!(3);
+    });
+    edit("p_batch.json", &part1, &|v| {
+        let mut u = v["units"][0].clone();
+        u["batch"] = json!(7);
+        v["units"].as_array_mut().unwrap().push(u);
+    });
+    edit("p_layer.json", &part1, &|v| v["units"][0]["layer"] = json!(99));
+    edit("p_twice.json", &part1, &|v| {
+        let u = v["units"][1].clone();
+        v["units"].as_array_mut().unwrap().push(u);
+    });
+    edit("p_missing.json", &part1, &|v| {
+        v["units"].as_array_mut().unwrap().remove(3);
+    });
+    edit("p_foreign.json", &part1, &|v| {
+        let u = part2["units"][0].clone();
+        v["units"].as_array_mut().unwrap().push(u);
+    });
+    edit("p_nofp.json", &part1, &|v| {
+        v["fp"].as_array_mut().unwrap().remove(1);
+    });
+    edit("p_fpsamples.json", &part1, &|v| v["fp"][0][1]["samples"] = json!(8));
+    edit("p_fpdiffer.json", &part2, &|v| v["fp"][0][1]["loss_sum"] = json!([2.5]));
+    edit("p_sum.json", &part1, &|v| {
+        v["units"][0]["single"]["sum"] = json!([1e300])
+    });
+    edit("p_sumsq.json", &part1, &|v| {
+        v["units"][0]["pairs"][0]["sumsq"] = json!([-0.5])
+    });
+    edit("p_overflow.json", &part1, &|v| {
+        v["units"][0]["single"]["sum"] = json!([1.7e308, 1.7e308])
+    });
+    edit("p_shard.json", &part1, &|v| v["shard"]["count"] = json!(0));
+    edit("p_jobbatch.json", &part1, &|v| v["job"]["batch_size"] = json!(0));
+    edit("p_oldsum.json", &part1, &|v| {
+        v["units"][0]["single"]["sum"] = json!(0.25)
+    });
+    let bytes = std::fs::read(d.join("part1.json")).unwrap();
+    write(d, "p_trunc.json", &bytes[..bytes.len() / 2]);
+    write_generic_bad_files(d);
+
+    let merge = |parts: &[&str]| {
+        let mut a: Vec<String> = vec!["merge".into()];
+        a.extend(parts.iter().map(|s| s.to_string()));
+        a.extend(
+            ["-o", "G.npy", "--index", "index.json", "--se", "se.npy"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        a
+    };
+    let bad1 = |file: &'static str| merge(&[file, "part2.json"]);
+    let u000 = "unit (batch 0, layer 'conv1', option w4a8)";
+    let cases = vec![
+        case(
+            "pair results removed",
+            bad1("p_nopairs.json"),
+            &["p_nopairs.json", u000, "0 pair results, expected 2"],
+        ),
+        case(
+            "wrong sample count",
+            bad1("p_samples.json"),
+            &["p_samples.json", u000, "5 samples", "batch 0 of the run has 3"],
+        ),
+        case(
+            "last batch's sample count",
+            bad1("p_lastsamples.json"),
+            &[
+                "p_lastsamples.json",
+                "unit (batch 2, layer 'fc', option w4a8)",
+                "3 samples",
+                "has 2",
+            ],
+        ),
+        case(
+            "a unit of a batch that does not exist",
+            bad1("p_batch.json"),
+            &[
+                "p_batch.json",
+                "unit (batch 7, layer 'conv1', option w4a8)",
+                "batch 7 does not exist",
+                "3 batches",
+            ],
+        ),
+        case(
+            "layer out of range",
+            bad1("p_layer.json"),
+            &[
+                "p_layer.json",
+                "unit (batch 0, layer 99, option w4a8)",
+                "layer 99 does not exist",
+            ],
+        ),
+        case(
+            "a unit twice",
+            bad1("p_twice.json"),
+            &["p_twice.json", "unit (batch 0, layer 'fc', option w4a8)", "twice"],
+        ),
+        case(
+            "a unit missing",
+            bad1("p_missing.json"),
+            &[
+                "p_missing.json",
+                "unit (batch 1, layer 'fc', option w4a8)",
+                "missing",
+                "5 of the 6 units of shard 1/2",
+            ],
+        ),
+        case(
+            "another shard's unit",
+            bad1("p_foreign.json"),
+            &[
+                "p_foreign.json",
+                "unit (batch 0, layer 'conv1', option w8a8)",
+                "belongs to shard 2/2",
+            ],
+        ),
+        case(
+            "FP metrics of a batch missing",
+            bad1("p_nofp.json"),
+            &["p_nofp.json", "no FP metrics of batch 1"],
+        ),
+        case(
+            "FP metrics over the wrong sample count",
+            bad1("p_fpsamples.json"),
+            &["p_fpsamples.json", "batch 0", "8 samples", "has 3"],
+        ),
+        case(
+            "FP metrics that differ between shards",
+            merge(&["part1.json", "p_fpdiffer.json"]),
+            &["p_fpdiffer.json", "FP metrics of batch 0", "part1.json"],
+        ),
+        case(
+            "a sum no samples can give",
+            bad1("p_sum.json"),
+            &["p_sum.json", u000, "single-layer result", "1e300"],
+        ),
+        case(
+            "a negative sum of squares",
+            bad1("p_sumsq.json"),
+            &[
+                "p_sumsq.json",
+                u000,
+                "pair result with layer 'fc' at w4a8",
+                "sum of squares",
+            ],
+        ),
+        case(
+            "a sum beyond the f64 range",
+            bad1("p_overflow.json"),
+            &["p_overflow.json", "units[0].single.sum", "f64 range"],
+        ),
+        case(
+            "a sum in the old format (one number)",
+            bad1("p_oldsum.json"),
+            &["p_oldsum.json", "units[0].single.sum", "sequence"],
+        ),
+        case("a bad shard", bad1("p_shard.json"), &["p_shard.json", "shard 1/0"]),
+        case(
+            "a job without batches",
+            merge(&["p_jobbatch.json"]),
+            &["p_jobbatch.json", "batches of 0"],
+        ),
+        case(
+            "a shard missing",
+            merge(&["part1.json"]),
+            &["shard 2/2 is missing", "all 2 shards"],
+        ),
+        case(
+            "the first shard missing",
+            merge(&["part2.json"]),
+            &["shard 1/2 is missing"],
+        ),
+        case(
+            "a shard twice",
+            merge(&["part1.json", "part2.json", "./part1.json"]),
+            &["./part1.json", "shard 1/2", "like part1.json"],
+        ),
+        case(
+            "shards of two runs",
+            merge(&["part1.json", "other2.json"]),
+            &["other2.json", "another run than part1.json", "other samples"],
+        ),
+        case(
+            "shards of two splits",
+            merge(&["part1.json", "part2.json", "third1.json"]),
+            &["third1.json", "shard 1/3", "part1.json is shard 1/2"],
+        ),
+        case("truncated", bad1("p_trunc.json"), &["p_trunc.json", "JSON"]),
+        case("empty", bad1("empty.json"), &["empty.json", "empty"]),
+        case("not JSON", bad1("text.json"), &["text.json", "JSON"]),
+    ];
+    check_all("perturb", d, &["G.npy", "index.json", "se.npy"], &cases);
+    // The good parts merge.
+    run_ok(d, &merge(&["part2.json", "part1.json"]));
+}
+
+/// Every way a `--resume` directory's files can be wrong: the rerun exits 2 naming the file
+/// and the unit, before measuring anything, and writes nothing.
+#[test]
+fn perturb_resume_refuses_bad_unit_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_model_inputs(d);
+    let fx = fixture_checkpoint();
+    let job = small_perturb_job(&fx);
+    let with_resume = |work: &str| {
+        let mut a = job.clone();
+        a.extend(
+            ["-o", "G.npy", "--index", "index.json", "--resume", work]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        a
+    };
+    run_ok(d, &with_resume("good"));
+    std::fs::remove_file(d.join("G.npy")).unwrap();
+    std::fs::remove_file(d.join("index.json")).unwrap();
+    let unit = read_json(&d.join("good"), "unit-b0-v0-o0.json");
+    // A copy of the finished directory with one file edited.
+    let variant = |work: &str, file: &str, contents: Option<Vec<u8>>| {
+        let w = d.join(work);
+        std::fs::create_dir(&w).unwrap();
+        for e in std::fs::read_dir(d.join("good")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), w.join(e.file_name())).unwrap();
+        }
+        match contents {
+            Some(c) => std::fs::write(w.join(file), c).unwrap(),
+            None => std::fs::remove_file(w.join(file)).unwrap(),
+        }
+    };
+    let edited_unit = |f: &dyn Fn(&mut Value)| {
+        let mut v = unit.clone();
+        f(&mut v["value"]);
+        Some(serde_json::to_vec_pretty(&v).unwrap())
+    };
+    variant(
+        "nopairs",
+        "unit-b0-v0-o0.json",
+        edited_unit(&|u| u["pairs"] = json!([])),
+    );
+    variant(
+        "samples",
+        "unit-b0-v0-o0.json",
+        edited_unit(&|u| u["samples"] = json!(8)),
+    );
+    variant("layer", "unit-b0-v0-o0.json", edited_unit(&|u| u["layer"] = json!(99)));
+    variant(
+        "sum",
+        "unit-b0-v0-o0.json",
+        edited_unit(&|u| u["single"]["sumsq"] = json!([-1.0])),
+    );
+    variant("batch", "unit-b9-v0-o0.json", edited_unit(&|u| u["batch"] = json!(9)));
+    let bytes = std::fs::read(d.join("good/unit-b0-v0-o0.json")).unwrap();
+    variant("trunc", "unit-b0-v0-o0.json", Some(bytes[..bytes.len() / 2].to_vec()));
+    let mut fp = read_json(&d.join("good"), "fp-b2.json");
+    fp["value"]["samples"] = json!(3);
+    variant("fp", "fp-b2.json", Some(serde_json::to_vec(&fp).unwrap()));
+    let mut other = read_json(&d.join("good"), "job.json");
+    other["job"]["batch_size"] = json!(4);
+    variant("batchsize", "job.json", Some(serde_json::to_vec(&other).unwrap()));
+
+    let u000 = "unit (batch 0, layer 'conv1', option w4a8)";
+    let cases = vec![
+        case(
+            "pair results removed",
+            with_resume("nopairs"),
+            &[
+                "nopairs/unit-b0-v0-o0.json",
+                u000,
+                "0 pair results, expected 2",
+                "delete the file",
+            ],
+        ),
+        case(
+            "wrong sample count",
+            with_resume("samples"),
+            &["samples/unit-b0-v0-o0.json", u000, "8 samples"],
+        ),
+        case(
+            "layer out of range",
+            with_resume("layer"),
+            &[
+                "layer/unit-b0-v0-o0.json",
+                u000,
+                "holds unit (batch 0, layer 99, option w4a8)",
+            ],
+        ),
+        case(
+            "a negative sum of squares",
+            with_resume("sum"),
+            &["sum/unit-b0-v0-o0.json", u000, "sum of squares"],
+        ),
+        case(
+            "a unit of a batch that does not exist",
+            with_resume("batch"),
+            &[
+                "batch/unit-b9-v0-o0.json",
+                "unit (batch 9, layer 'conv1', option w4a8)",
+                "not part of this run",
+            ],
+        ),
+        case(
+            "truncated unit file",
+            with_resume("trunc"),
+            &["trunc/unit-b0-v0-o0.json", "JSON"],
+        ),
+        case(
+            "FP metrics over the wrong sample count",
+            with_resume("fp"),
+            &["fp/fp-b2.json", "batch 2", "3 samples", "has 2"],
+        ),
+        case(
+            "a directory of another batch size",
+            with_resume("batchsize"),
+            &[
+                "batchsize/job.json",
+                "--batch-size 4 there, 3 here",
+                "fresh --resume directory",
+            ],
+        ),
+    ];
+    check_all("perturb", d, &["G.npy", "index.json"], &cases);
+    // A unit file removed (as a killed run leaves it) is measured again.
+    variant("cut", "unit-b1-v1-o1.json", None);
+    run_ok(d, &with_resume("cut"));
 }

@@ -251,3 +251,46 @@ fn experiment_graph_runs_end_to_end_and_the_table_matches_its_files() {
         "{plan}"
     );
 }
+
+/// A stage whose command fails fails the graph: make exits non-zero naming the stage, and the
+/// stage leaves no target behind. Here the helper that computes the pins of `uniform` breaks (as
+/// when `$(PYTHON) uniform.py` used to fail inside a command substitution: the allocation ran
+/// unpinned and the table called it uniform).
+#[test]
+fn a_failing_stage_fails_the_graph_and_leaves_no_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let broken = dir.path().join("broken-python");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\necho \"broken-python: $1: fails on purpose\" >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let run = make(&out, &[&format!("PYTHON={}", broken.display())]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "make succeeded with a broken stage:\n{stderr}");
+    assert!(
+        stderr.contains("broken-python: scripts/uniform.py: fails on purpose"),
+        "{stderr}"
+    );
+    let failed: Vec<&str> = BUDGETS
+        .iter()
+        .copied()
+        .filter(|b| {
+            stderr.contains(&format!(
+                "{}] Error 3",
+                out.join(format!("alloc/uniform/{b}.pins")).display()
+            ))
+        })
+        .collect();
+    assert!(!failed.is_empty(), "make names the failed stage:\n{stderr}");
+    for b in BUDGETS {
+        for file in [format!("alloc/uniform/{b}.pins"), format!("alloc/uniform/{b}.json")] {
+            assert!(!out.join(&file).exists(), "{file} exists after its stage failed");
+        }
+    }
+    for file in ["eval/uniform.jsonl", "table.md", "table.csv"] {
+        assert!(!out.join(file).exists(), "{file} was made from a failed stage");
+    }
+}

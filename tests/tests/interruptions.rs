@@ -29,6 +29,8 @@ fn perturb_args(resume: Option<&str>) -> Vec<String> {
         "G.npy",
         "--index",
         "index.json",
+        "--se",
+        "G.se.npy",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -65,9 +67,20 @@ fn finished_units(work: &Path) -> usize {
 /// Start `perturb --resume work`, wait for its first finished unit, kill it with `signal`, and
 /// check that it left no output.
 fn kill_mid_run(dir: &Path, signal: &str) {
-    let args = perturb_args(Some("work"));
+    kill_run_after_first_unit(
+        dir,
+        signal,
+        &perturb_args(Some("work")),
+        &["G.npy", "index.json", "G.se.npy"],
+        60,
+    );
+}
+
+/// Start `perturb args` (with `--resume work`), wait for its first finished unit, kill it with
+/// `signal`, and check that it left none of `outputs` and fewer than `units` unit files.
+fn kill_run_after_first_unit(dir: &Path, signal: &str, args: &[String], outputs: &[&str], units: usize) {
     let mut child = Command::new(bin("perturb"))
-        .args(&args)
+        .args(args)
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -92,13 +105,13 @@ fn kill_mid_run(dir: &Path, signal: &str) {
     assert!(killed.success());
     let status = child.wait().unwrap();
     assert!(!status.success(), "perturb was killed ({signal}): {status:?}");
-    for output in ["G.npy", "index.json"] {
+    for output in outputs {
         assert!(!dir.join(output).exists(), "a run killed with {signal} left {output}");
     }
     let done = finished_units(&dir.join("work"));
     assert!(
-        done < 60,
-        "the run was killed before its end ({done} of 60 units saved)"
+        done < units,
+        "the run was killed before its end ({done} of {units} units saved)"
     );
 }
 
@@ -109,6 +122,7 @@ fn killed_perturb_leaves_no_output_and_resumes_to_the_same_matrix() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     run_in("perturb", &args, b"", Some(reference.path())).success();
     let g_reference = std::fs::read(reference.path().join("G.npy")).unwrap();
+    let se_reference = std::fs::read(reference.path().join("G.se.npy")).unwrap();
 
     for signal in ["-TERM", "-KILL"] {
         let dir = tempfile::tempdir().unwrap();
@@ -128,11 +142,82 @@ fn killed_perturb_leaves_no_output_and_resumes_to_the_same_matrix() {
             "G.npy after a {signal} and a resume is byte-identical to an uninterrupted run"
         );
         assert_eq!(
+            std::fs::read(dir.path().join("G.se.npy")).unwrap(),
+            se_reference,
+            "G.se.npy after a {signal} and a resume"
+        );
+        assert_eq!(
             index_without_clock(dir.path()),
             index_without_clock(reference.path()),
             "index.json ({signal})"
         );
     }
+}
+
+/// A killed shard leaves no partial result that a merge could take: the merge of what is there
+/// is refused, the shard's rerun resumes, and the merged G and standard errors are
+/// byte-identical to an unsharded run.
+#[test]
+fn killed_shard_leaves_nothing_to_merge_and_resumes_to_the_unsharded_matrix() {
+    let reference = tempfile::tempdir().unwrap();
+    let args = perturb_args(None);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_in("perturb", &args, b"", Some(reference.path())).success();
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let shard = |k: &str, resume: bool| -> Vec<String> {
+        let mut a: Vec<String> = perturb_args(None).into_iter().take_while(|a| a != "-o").collect();
+        a.extend(
+            ["--shard", k, "-o", &format!("part{}.json", &k[..1])]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        if resume {
+            a.extend(["--resume".to_string(), "work".to_string()]);
+        }
+        a
+    };
+    let run = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        run_in("perturb", &a, b"", Some(d))
+    };
+    run(shard("2/2", false)).success();
+    kill_run_after_first_unit(d, "-KILL", &shard("1/2", true), &["part1.json"], 30);
+    let merge: Vec<String> = [
+        "merge",
+        "part1.json",
+        "part2.json",
+        "-o",
+        "G.npy",
+        "--index",
+        "index.json",
+        "--se",
+        "G.se.npy",
+    ]
+    .map(String::from)
+    .to_vec();
+    let refused = run(merge.clone()).code(2);
+    assert!(
+        refused.contains("part1.json"),
+        "the merge names the missing part:\n{refused}"
+    );
+    assert!(!d.join("G.npy").exists(), "a refused merge writes nothing");
+    let resumed = run(shard("1/2", true));
+    assert!(
+        resumed.stderr.contains("resuming:"),
+        "the shard's rerun resumed:\n{}",
+        resumed.stderr
+    );
+    resumed.success();
+    run(merge).success();
+    for f in ["G.npy", "G.se.npy"] {
+        assert!(
+            std::fs::read(d.join(f)).unwrap() == std::fs::read(reference.path().join(f)).unwrap(),
+            "{f} of a killed, resumed and merged shard is byte-identical to an unsharded run"
+        );
+    }
+    assert_eq!(index_without_clock(d), index_without_clock(reference.path()));
 }
 
 /// G of a synthetic problem of `layer_count` layers with 9 options each: a positive diagonal

@@ -207,3 +207,107 @@ fn bad_input_is_refused_before_any_work() {
     .code(2);
     assert!(err.contains("/nonexistent.pth"), "{err}");
 }
+
+/// The convention the matrix promises, checked against `evaluate` (full forward passes, no
+/// prefix reuse) on the same calibration samples with the same quantizers: G[v,v] = d(v), the
+/// metric with layer l alone at option o minus the FP metric, and for layers in different
+/// places G[u,v] = (d(u,v) − d(u) − d(v)) / 2.
+#[test]
+fn the_diagonal_is_the_single_layer_change_and_cross_terms_the_interaction() {
+    // Both tools compute the same float32 logits per sample and sum cross-entropies in f64 in
+    // sample order; only the f64 rounding of the sums and differences may differ.
+    const SAME_DELTA: f64 = 1e-12;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let checkpoint = fixture_checkpoint();
+    let samples = [
+        "--weights",
+        &checkpoint,
+        "--split",
+        "train",
+        "--samples",
+        "12",
+        "--batch-size",
+        "5",
+    ];
+    let with = |extra: &[&str]| -> Vec<String> { samples.iter().chain(extra).map(|s| s.to_string()).collect() };
+    let call = |tool: &str, a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        clado_tests::run_in(tool, &a, b"", Some(d)).success()
+    };
+    call("quantize", {
+        let mut a = vec!["calibrate".to_string()];
+        a.extend(with(&["--options", "w2a8", "-o", "calib.json", "-q"]));
+        a
+    });
+    // `fp` among the options: pinning the other layers to it gives single-layer allocations.
+    call(
+        "perturb",
+        with(&[
+            "--calib",
+            "calib.json",
+            "--options",
+            "w2a8,fp",
+            "--layers",
+            LAYERS,
+            "-o",
+            "G.npy",
+            "--index",
+            "index.json",
+            "-q",
+        ]),
+    );
+    let g = read(d, "G.npy");
+    let layers: Vec<&str> = LAYERS.split(',').collect();
+    // Allocations: each layer alone at w2a8, and the first and third together.
+    let alone = |on: &[usize]| -> String {
+        layers
+            .iter()
+            .enumerate()
+            .map(|(i, name)| format!("{name}={}", if on.contains(&i) { "w2a8" } else { "fp" }))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut configs: Vec<Vec<usize>> = (0..layers.len()).map(|l| vec![l]).collect();
+    configs.push(vec![0, 2]);
+    let mut evaluate_args = with(&["--calib", "calib.json", "--fp", "-q"]);
+    for (i, on) in configs.iter().enumerate() {
+        let out = call(
+            "allocate",
+            ["--matrix", "G.npy", "--index", "index.json", "--pin", &alone(on), "-q"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        );
+        let name = format!("alloc{i}.json");
+        std::fs::write(d.join(&name), out).unwrap();
+        evaluate_args.extend(["--alloc".to_string(), name]);
+    }
+    let out = call("evaluate", evaluate_args);
+    let metrics: Vec<clado::format::Metrics> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(metrics.len(), configs.len() + 1, "fp and one line per allocation");
+    let fp = metrics[0].loss;
+    let delta = |i: usize| metrics[1 + i].loss - fp;
+    // Variable v = (layer l, option 0 = w2a8) sits at row 2·l (layer-major, options in order).
+    for l in 0..layers.len() {
+        let (measured, diagonal) = (delta(l), g[[2 * l, 2 * l]]);
+        assert!(
+            (measured - diagonal).abs() <= SAME_DELTA,
+            "{}: G[v,v] = {diagonal}, evaluate's Δloss {measured}",
+            layers[l]
+        );
+        assert_eq!(g[[2 * l + 1, 2 * l + 1]], 0.0, "{} at fp changes nothing", layers[l]);
+    }
+    let pair = delta(layers.len());
+    let cross = (pair - delta(0) - delta(2)) / 2.0;
+    assert!(
+        (cross - g[[0, 4]]).abs() <= SAME_DELTA,
+        "G[u,v] = {}, (d(u,v) − d(u) − d(v)) / 2 from evaluate = {cross}",
+        g[[0, 4]]
+    );
+    assert!(g[[0, 4]] != 0.0, "the two layers interact");
+}

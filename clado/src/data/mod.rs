@@ -15,10 +15,10 @@
 //! Exactly as torchvision's `ToTensor()` + `Normalize(mean, std)`, in float32: a byte `v` of
 //! channel `c` becomes `(v / 255 - mean[c]) / std[c]`. Fashion-MNIST images are then zero-padded
 //! by 2 pixels on every side, 28×28 → 32×32, so that they fit the CIFAR ResNets; the pad is 0 in
-//! normalised space (DESIGN.md). The constants are [`FASHION_MNIST`], [`CIFAR10`] and
+//! normalised space (docs/definitions.md). The constants are [`FASHION_MNIST`], [`CIFAR10`] and
 //! [`CIFAR100`]:
 //!
-//! - Fashion-MNIST: mean 0.2860, std 0.3530 (DESIGN.md; the training set's statistics).
+//! - Fashion-MNIST: mean 0.2860, std 0.3530 (docs/definitions.md; the training set's statistics).
 //! - CIFAR-10: mean (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010);
 //!   CIFAR-100: mean (0.5070, 0.4865, 0.4409), std (0.2673, 0.2564, 0.2761). These are the values
 //!   the public `chenyaofo/pytorch-cifar-models` checkpoints were trained and evaluated with (the
@@ -55,7 +55,7 @@ pub struct Normalization {
     pub std: &'static [f32],
 }
 
-/// Fashion-MNIST (DESIGN.md).
+/// Fashion-MNIST (docs/definitions.md).
 pub const FASHION_MNIST: Normalization = Normalization {
     mean: &[0.2860],
     std: &[0.3530],

@@ -1,5 +1,5 @@
 //! The engine's side of the quantizers: the formulas themselves are [`crate::quant`]'s
-//! (DESIGN.md, "Quantizers"), so that the engine, `quantize apply` and every other tool
+//! (docs/definitions.md, "Quantizers"), so that the engine, `quantize apply` and every other tool
 //! quantize bit for bit alike. This module adds the checked constructor the plans use.
 
 use crate::format::ActRange;

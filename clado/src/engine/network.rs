@@ -405,7 +405,7 @@ impl Network {
     }
 
     /// Fake-quantized weights of layer `layer` at `bits` bits with the given scales (one per
-    /// output channel, or one per tensor), by DESIGN.md's weight quantizer, packed.
+    /// output channel, or one per tensor), by docs/definitions.md's weight quantizer, packed.
     pub fn quantized_weights(&self, layer: usize, bits: u8, scales: &[f32]) -> Result<Arc<PreparedWeights>> {
         let info = self.layer_checked(layer)?;
         let q = super::fake_quant::fake_quantize_weights(self.weights(layer), info.out_channels(), bits, scales)

@@ -133,7 +133,7 @@ fn values(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
-/// DESIGN.md's weight quantizer, written out independently of the engine.
+/// docs/definitions.md's weight quantizer, written out independently of the engine.
 fn reference_weight_quant(w: &[f32], out: usize, bits: u8, scales: &[f32]) -> Vec<f32> {
     let qmax = ((1 << (bits - 1)) - 1) as f32;
     let per = w.len() / out;
@@ -146,7 +146,7 @@ fn reference_weight_quant(w: &[f32], out: usize, bits: u8, scales: &[f32]) -> Ve
         .collect()
 }
 
-/// DESIGN.md's activation quantizer, written out independently of the engine.
+/// docs/definitions.md's activation quantizer, written out independently of the engine.
 fn reference_act_quant(t: &Tensor, q: Option<(u8, f32, f32)>) -> Tensor {
     let Some((bits, lo, hi)) = q else {
         return t.clone();
@@ -516,7 +516,7 @@ fn calibration_sees_every_layer_input() {
 }
 
 /// The engine quantizes with `crate::quant`; these pin the values it gets through its own
-/// entry points (hand-checked against DESIGN.md) and the checks on their inputs.
+/// entry points (hand-checked against docs/definitions.md) and the checks on their inputs.
 #[test]
 fn quantizers_follow_design() {
     // Activations: 2 bits over [-1, 2]: n = 3, s = 1, zp = 1; ties go to even.

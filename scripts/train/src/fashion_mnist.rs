@@ -2,7 +2,7 @@
 //!
 //! The shared crate's data module (`clado::data`) was being written in parallel when this
 //! trainer was; this reader is kept to the two IDX files the trainer needs. Preprocessing is the
-//! one DESIGN.md fixes: scale to [0, 1], normalise with mean 0.2860 and std 0.3530, then place the
+//! one docs/definitions.md fixes: scale to [0, 1], normalise with mean 0.2860 and std 0.3530, then place the
 //! 28×28 image in a 32×32 canvas whose border is 0 in normalised space.
 
 use clado::{Error, Result};

@@ -17,7 +17,7 @@ the CPU and writes the weights in PyTorch naming (conv1.weight, bn1.running_mean
 as .safetensors, with a JSON report: architecture, seed, the exact command, hyper-parameters, \
 per-epoch log, test top-1 on the 10,000 test images and training time.
 
-Preprocessing (DESIGN.md): pixels scaled to [0, 1], normalised with mean 0.2860 and std 0.3530, \
+Preprocessing (docs/definitions.md): pixels scaled to [0, 1], normalised with mean 0.2860 and std 0.3530, \
 the 28x28 image placed in a 32x32 canvas that is 0 elsewhere. Training shifts the image by up to \
 --max-shift pixels from the centre and flips it left-right at random; testing uses the centred \
 image. Same seed and thread count, same weights.
