@@ -24,11 +24,11 @@ SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DELETE_ON_ERROR:
 
-.PHONY: all setup setup-data setup-scip setup-font setup-slurm build test fuzz-smoke fuzz demo bench clean
+.PHONY: all setup setup-data setup-scip setup-font setup-slurm setup-venv build test fuzz-smoke fuzz demo bench clean
 
 all: build
 
-setup: setup-data setup-scip setup-font setup-slurm
+setup: setup-data setup-scip setup-font setup-slurm setup-venv
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist package (IDX files).
 setup-data:
@@ -55,6 +55,15 @@ setup-slurm:
 	@if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then \
 	  echo "setup: installing Debian packages slurm-wlm and munge" >&2; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; \
+	fi
+
+# onnxruntime (the ONNX graph tests' reference), onnx and numpy, pinned, in .deps/venv.
+VENV := .deps/venv
+VENV_PACKAGES := onnxruntime==1.32.0 onnx==1.23.2 numpy==2.4.6
+setup-venv:
+	@if ! $(VENV)/bin/python -c 'import onnxruntime, onnx, numpy' 2>/dev/null; then \
+	  echo "setup: installing $(VENV_PACKAGES) into $(VENV)" >&2; \
+	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(VENV_PACKAGES); \
 	fi
 
 build: setup-scip

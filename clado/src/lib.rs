@@ -11,6 +11,8 @@ pub mod cli;
 pub mod data;
 pub mod error;
 pub mod format;
+#[cfg(feature = "onnx")]
+pub mod graph;
 pub mod io;
 pub mod options;
 pub mod quant;

@@ -1,0 +1,125 @@
+//! Throughput of the graph executor against onnxruntime, side by side in one run: 2 threads,
+//! batch 32, 224×224, FP32, on full-size ResNet-18, MobileNetV2 and EfficientNet-B0 with random
+//! weights.
+//!
+//!     .deps/torch-venv/bin/python scripts/export_onnx_fixtures.py --bench   # target/onnx-bench/
+//!     cargo bench -p clado --bench graph
+//!     cargo bench -p clado --bench graph -- --models resnet18 --batch 32 --threads 2 --runs 3
+//!
+//! onnxruntime (from `make setup-venv`'s `.deps/venv`) runs with its default graph
+//! optimisations and `intra_op_num_threads` = threads, one session per model; the executor with
+//! a rayon pool of `threads`. Each figure is the median of `--runs` timed batches after one
+//! warm-up batch; both see the same input. The largest |difference| of the logits relative to
+//! the largest |logit| is printed too. Results go to stdout.
+
+use clado::graph::{Executor, Graph};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const ORT_SCRIPT: &str = r#"
+import sys, time, numpy as np, onnxruntime as ort
+model, x_path, y_path, threads, runs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+o = ort.SessionOptions()
+o.intra_op_num_threads = threads
+o.inter_op_num_threads = 1
+s = ort.InferenceSession(model, o, providers=["CPUExecutionProvider"])
+x = np.load(x_path)
+feed = {s.get_inputs()[0].name: x}
+y = s.run(None, feed)[0]
+times = []
+for _ in range(runs):
+    t = time.perf_counter(); s.run(None, feed); times.append(time.perf_counter() - t)
+np.save(y_path, y)
+print(sorted(times)[len(times) // 2])
+"#;
+
+fn main() {
+    let mut models = vec!["resnet18".to_string(), "mobilenet_v2".into(), "efficientnet_b0".into()];
+    let (mut batch, mut threads, mut runs) = (32usize, 2usize, 3usize);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
+        match a.as_str() {
+            "--models" => models = value().split(',').map(str::to_string).collect(),
+            "--batch" => batch = value().parse().expect("--batch N"),
+            "--threads" => threads = value().parse().expect("--threads N"),
+            "--runs" => runs = value().parse().expect("--runs N"),
+            "--bench" => {}
+            other => panic!("unknown argument {other}; see the top of benches/graph.rs"),
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".deps/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `make setup-venv`",
+        python.display()
+    );
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    println!("graph executor vs onnxruntime: batch {batch}, {threads} threads, median of {runs} batches");
+    println!(
+        "{:<16} {:>12} {:>14} {:>8} {:>12}",
+        "model", "clado img/s", "onnxrt img/s", "ratio", "rel. diff"
+    );
+    for name in &models {
+        let model: PathBuf = root.join("target/onnx-bench").join(format!("{name}.onnx"));
+        assert!(
+            model.exists(),
+            "{}: run scripts/export_onnx_fixtures.py --bench",
+            model.display()
+        );
+        let graph = Graph::from_onnx(&model).unwrap_or_else(|e| panic!("{e}"));
+        let exec = Executor::new(&graph).unwrap();
+        let per: usize = graph.input_shape().iter().product();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let x: Vec<f32> = (0..batch * per).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+        let mut shape = vec![batch];
+        shape.extend_from_slice(graph.input_shape());
+        let x_path = tmp.path().join("x.npy");
+        let array = ndarray::ArrayD::from_shape_vec(shape, x.clone()).unwrap();
+        ndarray_npy::write_npy(&x_path, &array).unwrap();
+
+        let ours = pool.install(|| {
+            let y = exec.run(&x, batch, true).unwrap().remove(0);
+            let mut t = Vec::new();
+            for _ in 0..runs {
+                let start = Instant::now();
+                exec.run(&x, batch, true).unwrap();
+                t.push(start.elapsed().as_secs_f64());
+            }
+            t.sort_by(f64::total_cmp);
+            (t[t.len() / 2], y)
+        });
+        let y_path = tmp.path().join("y.npy");
+        let out = Command::new(&python)
+            .args(["-c", ORT_SCRIPT])
+            .arg(&model)
+            .arg(&x_path)
+            .arg(&y_path)
+            .arg(threads.to_string())
+            .arg(runs.to_string())
+            .output()
+            .expect("run onnxruntime");
+        assert!(
+            out.status.success(),
+            "onnxruntime: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ort_secs: f64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("onnxruntime's time");
+        let y_ort: ndarray::ArrayD<f32> = ndarray_npy::read_npy(&y_path).unwrap();
+        let scale = y_ort.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff = y_ort.iter().zip(&ours.1).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        let (a, b) = (batch as f64 / ours.0, batch as f64 / ort_secs);
+        println!("{name:<16} {a:>12.1} {b:>14.1} {:>8.2} {:>12.1e}", a / b, diff / scale);
+    }
+}

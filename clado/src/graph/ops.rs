@@ -1,0 +1,857 @@
+//! The ops of a graph with their attributes resolved, their shape rules, and the kernels that
+//! need no matrix product (element-wise maps, pooling, data movement). Convolutions and matrix
+//! products run in the executor (`exec`).
+//!
+//! Shapes here are per sample (dimension 0 is the batch, 1; see the module docs of `graph`).
+//! The data-movement kernels are generic over the element type: the loader runs them on the
+//! `i64` shape tensors it folds, the executor on `f32` activations.
+
+use super::tensor::{strides, Data, Tensor};
+
+/// A 2-D convolution: input `[N, C, H, W]`, constant weight `[M, C/groups, kh, kw]`, optional
+/// constant bias `[M]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvAttrs {
+    pub kernel: [usize; 2],
+    pub strides: [usize; 2],
+    pub dilations: [usize; 2],
+    /// Top, left, bottom, right.
+    pub pads: [usize; 4],
+    pub groups: usize,
+}
+
+/// `Y = alpha·A'·B' + beta·C` with a runtime `A [N, K]` (`transA` = 0) and a constant `B`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GemmAttrs {
+    pub alpha: f32,
+    pub beta: f32,
+    pub trans_b: bool,
+}
+
+/// A 2-D pooling window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolAttrs {
+    pub kernel: [usize; 2],
+    pub strides: [usize; 2],
+    pub dilations: [usize; 2],
+    /// Top, left, bottom, right.
+    pub pads: [usize; 4],
+    pub ceil_mode: bool,
+    /// AveragePool: whether padded positions count in the divisor.
+    pub count_include_pad: bool,
+}
+
+/// Element-wise maps of one tensor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Unary {
+    Relu,
+    /// `Clip` (ReLU6 and friends): `min(max(x, min), max)`.
+    Clip {
+        min: f32,
+        max: f32,
+    },
+    LeakyRelu {
+        alpha: f32,
+    },
+    Sigmoid,
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
+    HardSwish,
+}
+
+/// Element-wise arithmetic of two tensors with NumPy broadcasting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// One axis of a `Slice`: elements `start, start + step, …` (`len` of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SliceAxis {
+    pub axis: usize,
+    pub start: usize,
+    pub step: isize,
+    pub len: usize,
+}
+
+/// An op of a graph node (see the module docs of `graph`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Conv(ConvAttrs),
+    Gemm(GemmAttrs),
+    /// `[..., M, K] × [K, N]` with a constant right-hand side.
+    MatMul,
+    /// Inference BatchNormalization: inputs x, scale, bias, mean, var (constants `[C]`).
+    BatchNorm {
+        epsilon: f32,
+    },
+    Unary(Unary),
+    Binary(Binary),
+    MaxPool(PoolAttrs),
+    AveragePool(PoolAttrs),
+    GlobalAveragePool,
+    ReduceMean {
+        axes: Vec<usize>,
+        keepdims: bool,
+    },
+    /// Same elements, another shape (Reshape, Flatten, Squeeze, Unsqueeze, Identity, Dropout).
+    Reshape {
+        shape: Vec<usize>,
+    },
+    Transpose {
+        perm: Vec<usize>,
+    },
+    Concat {
+        axis: usize,
+    },
+    Split {
+        axis: usize,
+        sizes: Vec<usize>,
+    },
+    Slice {
+        axes: Vec<SliceAxis>,
+    },
+    /// Softmax along `axis`; `flatten`: over all axes from `axis` on (opset < 13).
+    Softmax {
+        axis: usize,
+        flatten: bool,
+    },
+}
+
+type Shapes = Vec<Vec<usize>>;
+
+fn need(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(msg())
+    }
+}
+
+/// Output size of a window sliding along one axis; `None` if the window does not fit.
+pub(crate) fn window_out(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    pad_begin: usize,
+    pad_end: usize,
+    ceil: bool,
+) -> Option<usize> {
+    let span = input + pad_begin + pad_end;
+    let eff = dilation * (kernel - 1) + 1;
+    if kernel == 0 || stride == 0 || dilation == 0 || span < eff {
+        return None;
+    }
+    let mut out = if ceil {
+        (span - eff).div_ceil(stride) + 1
+    } else {
+        (span - eff) / stride + 1
+    };
+    // The last window must start inside the input or its leading padding (PyTorch and
+    // onnxruntime drop one that would start in the trailing padding).
+    if ceil && out > 1 && (out - 1) * stride >= input + pad_begin {
+        out -= 1;
+    }
+    Some(out)
+}
+
+/// NumPy broadcast of two shapes.
+pub(crate) fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let r = a.len().max(b.len());
+    let mut out = vec![0; r];
+    for i in 0..r {
+        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
+        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        out[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return None,
+        };
+    }
+    Some(out)
+}
+
+impl Op {
+    /// Output shapes for inputs of `shapes` (`consts[i]`: input i is a constant), or what is
+    /// wrong with them.
+    pub(crate) fn infer(&self, shapes: &[&[usize]], consts: &[bool], n_out: usize) -> Result<Shapes, String> {
+        let rank = |i: usize| shapes[i].len();
+        let single = |s: Vec<usize>| -> Result<Shapes, String> {
+            need(n_out == 1, || format!("expected 1 output, the node has {n_out}"))?;
+            Ok(vec![s])
+        };
+        let show = |i: usize| format!("{:?}", shapes[i]);
+        // Folding constants at load may work along dimension 0; runtime nodes may not.
+        let folding = consts.iter().all(|&c| c);
+        let lowest = if folding { 0 } else { 1 };
+        match self {
+            Op::Conv(c) => {
+                need(shapes.len() == 2 || shapes.len() == 3, || {
+                    "expected inputs X, W and optional B".into()
+                })?;
+                need(rank(0) == 4, || {
+                    format!("input {} is not NCHW (only 2-D convolutions are supported)", show(0))
+                })?;
+                need(consts[1] && consts.get(2).copied().unwrap_or(true), || {
+                    "the weight and bias must be constants".into()
+                })?;
+                let (x, w) = (shapes[0], shapes[1]);
+                need(w.len() == 4 && w[2..] == c.kernel, || {
+                    format!("weight {} does not match kernel_shape {:?}", show(1), c.kernel)
+                })?;
+                let g = c.groups;
+                need(
+                    g >= 1 && x[1] % g == 0 && w[0] % g == 0 && w[1].checked_mul(g) == Some(x[1]),
+                    || format!("weight {} with group={} does not fit input {}", show(1), g, show(0)),
+                )?;
+                if shapes.len() == 3 {
+                    need(shapes[2] == [w[0]], || format!("bias {} is not [{}]", show(2), w[0]))?;
+                }
+                let oh = window_out(
+                    x[2],
+                    c.kernel[0],
+                    c.strides[0],
+                    c.dilations[0],
+                    c.pads[0],
+                    c.pads[2],
+                    false,
+                );
+                let ow = window_out(
+                    x[3],
+                    c.kernel[1],
+                    c.strides[1],
+                    c.dilations[1],
+                    c.pads[1],
+                    c.pads[3],
+                    false,
+                );
+                match (oh, ow) {
+                    (Some(oh), Some(ow)) => single(vec![x[0], w[0], oh, ow]),
+                    _ => Err(format!("kernel {:?} does not fit input {}", c.kernel, show(0))),
+                }
+            }
+            Op::Gemm(g) => {
+                need(shapes.len() == 2 || shapes.len() == 3, || {
+                    "expected inputs A, B and optional C".into()
+                })?;
+                need(!consts[0] && consts[1..].iter().all(|&c| c), || {
+                    "only a runtime A with constant B and C is supported".into()
+                })?;
+                need(rank(0) == 2 && rank(1) == 2, || {
+                    format!("A {} and B {} must be matrices", show(0), show(1))
+                })?;
+                let (k, n) = if g.trans_b {
+                    (shapes[1][1], shapes[1][0])
+                } else {
+                    (shapes[1][0], shapes[1][1])
+                };
+                need(shapes[0][1] == k, || {
+                    format!("A {} does not fit B {} (transB={})", show(0), show(1), g.trans_b as u8)
+                })?;
+                let out = vec![shapes[0][0], n];
+                if shapes.len() == 3 {
+                    need(broadcast_shapes(&out, shapes[2]).as_deref() == Some(&out[..]), || {
+                        format!("C {} does not broadcast to {:?}", show(2), out)
+                    })?;
+                }
+                single(out)
+            }
+            Op::MatMul => {
+                need(shapes.len() == 2, || "expected two inputs".into())?;
+                need(!consts[0] && consts[1] && rank(1) == 2 && rank(0) >= 2, || {
+                    format!(
+                        "only a runtime A [..., M, K] times a constant matrix B is supported (A {}, B {}{})",
+                        show(0),
+                        show(1),
+                        if consts[1] { "" } else { " at run time" }
+                    )
+                })?;
+                let a = shapes[0];
+                need(a[a.len() - 1] == shapes[1][0], || {
+                    format!("A {} does not fit B {}", show(0), show(1))
+                })?;
+                let mut out = a.to_vec();
+                *out.last_mut().unwrap() = shapes[1][1];
+                single(out)
+            }
+            Op::BatchNorm { .. } => {
+                need(shapes.len() == 5, || "expected inputs X, scale, B, mean, var".into())?;
+                need(rank(0) >= 2, || format!("input {} has no channel dimension", show(0)))?;
+                let c = shapes[0][1];
+                for i in 1..5 {
+                    need(consts[i] && shapes[i] == [c], || {
+                        format!("input {i} must be a constant of shape [{c}]")
+                    })?;
+                }
+                single(shapes[0].to_vec())
+            }
+            Op::Unary(_) => single(shapes[0].to_vec()),
+            Op::Binary(_) => {
+                need(shapes.len() == 2, || "expected two inputs".into())?;
+                let out = broadcast_shapes(shapes[0], shapes[1])
+                    .ok_or_else(|| format!("shapes {} and {} do not broadcast", show(0), show(1)))?;
+                single(out)
+            }
+            Op::MaxPool(p) | Op::AveragePool(p) => {
+                need(rank(0) == 4, || {
+                    format!("input {} is not NCHW (only 2-D pooling is supported)", show(0))
+                })?;
+                let x = shapes[0];
+                let oh = window_out(
+                    x[2],
+                    p.kernel[0],
+                    p.strides[0],
+                    p.dilations[0],
+                    p.pads[0],
+                    p.pads[2],
+                    p.ceil_mode,
+                );
+                let ow = window_out(
+                    x[3],
+                    p.kernel[1],
+                    p.strides[1],
+                    p.dilations[1],
+                    p.pads[1],
+                    p.pads[3],
+                    p.ceil_mode,
+                );
+                need(
+                    p.pads[0] < p.kernel[0] * p.dilations[0] && p.pads[1] < p.kernel[1] * p.dilations[1],
+                    || "padding as large as the window is not supported".into(),
+                )?;
+                match (oh, ow) {
+                    (Some(oh), Some(ow)) => single(vec![x[0], x[1], oh, ow]),
+                    _ => Err(format!("window {:?} does not fit input {}", p.kernel, show(0))),
+                }
+            }
+            Op::GlobalAveragePool => {
+                need(rank(0) >= 3, || format!("input {} has no spatial dimensions", show(0)))?;
+                let mut out = shapes[0].to_vec();
+                out[2..].fill(1);
+                single(out)
+            }
+            Op::ReduceMean { axes, keepdims } => {
+                need(axes.iter().all(|&a| a >= lowest && a < rank(0)), || {
+                    format!("axes {axes:?} must be in 1..{} (not the batch)", rank(0))
+                })?;
+                let out: Vec<usize> = (0..rank(0))
+                    .filter_map(|i| match (axes.contains(&i), keepdims) {
+                        (false, _) => Some(shapes[0][i]),
+                        (true, true) => Some(1),
+                        (true, false) => None,
+                    })
+                    .collect();
+                single(out)
+            }
+            Op::Reshape { shape } => {
+                let n: usize = shapes[0].iter().product();
+                need(shape.iter().product::<usize>() == n, || {
+                    format!("cannot reshape {} into {shape:?}", show(0))
+                })?;
+                single(shape.clone())
+            }
+            Op::Transpose { perm } => {
+                let mut sorted = perm.clone();
+                sorted.sort_unstable();
+                need(sorted == (0..rank(0)).collect::<Vec<_>>(), || {
+                    format!("perm {perm:?} does not fit {}", show(0))
+                })?;
+                need(folding || perm[0] == 0, || {
+                    format!("perm {perm:?} moves the batch dimension")
+                })?;
+                single(perm.iter().map(|&p| shapes[0][p]).collect())
+            }
+            Op::Concat { axis } => {
+                let axis = *axis;
+                need(axis >= lowest && axis < rank(0), || {
+                    format!("axis {axis} must be in 1..{} (not the batch)", rank(0))
+                })?;
+                let mut out = shapes[0].to_vec();
+                for s in &shapes[1..] {
+                    need(
+                        s.len() == out.len() && (0..out.len()).all(|i| i == axis || s[i] == out[i]),
+                        || format!("inputs {:?} and {:?} differ off axis {axis}", shapes[0], s),
+                    )?;
+                    out[axis] += s[axis];
+                }
+                single(out)
+            }
+            Op::Split { axis, sizes } => {
+                need(*axis >= lowest && *axis < rank(0), || {
+                    format!("axis {axis} must be in 1..{} (not the batch)", rank(0))
+                })?;
+                need(
+                    sizes.iter().try_fold(0usize, |acc, &s| acc.checked_add(s)) == Some(shapes[0][*axis])
+                        && sizes.len() == n_out,
+                    || {
+                        format!(
+                            "split {sizes:?} into {n_out} outputs does not fit {} on axis {axis}",
+                            show(0)
+                        )
+                    },
+                )?;
+                Ok(sizes
+                    .iter()
+                    .map(|&s| {
+                        let mut o = shapes[0].to_vec();
+                        o[*axis] = s;
+                        o
+                    })
+                    .collect())
+            }
+            Op::Slice { axes } => {
+                let mut out = shapes[0].to_vec();
+                for a in axes {
+                    need(a.axis < rank(0), || {
+                        format!("axis {} out of range for {}", a.axis, show(0))
+                    })?;
+                    out[a.axis] = a.len;
+                }
+                single(out)
+            }
+            Op::Softmax { axis, .. } => {
+                need(*axis >= lowest && *axis < rank(0), || {
+                    format!("axis {axis} must be in 1..{} (not the batch)", rank(0))
+                })?;
+                single(shapes[0].to_vec())
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels without matrix products, on one sample.
+
+pub(crate) fn unary(op: Unary, x: &mut [f32]) {
+    match op {
+        Unary::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Unary::Clip { min, max } => x.iter_mut().for_each(|v| *v = v.max(min).min(max)),
+        Unary::LeakyRelu { alpha } => x.iter_mut().for_each(|v| {
+            if *v < 0.0 {
+                *v *= alpha
+            }
+        }),
+        Unary::Sigmoid => x.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp())),
+        Unary::HardSigmoid { alpha, beta } => x.iter_mut().for_each(|v| *v = (alpha * *v + beta).clamp(0.0, 1.0)),
+        Unary::HardSwish => x.iter_mut().for_each(|v| *v *= (*v / 6.0 + 0.5).clamp(0.0, 1.0)),
+    }
+}
+
+fn binary_fn_f32(op: Binary) -> fn(f32, f32) -> f32 {
+    match op {
+        Binary::Add => |a, b| a + b,
+        Binary::Sub => |a, b| a - b,
+        Binary::Mul => |a, b| a * b,
+        Binary::Div => |a, b| a / b,
+    }
+}
+
+fn binary_fn_i64(op: Binary) -> fn(i64, i64) -> i64 {
+    match op {
+        Binary::Add => |a, b| a.wrapping_add(b),
+        Binary::Sub => |a, b| a.wrapping_sub(b),
+        Binary::Mul => |a, b| a.wrapping_mul(b),
+        Binary::Div => |a, b| if b == 0 { 0 } else { a.wrapping_div(b) },
+    }
+}
+
+/// `f(a, b)` with NumPy broadcasting into `out_shape`. Dimensions are coalesced first so that
+/// the inner loop is long (a squeeze-and-excitation `[C, H·W] × [C, 1]` runs as C loops of H·W).
+pub(crate) fn broadcast<T: Copy>(
+    a: &[T],
+    sa: &[usize],
+    b: &[T],
+    sb: &[usize],
+    out_shape: &[usize],
+    f: impl Fn(T, T) -> T,
+) -> Vec<T> {
+    let n: usize = out_shape.iter().product();
+    if sa == out_shape && sb == out_shape {
+        return a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
+    }
+    let r = out_shape.len();
+    let pad = |s: &[usize]| -> Vec<usize> {
+        let mut p = vec![1; r - s.len()];
+        p.extend_from_slice(s);
+        p
+    };
+    let (pa, pb) = (pad(sa), pad(sb));
+    // Coalesced dims: (size, a broadcast?, b broadcast?).
+    let mut dims: Vec<(usize, bool, bool)> = Vec::new();
+    for i in 0..r {
+        if out_shape[i] == 1 {
+            continue;
+        }
+        let flags = (pa[i] == 1, pb[i] == 1);
+        match dims.last_mut() {
+            Some(last) if (last.1, last.2) == flags => last.0 *= out_shape[i],
+            _ => dims.push((out_shape[i], flags.0, flags.1)),
+        }
+    }
+    if dims.is_empty() {
+        return vec![f(a[0], b[0])];
+    }
+    let stride_of = |bcast: fn(&(usize, bool, bool)) -> bool| -> Vec<usize> {
+        let mut s = vec![0; dims.len()];
+        let mut acc = 1;
+        for i in (0..dims.len()).rev() {
+            if !bcast(&dims[i]) {
+                s[i] = acc;
+                acc *= dims[i].0;
+            }
+        }
+        s
+    };
+    let (ta, tb) = (stride_of(|d| d.1), stride_of(|d| d.2));
+    let last = dims.len() - 1;
+    let inner = dims[last].0;
+    let (ia, ib) = (ta[last], tb[last]);
+    let mut out = Vec::with_capacity(n);
+    let mut idx = vec![0usize; last];
+    let (mut oa, mut ob) = (0usize, 0usize);
+    loop {
+        for j in 0..inner {
+            out.push(f(a[oa + j * ia], b[ob + j * ib]));
+        }
+        // Next outer index.
+        let mut d = last;
+        loop {
+            if d == 0 {
+                return out;
+            }
+            d -= 1;
+            idx[d] += 1;
+            oa += ta[d];
+            ob += tb[d];
+            if idx[d] < dims[d].0 {
+                break;
+            }
+            oa -= ta[d] * dims[d].0;
+            ob -= tb[d] * dims[d].0;
+            idx[d] = 0;
+        }
+    }
+}
+
+pub(crate) fn binary_f32(op: Binary, a: &[f32], sa: &[usize], b: &[f32], sb: &[usize], out: &[usize]) -> Vec<f32> {
+    broadcast(a, sa, b, sb, out, binary_fn_f32(op))
+}
+
+/// `x = f(x, y)` element-wise, `y` of `x`'s length or a scalar (same arithmetic as
+/// [`binary_f32`]).
+pub(crate) fn binary_in_place(op: Binary, x: &mut [f32], y: &[f32]) {
+    let f = binary_fn_f32(op);
+    if y.len() == x.len() {
+        x.iter_mut().zip(y).for_each(|(a, &b)| *a = f(*a, b));
+    } else {
+        let b = y[0];
+        x.iter_mut().for_each(|a| *a = f(*a, b));
+    }
+}
+
+/// BatchNormalization with precomputed per-channel `scale` and `shift`: `y = x·scale + shift`.
+pub(crate) fn channel_affine(x: &mut [f32], channels: usize, scale: &[f32], shift: &[f32]) {
+    let inner = x.len() / channels;
+    for (c, chunk) in x.chunks_exact_mut(inner.max(1)).enumerate() {
+        let (s, t) = (scale[c % channels], shift[c % channels]);
+        chunk.iter_mut().for_each(|v| *v = *v * s + t);
+    }
+}
+
+/// Max or average pooling of one sample `[C, H, W]`.
+pub(crate) fn pool(x: &[f32], shape: &[usize], p: &PoolAttrs, out_shape: &[usize], max: bool) -> Vec<f32> {
+    let (c, h, w) = (shape[1], shape[2], shape[3]);
+    let (oh, ow) = (out_shape[2], out_shape[3]);
+    let mut out = vec![0.0; c * oh * ow];
+    let [kh, kw] = p.kernel;
+    let [sh, sw] = p.strides;
+    let [dh, dw] = p.dilations;
+    let (pt, pl) = (p.pads[0] as isize, p.pads[1] as isize);
+    // Extent of the padded input, for count_include_pad's divisor.
+    let (hp, wp) = ((h + p.pads[2]) as isize, (w + p.pads[3]) as isize);
+    for ch in 0..c {
+        let plane = &x[ch * h * w..(ch + 1) * h * w];
+        for oy in 0..oh {
+            let y0 = (oy * sh) as isize - pt;
+            for ox in 0..ow {
+                let x0 = (ox * sw) as isize - pl;
+                let mut acc = if max { f32::NEG_INFINITY } else { 0.0 };
+                let (mut count, mut padded_count) = (0usize, 0usize);
+                for ky in 0..kh {
+                    let y = y0 + (ky * dh) as isize;
+                    if y >= hp {
+                        break;
+                    }
+                    for kx in 0..kw {
+                        let xx = x0 + (kx * dw) as isize;
+                        if xx >= wp {
+                            break;
+                        }
+                        padded_count += 1;
+                        if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
+                            continue;
+                        }
+                        let v = plane[y as usize * w + xx as usize];
+                        if max {
+                            // NaN propagates, as in onnxruntime.
+                            acc = if v > acc || v.is_nan() { v } else { acc };
+                        } else {
+                            acc += v;
+                        }
+                        count += 1;
+                    }
+                }
+                out[(ch * oh + oy) * ow + ox] = if max {
+                    acc
+                } else {
+                    let d = if p.count_include_pad { padded_count } else { count };
+                    if d == 0 {
+                        0.0
+                    } else {
+                        acc / d as f32
+                    }
+                };
+            }
+        }
+    }
+    out
+}
+
+/// Mean over `axes` of one sample; `shape` is the input's.
+pub(crate) fn reduce_mean(x: &[f32], shape: &[usize], axes: &[usize]) -> Vec<f32> {
+    // Move the reduced axes last, then average contiguous runs.
+    let keep: Vec<usize> = (0..shape.len()).filter(|i| !axes.contains(i)).collect();
+    let mut perm = keep.clone();
+    perm.extend_from_slice(axes);
+    let n: usize = axes.iter().map(|&a| shape[a]).product();
+    let moved;
+    let data = if perm.iter().enumerate().all(|(i, &p)| i == p) {
+        x
+    } else {
+        moved = transpose(x, shape, &perm);
+        &moved[..]
+    };
+    data.chunks_exact(n.max(1))
+        .map(|run| run.iter().sum::<f32>() / n as f32)
+        .collect()
+}
+
+pub(crate) fn softmax(x: &mut [f32], shape: &[usize], axis: usize, flatten: bool) {
+    let (len, inner) = if flatten {
+        (shape[axis..].iter().product::<usize>(), 1)
+    } else {
+        (shape[axis], shape[axis + 1..].iter().product::<usize>())
+    };
+    let block = len * inner;
+    for chunk in x.chunks_exact_mut(block.max(1)) {
+        for i in 0..inner {
+            let at = |k: usize| k * inner + i;
+            let max = (0..len).map(|k| chunk[at(k)]).fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for k in 0..len {
+                let e = (chunk[at(k)] - max).exp();
+                chunk[at(k)] = e;
+                sum += e;
+            }
+            for k in 0..len {
+                chunk[at(k)] /= sum;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data movement, generic over the element type.
+
+pub(crate) fn transpose<T: Copy>(x: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
+    let in_strides = strides(shape);
+    let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+    let st: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
+    let n = x.len();
+    let mut out = Vec::with_capacity(n);
+    if n == 0 {
+        return out;
+    }
+    let r = out_shape.len();
+    let mut idx = vec![0usize; r];
+    let mut off = 0usize;
+    let inner = out_shape[r - 1];
+    let inner_stride = st[r - 1];
+    loop {
+        for j in 0..inner {
+            out.push(x[off + j * inner_stride]);
+        }
+        let mut d = r - 1;
+        loop {
+            if d == 0 {
+                return out;
+            }
+            d -= 1;
+            idx[d] += 1;
+            off += st[d];
+            if idx[d] < out_shape[d] {
+                break;
+            }
+            off -= st[d] * out_shape[d];
+            idx[d] = 0;
+        }
+    }
+}
+
+pub(crate) fn concat<T: Copy>(parts: &[(&[T], &[usize])], axis: usize) -> Vec<T> {
+    let outer: usize = parts[0].1[..axis].iter().product();
+    let total: usize = parts.iter().map(|p| p.0.len()).sum();
+    let mut out = Vec::with_capacity(total);
+    for o in 0..outer {
+        for (data, shape) in parts {
+            let block: usize = shape[axis..].iter().product();
+            out.extend_from_slice(&data[o * block..(o + 1) * block]);
+        }
+    }
+    out
+}
+
+pub(crate) fn split<T: Copy>(x: &[T], shape: &[usize], axis: usize, sizes: &[usize]) -> Vec<Vec<T>> {
+    let outer: usize = shape[..axis].iter().product();
+    let inner: usize = shape[axis + 1..].iter().product();
+    let mut outs: Vec<Vec<T>> = sizes.iter().map(|&s| Vec::with_capacity(outer * s * inner)).collect();
+    for o in 0..outer {
+        let mut at = o * shape[axis] * inner;
+        for (out, &s) in outs.iter_mut().zip(sizes) {
+            out.extend_from_slice(&x[at..at + s * inner]);
+            at += s * inner;
+        }
+    }
+    outs
+}
+
+pub(crate) fn slice<T: Copy>(x: &[T], shape: &[usize], axes: &[SliceAxis]) -> Vec<T> {
+    let r = shape.len();
+    let mut start = vec![0isize; r];
+    let mut step = vec![1isize; r];
+    let mut len = shape.to_vec();
+    for a in axes {
+        start[a.axis] = a.start as isize;
+        step[a.axis] = a.step;
+        len[a.axis] = a.len;
+    }
+    let st = strides(shape);
+    let n: usize = len.iter().product();
+    let mut out = Vec::with_capacity(n);
+    if n == 0 {
+        return out;
+    }
+    let mut idx = vec![0usize; r];
+    loop {
+        let off: isize = (0..r)
+            .map(|d| (start[d] + idx[d] as isize * step[d]) * st[d] as isize)
+            .sum();
+        out.push(x[off as usize]);
+        let mut d = r;
+        loop {
+            if d == 0 {
+                return out;
+            }
+            d -= 1;
+            idx[d] += 1;
+            if idx[d] < len[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+}
+
+/// Runs a data-movement or element-wise op on constants (the loader's folding); `None` for
+/// ops that only run in the executor (convolutions, products, pooling).
+pub(crate) fn fold(op: &Op, inputs: &[&Tensor], out_shapes: &[Vec<usize>]) -> Option<Vec<Tensor>> {
+    fn map<R>(t: &Tensor, f32_: impl FnOnce(&[f32]) -> R, i64_: impl FnOnce(&[i64]) -> R) -> R {
+        match &t.data {
+            Data::F32(v) => f32_(v),
+            Data::I64(v) => i64_(v),
+        }
+    }
+    let shape0 = &inputs[0].shape;
+    let one = |data: Data| {
+        Some(vec![Tensor {
+            shape: out_shapes[0].clone(),
+            data,
+        }])
+    };
+    match op {
+        Op::Reshape { .. } => one(inputs[0].data.clone()),
+        Op::Transpose { perm } => one(map(
+            inputs[0],
+            |v| Data::F32(transpose(v, shape0, perm)),
+            |v| Data::I64(transpose(v, shape0, perm)),
+        )),
+        Op::Slice { axes } => one(map(
+            inputs[0],
+            |v| Data::F32(slice(v, shape0, axes)),
+            |v| Data::I64(slice(v, shape0, axes)),
+        )),
+        Op::Concat { axis } => match &inputs[0].data {
+            Data::F32(_) => {
+                let parts: Option<Vec<(&[f32], &[usize])>> =
+                    inputs.iter().map(|t| t.as_f32().map(|v| (v, &t.shape[..]))).collect();
+                one(Data::F32(concat(&parts?, *axis)))
+            }
+            Data::I64(_) => {
+                let parts: Option<Vec<(&[i64], &[usize])>> =
+                    inputs.iter().map(|t| t.as_i64().map(|v| (v, &t.shape[..]))).collect();
+                one(Data::I64(concat(&parts?, *axis)))
+            }
+        },
+        Op::Split { axis, sizes } => {
+            let datas = map(
+                inputs[0],
+                |v| {
+                    split(v, shape0, *axis, sizes)
+                        .into_iter()
+                        .map(Data::F32)
+                        .collect::<Vec<_>>()
+                },
+                |v| split(v, shape0, *axis, sizes).into_iter().map(Data::I64).collect(),
+            );
+            Some(
+                datas
+                    .into_iter()
+                    .zip(out_shapes)
+                    .map(|(data, s)| Tensor { shape: s.clone(), data })
+                    .collect(),
+            )
+        }
+        Op::Binary(b) => match (&inputs[0].data, &inputs[1].data) {
+            (Data::F32(x), Data::F32(y)) => one(Data::F32(broadcast(
+                x,
+                shape0,
+                y,
+                &inputs[1].shape,
+                &out_shapes[0],
+                binary_fn_f32(*b),
+            ))),
+            (Data::I64(x), Data::I64(y)) => one(Data::I64(broadcast(
+                x,
+                shape0,
+                y,
+                &inputs[1].shape,
+                &out_shapes[0],
+                binary_fn_i64(*b),
+            ))),
+            _ => None,
+        },
+        Op::Unary(u) => {
+            let mut v = inputs[0].as_f32()?.to_vec();
+            unary(*u, &mut v);
+            one(Data::F32(v))
+        }
+        _ => None,
+    }
+}
