@@ -72,7 +72,7 @@ fn main() {
     let negdiag = problem.matrix.diag().iter().filter(|v| **v < 0.0).count();
     println!(
         "# {}: {} layers x {} options, seed {seed}; lambda_min(G) = {lmin:.3e}, {negdiag} negative diagonal entries",
-        index.arch,
+        index.model.arch,
         layers.len(),
         index.options.len()
     );
