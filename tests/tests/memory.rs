@@ -68,7 +68,9 @@ fn estimated_part(stderr: &str, label: &str) -> f64 {
 }
 
 /// Run `perturb` in `dir` and return its exit code, its stderr and its peak resident set size in
-/// bytes, from the kernel's accounting of that one child (`wait4`).
+/// bytes, from the kernel's accounting of that one child (`wait4`, which also reaps it: std's
+/// `wait` would not return the resource usage).
+#[allow(clippy::zombie_processes)]
 fn run_measured(args: &[&str], dir: &Path) -> (i32, String, u64) {
     let mut child = Command::new(bin("perturb"))
         .args(args)
