@@ -24,6 +24,8 @@ pub mod checkpoint;
 #[cfg(feature = "nn")]
 pub mod engine;
 #[cfg(feature = "nn")]
+mod matmul;
+#[cfg(feature = "nn")]
 pub mod model;
 #[cfg(feature = "nn")]
 pub mod setup;

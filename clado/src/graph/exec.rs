@@ -26,6 +26,7 @@
 
 use super::ops::{self, ConvAttrs, Op};
 use super::{Graph, ValueId};
+use crate::matmul::matmul;
 use crate::quant::{self, ActQuantizer};
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -595,57 +596,5 @@ fn depthwise(x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]) {
                 }
             }
         }
-    }
-}
-
-/// `dst[m×n] = (read_dst ? dst : 0) + scale · lhs[m×k] · rhs[k×n]`, with (row, column) strides
-/// of the operands; single-threaded.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    read_dst: bool,
-    lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
-    scale: f32,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !read_dst {
-            dst[..m * n].fill(0.0);
-        }
-        return;
-    }
-    assert!(dst.len() >= m * n);
-    assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // SAFETY: the asserts bound every index gemm reads or writes; dst does not overlap the
-    // operands (it is a distinct &mut slice).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            read_dst,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            scale,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
     }
 }

@@ -8,6 +8,7 @@
 //! Each image's result is computed by one thread in a fixed order and the weight gradient sums
 //! fixed chunks of images in order, so results do not depend on the thread count.
 
+use crate::matmul::matmul;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -130,45 +131,6 @@ impl Geometry {
     }
 }
 
-/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with explicit row/column strides, single-threaded
-/// (parallelism is over images).
-fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
-) {
-    assert!(dst.len() >= m * n && lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // SAFETY: the asserts bound every index gemm reads or writes; the slices do not overlap.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
-
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = s else {
         candle_core::bail!("conv2d_im2col: {what} must be f32")
@@ -208,6 +170,7 @@ impl CustomOp2 for ConvForward {
                         (g.patch(), 1),
                         cols,
                         (g.out_pixels(), 1),
+                        1.0,
                     );
                 },
             );
@@ -267,6 +230,7 @@ impl CustomOp2 for InputGrad {
                         (1, g.patch()),
                         dy,
                         (g.out_pixels(), 1),
+                        1.0,
                     );
                     g.col2im_add(dcols, dx);
                 },
@@ -308,6 +272,7 @@ impl CustomOp2 for WeightGrad {
                         (g.out_pixels(), 1),
                         &cols,
                         (1, g.out_pixels()),
+                        1.0,
                     );
                 }
                 dw
