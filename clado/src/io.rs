@@ -32,12 +32,37 @@ pub fn display_name(path: &str, output: bool) -> String {
 /// FNV-1a 64 of some bytes, as 16 hex digits: the content digest files record (weights files,
 /// quantizer parameters, matrices). It tells files apart; it does not authenticate them.
 pub fn digest(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    let mut d = Digest::new();
+    d.update(bytes);
+    d.finish()
+}
+
+/// [`digest`] computed over parts given one after another (the same value as [`digest`] of
+/// their concatenation).
+pub struct Digest(u64);
+
+impl Default for Digest {
+    fn default() -> Self {
+        Self::new()
     }
-    format!("{h:016x}")
+}
+
+impl Digest {
+    pub fn new() -> Self {
+        Digest(0xcbf2_9ce4_8422_2325)
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    /// 16 hex digits.
+    pub fn finish(&self) -> String {
+        format!("{:016x}", self.0)
+    }
 }
 
 /// [`digest`] of a file.

@@ -19,6 +19,12 @@ pub const DEFAULT_DATA: &str = "fashion-mnist:/usr/share/datasets/fashion-mnist"
 /// Flags naming the model.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
+    /// A network as an ONNX file (opset 13–21, e.g. from `torch.onnx.export`; an external data
+    /// file `FILE.onnx.data` beside it is read too). Its quantizable layers are every Conv and
+    /// every Gemm/MatMul with a constant weight, named after the PyTorch module. Instead of
+    /// `--arch`/`--weights`.
+    #[arg(long, value_name = "FILE.onnx", conflicts_with_all = ["arch", "weights"])]
+    pub model: Option<String>,
     /// Architecture: resnet20, resnet32, resnet44 or resnet56 (checked against the checkpoint).
     #[arg(long, default_value = "resnet20", value_name = "ARCH")]
     pub arch: String,
@@ -95,7 +101,9 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// Where the model comes from, for messages: `--weights r20.pth` (or `the built-in model`).
     pub fn describe(&self) -> String {
-        if self.weights == BUILTIN_WEIGHTS {
+        if self.net.is_graph() {
+            format!("--model {}", self.weights)
+        } else if self.weights == BUILTIN_WEIGHTS {
             "the built-in model".into()
         } else {
             format!("--weights {}", self.weights)
@@ -103,8 +111,24 @@ impl LoadedModel {
     }
 }
 
-/// Load and check the checkpoint against the architecture.
+/// Load and check the model: an ONNX file, or a checkpoint against its architecture.
 pub fn load_model(args: &ModelArgs) -> Result<LoadedModel> {
+    if let Some(path) = &args.model {
+        let graph = crate::graph::Graph::from_onnx(path)?;
+        let name = std::path::Path::new(path)
+            .file_name()
+            .map_or_else(|| path.clone(), |n| n.to_string_lossy().into_owned());
+        let net = Network::from_graph(&graph, &name).map_err(|e| Error::input(path, e))?;
+        let id = ModelId {
+            arch: ONNX_ARCH.into(),
+            digest: graph_digest(path, &graph)?,
+        };
+        return Ok(LoadedModel {
+            net,
+            weights: path.clone(),
+            id,
+        });
+    }
     let weights = args.weights.clone().unwrap_or_else(|| BUILTIN_WEIGHTS.to_string());
     let (_spec, state) = crate::model::load_checked(&weights, &args.arch)?;
     let net = Network::from_state_dict(&args.arch, &state).map_err(|e| Error::input(&weights, e))?;
@@ -113,6 +137,27 @@ pub fn load_model(args: &ModelArgs) -> Result<LoadedModel> {
         digest: crate::io::file_digest(&weights)?,
     };
     Ok(LoadedModel { net, weights, id })
+}
+
+/// What [`ModelId::arch`] says of a model read from an ONNX file.
+pub const ONNX_ARCH: &str = "onnx";
+
+/// The digest of an ONNX model: [`crate::io::digest`] over the file's bytes followed by every
+/// constant of the graph as read (so the external data is covered, and so are files that differ
+/// only in how they split it).
+fn graph_digest(path: &str, graph: &crate::graph::Graph) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut d = crate::io::Digest::new();
+    d.update(&bytes);
+    for v in graph.values() {
+        if let Some(t) = &v.constant {
+            match &t.data {
+                crate::graph::Data::F32(x) => x.iter().for_each(|f| d.update(&f.to_le_bytes())),
+                crate::graph::Data::I64(x) => x.iter().for_each(|i| d.update(&i.to_le_bytes())),
+            }
+        }
+    }
+    Ok(d.finish())
 }
 
 /// Samples ready to run, and their description for files (`spec` + split).
@@ -144,11 +189,25 @@ pub fn load_data(args: &DataArgs, default_split: Split, net: &Network) -> Result
         return Err(Error::input(
             &data.source,
             format!(
-                "images have {} channel(s), but the model's conv1 takes {}",
+                "images have {} channel(s), but {} takes {}",
                 data.channels,
+                net.arch(),
                 net.in_channels()
             ),
         ));
+    }
+    if let Some([_, h, w]) = net.input_shape() {
+        if [data.height, data.width] != [h, w] {
+            return Err(Error::input(
+                &data.source,
+                format!(
+                    "images are {}×{} pixels, but {} takes {h}×{w}",
+                    data.height,
+                    data.width,
+                    net.arch()
+                ),
+            ));
+        }
     }
     data.check_labels(net.classes()).map_err(|e| match e {
         Error::Input { path, msg } => Error::input(path, format!("{msg} (the model has {} classes)", net.classes())),

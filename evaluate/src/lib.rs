@@ -62,10 +62,16 @@ pub fn run(
     configs: &[Config],
     allocs: &[String],
     quant: &QuantSource,
+    logits_path: Option<&str>,
     out: &mut dyn Write,
     quiet: bool,
 ) -> Result<()> {
     setup::check_data_args(data_args)?;
+    if logits_path.is_some_and(|p| p == "-") {
+        return Err(Error::usage(
+            "--logits -: the metrics go to stdout; give the logits a file",
+        ));
+    }
     // Stdin first, then the side files (clado::io, Pipelines).
     let alloc_kind = clado::io::document_kind::<Alloc>();
     let calib_kind = clado::io::document_kind::<Calib>();
@@ -116,6 +122,12 @@ pub fn run(
             calib::check_calib(&c, &name, &loaded, &quantized)?;
             c
         }
+        (QuantSource::Calibrate { settings, data }, _) if quantized.is_empty() => {
+            // Nothing to quantize: no calibration samples to load.
+            let none = Dataset::new(Vec::new(), Vec::new(), [net.in_channels(), 1, 1], net.classes(), "none")?;
+            let empty = Default::default();
+            calib::calibrate(&loaded, &none, "none", data.seed, &empty, &empty, *settings, 1)?
+        }
         (QuantSource::Calibrate { settings, data }, _) => {
             let cal = setup::load_data(data, Split::Train, net)?;
             let (w, a) = calib::bits_needed(&quantized);
@@ -145,6 +157,8 @@ pub fn run(
 
     let fp_logits = forward_all(net, &eval.data, &Plan::fp(net), data_args.batch_size)?;
     let layers: Vec<_> = net.layers().iter().map(|l| l.info()).collect();
+    let mut lines = String::new();
+    let mut all_logits: Vec<f32> = Vec::new();
     for config in &configs {
         let choice = config.choice(net);
         let indices: Vec<Option<usize>> = choice
@@ -173,8 +187,27 @@ pub fn run(
             logits.as_deref(),
             cost,
         )?;
-        out.write_all(clado::io::json_line(&m)?.as_bytes())
-            .map_err(|e| Error::io("<stdout>", e))?;
+        if logits_path.is_some() {
+            for l in logits.as_deref().unwrap_or(&fp_logits) {
+                all_logits.extend_from_slice(l.data());
+            }
+        }
+        let line = clado::io::json_line(&m)?;
+        if logits_path.is_some() {
+            lines.push_str(&line);
+        } else {
+            out.write_all(line.as_bytes()).map_err(|e| Error::io("<stdout>", e))?;
+        }
+    }
+    if let Some(path) = logits_path {
+        let shape = (configs.len(), eval.data.len(), net.classes());
+        let array =
+            ndarray::Array3::from_shape_vec(shape, all_logits).expect("one row of K per sample and configuration");
+        let mut npy = Vec::new();
+        ndarray_npy::WriteNpyExt::write_npy(&array, &mut npy)
+            .map_err(|e| Error::other(format!("encoding .npy: {e}")))?;
+        clado::io::write_bytes(path, &npy)?;
+        out.write_all(lines.as_bytes()).map_err(|e| Error::io("<stdout>", e))?;
     }
     out.flush().map_err(|e| Error::io("<stdout>", e))?;
     Ok(())

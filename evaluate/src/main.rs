@@ -33,7 +33,8 @@ Examples:
   evaluate --fp --uniform w8a8 --uniform w4a8 --uniform w2a8
   evaluate --alloc a3.json --alloc a4.json --calib calib.json | jq .top1
   allocate --matrix G.npy --index index.json --avg-bits 4 | evaluate --alloc -
-  allocate --matrix G.npy --index index.json --sweep avg-bits=3:6:1 | evaluate --alloc -";
+  allocate --matrix G.npy --index index.json --sweep avg-bits=3:6:1 | evaluate --alloc -
+  evaluate --model m.onnx --data npy:X.npy,Y.npy --calib calib.json --alloc a.json --logits z.npy";
 
 #[derive(Parser)]
 #[command(name = "evaluate", version, about = "Accuracy, loss, KL, size and BOPs of quantized models", long_about = LONG_ABOUT)]
@@ -63,6 +64,11 @@ struct Cli {
     /// Seed of the calibration sample selection.
     #[arg(long, default_value_t = 0, value_name = "S")]
     calib_seed: u64,
+    /// Also write every configuration's logits to FILE (.npy, float32 `[C, N, K]`: the
+    /// configurations in output order, the samples in data order), e.g. to compare with another
+    /// runtime. Written before the metrics.
+    #[arg(long, value_name = "FILE")]
+    logits: Option<String>,
     /// No notes on stderr.
     #[arg(short, long)]
     quiet: bool,
@@ -103,6 +109,7 @@ fn main() -> std::process::ExitCode {
             &configs,
             &cli.alloc,
             &quant,
+            cli.logits.as_deref(),
             &mut stdout.lock(),
             cli.quiet,
         )

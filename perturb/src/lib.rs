@@ -272,7 +272,7 @@ pub fn run(
 
     let job = Job {
         version: FORMAT_VERSION,
-        arch: net.arch().to_string(),
+        arch: loaded.id.arch.clone(),
         weights_digest: loaded.id.digest.clone(),
         data: data.description.clone(),
         samples: ds.len(),

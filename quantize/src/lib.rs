@@ -99,6 +99,14 @@ pub fn apply(
     }
     let alloc = allocs.remove(0);
     let loaded = setup::load_model(model)?;
+    if loaded.net.is_graph() {
+        return Err(Error::usage(format!(
+            "{}: quantize apply writes checkpoints of the built-in ResNets; it cannot write ONNX \
+             models yet (evaluate --model {} --alloc FILE measures the allocation)",
+            loaded.describe(),
+            loaded.weights
+        )));
+    }
     let net = &loaded.net;
     let choice = setup::alloc_choice(&alloc, &alloc_name, &loaded)?;
     let mut used: Vec<QuantOption> = choice.clone();

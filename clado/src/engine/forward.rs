@@ -7,10 +7,12 @@
 //! effect on the result.
 
 use super::fake_quant::ActQuant;
+use super::graph_net::GraphNet;
 use super::kernels::{self, Epilogue, MapShape};
 use super::metrics::Logits;
 use super::network::{Geometry, Layout, Network, Op, Role};
 use super::plan::Plan;
+use crate::graph::SampleValues;
 use crate::{Error, Result};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -93,6 +95,8 @@ enum StateData {
         shortcut: Option<Arc<Vec<f32>>>,
     },
     Vector(Arc<Vec<f32>>),
+    /// A graph network's live values, per sample.
+    Samples(Arc<Vec<SampleValues>>),
 }
 
 impl State {
@@ -121,6 +125,7 @@ impl State {
         let floats = match &self.data {
             StateData::Images(v) | StateData::Vector(v) => v.len(),
             StateData::Maps { main, shortcut } => main.len() + shortcut.as_ref().map_or(0, |s| s.len()),
+            StateData::Samples(s) => s.iter().map(SampleValues::floats).sum(),
         };
         floats * std::mem::size_of::<f32>()
     }
@@ -182,6 +187,17 @@ impl Network {
     /// The state before layer 0: the images (copied).
     pub fn input_state(&self, images: Images<'_>) -> Result<State> {
         let input = self.check_images(&images)?;
+        if let Some(g) = &self.graph {
+            // Nodes before the first layer (e.g. a normalisation) run here, in FP.
+            let samples = self.graph_start(g, images.data(), 0, &Plan::fp(self), Parallelism::Rayon);
+            return Ok(State {
+                network: self.id,
+                position: 0,
+                input,
+                batch: images.batch(),
+                data: StateData::Samples(Arc::new(samples)),
+            });
+        }
         Ok(State {
             network: self.id,
             position: 0,
@@ -195,6 +211,11 @@ impl Network {
     pub fn forward(&self, images: Images<'_>, plan: &Plan, par: Parallelism) -> Result<Logits> {
         let input = self.check_images(&images)?;
         let l = self.layers().len();
+        if let Some(g) = &self.graph {
+            self.check_plan(plan)?;
+            let samples = self.graph_start(g, images.data(), l, plan, par);
+            return Ok(self.graph_logits(g, &samples));
+        }
         let data = self.execute(Source::Images(images.data()), 0, l, images.batch(), input, plan, par)?;
         match data {
             StateData::Vector(v) => Ok(Logits::from_vec(unwrap_arc(v), images.batch(), self.classes())),
@@ -220,10 +241,29 @@ impl Network {
         if to == state.position {
             return Ok(state.clone());
         }
+        if let Some(g) = &self.graph {
+            self.check_plan(plan)?;
+            let samples = match &state.data {
+                StateData::Samples(s) => self.graph_advance(g, s, to, plan, par),
+                StateData::Images(v) => self.graph_start(g, v, to, plan, par),
+                _ => unreachable!("graph states hold samples"),
+            };
+            let data = if to == l {
+                StateData::Vector(Arc::new(self.graph_logits(g, &samples).into_vec()))
+            } else {
+                StateData::Samples(Arc::new(samples))
+            };
+            return Ok(State {
+                position: to,
+                data,
+                ..state.clone()
+            });
+        }
         let source = match &state.data {
             StateData::Images(v) => Source::Images(v),
             StateData::Maps { main, shortcut } => Source::Maps(main, shortcut.as_deref().map(|s| &s[..])),
             StateData::Vector(v) => Source::Vector(v),
+            StateData::Samples(_) => unreachable!("only graph networks make sample states"),
         };
         let data = self.execute(source, state.position, to, state.batch, state.input, plan, par)?;
         Ok(State {
@@ -270,6 +310,12 @@ impl Network {
             return Err(Error::other("state was computed by another network"));
         }
         out.clear();
+        if let (Some(g), StateData::Samples(s)) = (&self.graph, &state.data) {
+            if state.position < self.layers().len() {
+                self.graph_layer_input(g, s, state.position, out);
+            }
+            return Ok(());
+        }
         let geo = self.geometry(state.input[1], state.input[2])?;
         match (&state.data, geo.layouts[state.position]) {
             (StateData::Images(v) | StateData::Vector(v), _) => out.extend_from_slice(v),
@@ -288,6 +334,26 @@ impl Network {
         Ok(())
     }
 
+    fn check_plan(&self, plan: &Plan) -> Result<()> {
+        if plan.network() != self.id || plan.len() != self.layers().len() {
+            return Err(Error::other("the plan was made for another network"));
+        }
+        Ok(())
+    }
+
+    /// Images of `h×w` pixels for a graph network: exactly its input size.
+    pub(crate) fn check_size(&self, g: &GraphNet, h: usize, w: usize) -> Result<()> {
+        if [h, w] != [g.input[1], g.input[2]] {
+            return Err(Error::other(format!(
+                "images of {h}×{w} pixels, but {} takes {}×{}",
+                self.arch(),
+                g.input[1],
+                g.input[2]
+            )));
+        }
+        Ok(())
+    }
+
     fn check_images(&self, images: &Images<'_>) -> Result<[usize; 3]> {
         let [_, c, h, w] = images.shape();
         if c != self.in_channels() {
@@ -297,7 +363,12 @@ impl Network {
                 self.in_channels()
             )));
         }
-        self.geometry(h, w)?;
+        match &self.graph {
+            Some(g) => self.check_size(g, h, w)?,
+            None => {
+                self.geometry(h, w)?;
+            }
+        }
         Ok([c, h, w])
     }
 

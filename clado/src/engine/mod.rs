@@ -66,6 +66,7 @@
 
 mod fake_quant;
 mod forward;
+mod graph_net;
 mod kernels;
 mod metrics;
 mod network;

@@ -155,6 +155,8 @@ pub struct Network {
     layers: Vec<Layer>,
     pub(crate) ops: Vec<Op>,
     pub(crate) isa: Isa,
+    /// For a network read from a graph file: the graph and its executor (`ops` is then empty).
+    pub(crate) graph: Option<super::graph_net::GraphNet>,
 }
 
 impl std::fmt::Debug for Network {
@@ -311,6 +313,7 @@ impl Network {
             layers,
             ops,
             isa: Isa::detect(),
+            graph: None,
         };
         let geometry = net.geometry(INPUT_SIZE, INPUT_SIZE)?;
         for (layer, conv) in net.layers.iter_mut().zip(&geometry.convs) {
@@ -321,7 +324,38 @@ impl Network {
         Ok(net)
     }
 
-    /// Architecture name, e.g. `resnet20`.
+    /// A network over a graph (see `graph_net`).
+    pub(crate) fn with_graph(
+        name: &str,
+        in_channels: usize,
+        classes: usize,
+        layers: Vec<Layer>,
+        graph: super::graph_net::GraphNet,
+    ) -> Network {
+        Network {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            arch: name.to_string(),
+            in_channels,
+            classes,
+            layers,
+            ops: Vec::new(),
+            isa: Isa::detect(),
+            graph: Some(graph),
+        }
+    }
+
+    /// Whether the network runs a graph read from a file (rather than a built-in architecture).
+    pub fn is_graph(&self) -> bool {
+        self.graph.is_some()
+    }
+
+    /// `[C, H, W]` of the images a graph network takes (`None` for the CIFAR ResNets, which
+    /// take any size from 8×8).
+    pub fn input_shape(&self) -> Option<[usize; 3]> {
+        self.graph.as_ref().map(|g| g.input)
+    }
+
+    /// Architecture name, e.g. `resnet20`; for a graph, the name it was loaded with.
     pub fn arch(&self) -> &str {
         &self.arch
     }
@@ -348,6 +382,9 @@ impl Network {
 
     /// The FP weights of layer `i` in PyTorch layout (what a weight quantizer reads).
     pub fn weights(&self, i: usize) -> &[f32] {
+        if let Some(g) = &self.graph {
+            return self.graph_weights(g, i);
+        }
         match &self.ops[i] {
             Op::Conv(c) => &c.weight,
             Op::Fc(f) => &f.weight,
@@ -357,6 +394,10 @@ impl Network {
     /// Floats that one image's state holds before each position 0..=L (the main map and the
     /// kept shortcut, padded as stored), for inputs of `h×w` pixels: what keeping a state costs.
     pub fn state_floats_per_image(&self, h: usize, w: usize) -> Result<Vec<usize>> {
+        if let Some(g) = &self.graph {
+            self.check_size(g, h, w)?;
+            return Ok(g.floats.clone());
+        }
         let geo = self.geometry(h, w)?;
         Ok(geo
             .layouts
@@ -388,6 +429,14 @@ impl Network {
                 info.params,
                 info.weight_shape
             )));
+        }
+        if let Some(g) = &self.graph {
+            return Ok(super::graph_net::prepared(
+                self,
+                layer,
+                bits,
+                Self::graph_prepare(g, layer, weights),
+            ));
         }
         let packed = match &self.ops[layer] {
             Op::Conv(c) => {

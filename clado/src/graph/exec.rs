@@ -78,9 +78,52 @@ struct ConvStep {
     output: [usize; 3],
 }
 
+/// What a run needs of a quantization plan: for each quantizable layer (by index in
+/// [`Graph::layers`]), the weights to use instead of the FP ones (in the file's layout) and the
+/// quantizer of its input. `[LayerQuant]` is one; the engine's `Plan` is another.
+pub trait QuantPlan: Sync {
+    fn weights(&self, layer: usize) -> Option<&[f32]>;
+    fn input(&self, layer: usize) -> Option<&ActQuantizer>;
+}
+
+impl QuantPlan for [LayerQuant] {
+    fn weights(&self, layer: usize) -> Option<&[f32]> {
+        self.get(layer).and_then(|q| q.weights.as_deref()).map(Vec::as_slice)
+    }
+    fn input(&self, layer: usize) -> Option<&ActQuantizer> {
+        self.get(layer).and_then(|q| q.input.as_ref())
+    }
+}
+
+/// The values of one sample that are live at some point of the node order, indexed by value id
+/// (see [`Executor::start`]). Cloning shares the buffers.
+#[derive(Clone, Debug)]
+pub struct SampleValues {
+    vals: Vec<Option<Arc<Vec<f32>>>>,
+    /// The index of the next node to run.
+    next: usize,
+}
+
+impl SampleValues {
+    /// The index of the next node to run.
+    pub fn next_node(&self) -> usize {
+        self.next
+    }
+
+    /// Value `v`, if it is live.
+    pub fn get(&self, v: ValueId) -> Option<&[f32]> {
+        self.vals[v].as_deref().map(Vec::as_slice)
+    }
+
+    /// Floats held by the live values.
+    pub fn floats(&self) -> usize {
+        self.vals.iter().flatten().map(|v| v.len()).sum()
+    }
+}
+
 /// Runs a [`Graph`] (see the module docs).
-pub struct Executor<'g> {
-    graph: &'g Graph,
+pub struct Executor {
+    graph: Arc<Graph>,
     steps: Vec<Step>,
     last_uses: Vec<Vec<ValueId>>,
     /// For each node, its index in [`Graph::layers`] if it is a quantizable layer.
@@ -91,8 +134,9 @@ pub struct Executor<'g> {
     in_place: Vec<bool>,
 }
 
-impl<'g> Executor<'g> {
-    pub fn new(graph: &'g Graph) -> Result<Executor<'g>> {
+impl Executor {
+    /// Prepares `graph` for running (it keeps a copy; constants are shared, not copied).
+    pub fn new(graph: &Graph) -> Result<Executor> {
         let constant = |v: ValueId| -> Result<Vec<f32>> {
             let t = graph.constant(v).expect("checked at load: a constant");
             t.as_f32().map(|d| d.to_vec()).ok_or_else(|| {
@@ -190,7 +234,7 @@ impl<'g> Executor<'g> {
             })
             .collect();
         Ok(Executor {
-            graph,
+            graph: Arc::new(graph.clone()),
             steps,
             last_uses,
             layer_of,
@@ -216,7 +260,7 @@ impl<'g> Executor<'g> {
     }
 
     pub fn graph(&self) -> &Graph {
-        self.graph
+        &self.graph
     }
 
     /// Runs a batch: `input` holds `batch` samples of [`Graph::input_shape`]; returns each
@@ -284,36 +328,58 @@ impl<'g> Executor<'g> {
 
     /// One sample through every node: the graph's outputs.
     fn run_sample(&self, x: &[f32], plan: &[LayerQuant]) -> Vec<Vec<f32>> {
-        let g = self.graph;
-        let mut vals: Vec<Option<Vec<f32>>> = vec![None; g.values.len()];
-        vals[g.input] = Some(x.to_vec());
-        for (i, node) in g.nodes.iter().enumerate() {
-            let quant = self.layer_of[i].and_then(|l| plan.get(l));
-            let outs = if self.in_place[i] {
+        let mut s = self.start(x);
+        self.advance(&mut s, self.graph.nodes.len(), plan);
+        self.graph
+            .outputs
+            .iter()
+            .map(|&o| s.get(o).expect("outputs are computed").to_vec())
+            .collect()
+    }
+
+    /// The state of one sample before the first node: its input `x` (one sample of
+    /// [`Graph::input_shape`]; the caller checks the length).
+    pub fn start(&self, x: &[f32]) -> SampleValues {
+        let mut vals = vec![None; self.graph.values.len()];
+        vals[self.graph.input] = Some(Arc::new(x.to_vec()));
+        SampleValues { vals, next: 0 }
+    }
+
+    /// Runs the nodes from `s`'s next node up to (not including) node `to`, quantizable layers
+    /// as `plan` says. Values are freed after their last reader, so `s` then holds exactly what
+    /// is live before node `to`. Resuming a clone of a state is bitwise the same as running
+    /// through: the same steps on the same values (a shared buffer that an element-wise node
+    /// would overwrite is copied first).
+    pub fn advance(&self, s: &mut SampleValues, to: usize, plan: &(impl QuantPlan + ?Sized)) {
+        let g = &*self.graph;
+        assert!(s.next <= to && to <= g.nodes.len(), "runs go forward within the graph");
+        let vals = &mut s.vals;
+        for i in s.next..to {
+            let node = &g.nodes[i];
+            let quant = self.layer_of[i].map(|l| (plan.weights(l), plan.input(l)));
+            let outs = if self.in_place[i] && quant.is_none() {
                 // The node is its input's last reader: it works on that buffer.
                 let x = vals[node.inputs[0]]
                     .take()
                     .expect("inputs are computed before their readers");
-                vec![self.run_in_place(i, x, &vals)]
+                let x = Arc::try_unwrap(x).unwrap_or_else(|shared| (*shared).clone());
+                vec![self.run_in_place(i, x, vals)]
             } else {
-                self.run_node(i, &vals, quant)
+                self.run_node(i, vals, quant)
             };
             for (&o, v) in node.outputs.iter().zip(outs) {
-                vals[o] = Some(v);
+                vals[o] = Some(Arc::new(v));
             }
             for &v in &self.last_uses[i] {
                 vals[v] = None;
             }
         }
-        g.outputs
-            .iter()
-            .map(|&o| vals[o].clone().expect("outputs are computed"))
-            .collect()
+        s.next = to;
     }
 
     /// Element-wise nodes, on their first input's buffer (see `in_place`).
-    fn run_in_place(&self, i: usize, mut x: Vec<f32>, vals: &[Option<Vec<f32>>]) -> Vec<f32> {
-        let g = self.graph;
+    fn run_in_place(&self, i: usize, mut x: Vec<f32>, vals: &[Option<Arc<Vec<f32>>>]) -> Vec<f32> {
+        let g = &*self.graph;
         let node = &g.nodes[i];
         match (&self.steps[i], &node.op) {
             (Step::BatchNorm { scale, shift }, _) => ops::channel_affine(&mut x, scale.len(), scale, shift),
@@ -326,7 +392,10 @@ impl<'g> Executor<'g> {
                 let v = node.inputs[1];
                 let y = match &g.values[v].constant {
                     Some(t) => t.as_f32().expect("float constant"),
-                    None => vals[v].as_deref().expect("inputs are computed before their readers"),
+                    None => vals[v]
+                        .as_deref()
+                        .map(Vec::as_slice)
+                        .expect("inputs are computed before their readers"),
                 };
                 ops::binary_in_place(*b, &mut x, y);
             }
@@ -335,16 +404,24 @@ impl<'g> Executor<'g> {
         x
     }
 
-    fn run_node(&self, i: usize, vals: &[Option<Vec<f32>>], quant: Option<&LayerQuant>) -> Vec<Vec<f32>> {
-        let g = self.graph;
+    fn run_node(
+        &self,
+        i: usize,
+        vals: &[Option<Arc<Vec<f32>>>],
+        quant: Option<(Option<&[f32]>, Option<&ActQuantizer>)>,
+    ) -> Vec<Vec<f32>> {
+        let g = &*self.graph;
         let node = &g.nodes[i];
         // A quantized layer's input: a quantized copy, seen by this node only.
-        let quantized_input: Option<Vec<f32>> = quant.and_then(|q| q.input.as_ref()).map(|q| {
-            let mut x = vals[node.inputs[0]].clone().expect("a layer's input is computed");
+        let quantized_input: Option<Vec<f32>> = quant.and_then(|(_, q)| q).map(|q| {
+            let mut x = vals[node.inputs[0]]
+                .as_deref()
+                .expect("a layer's input is computed")
+                .clone();
             q.quantize_in_place(&mut x);
             x
         });
-        let weights = quant.and_then(|q| q.weights.as_deref()).map(|w| w.as_slice());
+        let weights = quant.and_then(|(w, _)| w);
         let input = |k: usize| -> &[f32] {
             let v = node.inputs[k];
             if k == 0 {
@@ -354,7 +431,10 @@ impl<'g> Executor<'g> {
             }
             match &g.values[v].constant {
                 Some(t) => t.as_f32().expect("float constant"),
-                None => vals[v].as_deref().expect("inputs are computed before their readers"),
+                None => vals[v]
+                    .as_deref()
+                    .map(Vec::as_slice)
+                    .expect("inputs are computed before their readers"),
             }
         };
         let shape = |k: usize| g.values[node.inputs[k]].shape.as_slice();

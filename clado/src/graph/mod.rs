@@ -39,7 +39,7 @@ mod exec;
 mod tests;
 
 #[cfg(feature = "nn")]
-pub use exec::{Executor, LayerQuant};
+pub use exec::{Executor, LayerQuant, QuantPlan, SampleValues};
 pub use ops::{Binary, ConvAttrs, GemmAttrs, Op, PoolAttrs, SliceAxis, Unary};
 pub use tensor::{Data, Tensor};
 
@@ -223,6 +223,11 @@ impl Graph {
         }
         out
     }
+}
+
+/// The `[rows, cols]` row-major matrix `data` transposed.
+pub(crate) fn transpose_2d(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    ops::transpose(data, &[rows, cols], &[1, 0])
 }
 
 /// Shape as messages show it: `[N, 64, 56, 56]` for a runtime value.
