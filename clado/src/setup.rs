@@ -19,7 +19,7 @@ pub const DEFAULT_DATA: &str = "fashion-mnist:/usr/share/datasets/fashion-mnist"
 /// Flags naming the model.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// A network as an ONNX file (opset 13–21, e.g. from `torch.onnx.export`; an external data
+    /// A network as an ONNX file (opset 11–23, e.g. from `torch.onnx.export`; an external data
     /// file `FILE.onnx.data` beside it is read too). Its quantizable layers are every Conv and
     /// every Gemm/MatMul with a constant weight, named after the PyTorch module. Instead of
     /// `--arch`/`--weights`.
