@@ -705,3 +705,73 @@ fn precisions_come_from_calibration_entries() {
     assert!(e.unwrap_err().to_string().contains("given for layer 'layer1.2.conv1'"));
     assert!(cache.layer_precision(&net, 4, QuantOption::FP, &calib).unwrap().is_fp());
 }
+
+/// A graph network (every ONNX fixture): each resumable state holds exactly the floats
+/// `state_floats_per_image` says; running on from the FP state before layer i with layers i and
+/// a later one quantized is bitwise the full forward with the same plan; the calibration pass
+/// shows each layer the input the executor gives it.
+#[test]
+fn graph_networks_resume_bitwise_and_account_their_states() {
+    for path in crate::graph::tests::fixtures() {
+        let graph = crate::graph::Graph::from_onnx(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let net = Network::from_graph(&graph, &name).unwrap();
+        let [c, h, w] = net.input_shape().unwrap();
+        let n = 2;
+        let x = random_images(n, c, h, w, 5);
+        let images = Images::new(&x, [n, c, h, w]).unwrap();
+        let floats = net.state_floats_per_image(h, w).unwrap();
+        let layers = net.layers().len();
+        assert_eq!(floats.len(), layers + 1, "{name}");
+        let fp = Plan::fp(&net);
+        let mut state = net.input_state(images).unwrap();
+        let mut states = Vec::new();
+        for p in 0..layers {
+            assert_eq!(state.bytes(), n * floats[p] * 4, "{name}: position {p}");
+            states.push(state.clone());
+            state = net.run(&state, p + 1, &fp, Parallelism::Rayon).unwrap();
+        }
+        assert_eq!(
+            bits_of(state.logits(&net).unwrap().data()),
+            bits_of(net.forward(images, &fp, Parallelism::None).unwrap().data()),
+            "{name}: chained FP runs"
+        );
+        // Quantize two layers (weights and input), resume from before the first.
+        for &(i, j) in &[(0, layers - 1), (layers / 3, layers / 2)] {
+            let mut plan = fp.clone();
+            for l in [i, j] {
+                let scales = minmax_scales(&net, l, 4);
+                let q = LayerPrecision {
+                    weights: Some(net.quantized_weights(l, 4, &scales).unwrap()),
+                    input: Some(ActQuant::new(4, -1.5, 2.5).unwrap()),
+                };
+                plan.set(l, q).unwrap();
+            }
+            let full = net.forward(images, &plan, Parallelism::Rayon).unwrap();
+            let resumed = net.run_to_logits(&states[i], &plan, Parallelism::None).unwrap();
+            assert_eq!(
+                bits_of(full.data()),
+                bits_of(resumed.data()),
+                "{name}: layers {i} and {j}"
+            );
+            assert_ne!(
+                bits_of(full.data()),
+                bits_of(net.forward(images, &fp, Parallelism::None).unwrap().data())
+            );
+        }
+        let mut seen = Vec::new();
+        let logits = net
+            .calibrate(images, Parallelism::Rayon, |l, v| seen.push((l, v.len())))
+            .unwrap();
+        assert_eq!(
+            bits_of(logits.data()),
+            bits_of(net.forward(images, &fp, Parallelism::Rayon).unwrap().data())
+        );
+        assert_eq!(seen.len(), layers, "{name}");
+        for (l, len) in seen {
+            let node = &graph.nodes()[graph.layers()[l].node];
+            let per: usize = graph.values()[node.inputs[0]].shape.iter().product();
+            assert_eq!(len, n * per, "{name}: layer {l}'s input");
+        }
+    }
+}

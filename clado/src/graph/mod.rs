@@ -36,7 +36,7 @@ mod tensor;
 #[cfg(feature = "nn")]
 mod exec;
 #[cfg(all(test, feature = "nn"))]
-mod tests;
+pub(crate) mod tests;
 
 #[cfg(feature = "nn")]
 pub use exec::{Executor, LayerQuant, QuantPlan, SampleValues};
