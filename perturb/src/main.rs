@@ -23,6 +23,14 @@ option per layer.
 d is measured on calibration samples (default: 256 from the training split), relative to the FP
 model. Without --calib the quantizers are calibrated on the same samples.
 
+index.json says what G is: the model (architecture and weights digest), the digest of the
+quantizer parameters, the matrix written with it (`matrix`: rows and the digests of the G.npy
+and G.se.npy bytes, which `allocate` checks), the layers (name, kind, params, MACs), the
+options, the variables in matrix order, the metric, the samples and the FP reference. It is
+written completely before G goes to stdout. The model is `--arch/--weights` (a CIFAR ResNet
+checkpoint) or `--model FILE.onnx` (any ONNX classifier; its layers are its Convs and constant-
+weight Gemm/MatMuls, named after the PyTorch modules).
+
 G.npy, the --se file and index.json (but for its diagnostics.seconds) have the same bytes
 whatever --batch-size, the thread count (RAYON_NUM_THREADS), the --shard split or the
 interruptions resumed: every sample gets the same bits in any batch, units keep exact sums of
