@@ -31,6 +31,7 @@
 
 mod onnx;
 mod ops;
+mod qdq;
 mod tensor;
 
 #[cfg(feature = "nn")]
@@ -41,6 +42,7 @@ mod tests;
 #[cfg(feature = "nn")]
 pub use exec::{Executor, LayerQuant, QuantPlan, SampleValues};
 pub use ops::{Binary, ConvAttrs, GemmAttrs, Op, PoolAttrs, SliceAxis, Unary};
+pub use qdq::{QdqInput, QdqLayer, QdqSummary, QdqWeight, INT4_OPSET, QDQ_MIN_OPSET};
 pub use tensor::{Data, Tensor};
 
 use crate::{Error, Result};

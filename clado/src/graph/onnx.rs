@@ -265,7 +265,7 @@ fn input_shape(input: &proto::ValueInfoProto) -> std::result::Result<Vec<usize>,
     Ok(shape)
 }
 
-fn type_name(t: i32) -> String {
+pub(super) fn type_name(t: i32) -> String {
     tensor_proto::DataType::try_from(t)
         .map(|d| d.as_str_name().to_string())
         .unwrap_or_else(|_| format!("#{t}"))
@@ -311,7 +311,7 @@ fn node_scope(node: &NodeProto) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 // Tensors and external data.
 
-struct ExternalData<'a> {
+pub(super) struct ExternalData<'a> {
     dir: Option<&'a Path>,
     model: &'a str,
     canonical_dir: Option<PathBuf>,
@@ -319,7 +319,7 @@ struct ExternalData<'a> {
 }
 
 impl<'a> ExternalData<'a> {
-    fn new(dir: Option<&'a Path>, model: &'a str) -> Self {
+    pub(super) fn new(dir: Option<&'a Path>, model: &'a str) -> Self {
         ExternalData {
             dir,
             model,
@@ -329,7 +329,7 @@ impl<'a> ExternalData<'a> {
     }
 
     /// Reads `len` bytes at `offset` of `location`, after the checks of the module docs.
-    fn read(
+    pub(super) fn read(
         &mut self,
         location: &str,
         offset: u64,
