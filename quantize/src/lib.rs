@@ -5,6 +5,7 @@ use clado::calib::{self, CalibSettings};
 use clado::checkpoint::{self, StateDict};
 use clado::data::Split;
 use clado::format::{ActRange, Alloc, Calib, ModelId};
+use clado::graph::{Graph, QdqInput, QdqLayer, QdqSummary, QdqWeight, INT4_OPSET};
 use clado::io::Input;
 use clado::options::QuantOption;
 use clado::quant::{self, ActQuantizer};
@@ -101,8 +102,8 @@ pub fn apply(
     let loaded = setup::load_model(model)?;
     if loaded.net.is_graph() {
         return Err(Error::usage(format!(
-            "{}: quantize apply writes checkpoints of the built-in ResNets; it cannot write ONNX \
-             models yet (evaluate --model {} --alloc FILE measures the allocation)",
+            "{}: quantize apply writes checkpoints of the built-in ResNets; an ONNX model is \
+             written quantized by `quantize export --model {} --alloc FILE --calib FILE -o FILE.qdq.onnx`",
             loaded.describe(),
             loaded.weights
         )));
@@ -207,6 +208,200 @@ pub fn apply(
         clado::io::write_bytes(path, &encoded)?;
     }
     Ok(())
+}
+
+/// `quantize export`: write the ONNX model `model` with the allocation applied as
+/// QuantizeLinear/DequantizeLinear pairs (see [`clado::graph::Graph::write_qdq`]), with the
+/// allocation, its budget fields and the model's identity in the metadata (key
+/// [`METADATA_KEY`]). Reports sizes on stderr unless `quiet`. Nothing is written on error.
+pub fn export(model: &ModelArgs, alloc_path: &str, calib_path: &str, output: &str, quiet: bool) -> Result<()> {
+    let Some(model_path) = model.model.as_deref() else {
+        let what = model
+            .weights
+            .as_deref()
+            .map_or("the built-in model".to_string(), |w| format!("--weights {w}"));
+        return Err(Error::usage(format!(
+            "{what}: quantize export writes ONNX models read with --model FILE.onnx; the checkpoint \
+             ResNets have no ONNX writer yet (quantize apply writes their quantized checkpoint)"
+        )));
+    };
+    if output == "-" {
+        return Err(Error::usage(
+            "-o -: quantize export writes a file, not stdout; name it, e.g. -o model.qdq.onnx",
+        ));
+    }
+    for (flag, input) in [
+        ("--model", model_path),
+        ("--alloc", alloc_path),
+        ("--calib", calib_path),
+    ] {
+        if same_file(output, input) {
+            return Err(Error::usage(format!(
+                "-o {output} is the {flag} file: write the quantized model elsewhere"
+            )));
+        }
+    }
+    let alloc_kind = clado::io::document_kind::<Alloc>();
+    let calib_kind = clado::io::document_kind::<Calib>();
+    let bytes = clado::io::read_inputs(&[
+        Input::new(alloc_path, &alloc_kind, "alloc.json"),
+        Input::new(calib_path, &calib_kind, "calib.json"),
+    ])?;
+    let alloc_name = clado::io::display_name(alloc_path, false);
+    let mut allocs: Vec<Alloc> = clado::io::json_documents_from_bytes(&alloc_name, &bytes[0])?;
+    if allocs.len() > 1 {
+        return Err(Error::input(
+            &alloc_name,
+            format!(
+                "holds {} allocations, but quantize export writes one model: pick one, e.g. the \
+                 third line with `sed -n 3p FILE | quantize export --alloc - ...`",
+                allocs.len()
+            ),
+        ));
+    }
+    let alloc = allocs.remove(0);
+    let calib_name = clado::io::display_name(calib_path, false);
+    let calib = clado::io::json_from_bytes::<Calib>(&calib_name, &bytes[1])?;
+    let loaded = setup::load_model(model)?;
+    let choice = setup::alloc_choice(&alloc, &alloc_name, &loaded)?;
+    let mut used: Vec<QuantOption> = choice.clone();
+    used.sort();
+    used.dedup();
+    used.retain(|o| *o != QuantOption::FP);
+    calib::check_calib(&calib, &calib_name, &loaded, &used)?;
+    let graph = Graph::from_onnx(model_path)?;
+    let names: Vec<&str> = graph.layers().iter().map(|l| l.name.as_str()).collect();
+    let net_names: Vec<&str> = loaded.net.layers().iter().map(|l| l.name.as_str()).collect();
+    if names != net_names {
+        return Err(Error::other(format!(
+            "{model_path}: the graph's layers differ from the network's ({} against {})",
+            names.len(),
+            net_names.len()
+        )));
+    }
+    let mut layers = Vec::new();
+    let mut activations: BTreeMap<String, ExportedActivation> = BTreeMap::new();
+    for (i, (layer, o)) in graph.layers().iter().zip(&choice).enumerate() {
+        let lc = &calib.layers[i];
+        let weight = o.w_bits.map(|b| {
+            let scales = lc.weight_scales[&b.to_string()].clone();
+            let (w, shape) = graph.layer_weight_by_channel(i);
+            let mut codes = quant::weight_codes(&w, layer.out_channels, b, &scales);
+            if layer.channel_dim == 1 {
+                // Back to the stored [in, out] layout.
+                let (rows, cols) = (shape[0], shape[1]);
+                codes = (0..cols * rows).map(|k| codes[(k % rows) * cols + k / rows]).collect();
+            }
+            QdqWeight { bits: b, codes, scales }
+        });
+        let input = o.a_bits.map(|b| {
+            let range: ActRange = lc.act_ranges[&b.to_string()];
+            let q = ActQuantizer::from_range(b, range);
+            activations.insert(
+                layer.name.clone(),
+                ExportedActivation {
+                    bits: b,
+                    lo: range.lo + 0.0,
+                    hi: range.hi + 0.0,
+                    scale: q.scale + 0.0,
+                    zero_point: q.zero_point + 0.0,
+                },
+            );
+            QdqInput {
+                bits: b,
+                scale: q.scale,
+                zero_point: q.zero_point as u8,
+            }
+        });
+        layers.push(QdqLayer {
+            layer: i,
+            weight,
+            input,
+        });
+    }
+    let metadata = ExportMetadata {
+        model: &loaded.id,
+        allocation: graph
+            .layers()
+            .iter()
+            .zip(&choice)
+            .map(|(l, o)| (l.name.as_str(), o.to_string()))
+            .collect(),
+        budget: &alloc.budget,
+        size_bits: alloc.size_bits,
+        avg_w_bits: alloc.avg_w_bits,
+        bops: alloc.bops,
+        predicted_delta: alloc.predicted_delta,
+        input_quantizers: activations,
+    };
+    let meta = vec![(METADATA_KEY.to_string(), json(&metadata)?)];
+    let summary = graph.write_qdq(std::path::Path::new(model_path), &layers, &meta, output)?;
+    if !quiet {
+        eprintln!("{}", export_report(output, &summary, &choice, alloc.size_bits));
+    }
+    Ok(())
+}
+
+/// The export's report: the file, its opset, the layers' weight bytes against the budget's
+/// prediction, and where 4-/2-bit codes are stored.
+pub fn export_report(output: &str, s: &QdqSummary, choice: &[QuantOption], size_bits: u64) -> String {
+    let quantized = choice
+        .iter()
+        .filter(|o| o.w_bits.is_some() || o.a_bits.is_some())
+        .count();
+    let small = choice.iter().any(|o| o.w_bits.is_some_and(|b| b < 8));
+    let opset = if s.opset == s.source_opset {
+        format!("opset {}", s.opset)
+    } else {
+        format!("opset {}, raised from {}", s.opset, s.source_opset)
+    };
+    let containers = match (small, s.int4) {
+        (false, _) => String::new(),
+        (true, true) => "; 4- and 2-bit weight codes packed two per byte (int4)".into(),
+        (true, false) => format!(
+            "; 4- and 2-bit weight codes sit in int8 containers (int4 needs opset {INT4_OPSET}; \
+             opset {} is not raised)",
+            s.source_opset
+        ),
+    };
+    format!(
+        "quantize: wrote {output} ({} bytes, {opset}): {quantized} of {} layers quantized; layer weights \
+         {} bytes in the file (+ {} bytes of weight scales and zero points), the allocation's size_bits \
+         predicts {} bytes{containers}",
+        s.file_bytes,
+        choice.len(),
+        s.layer_weight_bytes,
+        s.scale_bytes,
+        size_bits.div_ceil(8)
+    )
+}
+
+/// Whether `output` names the existing file `input` (after links); stdin is no file.
+fn same_file(output: &str, input: &str) -> bool {
+    if input == "-" {
+        return false;
+    }
+    match (std::fs::canonicalize(output), std::fs::canonicalize(input)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// What an exported ONNX model records about how it was made (metadata key [`METADATA_KEY`]).
+#[derive(Serialize)]
+pub struct ExportMetadata<'a> {
+    /// The model the allocation was made for (`arch` onnx and the digest of the source).
+    pub model: &'a ModelId,
+    /// Layer name → option, in name order.
+    pub allocation: BTreeMap<&'a str, String>,
+    /// alloc.json's budget fields.
+    pub budget: &'a str,
+    pub size_bits: u64,
+    pub avg_w_bits: f64,
+    pub bops: u64,
+    pub predicted_delta: f64,
+    /// Layer name → input quantizer, for layers with quantized activations.
+    pub input_quantizers: BTreeMap<String, ExportedActivation>,
 }
 
 /// The `__metadata__` key of the checkpoints `apply` writes; its value is [`AppliedMetadata`] as

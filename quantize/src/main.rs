@@ -35,6 +35,48 @@ Examples:
   perturb --calib calib.json --options w2a8,w4a8,w8a8 -o G.npy --index index.json
   quantize apply --alloc alloc.json --calib calib.json -o r20-mixed.safetensors --export-int r20-int.safetensors";
 
+const EXPORT_ABOUT: &str = "\
+Write an ONNX model (--model FILE.onnx) quantized as an allocation says, in the QDQ form that
+onnxruntime, TensorRT and OpenVINO read as a quantized model. The source file is copied as it
+is, and for every layer the allocation quantizes:
+
+  weights  integer codes (an initializer NAME.weight_quantized) with one scale per output
+           channel (zero point 0) and a DequantizeLinear (axis: the weight's output channel,
+           0 for Conv and Gemm transB=1, 1 for MatMul and Gemm transB=0). 8-bit codes are int8;
+           4- and 2-bit codes are int4, two per byte, when the model's opset is 18 or newer
+           (opset 18-20 is raised to 21, which brings int4 and changes none of the operators
+           the tools read); older opsets (13-17) keep their opset and store the codes in int8.
+  input    QuantizeLinear -> DequantizeLinear (uint8, per tensor, the calibrated scale and zero
+           point), seen by this layer only; below 8 bits a Clip of the dequantized value to
+           [-zp*s, (n-zp)*s] follows, which keeps the codes in 0..2^bits-1.
+  bias     an Add after the layer, so that it stays float (onnxruntime would otherwise round
+           the bias of a Conv/Gemm with quantized inputs to int32 codes).
+
+Layers at `fp` stay as they were. The result computes what `evaluate --alloc` simulates (same
+rounding: half to even), and the tests check onnxruntime's logits of exported files against
+`evaluate --logits` within 1e-4 of the largest logit. Weights are written inside the file
+(external data of the source is read in; protobuf caps one file at 2 GiB, larger models are
+refused). The metadata (metadata_props, key `clado`, a JSON object) records the model (arch
+and the source's digest), the allocation, alloc.json's budget fields (budget, size_bits,
+avg_w_bits, bops, predicted_delta) and each layer's input quantizer.
+
+On stderr (unless -q): the file's size and opset, the quantizable layers' weight bytes in the
+file next to the allocation's size_bits, and whether 4-/2-bit codes are packed as int4 or sit
+in int8 containers.
+
+Refused with exit 2 and nothing written: an allocation or calib.json of another model, a
+calib.json without the bit widths or layers the allocation uses, a model below opset 13 (no
+per-channel DequantizeLinear), -o naming an input or stdout. The checkpoint ResNets
+(--arch/--weights) have no ONNX writer yet: quantize apply writes their quantized checkpoint.
+
+What runs as integer arithmetic: onnxruntime's CPU provider fuses DequantizeLinear -> Conv ->
+QuantizeLinear into an integer QLinearConv, but these files quantize each layer's input and
+weight, not its output, so onnxruntime dequantizes and computes the convolutions in float;
+the file stores the low-bit codes (see the README, Deploying).
+
+Example:
+  quantize export --model resnet18.onnx --alloc alloc.json --calib calib.json -o resnet18.qdq.onnx";
+
 #[derive(Parser)]
 #[command(name = "quantize", version, about = "Calibrate quantizers (calib.json) and apply allocations", long_about = LONG_ABOUT)]
 struct Cli {
@@ -57,6 +99,23 @@ enum Command {
         calib: CalibArgs,
         /// calib.json to write (`-` for stdout).
         #[arg(short = 'o', long = "output", value_name = "FILE", default_value = "-")]
+        output: String,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Write an ONNX model quantized as an allocation says (QuantizeLinear/DequantizeLinear).
+    #[command(long_about = EXPORT_ABOUT)]
+    Export {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The allocation (alloc.json from allocate, made for this model; `-` for stdin).
+        #[arg(long, value_name = "FILE")]
+        alloc: String,
+        /// Quantizer parameters of this model (calib.json from quantize calibrate; `-` for stdin).
+        #[arg(long, value_name = "FILE")]
+        calib: String,
+        /// The quantized ONNX model to write (e.g. model.qdq.onnx); not one of the inputs.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: String,
         #[arg(short, long)]
         quiet: bool,
@@ -101,6 +160,13 @@ fn main() -> std::process::ExitCode {
             data.samples.get_or_insert(256);
             quantize::calibrate(&model, &data, &w, &a, calib.settings()?, &output, quiet)
         }
+        Command::Export {
+            model,
+            alloc,
+            calib,
+            output,
+            quiet,
+        } => quantize::export(&model, &alloc, &calib, &output, quiet),
         Command::Apply {
             model,
             alloc,

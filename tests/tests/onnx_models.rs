@@ -386,7 +386,7 @@ fn onnx_models_are_refused_where_they_do_not_fit() {
     )
     .code(2);
     assert!(err.contains("calib.json") && err.contains("another model"), "{err}");
-    // quantize apply cannot write ONNX yet, and says what to do instead.
+    // quantize apply writes checkpoints only, and points to quantize export.
     let calib = std::fs::read(d.join("calib.json")).unwrap();
     let c: serde_json::Value = serde_json::from_slice(&calib).unwrap();
     std::fs::write(d.join("alloc.json"), serde_json::to_vec(&mixed_allocation(&c)).unwrap()).unwrap();
@@ -407,6 +407,6 @@ fn onnx_models_are_refused_where_they_do_not_fit() {
         Some(d),
     )
     .code(2);
-    assert!(err.contains("evaluate --model"), "{err}");
+    assert!(err.contains("quantize export --model"), "{err}");
     assert!(!d.join("q.safetensors").exists());
 }

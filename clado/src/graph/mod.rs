@@ -31,6 +31,7 @@
 
 mod onnx;
 mod ops;
+mod qdq;
 mod tensor;
 
 #[cfg(feature = "nn")]
@@ -41,6 +42,7 @@ pub(crate) mod tests;
 #[cfg(feature = "nn")]
 pub use exec::{Executor, LayerQuant, QuantPlan, SampleValues};
 pub use ops::{Binary, ConvAttrs, GemmAttrs, Op, PoolAttrs, SliceAxis, Unary};
+pub use qdq::{QdqInput, QdqLayer, QdqSummary, QdqWeight, INT4_OPSET, QDQ_MIN_OPSET};
 pub use tensor::{Data, Tensor};
 
 use crate::{Error, Result};
@@ -442,7 +444,13 @@ fn find_layers(graph: &Graph) -> Vec<Layer> {
 /// `features.3.conv.1.weight` → `features.3.conv.1`; names the exporter made up
 /// (`onnx::Conv_123`, `val_5`, …) give nothing.
 fn module_name(initializer: &str) -> Option<String> {
-    let module = initializer.strip_suffix(".weight")?;
+    // A weight of a QDQ file, folded from its DequantizeLinear: `quantize export`'s
+    // `conv1.weight_dequantized`, onnxruntime's `conv1.weight_DequantizeLinear_Output`.
+    let weight = ["_dequantized", "_DequantizeLinear_Output"]
+        .iter()
+        .find_map(|s| initializer.strip_suffix(s))
+        .unwrap_or(initializer);
+    let module = weight.strip_suffix(".weight")?;
     let valid = !module.is_empty()
         && module
             .split('.')
@@ -476,5 +484,7 @@ mod name_tests {
         assert_eq!(module_name("onnx::Conv_123"), None);
         assert_eq!(module_name("fc.bias"), None);
         assert_eq!(module_name("a..weight"), None);
+        assert_eq!(module_name("conv1.weight_dequantized").as_deref(), Some("conv1"));
+        assert_eq!(module_name("fc.weight_DequantizeLinear_Output").as_deref(), Some("fc"));
     }
 }

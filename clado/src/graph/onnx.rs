@@ -83,6 +83,7 @@ pub(super) fn read_bytes(bytes: &[u8], name: &str, dir: Option<&Path>) -> Result
     }
     let mut external = ExternalData::new(dir, name);
     let mut consts: HashMap<String, Arc<Tensor>> = HashMap::new();
+    let mut code_types: HashMap<String, (f32, f32)> = HashMap::new();
     let mut budget = MAX_CONSTANT_ELEMENTS;
     // Every declared size against the budget of all constants, before anything is read.
     for t in &graph.initializer {
@@ -98,6 +99,9 @@ pub(super) fn read_bytes(bytes: &[u8], name: &str, dir: Option<&Path>) -> Result
         let tensor =
             tensor_from_proto(t, &mut external).map_err(|e| err(format!("initializer {:?}: {e}", t.name())))?;
         consts.insert(t.name().to_string(), Arc::new(tensor));
+        if let Some(range) = code_range(t.data_type()) {
+            code_types.insert(t.name().to_string(), range);
+        }
     }
     // The one runtime input (older files list the initializers among the inputs too).
     let inputs: Vec<_> = graph.input.iter().filter(|i| !consts.contains_key(i.name())).collect();
@@ -115,6 +119,7 @@ pub(super) fn read_bytes(bytes: &[u8], name: &str, dir: Option<&Path>) -> Result
     let mut ctx = Ctx {
         opset,
         consts,
+        code_types,
         runtime: HashMap::new(),
     };
     ctx.runtime.insert(
@@ -265,7 +270,7 @@ fn input_shape(input: &proto::ValueInfoProto) -> std::result::Result<Vec<usize>,
     Ok(shape)
 }
 
-fn type_name(t: i32) -> String {
+pub(super) fn type_name(t: i32) -> String {
     tensor_proto::DataType::try_from(t)
         .map(|d| d.as_str_name().to_string())
         .unwrap_or_else(|_| format!("#{t}"))
@@ -311,7 +316,7 @@ fn node_scope(node: &NodeProto) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 // Tensors and external data.
 
-struct ExternalData<'a> {
+pub(super) struct ExternalData<'a> {
     dir: Option<&'a Path>,
     model: &'a str,
     canonical_dir: Option<PathBuf>,
@@ -319,7 +324,7 @@ struct ExternalData<'a> {
 }
 
 impl<'a> ExternalData<'a> {
-    fn new(dir: Option<&'a Path>, model: &'a str) -> Self {
+    pub(super) fn new(dir: Option<&'a Path>, model: &'a str) -> Self {
         ExternalData {
             dir,
             model,
@@ -329,7 +334,7 @@ impl<'a> ExternalData<'a> {
     }
 
     /// Reads `len` bytes at `offset` of `location`, after the checks of the module docs.
-    fn read(
+    pub(super) fn read(
         &mut self,
         location: &str,
         offset: u64,
@@ -415,9 +420,12 @@ fn tensor_from_proto(t: &TensorProto, external: &mut ExternalData) -> std::resul
     let width = match DT::try_from(dtype) {
         Ok(DT::Float) | Ok(DT::Int32) => 4,
         Ok(DT::Int64) | Ok(DT::Double) => 8,
+        Ok(DT::Int8) | Ok(DT::Uint8) | Ok(DT::Int4) | Ok(DT::Uint4) => 1,
         _ => return Err(format!("data type {} is not supported", type_name(dtype))),
     };
-    let bytes = n * width; // n ≤ 2^28: no overflow
+    let four_bits = matches!(DT::try_from(dtype), Ok(DT::Int4) | Ok(DT::Uint4));
+    // n ≤ 2^28: no overflow; 4-bit codes are two per byte.
+    let bytes = if four_bits { n.div_ceil(2) } else { n * width };
     let raw: Option<Vec<u8>> = if t.data_location() == tensor_proto::DataLocation::External {
         let mut location = None;
         let (mut offset, mut length) = (0u64, None);
@@ -496,6 +504,31 @@ fn tensor_from_proto(t: &TensorProto, external: &mut ExternalData) -> std::resul
             }
             Data::I64(t.int32_data.iter().map(|&v| v as i64).collect())
         }
+        // Integer codes (QuantizeLinear/DequantizeLinear operands) as floats of their values.
+        (DT::Int8, Some(r)) => Data::F32(r.iter().map(|&b| b as i8 as f32).collect()),
+        (DT::Uint8, Some(r)) => Data::F32(r.iter().map(|&b| b as f32).collect()),
+        (DT::Int4 | DT::Uint4, Some(r)) => {
+            let signed = DT::try_from(dtype) == Ok(DT::Int4);
+            Data::F32(
+                (0..n)
+                    .map(|i| {
+                        let nibble = (r[i / 2] >> (4 * (i % 2))) & 0x0f;
+                        if signed && nibble >= 8 {
+                            nibble as f32 - 16.0
+                        } else {
+                            nibble as f32
+                        }
+                    })
+                    .collect(),
+            )
+        }
+        (DT::Int8 | DT::Uint8, None) => {
+            if t.int32_data.len() != n {
+                return Err(count_err(t.int32_data.len()));
+            }
+            Data::F32(t.int32_data.iter().map(|&v| v as f32).collect())
+        }
+        (DT::Int4 | DT::Uint4, None) => return Err("4-bit data must be raw bytes".into()),
         _ => unreachable!("data type checked above"),
     };
     Ok(Tensor { shape, data })
@@ -507,6 +540,8 @@ fn tensor_from_proto(t: &TensorProto, external: &mut ExternalData) -> std::resul
 struct Ctx {
     opset: i64,
     consts: HashMap<String, Arc<Tensor>>,
+    /// The code range of initializers of integer code types (read as floats).
+    code_types: HashMap<String, (f32, f32)>,
     /// Runtime values (and the constants runtime nodes read): id and per-sample shape.
     runtime: HashMap<String, (ValueId, Vec<usize>)>,
 }
@@ -1091,6 +1126,8 @@ fn translate<'n>(node: &'n NodeProto, attrs: &mut Attrs<'n>, ctx: &Ctx) -> R<Low
                 data(&[0])?,
             )
         }
+        "QuantizeLinear" => return qdq(node, attrs, ctx, true),
+        "DequantizeLinear" => return qdq(node, attrs, ctx, false),
         _ => return Err("op is not supported".into()),
     })
 }
@@ -1105,6 +1142,129 @@ impl Ctx {
 
     fn is_runtime(&self, name: &str) -> bool {
         self.runtime.contains_key(name) && !self.consts.contains_key(name)
+    }
+}
+
+/// The range of an integer code type QuantizeLinear may produce.
+fn code_range(dtype: i32) -> Option<(f32, f32)> {
+    use tensor_proto::DataType as DT;
+    Some(match DT::try_from(dtype).ok()? {
+        DT::Uint8 => (0.0, 255.0),
+        DT::Int8 => (-128.0, 127.0),
+        DT::Uint4 => (0.0, 15.0),
+        DT::Int4 => (-8.0, 7.0),
+        _ => return None,
+    })
+}
+
+/// QuantizeLinear (`quantize`) or DequantizeLinear of `x` with scale and zero point constants:
+/// per tensor at run time ([`Unary::Quantize`], [`Unary::Dequantize`]), per axis only on a
+/// constant (folded here; a DequantizeLinear of integer weights gives float weights again).
+fn qdq<'n>(node: &'n NodeProto, attrs: &mut Attrs<'n>, ctx: &Ctx, quantize: bool) -> R<Lowered<'n>> {
+    let name = |i: usize| node.input.get(i).map(|s| s.as_str()).filter(|s| !s.is_empty());
+    let x = name(0).ok_or("input 0 is missing")?;
+    let constant = |i: usize| -> R<Option<&Arc<Tensor>>> {
+        match name(i) {
+            None => Ok(None),
+            Some(n) => ctx
+                .consts
+                .get(n)
+                .map(Some)
+                .ok_or_else(|| format!("input {i} ({n:?}) must be a constant")),
+        }
+    };
+    let scale = constant(1)?.ok_or("no scale")?;
+    let scales = scale.as_f32().ok_or("the scale must be float")?.to_vec();
+    let zero_points: Vec<f32> = match constant(2)? {
+        Some(z) => floats(z),
+        None => vec![0.0; scales.len()],
+    };
+    if zero_points.len() != scales.len() {
+        return Err(format!("{} zero points for {} scales", zero_points.len(), scales.len()));
+    }
+    if attrs.int("block_size", 0) != 0 {
+        return Err("blocked quantization (block_size) is not supported".into());
+    }
+    attrs.ignore(&["saturate", "precision"]);
+    let axis = attrs.int("axis", 1);
+    let (lo, hi) = if quantize {
+        match name(2) {
+            Some(z) => *ctx
+                .code_types
+                .get(z)
+                .ok_or("the zero point's type must be int8, uint8, int4 or uint4")?,
+            None => match attrs.int("output_dtype", 0) {
+                0 => (0.0, 255.0),
+                t => code_range(t as i32)
+                    .ok_or_else(|| format!("output_dtype {} is not supported", type_name(t as i32)))?,
+            },
+        }
+    } else {
+        attrs.ignore(&["output_dtype"]);
+        (f32::NEG_INFINITY, f32::INFINITY)
+    };
+    let map = |v: f32, s: f32, z: f32| -> f32 {
+        if quantize {
+            ((v / s).round_ties_even() + z).clamp(lo, hi)
+        } else {
+            (v - z) * s
+        }
+    };
+    if scales.len() == 1 && scale.shape.iter().product::<usize>() == 1 {
+        let (s, z) = (scales[0], zero_points[0]);
+        if let Some(t) = ctx.consts.get(x) {
+            let v = floats(t);
+            return Ok(Lowered::Folded(vec![Tensor::f32(
+                t.shape.clone(),
+                v.iter().map(|&v| map(v, s, z)).collect(),
+            )]));
+        }
+        let u = if quantize {
+            Unary::Quantize {
+                scale: s,
+                zero_point: z,
+                lo,
+                hi,
+            }
+        } else {
+            Unary::Dequantize {
+                scale: s,
+                zero_point: z,
+            }
+        };
+        return Ok(Lowered::Run {
+            op: Op::Unary(u),
+            inputs: vec![x],
+            outputs: 1,
+        });
+    }
+    let t = ctx
+        .consts
+        .get(x)
+        .ok_or("per-axis scales are supported on constants only (weights), not on run-time tensors")?;
+    let v = floats(t);
+    let axis = norm_axis(axis, t.shape.len() as i64)?;
+    if t.shape[axis] != scales.len() {
+        return Err(format!("{} scales for dimension {axis} of {:?}", scales.len(), t.shape));
+    }
+    let inner: usize = t.shape[axis + 1..].iter().product();
+    let dim = t.shape[axis];
+    let out = v
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let c = (i / inner.max(1)) % dim;
+            map(v, scales[c], zero_points[c])
+        })
+        .collect();
+    Ok(Lowered::Folded(vec![Tensor::f32(t.shape.clone(), out)]))
+}
+
+/// A constant's values as floats (int32 codes, e.g. a quantized bias, are read as integers).
+fn floats(t: &Tensor) -> Vec<f32> {
+    match &t.data {
+        Data::F32(v) => v.clone(),
+        Data::I64(v) => v.iter().map(|&a| a as f32).collect(),
     }
 }
 

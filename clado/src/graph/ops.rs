@@ -59,6 +59,19 @@ pub enum Unary {
         beta: f32,
     },
     HardSwish,
+    /// `QuantizeLinear` per tensor: the code `clamp(round_half_even(x / scale) + zero_point,
+    /// lo, hi)` (`lo..=hi` the integer type's range), as a float.
+    Quantize {
+        scale: f32,
+        zero_point: f32,
+        lo: f32,
+        hi: f32,
+    },
+    /// `DequantizeLinear` per tensor: `(x − zero_point) · scale`.
+    Dequantize {
+        scale: f32,
+        zero_point: f32,
+    },
 }
 
 /// Element-wise arithmetic of two tensors with NumPy broadcasting.
@@ -441,6 +454,15 @@ pub(crate) fn unary(op: Unary, x: &mut [f32]) {
         Unary::Sigmoid => x.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp())),
         Unary::HardSigmoid { alpha, beta } => x.iter_mut().for_each(|v| *v = (alpha * *v + beta).clamp(0.0, 1.0)),
         Unary::HardSwish => x.iter_mut().for_each(|v| *v *= (*v / 6.0 + 0.5).clamp(0.0, 1.0)),
+        Unary::Quantize {
+            scale,
+            zero_point,
+            lo,
+            hi,
+        } => x
+            .iter_mut()
+            .for_each(|v| *v = ((*v / scale).round_ties_even() + zero_point).clamp(lo, hi)),
+        Unary::Dequantize { scale, zero_point } => x.iter_mut().for_each(|v| *v = (*v - zero_point) * scale),
     }
 }
 
