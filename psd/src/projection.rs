@@ -11,10 +11,18 @@
 
 use clado::{Error, Result};
 use faer::diag::Diag;
-use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::evd::{self_adjoint_evd, self_adjoint_evd_scratch, ComputeEigenvectors};
+use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
+use faer::linalg::evd::tridiag::{tridiag_in_place, tridiag_in_place_scratch};
+use faer::linalg::evd::{
+    self_adjoint_evd, self_adjoint_evd_scratch, tridiagonal_self_adjoint_evd, ComputeEigenvectors, SelfAdjointEvdParams,
+};
+use faer::linalg::householder::{
+    apply_block_householder_sequence_on_the_left_in_place_scratch,
+    apply_block_householder_sequence_on_the_left_in_place_with_conj,
+};
 use faer::linalg::matmul::triangular::{self, BlockStructure};
-use faer::{Accum, Mat, MatMut, MatRef, Par};
+use faer::linalg::qr::no_pivoting::factor::recommended_block_size;
+use faer::{Accum, Auto, Col, Conj, Mat, MatMut, MatRef, Par};
 use ndarray::Array2;
 use serde::Serialize;
 
@@ -252,7 +260,55 @@ pub fn eigen(sym: &Array2<f64>, par: Par) -> Result<(Vec<f64>, Mat<f64>)> {
 /// independent reconstruction.
 pub fn clip(sym: Array2<f64>, par: Par) -> Result<(Array2<f64>, Vec<f64>)> {
     let n = sym.nrows();
-    let (values, vectors) = eigen(&sym, par)?;
+    assert_eq!(n, sym.ncols(), "clip needs a square matrix");
+    if n == 0 {
+        return Ok((sym, Vec::new()));
+    }
+    // What faer's `self_adjoint_evd` does, in its three public steps, so that only the chosen
+    // eigenvectors go through the last one: sym = Q·T·Qᵀ (Householder tridiagonalisation),
+    // T = Z·Λ·Zᵀ (divide and conquer), U = Q·Z. The back-transformation U = Q·Z costs 2n² per
+    // column; it runs on the min(k, p) columns used instead of all n. Same calls, same order:
+    // the values and the chosen columns are those of `eigen`.
+    let scale = power_of_two_scale(sym.iter().fold(0.0f64, |m, v| m.max(v.abs())));
+    let row_major = sym.as_standard_layout();
+    let data = row_major.as_slice().expect("standard layout is contiguous");
+    // Row-major read column-major is the transpose, i.e. sym itself: one contiguous copy.
+    let mut trid = MatRef::from_row_major_slice(data, n, n).transpose().to_owned();
+    if scale != 1.0 {
+        trid *= faer::Scale(scale);
+    }
+    drop(row_major);
+    let params: SelfAdjointEvdParams = Auto::<f64>::auto();
+    let block = recommended_block_size::<f64>(n, n);
+    let mut householder = Mat::<f64>::zeros(block, n - 1);
+    let mut buffer = MemBuffer::new(StackReq::any_of(&[
+        tridiag_in_place_scratch::<f64>(n, par, params.tridiag.into()),
+        // Covers `tridiagonal_self_adjoint_evd` (a subset of the whole solver's workspace).
+        self_adjoint_evd_scratch::<f64>(n, ComputeEigenvectors::Yes, par, params.into()),
+        apply_block_householder_sequence_on_the_left_in_place_scratch::<f64>(n - 1, block, n),
+    ]));
+    let stack = MemStack::new(&mut buffer);
+    tridiag_in_place(trid.as_mut(), householder.as_mut(), par, stack, params.tridiag.into());
+    let diagonal = Col::<f64>::from_fn(n, |i| trid[(i, i)]);
+    let subdiagonal = Col::<f64>::from_fn(n, |i| if i + 1 < n { trid[(i + 1, i)] } else { 0.0 });
+    let mut scaled_values = Diag::<f64>::zeros(n);
+    let mut z = Mat::<f64>::zeros(n, n);
+    tridiagonal_self_adjoint_evd(
+        diagonal.as_diagonal(),
+        subdiagonal.as_diagonal(),
+        scaled_values.as_mut(),
+        Some(z.as_mut()),
+        par,
+        stack,
+        params.into(),
+    )
+    .map_err(|e| {
+        Error::other(format!(
+            "the eigensolver did not converge on the {n}×{n} matrix ({e:?})"
+        ))
+    })?;
+    let values: Vec<f64> = scaled_values.column_vector().iter().map(|l| l / scale).collect();
+
     let negatives = values.iter().take_while(|&&l| l < 0.0).count();
     let positives = values.iter().rev().take_while(|&&l| l > 0.0).count();
     let (chosen, keep_positive) = if negatives <= positives {
@@ -265,10 +321,19 @@ pub fn clip(sym: Array2<f64>, par: Par) -> Result<(Array2<f64>, Vec<f64>)> {
         let out = if keep_positive { Array2::zeros((n, n)) } else { sym };
         return Ok((out, values));
     }
-    let first = chosen.start;
-    let w = Mat::<f64>::from_fn(n, chosen.len(), |i, j| {
-        vectors[(i, first + j)] * values[first + j].abs().sqrt()
-    });
+    // W = Q·Z[:, chosen]·diag(√|λ|), in place in Z's chosen columns.
+    let mut w = z.as_mut().subcols_mut(chosen.start, chosen.len());
+    apply_block_householder_sequence_on_the_left_in_place_with_conj(
+        trid.as_ref().submatrix(1, 0, n - 1, n - 1),
+        householder.as_ref(),
+        Conj::No,
+        w.as_mut().subrows_mut(1, n - 1),
+        par,
+        stack,
+    );
+    for (j, mut column) in w.as_mut().col_iter_mut().enumerate() {
+        column *= faer::Scale(values[chosen.start + j].abs().sqrt());
+    }
     // The output is built in place in `sym`, whose row-major storage read column-major is the
     // same symmetric matrix: its lower triangle gets W·Wᵀ (added for the negative part, in place
     // of sym for the positive part), then is mirrored, so the result is exactly symmetric.
@@ -284,7 +349,7 @@ pub fn clip(sym: Array2<f64>, par: Par) -> Result<(Array2<f64>, Vec<f64>)> {
         if keep_positive { Accum::Replace } else { Accum::Add },
         w.as_ref(),
         BlockStructure::Rectangular,
-        w.transpose(),
+        w.as_ref().transpose(),
         BlockStructure::Rectangular,
         1.0,
         par,
