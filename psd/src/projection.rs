@@ -422,6 +422,17 @@ pub struct Projection {
 /// `par` is faer's parallelism: [`parallelism()`] for the tool; for a fixed `par`, the output does
 /// not depend on the machine or the size of the thread pool.
 pub fn project(g: &Array2<f64>, method: Method, par: Par) -> Result<Projection> {
+    match par {
+        // Called from outside the rayon pool, each of faer's parallel loops is handed to the pool
+        // while this thread sleeps on a lock: a wake-up and a sleep per loop, one loop per column
+        // of the tridiagonalisation. Run on a pool thread, the loops are ordinary joins (N = 1,000:
+        // the tridiagonalisation takes 0.055 s instead of 0.11 s on 2 cores).
+        Par::Rayon(_) => rayon::scope(|_| project_on_this_thread(g, method, par)),
+        Par::Seq => project_on_this_thread(g, method, par),
+    }
+}
+
+fn project_on_this_thread(g: &Array2<f64>, method: Method, par: Par) -> Result<Projection> {
     let n = g.nrows();
     let (sym, max_asymmetry) = symmetrise(g);
     // The eigenvalues of the symmetrised input (nondecreasing), and the output.
