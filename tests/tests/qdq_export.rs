@@ -574,13 +574,12 @@ fn the_builtin_resnet_exports_as_evaluate_computes_it() {
     let d = dir.path();
     let data = fashion_mnist_test(d, TEST_IMAGES);
     let x = d.join("X.npy").display().to_string();
+    // Calibrated on 64 training images (the default data).
     let calib = d.join("r20.calib.json").display().to_string();
     run(
         "quantize",
         &[
             "calibrate",
-            "--data",
-            &data,
             "--samples",
             "64",
             "--options",
