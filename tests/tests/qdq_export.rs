@@ -539,7 +539,7 @@ fn listed_layers(dir: &Path, name: &str, model_args: &[&str], data: &str) -> ser
 /// close to a rounding tie (`x/s` within `TIE_WINDOW·max(1, |x/s|)` of `k + ½`), so that the
 /// last bits of a float sum decide the code: onnxruntime's convolutions sum in another order
 /// than the engine's, and a code one step off at 2 bits moves the logits by percents (measured:
-/// 1 of 300 test images, its input to layer2.2.conv1 4.8e-7 codes from a tie; all others equal
+/// 1 of 300 test images, its input to layer2.2.conv1 (w2a4) 4.8e-7 codes from a tie; all others equal
 /// bit for bit). The window is 100 times f32's relative precision.
 const TIE_WINDOW: f64 = 1e-5;
 
