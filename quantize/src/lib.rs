@@ -210,28 +210,29 @@ pub fn apply(
     Ok(())
 }
 
-/// `quantize export`: write the ONNX model `model` with the allocation applied as
+/// `quantize export`: write the model `model` (an ONNX file, or a checkpoint ResNet written as
+/// ONNX by [`clado::graph::resnet_onnx`]) with the allocation applied as
 /// QuantizeLinear/DequantizeLinear pairs (see [`clado::graph::Graph::write_qdq`]), with the
 /// allocation, its budget fields and the model's identity in the metadata (key
 /// [`METADATA_KEY`]). Reports sizes on stderr unless `quiet`. Nothing is written on error.
 pub fn export(model: &ModelArgs, alloc_path: &str, calib_path: &str, output: &str, quiet: bool) -> Result<()> {
-    let Some(model_path) = model.model.as_deref() else {
-        let what = model
-            .weights
-            .as_deref()
-            .map_or("the built-in model".to_string(), |w| format!("--weights {w}"));
-        return Err(Error::usage(format!(
-            "{what}: quantize export writes ONNX models read with --model FILE.onnx; the checkpoint \
-             ResNets have no ONNX writer yet (quantize apply writes their quantized checkpoint)"
-        )));
-    };
     if output == "-" {
         return Err(Error::usage(
             "-o -: quantize export writes a file, not stdout; name it, e.g. -o model.qdq.onnx",
         ));
     }
+    let source = match &model.model {
+        Some(path) => ("--model", path.clone()),
+        None => (
+            "--weights",
+            model
+                .weights
+                .clone()
+                .unwrap_or_else(|| setup::BUILTIN_WEIGHTS.to_string()),
+        ),
+    };
     for (flag, input) in [
-        ("--model", model_path),
+        (source.0, source.1.as_str()),
         ("--alloc", alloc_path),
         ("--calib", calib_path),
     ] {
@@ -269,12 +270,21 @@ pub fn export(model: &ModelArgs, alloc_path: &str, calib_path: &str, output: &st
     used.dedup();
     used.retain(|o| *o != QuantOption::FP);
     calib::check_calib(&calib, &calib_name, &loaded, &used)?;
-    let graph = Graph::from_onnx(model_path)?;
+    // The source as ONNX: the file, or the checkpoint ResNet written as a graph.
+    let (graph, written) = match &model.model {
+        Some(path) => (Graph::from_onnx(path)?, None),
+        None => {
+            let (spec, state) = clado::model::load_checked(&loaded.weights, &model.arch)?;
+            let bytes = clado::graph::resnet_onnx(&spec, &state)?;
+            (Graph::from_onnx_bytes(&bytes, &loaded.weights)?, Some(bytes))
+        }
+    };
     let names: Vec<&str> = graph.layers().iter().map(|l| l.name.as_str()).collect();
     let net_names: Vec<&str> = loaded.net.layers().iter().map(|l| l.name.as_str()).collect();
     if names != net_names {
         return Err(Error::other(format!(
-            "{model_path}: the graph's layers differ from the network's ({} against {})",
+            "{}: the graph's layers differ from the network's ({} against {})",
+            loaded.weights,
             names.len(),
             net_names.len()
         )));
@@ -335,7 +345,10 @@ pub fn export(model: &ModelArgs, alloc_path: &str, calib_path: &str, output: &st
         input_quantizers: activations,
     };
     let meta = vec![(METADATA_KEY.to_string(), json(&metadata)?)];
-    let summary = graph.write_qdq(std::path::Path::new(model_path), &layers, &meta, output)?;
+    let summary = match &written {
+        None => graph.write_qdq(std::path::Path::new(&loaded.weights), &layers, &meta, output)?,
+        Some(bytes) => graph.write_qdq_bytes(bytes, &loaded.weights, None, &layers, &meta, output)?,
+    };
     if !quiet {
         eprintln!("{}", export_report(output, &summary, &choice, alloc.size_bits));
     }

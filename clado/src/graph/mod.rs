@@ -32,6 +32,8 @@
 mod onnx;
 mod ops;
 mod qdq;
+#[cfg(feature = "nn")]
+mod resnet;
 mod tensor;
 
 #[cfg(feature = "nn")]
@@ -43,6 +45,8 @@ pub(crate) mod tests;
 pub use exec::{Executor, LayerQuant, QuantPlan, SampleValues};
 pub use ops::{Binary, ConvAttrs, GemmAttrs, Op, PoolAttrs, SliceAxis, Unary};
 pub use qdq::{QdqInput, QdqLayer, QdqSummary, QdqWeight, INT4_OPSET, QDQ_MIN_OPSET};
+#[cfg(feature = "nn")]
+pub use resnet::{resnet_onnx, RESNET_OPSET};
 pub use tensor::{Data, Tensor};
 
 use crate::{Error, Result};

@@ -101,10 +101,27 @@ impl Graph {
         output: &str,
     ) -> Result<QdqSummary> {
         let shown = source.display().to_string();
-        let err = |msg: String| Error::input(&shown, msg);
         let bytes = std::fs::read(source).map_err(|e| Error::io(&shown, e))?;
-        let mut model =
-            ModelProto::decode(bytes.as_slice()).map_err(|e| err(format!("not an ONNX model (protobuf: {e})")))?;
+        let dir = source
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
+        self.write_qdq_bytes(&bytes, &shown, dir, layers, metadata, output)
+    }
+
+    /// [`Graph::write_qdq`] of an ONNX model given as its bytes (this graph's source, e.g.
+    /// from [`super::resnet_onnx`]), named `shown` in messages, its external data files in
+    /// `dir` (`None`: it has none).
+    pub fn write_qdq_bytes(
+        &self,
+        bytes: &[u8],
+        shown: &str,
+        dir: Option<&Path>,
+        layers: &[QdqLayer],
+        metadata: &[(String, String)],
+        output: &str,
+    ) -> Result<QdqSummary> {
+        let err = |msg: String| Error::input(shown, msg);
+        let mut model = ModelProto::decode(bytes).map_err(|e| err(format!("not an ONNX model (protobuf: {e})")))?;
         let source_opset = model
             .opset_import
             .iter()
@@ -136,14 +153,11 @@ impl Graph {
             // IR version 10 goes with opset 21 (and knows int4).
             model.ir_version = Some(model.ir_version().max(10));
         }
-        let dir = source
-            .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
         let graph = model
             .graph
             .as_mut()
             .ok_or_else(|| err("graph: the model has none".into()))?;
-        let mut external = ExternalData::new(dir, &shown);
+        let mut external = ExternalData::new(dir, shown);
         for t in &mut graph.initializer {
             inline(t, &mut external).map_err(|e| err(format!("initializer {:?}: {e}", t.name())))?;
         }
@@ -481,7 +495,7 @@ fn node_proto<const N: usize>(name: &str, op: &str, inputs: [&String; N], output
     }
 }
 
-fn int_attr(name: &str, value: i64) -> AttributeProto {
+pub(super) fn int_attr(name: &str, value: i64) -> AttributeProto {
     AttributeProto {
         name: Some(name.to_string()),
         r#type: Some(AttributeType::Int as i32),
