@@ -161,9 +161,10 @@ impl Folder {
             let shape = shape?;
             match first {
                 None => first = Some((i, shape)),
-                Some((j, s)) if s != shape => return Err(Error::input(
-                    self.path(i).display(),
-                    format!(
+                Some((j, s)) if s != shape => {
+                    return Err(Error::input(
+                        self.path(i).display(),
+                        format!(
                         "comes out {}×{} after preprocessing, but {} comes out {}×{}: every image must have one size \
                              (pass --crop N)",
                         shape[2],
@@ -172,7 +173,8 @@ impl Folder {
                         s[2],
                         s[1]
                     ),
-                )),
+                    ))
+                }
                 Some(_) => {}
             }
         }
@@ -316,6 +318,12 @@ fn reader<'a>(name: &str, bytes: &'a [u8]) -> Result<(ImageReader<Cursor<&'a [u8
         .with_guessed_format()
         .map_err(|e| Error::io(name, e))?;
     let format = match reader.format() {
+        Some(ImageFormat::Jpeg) if !has_end_after_last_scan(bytes) => {
+            return Err(Error::input(
+                name,
+                "truncated JPEG: no end-of-image marker after its last scan (the file is cut short)",
+            ))
+        }
         Some(ImageFormat::Jpeg) => "JPEG",
         Some(ImageFormat::Png) => "PNG",
         _ => {
@@ -327,6 +335,15 @@ fn reader<'a>(name: &str, bytes: &'a [u8]) -> Result<(ImageReader<Cursor<&'a [u8
     };
     reader.limits(limits());
     Ok((reader, format))
+}
+
+/// Whether a JPEG's end-of-image marker (FF D9) follows its last start-of-scan marker (FF DA).
+/// zune-jpeg decodes a file cut short without an error, filling the missing part with gray;
+/// Pillow refuses it ("image file is truncated"), and so do we. Inside the coded data an FF
+/// byte is always followed by 00 or a restart marker, so these two markers cannot appear there.
+fn has_end_after_last_scan(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xff, 0xda]);
+    last_scan.is_some_and(|at| bytes[at..].windows(2).any(|w| w == [0xff, 0xd9]))
 }
 
 fn decode_error(name: &str, format: &str, e: image::ImageError) -> Error {

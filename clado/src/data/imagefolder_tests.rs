@@ -3,13 +3,16 @@
 
 use super::imagefolder::{Folder, MAX_IMAGE_BYTES};
 use super::*;
-use image::{DynamicImage, GrayImage, ImageFormat, Rgb, RgbImage, RgbaImage};
+use image::{DynamicImage, GrayImage, ImageFormat, Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 use std::io::Cursor;
 use std::path::Path;
 
-fn err_text(r: Result<impl std::fmt::Debug>) -> String {
-    r.expect_err("expected an error").to_string()
+fn err_text<T>(r: Result<T>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// A photo-like `w`×`h` RGB image: smooth gradients, a few sharp-edged discs and noise, so that
@@ -587,4 +590,231 @@ fn only_the_chosen_images_are_read() {
     assert_eq!(flat_values(&chosen.load().unwrap()), vec![0, 2, 3, 5]);
     let e = err_text(open(&spec, Split::Test).unwrap().select(vec![1, 3]));
     assert!(e.contains("a/3.jpg") && e.contains("JPEG"), "{e}");
+}
+
+// ---------------------------------------------------------------- pixels, limits, bad files
+
+#[test]
+fn values_are_torchvision_to_tensor_and_normalize() {
+    let pixels = [
+        [10u8, 200, 30],
+        [0, 0, 0],
+        [255, 255, 255],
+        [1, 128, 254],
+        [77, 66, 55],
+        [9, 8, 7],
+    ];
+    let img = RgbImage::from_fn(3, 2, |x, y| Rgb(pixels[(y * 3 + x) as usize]));
+    let rgb = DynamicImage::ImageRgb8(img);
+    let pre = Preprocess::from_flags(&PreprocessFlags {
+        preset: Some("none"),
+        mean: Some("0.1,0.2,0.3"),
+        std: Some("0.5,0.6,0.7"),
+        ..Default::default()
+    })
+    .unwrap();
+    // RGB and RGBA (alpha dropped) come out the same, channel by channel.
+    for bytes in [png_bytes(&rgb), png_bytes(&DynamicImage::ImageRgba8(rgb.to_rgba8()))] {
+        let (shape, got) = bytes::decode_image("x.png", &bytes, &pre).unwrap();
+        assert_eq!(shape, [3, 2, 3]);
+        for c in 0..3 {
+            for (i, p) in pixels.iter().enumerate() {
+                let want = (f32::from(p[c]) / 255.0 - pre.mean[c]) / pre.std[c];
+                assert_eq!(got[c * 6 + i], want, "channel {c}, pixel {i}");
+            }
+        }
+    }
+    // Pillow's L: (10·19595 + 200·38470 + 30·7471 + 2^15) >> 16 = 124.
+    let (shape, got) = bytes::decode_image("x.png", &png_bytes(&rgb), &Preprocess::none(1)).unwrap();
+    assert_eq!(shape, [1, 2, 3]);
+    assert_eq!(got[0], 124.0 / 255.0);
+    // A gray image for a 3-channel input: converted to RGB, the value in every channel.
+    let (shape, got) = bytes::decode_image("g.png", &png_bytes(&flat(51)), &Preprocess::none(3)).unwrap();
+    assert_eq!(shape, [3, 3, 4]);
+    assert!(got.iter().all(|&v| v == 51.0 / 255.0));
+}
+
+/// A PNG that is only a header declaring `width`×`height` RGB pixels (and an empty IDAT).
+fn png_header(width: u32, height: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend(kind);
+        out.extend(data);
+        out.extend(crc.sum().to_be_bytes());
+    };
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(b"IEND", &[]);
+    out
+}
+
+/// A small JPEG whose frame header is patched to declare `width`×`height`.
+fn jpeg_declaring(width: u16, height: u16) -> Vec<u8> {
+    let mut bytes = jpeg_bytes(&DynamicImage::ImageRgb8(photo(16, 16, 1)));
+    let sof = bytes
+        .windows(2)
+        .position(|w| w == [0xff, 0xc0])
+        .expect("a baseline frame header");
+    bytes[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+    bytes[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+    bytes
+}
+
+#[test]
+fn declared_sizes_beyond_the_limit_are_refused_from_the_header() {
+    let pre = Preprocess::imagenet();
+    let e = err_text(bytes::decode_image("huge.png", &png_header(100_000, 100_000), &pre));
+    assert!(
+        e.contains("huge.png") && e.contains("PNG of 100000×100000 pixels") && e.contains("above the 512.0 MiB limit"),
+        "{e}"
+    );
+    let e = err_text(bytes::decode_image("huge.jpg", &jpeg_declaring(60_000, 50_000), &pre));
+    assert!(
+        e.contains("huge.jpg") && e.contains("JPEG of 60000×50000 pixels"),
+        "{e}"
+    );
+    // Small in the file, huge once resized: 1×8000 → 256×2,048,000.
+    let thin = png_bytes(&DynamicImage::ImageLuma8(GrayImage::new(1, 8000)));
+    let e = err_text(bytes::decode_image("thin.png", &thin, &pre));
+    assert!(
+        e.contains("256×2048000 resized") && e.contains("limit of one image"),
+        "{e}"
+    );
+    // An empty image.
+    let e = err_text(bytes::decode_image("empty.png", &png_header(0, 5), &pre));
+    assert!(e.contains("empty.png"), "{e}");
+    // A file larger than any image we decode is not read at all (a sparse file here).
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("a/big.png");
+    write(&big, b"");
+    std::fs::File::options()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_len(MAX_IMAGE_BYTES + 1)
+        .unwrap();
+    let f = Folder::open(dir.path(), Split::Test, &pre).unwrap();
+    let e = err_text(f.outline(&[0], u64::MAX, "src"));
+    assert!(e.contains("a/big.png") && e.contains("512 MiB file"), "{e}");
+}
+
+#[test]
+fn corrupt_and_foreign_files_are_input_errors() {
+    let pre = Preprocess::imagenet();
+    let photo_img = DynamicImage::ImageRgb8(photo(300, 260, 5));
+    let (jpg, png) = (jpeg_bytes(&photo_img), png_bytes(&photo_img));
+    for (name, bytes, words) in [
+        (
+            "notes.jpg",
+            b"these are not pixels".to_vec(),
+            &["notes.jpg", "not a JPEG or PNG"][..],
+        ),
+        ("empty.png", Vec::new(), &["empty.png", "not a JPEG or PNG"]),
+        (
+            "gif.png",
+            b"GIF89a\x01\x00\x01\x00".to_vec(),
+            &["gif.png", "not a JPEG or PNG"],
+        ),
+        ("cut.png", png[..png.len() / 2].to_vec(), &["cut.png", "unreadable PNG"]),
+        ("head.jpg", jpg[..200].to_vec(), &["head.jpg", "truncated JPEG"]),
+        ("cut.jpg", jpg[..jpg.len() / 2].to_vec(), &["cut.jpg", "truncated JPEG"]),
+        (
+            "header.jpg",
+            [&jpg[..4], &[0xff; 40][..], &[0xff, 0xda, 0xff, 0xd9]].concat(),
+            &["header.jpg", "unreadable JPEG"],
+        ),
+    ] {
+        let e = match bytes::decode_image(name, &bytes, &pre) {
+            Ok(_) => panic!("{name}: decoded without an error"),
+            Err(e) => e.to_string(),
+        };
+        assert!(words.iter().all(|w| e.contains(w)), "{name}: {e}");
+    }
+    // Bytes after the end-of-image marker are ignored, as by Pillow.
+    let padded = [&jpg[..], b"trailing bytes"].concat();
+    assert_eq!(
+        bytes::decode_image("padded.jpg", &padded, &pre).unwrap(),
+        bytes::decode_image("photo.jpg", &jpg, &pre).unwrap()
+    );
+}
+
+#[test]
+fn shapes_must_agree_and_fit_before_anything_is_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("a/0.png"), &png_bytes(&flat(1)));
+    write(&d.join("a/1.png"), &png_bytes(&flat(2)));
+    write(
+        &d.join("b/0.png"),
+        &png_bytes(&DynamicImage::ImageLuma8(GrayImage::new(5, 3))),
+    );
+    let f = Folder::open(d, Split::Test, &gray_none()).unwrap();
+    let e = err_text(f.outline(&[0, 1, 2], u64::MAX, "src"));
+    assert!(
+        e.contains("b/0.png")
+            && e.contains("comes out 5×3")
+            && e.contains("a/0.png comes out 4×3")
+            && e.contains("--crop"),
+        "{e}"
+    );
+    let crop3 = Preprocess {
+        crop: Some(3),
+        ..gray_none()
+    };
+    let f = Folder::open(d, Split::Test, &crop3).unwrap();
+    assert_eq!(f.outline(&[0, 1, 2], u64::MAX, "src").unwrap().image_shape, [1, 3, 3]);
+    // 3 images of 1×3×3 float32 take 108 bytes.
+    let e = err_text(f.outline(&[0, 1, 2], 100, "imagefolder:d (test)"));
+    assert!(
+        e.contains("imagefolder:d (test)")
+            && e.contains("3 images of 1×3×3")
+            && e.contains("--samples N with N at most 2"),
+        "{e}"
+    );
+    let crop4 = Preprocess {
+        crop: Some(4),
+        ..gray_none()
+    };
+    let f = Folder::open(d, Split::Test, &crop4).unwrap();
+    let e = err_text(f.outline(&[1], u64::MAX, "src"));
+    assert!(
+        e.contains("a/1.png") && e.contains("4×3 is smaller than --crop 4"),
+        "{e}"
+    );
+}
+
+#[test]
+fn loading_is_the_same_on_any_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for k in 0..9u64 {
+        let (w, h) = (260 + 37 * k as u32, 300 - 11 * k as u32);
+        let img = DynamicImage::ImageRgb8(photo(w, h, k));
+        let bytes = if k % 2 == 0 { png_bytes(&img) } else { jpeg_bytes(&img) };
+        write(
+            &d.join(format!("c{}/{k}.{}", k % 3, if k % 2 == 0 { "png" } else { "jpg" })),
+            &bytes,
+        );
+    }
+    let spec = DataSpec::ImageFolder {
+        dir: d.into(),
+        preprocess: Preprocess::imagenet(),
+    };
+    let on = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| load(&spec, Split::Train).unwrap())
+    };
+    let one = on(1);
+    assert_eq!((one.len(), one.image_shape()), (9, [3, 224, 224]));
+    assert_eq!(one, on(4));
 }
