@@ -2,7 +2,7 @@
 //! that name a model and a data set, and loading both with every check done up front.
 
 use crate::calib::CalibSettings;
-use crate::data::{self, DataSpec, Dataset, Split};
+use crate::data::{self, DataSpec, Dataset, PreprocessFlags, Split};
 use crate::engine::Network;
 use crate::format::{Alloc, ModelId};
 use crate::options::QuantOption;
@@ -39,10 +39,13 @@ pub struct ModelArgs {
 #[derive(clap::Args, Clone, Debug)]
 pub struct DataArgs {
     /// Data set: `fashion-mnist:DIR` (IDX files, .gz or not), `cifar10:DIR`, `cifar100:DIR`
-    /// (the binary versions) or `npy:X.npy,Y.npy` (float32 NCHW, preprocessed; int labels).
+    /// (the binary versions), `npy:X.npy,Y.npy` (float32 NCHW, preprocessed; int labels) or
+    /// `imagefolder:DIR` (one folder per class of JPEG and PNG images, classes sorted by name
+    /// give the labels; preprocessed as the flags below say).
     #[arg(long, default_value = DEFAULT_DATA, value_name = "KIND:PATH")]
     pub data: String,
-    /// Part of the data set: train or test.
+    /// Part of the data set: train or test. An `imagefolder:DIR` with a `train/` or `val/`
+    /// folder reads `train/` for train and `val/` for test; without, both read DIR.
     #[arg(long, value_name = "SPLIT")]
     pub split: Option<Split>,
     /// Number of samples, drawn without replacement by a seeded generator (default: all, but
@@ -55,6 +58,54 @@ pub struct DataArgs {
     /// Images per forward batch (bounds memory; results do not depend on it).
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub batch_size: usize,
+    #[command(flatten)]
+    pub preprocess: PreprocessArgs,
+}
+
+/// How `imagefolder:` images become the model's input, as torchvision's transforms on PIL
+/// images: [Grayscale()], Resize(N), CenterCrop(N), ToTensor(), Normalize(mean, std). A preset,
+/// then each flag given replaces its part.
+#[derive(clap::Args, Clone, Debug, Default)]
+#[command(next_help_heading = "Image folders (imagefolder: data only)")]
+pub struct PreprocessArgs {
+    /// Preset: `imagenet` (the default: --resize 256 --crop 224 --mean 0.485,0.456,0.406 --std
+    /// 0.229,0.224,0.225, torchvision's ImageNet evaluation) or `none` (no resize, no crop, mean
+    /// 0, std 1: pixel / 255).
+    #[arg(long, value_name = "PRESET")]
+    pub preprocess: Option<String>,
+    /// Resize the shorter side to N pixels and the longer in proportion (rounded down), with
+    /// Pillow's antialiased bilinear filter, as torchvision's `Resize(N)`.
+    #[arg(long, value_name = "N")]
+    pub resize: Option<u32>,
+    /// Keep the central N×N pixels, as torchvision's `CenterCrop(N)`; an image smaller than N is
+    /// refused. Without a crop every image must come out with the same size.
+    #[arg(long, value_name = "N")]
+    pub crop: Option<u32>,
+    /// Mean subtracted from pixel / 255, one value per channel: `R,G,B` (one with --grayscale).
+    #[arg(long, value_name = "R,G,B")]
+    pub mean: Option<String>,
+    /// Standard deviation the result is divided by, one positive value per channel.
+    #[arg(long, value_name = "R,G,B")]
+    pub std: Option<String>,
+    /// One channel instead of three: Pillow's `convert("L")` of the RGB image, as torchvision's
+    /// `Grayscale()`. Images are otherwise converted to RGB whatever they hold (gray, palette,
+    /// alpha dropped), as torchvision's `ImageFolder` loads them.
+    #[arg(long)]
+    pub grayscale: bool,
+}
+
+impl PreprocessArgs {
+    /// The flags as given, for [`DataSpec::with_preprocess`].
+    pub fn flags(&self) -> PreprocessFlags<'_> {
+        PreprocessFlags {
+            preset: self.preprocess.as_deref(),
+            resize: self.resize,
+            crop: self.crop,
+            mean: self.mean.as_deref(),
+            std: self.std.as_deref(),
+            grayscale: self.grayscale,
+        }
+    }
 }
 
 /// Flags choosing how quantizer ranges are calibrated when a tool calibrates itself (instead of
@@ -163,11 +214,13 @@ fn graph_digest(path: &str, graph: &crate::graph::Graph) -> Result<String> {
 /// Samples ready to run, and their description for files (`spec` + split).
 pub struct LoadedData {
     pub data: Dataset,
-    /// E.g. `fashion-mnist:/usr/share/datasets/fashion-mnist:train`.
+    /// E.g. `fashion-mnist:/usr/share/datasets/fashion-mnist:train`; an image folder's adds its
+    /// preprocessing: `imagefolder:/data/imagenet:test (resize 256, crop 224, mean …, std …)`.
     pub description: String,
 }
 
-/// Parse the flags' values that need no file (so bad flags fail before anything loads).
+/// Parse the flags' values that need no file (so bad flags fail before anything loads): the
+/// data spec, with the preprocessing flags applied.
 pub fn check_data_args(args: &DataArgs) -> Result<DataSpec> {
     if args.samples == Some(0) {
         return Err(Error::usage("--samples 0: at least one sample is needed"));
@@ -175,44 +228,63 @@ pub fn check_data_args(args: &DataArgs) -> Result<DataSpec> {
     if args.batch_size == 0 {
         return Err(Error::usage("--batch-size 0: at least one image per batch is needed"));
     }
-    DataSpec::parse(&args.data)
+    DataSpec::parse(&args.data)?.with_preprocess(&args.preprocess.flags())
 }
 
-/// Load the samples and check them against the model: channels, image size, label range.
+/// Load the samples and check them against the model: channels and label range are checked
+/// on the chosen samples before their images are decoded (an image folder decodes only those).
 pub fn load_data(args: &DataArgs, default_split: Split, net: &Network) -> Result<LoadedData> {
     let spec = check_data_args(args)?;
     let split = args.split.unwrap_or(default_split);
-    let all = data::load(&spec, split)?;
-    let data = data::select(&all, args.samples, args.seed)?;
-    let description = format!("{}:{split}", args.data);
-    if data.channels != net.in_channels() {
+    let opened = data::open(&spec, split)?;
+    let idx = data::select_indices(opened.len(), args.samples, args.seed, opened.source())?;
+    let chosen = opened.select(idx)?;
+    let description = match spec.preprocess() {
+        Some(p) => format!("{}:{split} ({p})", args.data),
+        None => format!("{}:{split}", args.data),
+    };
+    let [channels, _, _] = chosen.image_shape();
+    if channels != net.in_channels() {
         return Err(Error::input(
-            &data.source,
+            chosen.source(),
             format!(
-                "images have {} channel(s), but {} takes {}",
-                data.channels,
+                "images have {channels} channel(s), but {} takes {}",
                 net.arch(),
                 net.in_channels()
             ),
         ));
     }
     if let Some([_, h, w]) = net.input_shape() {
-        if [data.height, data.width] != [h, w] {
+        let [_, dh, dw] = chosen.image_shape();
+        if [dh, dw] != [h, w] {
             return Err(Error::input(
-                &data.source,
+                chosen.source(),
                 format!(
-                    "images are {}×{} pixels, but {} takes {h}×{w}",
-                    data.height,
-                    data.width,
+                    "images are {dh}×{dw} pixels, but {} takes {h}×{w} (for an image folder, set --crop)",
                     net.arch()
                 ),
             ));
         }
     }
-    data.check_labels(net.classes()).map_err(|e| match e {
+    // An image folder's labels are its class folders' ranks by name: they mean the model's
+    // classes only when the folder has exactly those (a 10-class subset of ImageNet would label
+    // its classes 0..9 whatever the model's indices for them).
+    if matches!(spec, DataSpec::ImageFolder { .. }) && chosen.num_classes() != net.classes() {
+        return Err(Error::input(
+            chosen.source(),
+            format!(
+                "{} class folders, but the model has {} classes (label n is the n-th class folder by name, so the \
+                 folders must be the model's classes)",
+                chosen.num_classes(),
+                net.classes()
+            ),
+        ));
+    }
+    data::check_labels(chosen.labels(), net.classes(), chosen.source()).map_err(|e| match e {
         Error::Input { path, msg } => Error::input(path, format!("{msg} (the model has {} classes)", net.classes())),
         e => e,
     })?;
+    let data = chosen.load()?;
     Ok(LoadedData { data, description })
 }
 

@@ -94,11 +94,10 @@ fn main() -> std::process::ExitCode {
             None => QuantSource::Calibrate {
                 settings: cli.calibration.settings()?,
                 data: DataArgs {
-                    data: cli.data.data.clone(),
                     split: Some(clado::data::Split::Train),
                     samples: Some(cli.calib_samples),
                     seed: cli.calib_seed,
-                    batch_size: cli.data.batch_size,
+                    ..cli.data.clone()
                 },
             },
         };

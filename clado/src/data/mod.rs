@@ -6,10 +6,16 @@
 //! | `cifar10:DIR` | `data_batch_{1..5}.bin`, `test_batch.bin` (`cifar-10-batches-bin`) | 3×32×32 |
 //! | `cifar100:DIR` | `train.bin`, `test.bin` (`cifar-100-binary`), fine labels | 3×32×32 |
 //! | `npy:X.npy,Y.npy` | float32 N×C×H×W, already preprocessed; int64 or int32 labels of length N | C×H×W |
+//! | `imagefolder:DIR` | one folder per class of `.jpg`/`.jpeg`/`.png` files, in DIR or in DIR`/train` and DIR`/val` | 3×224×224 by default (see [`Preprocess`]) |
 //!
 //! For the CIFAR kinds `DIR` may also be the folder that holds `cifar-10-batches-bin` or
 //! `cifar-100-binary`. Debian's `dataset-fashion-mnist` installs Fashion-MNIST in
 //! [`FASHION_MNIST_DIR`].
+//!
+//! `imagefolder:DIR` is torchvision's `ImageFolder` (classes sorted by name give the labels;
+//! the layout and the files read are in `imagefolder.rs`'s docs): the train split reads
+//! DIR`/train` and the test split DIR`/val` when DIR has either folder, else both read DIR.
+//! Its images are decoded after the samples are chosen, and only those.
 //!
 //! # Preprocessing
 //! Exactly as torchvision's `ToTensor()` + `Normalize(mean, std)`, in float32: a byte `v` of
@@ -27,6 +33,15 @@
 //!   set's true per-channel std (0.2470, 0.2435, 0.2616): a checkpoint must see the inputs it was
 //!   trained on, so we follow the checkpoints. For other normalisations use `npy:`.
 //!
+//! `imagefolder:` images go through torchvision's transforms on PIL images, chosen with
+//! `--preprocess` and its override flags ([`Preprocess`]): by default the `imagenet` preset,
+//! `Resize(256)` (Pillow's antialiased bilinear resize of the shorter side), `CenterCrop(224)`,
+//! `ToTensor()`, `Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))`. JPEG and PNG are
+//! decoded by the `image` crate (zune-jpeg, png), converted to 8-bit RGB as Pillow's
+//! `convert("RGB")` does (or to its `L` with `--grayscale`), resized by `fast_image_resize`'s
+//! port of Pillow's convolution. Against Pillow 13 the normalised values differ by at most the
+//! tolerances in `tests.rs` (`PILLOW_PNG_TOL`, `PILLOW_JPEG_TOL`, with the reasons).
+//!
 //! # Sample selection
 //! [`select`] picks `--samples N` of a split with `--seed S`: the first N positions of a partial
 //! Fisher–Yates shuffle of `0..len` driven by ChaCha8 seeded with `seed_from_u64(S)` (each draw an
@@ -36,7 +51,12 @@
 
 mod cifar;
 mod idx;
+#[cfg(feature = "images")]
+pub mod imagefolder;
 mod npy;
+mod preprocess;
+
+pub use preprocess::{crop_offsets, Preprocess, PreprocessFlags, IMAGENET_MEAN, IMAGENET_STD, PRESETS};
 
 use crate::{Error, Result};
 use rand::{RngCore, SeedableRng};
@@ -75,26 +95,46 @@ impl Normalization {
     /// The normalised value of every byte 0..=255 in `channel`, computed as torchvision does
     /// (`v / 255`, then `(x - mean) / std`, all in float32).
     pub fn table(&self, channel: usize) -> [f32; 256] {
-        let (mean, std) = (self.mean[channel], self.std[channel]);
-        std::array::from_fn(|v| (v as f32 / 255.0 - mean) / std)
+        normalised_table(self.mean[channel], self.std[channel])
     }
 }
 
+/// The normalised value of every byte 0..=255 as torchvision computes it in float32: `v / 255`
+/// (`ToTensor`), then `(x - mean) / std` (`Normalize`).
+pub fn normalised_table(mean: f32, std: f32) -> [f32; 256] {
+    std::array::from_fn(|v| (v as f32 / 255.0 - mean) / std)
+}
+
 /// A data set named on the command line: `KIND:PATH`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum DataSpec {
     FashionMnist(PathBuf),
     Cifar10(PathBuf),
     Cifar100(PathBuf),
-    Npy { images: PathBuf, labels: PathBuf },
+    Npy {
+        images: PathBuf,
+        labels: PathBuf,
+    },
+    /// The preprocessing is the `imagenet` preset once parsed; the flags replace it
+    /// ([`DataSpec::with_preprocess`]).
+    ImageFolder {
+        dir: PathBuf,
+        preprocess: Preprocess,
+    },
 }
 
 /// The kinds `--data` understands, in the order messages list them.
-pub const KINDS: [&str; 4] = ["fashion-mnist:DIR", "cifar10:DIR", "cifar100:DIR", "npy:X.npy,Y.npy"];
+pub const KINDS: [&str; 5] = [
+    "fashion-mnist:DIR",
+    "cifar10:DIR",
+    "cifar100:DIR",
+    "npy:X.npy,Y.npy",
+    "imagefolder:DIR",
+];
 
 impl DataSpec {
-    /// Parse `fashion-mnist:DIR`, `cifar10:DIR`, `cifar100:DIR` or `npy:X.npy,Y.npy`.
-    /// Nothing is opened yet; [`load`] checks the files.
+    /// Parse `fashion-mnist:DIR`, `cifar10:DIR`, `cifar100:DIR`, `npy:X.npy,Y.npy` or
+    /// `imagefolder:DIR`. Nothing is opened yet; [`open`] checks the files.
     pub fn parse(text: &str) -> Result<Self> {
         let expected = || format!("expected one of {}", KINDS.join(", "));
         let (kind, path) = text
@@ -110,6 +150,10 @@ impl DataSpec {
             "fashion-mnist" => Ok(DataSpec::FashionMnist(path.into())),
             "cifar10" => Ok(DataSpec::Cifar10(path.into())),
             "cifar100" => Ok(DataSpec::Cifar100(path.into())),
+            "imagefolder" => Ok(DataSpec::ImageFolder {
+                dir: path.into(),
+                preprocess: Preprocess::imagenet(),
+            }),
             "npy" => match path.split_once(',') {
                 Some((images, labels)) if !images.is_empty() && !labels.is_empty() && !labels.contains(',') => {
                     Ok(DataSpec::Npy {
@@ -135,16 +179,44 @@ impl DataSpec {
             DataSpec::Cifar10(_) => "cifar10",
             DataSpec::Cifar100(_) => "cifar100",
             DataSpec::Npy { .. } => "npy",
+            DataSpec::ImageFolder { .. } => "imagefolder",
         }
     }
 
-    /// The normalisation the loader applies; `None` for `npy` (already preprocessed).
+    /// The fixed normalisation the loader applies; `None` for `npy` (already preprocessed) and
+    /// `imagefolder` (its [`Preprocess`]).
     pub fn normalization(&self) -> Option<Normalization> {
         match self {
             DataSpec::FashionMnist(_) => Some(FASHION_MNIST),
             DataSpec::Cifar10(_) => Some(CIFAR10),
             DataSpec::Cifar100(_) => Some(CIFAR100),
-            DataSpec::Npy { .. } => None,
+            DataSpec::Npy { .. } | DataSpec::ImageFolder { .. } => None,
+        }
+    }
+
+    /// The preprocessing of an `imagefolder` spec; `None` for the other kinds.
+    pub fn preprocess(&self) -> Option<&Preprocess> {
+        match self {
+            DataSpec::ImageFolder { preprocess, .. } => Some(preprocess),
+            _ => None,
+        }
+    }
+
+    /// The spec with the preprocessing the flags ask for. The flags apply to `imagefolder` only:
+    /// with another kind, any flag given is a usage error naming it.
+    pub fn with_preprocess(self, flags: &PreprocessFlags<'_>) -> Result<Self> {
+        match self {
+            DataSpec::ImageFolder { dir, .. } => Ok(DataSpec::ImageFolder {
+                dir,
+                preprocess: Preprocess::from_flags(flags)?,
+            }),
+            other => match flags.first_given() {
+                None => Ok(other),
+                Some(flag) => Err(Error::usage(format!(
+                    "{flag} applies to imagefolder: data only ({} data comes preprocessed as its checkpoints expect)",
+                    other.kind()
+                ))),
+            },
         }
     }
 }
@@ -156,6 +228,7 @@ impl fmt::Display for DataSpec {
                 write!(f, "{}:{}", self.kind(), dir.display())
             }
             DataSpec::Npy { images, labels } => write!(f, "npy:{},{}", images.display(), labels.display()),
+            DataSpec::ImageFolder { dir, .. } => write!(f, "imagefolder:{}", dir.display()),
         }
     }
 }
@@ -167,7 +240,8 @@ impl FromStr for DataSpec {
     }
 }
 
-/// Which part of a data set: `train` or `test`. `npy` data sets have one part and ignore it.
+/// Which part of a data set: `train` or `test`. `npy` data sets have one part and ignore it;
+/// `imagefolder` reads `train/` or `val/` when DIR has them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
     Train,
@@ -300,35 +374,181 @@ impl Dataset {
     /// Check that every label is a class of a model with `num_classes` outputs; the error names
     /// the source, the first offending sample and its label.
     pub fn check_labels(&self, num_classes: usize) -> Result<()> {
-        match self.labels.iter().position(|&l| l as usize >= num_classes) {
-            None => Ok(()),
-            Some(i) => Err(Error::input(
-                &self.source,
-                format!(
-                    "label {} of sample {i} is out of range for {num_classes} classes (expected 0..={})",
-                    self.labels[i],
-                    num_classes.saturating_sub(1)
-                ),
-            )),
-        }
+        check_labels(&self.labels, num_classes, &self.source)
     }
 }
 
-/// Load one split of a data set, preprocessed. Every file is checked (magic, sizes, counts,
-/// label ranges) before anything else happens; errors name the file and the problem.
-pub fn load(spec: &DataSpec, split: Split) -> Result<Dataset> {
+/// Check that every label is below `num_classes`; the error names `source`, the first offending
+/// sample (its position in `labels`) and its label.
+pub fn check_labels(labels: &[u32], num_classes: usize, source: &str) -> Result<()> {
+    match labels.iter().position(|&l| l as usize >= num_classes) {
+        None => Ok(()),
+        Some(i) => Err(Error::input(
+            source,
+            format!(
+                "label {} of sample {i} is out of range for {num_classes} classes (expected 0..={})",
+                labels[i],
+                num_classes.saturating_sub(1)
+            ),
+        )),
+    }
+}
+
+/// One split of a data set, opened: read whole and checked (every kind but `imagefolder`), or
+/// listed, its images to be decoded once the samples are chosen ([`Opened::select`]).
+#[derive(Debug)]
+pub struct Opened {
+    source: String,
+    content: Content,
+}
+
+#[derive(Debug)]
+enum Content {
+    Loaded(Dataset),
+    #[cfg(feature = "images")]
+    Folder(imagefolder::Folder),
+}
+
+/// Open one split of a data set. Every file of the in-memory kinds is read and checked (magic,
+/// sizes, counts, label ranges); an image folder is listed. Errors name the file and the problem.
+pub fn open(spec: &DataSpec, split: Split) -> Result<Opened> {
     let source = match spec {
         DataSpec::Npy { .. } => spec.to_string(),
         _ => format!("{spec} ({split})"),
     };
-    let mut ds = match spec {
-        DataSpec::FashionMnist(dir) => idx::load_fashion_mnist(dir, split)?,
-        DataSpec::Cifar10(dir) => cifar::load(cifar::Layout::Cifar10, dir, split)?,
-        DataSpec::Cifar100(dir) => cifar::load(cifar::Layout::Cifar100, dir, split)?,
-        DataSpec::Npy { images, labels } => npy::load(images, labels)?,
+    let loaded = |mut ds: Dataset| {
+        ds.source = source.clone();
+        Content::Loaded(ds)
     };
-    ds.source = source;
-    Ok(ds)
+    let content = match spec {
+        DataSpec::FashionMnist(dir) => loaded(idx::load_fashion_mnist(dir, split)?),
+        DataSpec::Cifar10(dir) => loaded(cifar::load(cifar::Layout::Cifar10, dir, split)?),
+        DataSpec::Cifar100(dir) => loaded(cifar::load(cifar::Layout::Cifar100, dir, split)?),
+        DataSpec::Npy { images, labels } => loaded(npy::load(images, labels)?),
+        #[cfg(feature = "images")]
+        DataSpec::ImageFolder { dir, preprocess } => {
+            Content::Folder(imagefolder::Folder::open(dir, split, preprocess)?)
+        }
+        #[cfg(not(feature = "images"))]
+        DataSpec::ImageFolder { .. } => {
+            return Err(Error::usage(
+                "imagefolder: data needs the `images` feature of the clado crate",
+            ))
+        }
+    };
+    Ok(Opened { source, content })
+}
+
+impl Opened {
+    /// Where the data comes from, for messages: the spec and split, or the `npy` files.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Number of samples of the split.
+    pub fn len(&self) -> usize {
+        match &self.content {
+            Content::Loaded(ds) => ds.len(),
+            #[cfg(feature = "images")]
+            Content::Folder(f) => f.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Choose the samples `idx` (increasing, as [`select_indices`] gives them) and check them
+    /// without decoding: their labels, and for an image folder every chosen image's header, the
+    /// one shape they all come out with and the size of the load (`MAX_LOAD_BYTES` in
+    /// `imagefolder.rs`). Panics on an index out of range (a caller's bug).
+    pub fn select(self, idx: Vec<usize>) -> Result<Selection> {
+        assert!(idx.iter().all(|&i| i < self.len()), "sample index out of range");
+        let (image_shape, labels, num_classes) = match &self.content {
+            Content::Loaded(ds) => (
+                ds.image_shape(),
+                idx.iter().map(|&i| ds.labels[i]).collect(),
+                ds.num_classes,
+            ),
+            #[cfg(feature = "images")]
+            Content::Folder(f) => {
+                let outline = f.outline(&idx, imagefolder::MAX_LOAD_BYTES, &self.source)?;
+                (
+                    outline.image_shape,
+                    idx.iter().map(|&i| f.label(i)).collect(),
+                    f.num_classes(),
+                )
+            }
+        };
+        Ok(Selection {
+            opened: self,
+            idx,
+            image_shape,
+            labels,
+            num_classes,
+        })
+    }
+}
+
+/// Samples chosen from an opened split, checked but (for an image folder) not yet decoded.
+#[derive(Debug)]
+pub struct Selection {
+    opened: Opened,
+    idx: Vec<usize>,
+    image_shape: [usize; 3],
+    labels: Vec<u32>,
+    num_classes: usize,
+}
+
+impl Selection {
+    /// Where the data comes from, for messages.
+    pub fn source(&self) -> &str {
+        &self.opened.source
+    }
+
+    /// `[C, H, W]` of every chosen image as the model will see it.
+    pub fn image_shape(&self) -> [usize; 3] {
+        self.image_shape
+    }
+
+    /// The labels of the chosen samples, in order.
+    pub fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+
+    /// Number of classes of the data set (for an image folder, its class folders).
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    /// The chosen samples, preprocessed, in order (an image folder's decoded in parallel).
+    pub fn load(self) -> Result<Dataset> {
+        match self.opened.content {
+            Content::Loaded(ds) if self.idx.len() == ds.len() => Ok(ds),
+            Content::Loaded(ds) => Ok(ds.subset(&self.idx)),
+            #[cfg(feature = "images")]
+            Content::Folder(f) => {
+                let outline = imagefolder::Outline {
+                    image_shape: self.image_shape,
+                };
+                let images = f.load(&self.idx, outline)?;
+                Dataset::new(
+                    images,
+                    self.labels,
+                    self.image_shape,
+                    self.num_classes,
+                    self.opened.source,
+                )
+            }
+        }
+    }
+}
+
+/// Load one whole split of a data set, preprocessed (see [`open`]).
+pub fn load(spec: &DataSpec, split: Split) -> Result<Dataset> {
+    let opened = open(spec, split)?;
+    let all = (0..opened.len()).collect();
+    opened.select(all)?.load()
 }
 
 /// The parsers of the data set files as functions of one file's bytes (what the loaders run
@@ -336,6 +556,16 @@ pub fn load(spec: &DataSpec, split: Split) -> Result<Dataset> {
 pub mod bytes {
     use super::{cifar, idx};
     use crate::{Error, Result};
+
+    /// One image file of an image folder, decoded and preprocessed as the loader does it: the
+    /// header checked first (format, sizes against the limits), then the pixels.
+    #[cfg(feature = "images")]
+    pub fn decode_image(name: &str, bytes: &[u8], pre: &super::Preprocess) -> Result<([usize; 3], Vec<f32>)> {
+        let shape = super::imagefolder::image_shape(name, bytes, pre)?;
+        let mut out = vec![0f32; shape.iter().product()];
+        super::imagefolder::decode_into(name, bytes, pre, shape, &mut out)?;
+        Ok((shape, out))
+    }
 
     pub use super::npy::{images_from_npy_bytes, labels_from_npy_bytes};
 
@@ -386,6 +616,8 @@ pub fn select_indices(len: usize, samples: Option<usize>, seed: u64, source: &st
 }
 
 /// `--samples N --seed S` of a loaded split (see [`select_indices`]); `None` keeps everything.
+/// The tools choose before loading instead ([`Opened::select`]), so that an image folder decodes
+/// only the chosen images.
 pub fn select(ds: &Dataset, samples: Option<usize>, seed: u64) -> Result<Dataset> {
     if samples.is_none() {
         return Ok(ds.clone());
@@ -426,5 +658,7 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
     })
 }
 
+#[cfg(all(test, feature = "images"))]
+mod imagefolder_tests;
 #[cfg(test)]
 mod tests;
