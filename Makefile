@@ -57,11 +57,12 @@ setup-slurm:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; \
 	fi
 
-# onnxruntime (the ONNX graph tests' reference), onnx and numpy, pinned, in .deps/venv.
+# onnxruntime (the ONNX graph tests' reference), onnx, numpy and Pillow (the image decoding
+# tests' reference), pinned, in .deps/venv.
 VENV := .deps/venv
-VENV_PACKAGES := onnxruntime==1.32.0 onnx==1.23.2 numpy==2.4.6
+VENV_PACKAGES := onnxruntime==1.32.0 onnx==1.23.2 numpy==2.4.6 pillow==13.0.0
 setup-venv:
-	@if ! $(VENV)/bin/python -c 'import onnxruntime, onnx, numpy' 2>/dev/null; then \
+	@if ! $(VENV)/bin/python -c 'import onnxruntime, onnx, numpy, PIL' 2>/dev/null; then \
 	  echo "setup: installing $(VENV_PACKAGES) into $(VENV)" >&2; \
 	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(VENV_PACKAGES); \
 	fi
