@@ -14,10 +14,18 @@ FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 BIN := target/release
 FONT ?= /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 JOBS ?= 2
-# The reduced graph by default: this project's main experiment (w2a8,w4a8,w8a8) and the seed's
-# binaryWeight variant (w4,fp); FULL=1 adds its multiWeight (w2,w4,w8) and 9-option general
-# variants and the finer budget sweeps.
-EXPERIMENTS ?= main binary $(if $(FULL),multi general)
+# The reduced graph by default: this project's main experiment (w2a8,w4a8,w8a8); FULL=1 adds the
+# seed's binaryWeight (w4,fp), multiWeight (w2,w4,w8) and 9-option general variants and the finer
+# budget sweeps.
+EXPERIMENTS ?= main $(if $(FULL),binary multi general)
+# The built-in models (scripts/experiment.mk's MODEL) and the calibration draws of each
+# experiment (REPEATS; empty: one draw, seed 0).
+MODELS ?= resnet20 mobilenetv2
+REPEATS ?= 2
+# The reduced graph of `make demo`, to stay within 15 minutes on a 2-core machine: each of these
+# variables of scripts/experiment.mk gets this value unless given (FULL=1: none of them).
+demo_default = $(if $(or $(FULL),$(filter-out undefined,$(origin $(1)))),,$(1)='$(2)')
+DEMO_VARS = $(call demo_default,BUDGETS,2.5 3 4) $(call demo_default,METRICS,loss) $(call demo_default,SAMPLES,128)
 
 # Recipes run under bash with errexit, nounset and pipefail: any failing command fails its target.
 SHELL := bash
@@ -85,14 +93,15 @@ fuzz:
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 demo: setup build
-	@for exp in $(EXPERIMENTS); do \
-	  echo "== experiment $$exp" >&2; \
-	  $(MAKE) --no-print-directory -f scripts/experiment.mk -j$(JOBS) EXP=$$exp BIN=$(BIN); \
-	done
-	@for exp in $(EXPERIMENTS); do \
-	  echo; cat out/$$exp/table.md; echo; \
-	  echo "Sanity check: out/$$exp/sanity.md; plot: out/$$exp/plot.png (and .svg); CSV: out/$$exp/table.csv"; \
-	done
+	@for model in $(MODELS); do for exp in $(EXPERIMENTS); do \
+	  echo "== model $$model, experiment $$exp" >&2; \
+	  $(MAKE) --no-print-directory -f scripts/experiment.mk -j$(JOBS) MODEL=$$model EXP=$$exp BIN=$(BIN) \
+	    REPEATS=$(REPEATS) $(DEMO_VARS); \
+	done; done
+	@for model in $(MODELS); do for exp in $(EXPERIMENTS); do \
+	  d=out/$$model/$$exp; echo; cat $$d/table.md; echo; \
+	  echo "Plot: $$d/plot.png (and .svg); CSV: $$d/table.csv$(if $(REPEATS),; each draw in $$d/draw-K/ (its sanity check in sanity.md),; sanity check: $$d/sanity.md)"; \
+	done; done
 
 # Speed figures (release builds): forward engine, quantizers, eigendecomposition, allocate's solver.
 bench: setup-scip

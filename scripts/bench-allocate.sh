@@ -8,7 +8,7 @@
 #   FORMULATIONS=linearized,product,projected scripts/bench-allocate.sh 20
 #   EXTRA=--no-reduce scripts/bench-allocate.sh 56 # without the exact reductions
 #   CLIPPED=1 scripts/bench-allocate.sh            # the same instances after `psd --method clip`
-#   MATRIX=out/general/loss/G-clip.npy INDEX=out/general/loss/index.json \
+#   MATRIX=out/resnet20/general/loss/G-clip.npy INDEX=out/resnet20/general/loss/index.json \
 #     SWEEP=avg-bits=2.25:7:0.25 scripts/bench-allocate.sh    # a real matrix (depths ignored)
 #
 # FORMULATIONS: `default` (what the tool does), `branch-and-bound` (--method

@@ -10,6 +10,7 @@
 #
 #   quantize calibrate ............................................ calib.json
 #   perturb --metric M --se (quantizers from calib.json) ......... M/G.npy M/G.se.npy M/index.json
+#     (zeroq alone on kl: the diagonal only, perturb --naive ....... kl-diag/G.npy ...)
 #   psd --method P ................................................ M/G-P.npy M/psd-P.json
 #   scripts/uniform.py, the pins of the method uniform ............ alloc/uniform/BUDGET.pins
 #   allocate, one file per method and budget (and `none`) ......... alloc/METHOD/BUDGET.json
@@ -31,7 +32,9 @@
 # ---- Variables (all can be given on the command line) -----------------------------------------
 
 EXP ?= main
-OUT ?= out/$(EXP)
+# The model's short name (resnet20, mobilenetv2, or an ONNX file's name without .onnx).
+MODEL_NAME = $(if $(WEIGHTS),$(ARCH)-$(basename $(notdir $(WEIGHTS))),$(basename $(notdir $(MODEL))))
+OUT ?= out/$(MODEL_NAME)/$(EXP)
 
 # The seed's variants and this project's main experiment: default options and budgets by name
 # (FULL=1: the finer sweep). `general` (9 options) has the most expensive perturbation.
@@ -60,10 +63,18 @@ W_CALIB ?= minmax
 A_CALIB ?= minmax
 # Test images evaluated (empty: all 10,000).
 EVAL_SAMPLES ?=
-# The model and the data (empty WEIGHTS: the built-in Fashion-MNIST ResNet-20).
+# The model: MODEL=resnet20 (the built-in Fashion-MNIST ResNet-20), MODEL=mobilenetv2 (the
+# built-in Fashion-MNIST MobileNetV2, models/fmnist-mobilenetv2.onnx) or the path of an ONNX
+# file. A checkpoint of one of the CIFAR ResNets instead: WEIGHTS=FILE ARCH=resnet20|32|44|56.
+MODEL ?= resnet20
 ARCH ?= resnet20
 WEIGHTS ?=
 DATA ?= fashion-mnist:/usr/share/datasets/fashion-mnist
+# Calibration draws: REPEATS=K runs every calibration-dependent stage once per draw (seeds
+# 0..K-1 select different calibration images; draw k in $(OUT)/draw-k) and the report gives
+# mean ± standard deviation over the draws and paired comparisons of the methods
+# (scripts/repeats.py). Empty: one draw with seed SEED, in $(OUT) itself.
+REPEATS ?=
 # Which metrics and psd methods the CLADO methods use (PSD_METHOD/METRIC: one of each).
 METRICS ?= $(or $(METRIC),loss kl)
 PSD_METHODS ?= $(or $(PSD_METHOD),clip shift)
@@ -110,10 +121,18 @@ CLADO_METHODS := $(foreach m,$(METRICS),$(foreach p,$(PSD_METHODS),clado-$(m)-$(
 CONFIDENT_METHODS := $(if $(CONFIDENCE),clado-loss-conf $(if $(PESSIMISTIC),clado-loss-pess))
 METHODS := $(BASELINES) $(CLADO_METHODS) $(CONFIDENT_METHODS)
 # Metrics that some method needs a matrix of.
+# zeroq needs only the diagonal of the KL G: when no CLADO method uses the KL G, perturb measures
+# only that (perturb --naive, a pass per layer and option) into kl-diag/.
+ZEROQ_DIR := $(if $(filter kl,$(METRICS)),kl,kl-diag)
 NEEDED_METRICS := $(sort $(METRICS) $(if $(filter uniform naive,$(BASELINES))$(CONFIDENCE),loss) \
-                         $(if $(filter zeroq,$(BASELINES)),kl))
+                         $(if $(filter zeroq,$(BASELINES)),$(ZEROQ_DIR)))
 
-MODEL := --arch $(ARCH) $(if $(WEIGHTS),--weights $(WEIGHTS)) --data $(DATA)
+# The built-in models by name, else an ONNX file.
+MODEL_FILE_mobilenetv2 := $(SCRIPTS)/../models/fmnist-mobilenetv2.onnx
+MODEL_FLAGS := $(strip $(if $(WEIGHTS),--arch $(ARCH) --weights $(WEIGHTS),\
+  $(if $(filter resnet20,$(MODEL)),--arch resnet20,--model $(or $(MODEL_FILE_$(MODEL)),$(MODEL))))) --data $(DATA)
+$(if $(or $(WEIGHTS),$(filter resnet20 mobilenetv2 %.onnx,$(MODEL))),,\
+  $(error MODEL=$(MODEL): expected resnet20, mobilenetv2 or the path of an .onnx file))
 QUIET := -q
 
 # Every recipe runs under bash with errexit, nounset and pipefail: a failing command fails its
@@ -127,7 +146,7 @@ SHELL := bash
 
 all: report plot
 
-report: $(OUT)/table.md $(OUT)/table.csv $(OUT)/sanity.md
+report: $(OUT)/table.md $(OUT)/table.csv $(if $(REPEATS),,$(OUT)/sanity.md)
 plot: $(OUT)/plot.png $(OUT)/plot.svg
 
 # ---- Stage variables: a stamp file per stage, rewritten only when its variables change --------
@@ -141,17 +160,17 @@ differ = $(or $(subst x$(1),,x$(2)),$(subst x$(2),,x$(1)))
 # $(call stamp,NAME,TEXT): write `NAME: TEXT` to $(OUT)/.NAME.vars unless it holds it already.
 stamp = $(if $(call differ,$(file <$(OUT)/.$(1).vars),$(1): $(strip $(2))),$(file >$(OUT)/.$(1).vars,$(1): $(strip $(2))))
 
-$(call stamp,calib,$(MODEL) $(OPTIONS) $(SAMPLES) $(SEED) $(W_CALIB) $(A_CALIB))
+$(call stamp,calib,$(MODEL_FLAGS) $(OPTIONS) $(SAMPLES) $(SEED) $(W_CALIB) $(A_CALIB))
 $(call stamp,perturb,$(PERTURB_FLAGS))
 $(call stamp,launcher,$(LAUNCHER) $(if $(filter slurm,$(LAUNCHER)),$(SHARDS)))
 $(call stamp,allocate,$(BUDGET_KIND) $(TIME_LIMIT) $(ALLOCATE_FLAGS) $(if $(CONFIDENCE),$(CONFIDENCE_FLAGS)))
 $(call stamp,evaluate,$(EVAL_SAMPLES) $(BUDGETS))
-$(call stamp,report,$(EXP) $(METHODS) $(PLOT_X))
+$(call stamp,report,$(EXP) $(METHODS) $(PLOT_X) $(REPEATS))
 
 # ---- calibrate ---------------------------------------------------------------------------------
 
 $(OUT)/calib.json: $(OUT)/.calib.vars $(BIN)/quantize
-	$(BIN)/quantize calibrate $(MODEL) --samples $(SAMPLES) --seed $(SEED) --options '$(OPTIONS)' \
+	$(BIN)/quantize calibrate $(MODEL_FLAGS) --samples $(SAMPLES) --seed $(SEED) --options '$(OPTIONS)' \
 	  --w-calib $(W_CALIB) --a-calib $(A_CALIB) -o $@ $(QUIET)
 
 # ---- perturb: G, its standard errors and index.json, per metric ---------------------------------
@@ -160,8 +179,8 @@ $(OUT)/calib.json: $(OUT)/.calib.vars $(BIN)/quantize
 # the run finishes. With LAUNCHER=slurm, scripts/slurm-perturb.sh submits the shards and the merge
 # and waits for them; M/work holds each shard's result, finished units and Slurm log.
 
-PERTURB = $(BIN)/perturb $(MODEL) --samples $(SAMPLES) --seed $(SEED) --calib $(OUT)/calib.json \
-  --options '$(OPTIONS)' --metric $* $(PERTURB_FLAGS) $(QUIET)
+PERTURB = $(BIN)/perturb $(MODEL_FLAGS) --samples $(SAMPLES) --seed $(SEED) --calib $(OUT)/calib.json \
+  --options '$(OPTIONS)' --metric $(patsubst %-diag,%,$*) $(if $(filter %-diag,$*),--naive) $(PERTURB_FLAGS) $(QUIET)
 WORK_VARS := $(OUT)/.calib.vars $(OUT)/.perturb.vars $(OUT)/.launcher.vars
 SBATCH := $(if $(SLURM_PARTITION),--partition=$(SLURM_PARTITION)) $(if $(SLURM_TIME),--time=$(SLURM_TIME)) \
   $(if $(SLURM_CPUS),--cpus-per-task=$(SLURM_CPUS)) $(SBATCH_FLAGS)
@@ -190,16 +209,16 @@ $(OUT)/%/G-none.npy $(OUT)/%/psd-none.json: $(OUT)/%/G.npy $(OUT)/%/index.json $
 # ---- allocate: one rule per method; BUDGET.json for each budget, none.json without a budget ----
 # $(call method,NAME,METRIC,MATRIX,ALLOCATE FLAGS)
 define method
-$(OUT)/alloc/$(1)/%.json: $(3) $(OUT)/$(2)/index.json $(OUT)/.allocate.vars $(BIN)/allocate
+$(OUT)/alloc/$(1)/%.json: $(3) $(dir $(3))index.json $(OUT)/.allocate.vars $(BIN)/allocate
 	@mkdir -p $$(@D)
-	$(BIN)/allocate --matrix $(3) --index $(OUT)/$(2)/index.json \
+	$(BIN)/allocate --matrix $(3) --index $(dir $(3))index.json \
 	  $$(if $$(filter none,$$*),,--$(BUDGET_KIND) $$*) $(4) --time-limit $(TIME_LIMIT) $(ALLOCATE_FLAGS) -o $$@ $(QUIET)
 METHOD_METRIC_$(1) := $(2)
 METHOD_MATRIX_$(1) := $(3)
 endef
 
 $(eval $(call method,naive,loss,$(OUT)/loss/G.npy,--naive))
-$(eval $(call method,zeroq,kl,$(OUT)/kl/G.npy,--naive))
+$(eval $(call method,zeroq,kl,$(OUT)/$(ZEROQ_DIR)/G.npy,--naive))
 $(foreach m,$(METRICS),$(foreach p,$(PSD_METHODS),\
   $(eval $(call method,clado-$(m)-$(p),$(m),$(OUT)/$(m)/G-$(p).npy,))))
 $(eval $(call method,clado-loss-conf,loss,$(OUT)/loss/G.npy,$(CONFIDENCE_FLAGS)))
@@ -219,7 +238,7 @@ METHOD_MATRIX_uniform := $(OUT)/loss/G.npy
 
 # ---- evaluate: one call per method over all its budgets (they share one FP pass) ----------------
 
-EVALUATE := $(BIN)/evaluate $(MODEL) --calib $(OUT)/calib.json $(if $(EVAL_SAMPLES),--samples $(EVAL_SAMPLES)) $(QUIET)
+EVALUATE := $(BIN)/evaluate $(MODEL_FLAGS) --calib $(OUT)/calib.json $(if $(EVAL_SAMPLES),--samples $(EVAL_SAMPLES)) $(QUIET)
 
 $(OUT)/eval/fp.jsonl: $(OUT)/calib.json $(OUT)/.evaluate.vars $(BIN)/evaluate
 	@mkdir -p $(@D)
@@ -243,14 +262,33 @@ REPORT_INPUTS := $(OUT)/eval/fp.jsonl $(foreach m,$(METHODS),$(OUT)/eval/$(m).js
   $(foreach m,$(METHODS),$(if $(call psd_report,$(m)),$(patsubst :%,%,$(call psd_report,$(m))))) \
   $(foreach m,$(NEEDED_METRICS),$(OUT)/$(m)/index.json)
 
+ifeq ($(REPEATS),)
 $(OUT)/table.md $(OUT)/table.csv $(OUT)/sanity.md &: $(REPORT_INPUTS) $(OUT)/.report.vars $(SCRIPTS)/table.py
 	$(PYTHON) $(SCRIPTS)/table.py --out $(OUT) --experiment '$(EXP)' --options '$(OPTIONS)' \
 	  --budget-kind $(BUDGET_KIND) \
 	  $(foreach m,$(METHODS),--method $(m)=$(METHOD_METRIC_$(m))$(call psd_report,$(m)))
 
+else
+# REPEATS=K: each draw is this graph again (its own make, OUT=$(OUT)/draw-k SEED=k, sharing the
+# job slots), then scripts/repeats.py over the draws' tables. Each draw's make is asked every
+# time (FORCE) and redoes only what changed in it.
+$(if $(shell [ "$(REPEATS)" -ge 1 ] 2>/dev/null && echo ok),,$(error REPEATS=$(REPEATS): expected a positive number of draws))
+DRAWS := $(shell seq 0 $$(($(REPEATS) - 1)))
+comma := ,
+space := $(subst x,,x x)
+SELF := $(firstword $(MAKEFILE_LIST))
+.PHONY: FORCE
+FORCE:
+$(OUT)/draw-%/table.csv: FORCE
+	@$(MAKE) --no-print-directory -f $(SELF) OUT=$(OUT)/draw-$* SEED=$* REPEATS= report
+$(OUT)/table.md $(OUT)/table.csv &: $(foreach k,$(DRAWS),$(OUT)/draw-$(k)/table.csv) $(OUT)/.report.vars $(SCRIPTS)/repeats.py
+	$(PYTHON) $(SCRIPTS)/repeats.py --out $(OUT) --experiment '$(EXP)' --model '$(MODEL_NAME)' --options '$(OPTIONS)' \
+	  --budget-kind $(BUDGET_KIND) --seeds '$(subst $(space),$(comma),$(strip $(DRAWS)))' $(foreach k,$(DRAWS),$(OUT)/draw-$(k))
+endif
+
 $(OUT)/plot.png $(OUT)/plot.svg &: $(OUT)/table.csv $(OUT)/.report.vars $(PLOT)
 	$(PLOT) $< --png $(OUT)/plot.png --svg $(OUT)/plot.svg --x $(PLOT_X) \
-	  --title '$(EXP): test top-1 against size ($(ARCH), options $(OPTIONS))'
+	  --title '$(EXP): test top-1 against size ($(MODEL_NAME), options $(OPTIONS)$(if $(REPEATS),; mean of $(REPEATS) draws))'
 
 clean-experiment:
 	rm -rf $(OUT)

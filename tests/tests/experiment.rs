@@ -294,3 +294,60 @@ fn a_failing_stage_fails_the_graph_and_leaves_no_target() {
         assert!(!out.join(file).exists(), "{file} was made from a failed stage");
     }
 }
+
+fn read_csv(path: &Path) -> Vec<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = text.lines();
+    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+    lines
+        .map(|l| header.iter().cloned().zip(l.split(',').map(String::from)).collect())
+        .collect()
+}
+
+/// REPEATS=2: each draw is a whole graph of its own (other calibration images: seeds 0 and 1),
+/// and the report's table.csv holds, per method and budget, the mean and the sample standard
+/// deviation of the draws' numbers (recomputed here from the draws' own tables); table.md shows
+/// them as mean ± sd and pairs each CLADO method with the baselines.
+#[test]
+fn repeats_run_one_graph_per_draw_and_report_mean_and_spread() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let run = make(
+        &out,
+        &["REPEATS=2", "METRICS=loss", "PSD_METHODS=shift", "CONFIDENCE=", "BASELINES=naive zeroq"],
+    );
+    assert!(run.status.success(), "make failed:\n{}", String::from_utf8_lossy(&run.stderr));
+    let calib: Vec<String> = (0..2)
+        .map(|k| std::fs::read_to_string(out.join(format!("draw-{k}/calib.json"))).unwrap())
+        .collect();
+    assert_ne!(calib[0], calib[1], "the draws calibrate on other images");
+    let draws: Vec<_> = (0..2).map(|k| read_csv(&out.join(format!("draw-{k}/table.csv")))).collect();
+    let merged = read_csv(&out.join("table.csv"));
+    assert_eq!(merged.len(), draws[0].len());
+    let mut spread = 0.0f64;
+    for row in &merged {
+        let key = |r: &BTreeMap<String, String>| (r["method"].clone(), r["budget"].clone());
+        let per_draw: Vec<f64> = draws
+            .iter()
+            .map(|d| {
+                let r = d.iter().find(|r| key(r) == key(row)).expect("the row in every draw");
+                r["top1"].parse().unwrap()
+            })
+            .collect();
+        let mean = (per_draw[0] + per_draw[1]) / 2.0;
+        // The sample standard deviation of two values.
+        let sd = (per_draw[0] - per_draw[1]).abs() / 2f64.sqrt();
+        let got: f64 = row["top1"].parse().unwrap();
+        let got_sd: f64 = row["top1_sd"].parse().unwrap();
+        assert!((got - mean).abs() <= 1e-12 * mean.abs().max(1.0), "{key:?}: mean {got} vs {mean}", key = key(row));
+        assert!((got_sd - sd).abs() <= 1e-12 * sd.max(1.0), "{key:?}: sd {got_sd} vs {sd}", key = key(row));
+        assert_eq!(row["draws"], "2");
+        spread = spread.max(sd);
+    }
+    assert!(spread > 0.0, "two calibration draws gave identical accuracies everywhere");
+    let table = std::fs::read_to_string(out.join("table.md")).unwrap();
+    for needle in ["2 calibration draws (seeds 0,1)", " ± ", "Paired with `naive`", "Paired with `zeroq`", "clado-loss-shift"] {
+        assert!(table.contains(needle), "table.md lacks {needle:?}:\n{table}");
+    }
+    assert!(out.join("plot.png").exists(), "the plot of the means");
+}

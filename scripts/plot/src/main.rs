@@ -23,7 +23,7 @@ table.csv is written by scripts/table.py; the columns read here are `method`, `t
 reference line.
 
 Example:
-  clado-plot out/main/table.csv --png out/main/plot.png --svg out/main/plot.svg \\
+  clado-plot out/resnet20/main/table.csv --png out/resnet20/main/plot.png --svg out/resnet20/main/plot.svg \\
              --title 'ResNet-20, Fashion-MNIST, options w2a8,w4a8,w8a8'";
 
 /// The picture's size in pixels (room for two panels side by side, each with its legend).
