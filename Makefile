@@ -25,7 +25,8 @@ REPEATS ?= 2
 # The reduced graph of `make demo`, to stay within 15 minutes on a 2-core machine: each of these
 # variables of scripts/experiment.mk gets this value unless given (FULL=1: none of them).
 demo_default = $(if $(or $(FULL),$(filter-out undefined,$(origin $(1)))),,$(1)='$(2)')
-DEMO_VARS = $(call demo_default,BUDGETS,2.5 3 4) $(call demo_default,METRICS,loss) $(call demo_default,SAMPLES,128)
+DEMO_VARS = $(call demo_default,BUDGETS,2.5 3 4) $(call demo_default,METRICS,loss) $(call demo_default,SAMPLES,128) \
+  $(call demo_default,EVAL_SAMPLES,3000)
 
 # Recipes run under bash with errexit, nounset and pipefail: any failing command fails its target.
 SHELL := bash
