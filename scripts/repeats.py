@@ -25,6 +25,9 @@ import os
 import statistics
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from table import budget_key, write_atomic  # noqa: E402  (the single-draw report's helpers)
+
 ID_COLUMNS = ["method", "budget", "metric"]
 SD_COLUMNS = ["top1", "top5", "loss", "kl", "avg_w_bits", "size_mb", "predicted_delta", "measured_delta",
               "measured_delta_loss"]
@@ -111,13 +114,6 @@ def write_csv(rows, columns):
     return buf.getvalue()
 
 
-def budget_key(budget):
-    try:
-        return (0, float(budget))
-    except ValueError:
-        return (1, budget)
-
-
 def paired(values, a, b, budget, column):
     """Mean and standard error over draws of (a − b) at a budget, or (None, None)."""
     xs, ys = values.get(((a, budget), column)), values.get(((b, budget), column))
@@ -187,13 +183,6 @@ def write_markdown(rows, values, order, args, k):
                 fmt_diff(*paired(values, m, base, b, "measured_delta_loss"), 4, k) for m in clado) + " |")
         lines.append("")
     return "\n".join(lines)
-
-
-def write_atomic(path, text):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def main():
