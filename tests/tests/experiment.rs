@@ -350,4 +350,41 @@ fn repeats_run_one_graph_per_draw_and_report_mean_and_spread() {
         assert!(table.contains(needle), "table.md lacks {needle:?}:\n{table}");
     }
     assert!(out.join("plot.png").exists(), "the plot of the means");
+
+    // scripts/layers.py splits the raw loss G's prediction of each allocation into its
+    // single-layer and cross-layer parts: their sum is the prediction `allocate --naive` wrote
+    // (xᵀGx of the whole raw G), averaged over the draws.
+    let python = workspace_root().join(".deps/venv/bin/python");
+    assert!(python.exists(), "{} is missing: run `make setup-venv`", python.display());
+    let layers = Command::new(&python)
+        .arg(workspace_root().join("scripts/layers.py"))
+        .arg(&out)
+        .args(["--methods", "naive,clado-loss-shift", "--budgets", BUDGETS[0]])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&layers.stdout);
+    assert!(layers.status.success(), "layers.py: {}", String::from_utf8_lossy(&layers.stderr));
+    assert!(report.contains("in how many of 2 draws"), "{report}");
+    let row: Vec<&str> = report
+        .lines()
+        .find(|l| l.starts_with(&format!("| naive | {} |", BUDGETS[0])))
+        .unwrap_or_else(|| panic!("no naive row:\n{report}"))
+        .split('|')
+        .map(str::trim)
+        .collect();
+    let mean = |cell: &str| -> f64 { cell.split(" ± ").next().unwrap().parse().unwrap() };
+    let (single, cross, predicted) = (mean(row[3]), mean(row[4]), mean(row[6]));
+    let written: Vec<f64> = (0..2)
+        .map(|k| {
+            let a: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join(format!("draw-{k}/alloc/naive/{}.json", BUDGETS[0]))).unwrap(),
+            )
+            .unwrap();
+            a["predicted_delta"].as_f64().unwrap()
+        })
+        .collect();
+    // The report prints three decimals.
+    let expected = (written[0] + written[1]) / 2.0;
+    assert!((predicted - expected).abs() <= 1.5e-3, "predicted {predicted} vs allocate's {expected}:\n{report}");
+    assert!((single + cross - predicted).abs() <= 2e-3, "{single} + {cross} vs {predicted}:\n{report}");
 }
