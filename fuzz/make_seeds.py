@@ -9,6 +9,7 @@ import pickle
 import struct
 import sys
 import types
+import zlib
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -81,6 +82,27 @@ def main():
     write("cifar", "train.bin", bytes([7, 42]) + bytes(range(256)) * 12)
 
     write("checkpoint_pth", "tiny.pth", tiny_pth())
+
+    # imagefolder: images. PNGs of 8-bit RGB, gray and RGBA (zlib, stdlib only), and an 8×6 gray
+    # baseline JPEG written by Pillow 13 (`Image.save(..., "JPEG", quality=50, optimize=True)`).
+    write("images", "rgb.png", png(8, 6, 2, 3))
+    write("images", "gray.png", png(5, 5, 0, 1))
+    write("images", "rgba.png", png(4, 7, 6, 4))
+    write("images", "gray.jpg", bytes.fromhex(
+    "ffd8ffe000104a46494600010100000100010000ffdb004300100b0c0e0c0a100e0d0e1211101318281a1816"
+    "16183123251d283a333d3c3933383740485c4e404457453738506d51575f626768673e4d71797064785c6567"
+    "63ffc0000b080006000801011100ffc40014000100000000000000000000000000000003ffc4001810000203"
+    "000000000000000000000000000005032131ffda0008010100003f00358821ac3fffd9"))
+
+
+def png(width, height, color_type, channels):
+    """An 8-bit PNG (no interlace) of a gradient: signature, IHDR, one IDAT, IEND."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    rows = b"".join(b"\0" + bytes((x * 37 + y * 11 + c * 67) % 256 for x in range(width) for c in range(channels))
+                    for y in range(height))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def perturb_partial(layers, shard, naive):

@@ -2,12 +2,12 @@
 # Coverage-guided fuzzing (cargo fuzz, libFuzzer) of every parser the tools expose to outside
 # files: .npy matrices and data sets, index/calib/alloc/metrics JSON, perturb's partial results
 # and resume unit files, the option and budget grammars, .pth and .safetensors checkpoints, IDX
-# and CIFAR binary files, ONNX models.
+# and CIFAR binary files, ONNX models, JPEG and PNG images.
 #
 #   scripts/fuzz.sh [SECONDS] [--smoke]
 #
-# Runs each target for SECONDS (default 60). Default: an optimised build of all 14 targets.
-# --smoke: a quick unoptimised build of the 12 targets that do not need candle (the checkpoint
+# Runs each target for SECONDS (default 60). Default: an optimised build of all 15 targets.
+# --smoke: a quick unoptimised build of the 13 targets that do not need candle (the checkpoint
 # targets build candle, several minutes on 2 cores), for CI (`make fuzz-smoke`).
 # FUZZ_TARGETS="idx options" restricts the targets. Works on the stable toolchain: no sanitizer
 # (--sanitizer none), so no nightly flag is needed.
@@ -36,7 +36,7 @@ if [ ! -x "$ROOT/bin/cargo-fuzz" ]; then
 fi
 export PATH="$PWD/$ROOT/bin:$PATH"
 
-NN_FREE="npy_matrix npy_dataset json_index json_calib json_alloc json_metrics perturb_units options budget idx cifar onnx"
+NN_FREE="npy_matrix npy_dataset json_index json_calib json_alloc json_metrics perturb_units options budget idx cifar onnx images"
 if [ "$SMOKE" = 1 ]; then
   BUILD=(--dev --sanitizer none)
   DEFAULT_TARGETS=$NN_FREE

@@ -582,6 +582,16 @@ fn write_model_inputs(dir: &Path) {
         std::fs::write(rgb.join(name), vec![2u8; 8 * 3073]).unwrap();
     }
 
+    // Image folders: ten class folders c0..c9 of 32×32 gray PNGs, which the model takes with
+    // `--preprocess none --grayscale`, and each way of breaking them.
+    let good = gray_png(32, 32);
+    image_folder(dir, "if_ok", 10, &good);
+    std::fs::create_dir(dir.join("if_empty")).unwrap();
+    image_folder(dir, "if_cut", 10, &good[..good.len() / 2]);
+    image_folder(dir, "if_text", 10, b"these are not pixels\n");
+    image_folder(dir, "if_huge", 10, &png_declaring(&good, 100_000, 100_000));
+    image_folder(dir, "if_two", 2, &good);
+
     // Checkpoints.
     let pth = std::fs::read(fixture_checkpoint()).unwrap();
     write(dir, "trunc.pth", &pth[..pth.len() / 2]);
@@ -597,10 +607,49 @@ fn write_model_inputs(dir: &Path) {
     write(dir, "garbled.safetensors", garbled);
 }
 
+/// A `width`×`height` 8-bit gray PNG.
+fn gray_png(width: u32, height: u32) -> Vec<u8> {
+    let img = image::GrayImage::from_fn(width, height, |x, y| image::Luma([(x * 7 + y * 3) as u8]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// `png` with its header (IHDR, with a valid checksum) declaring `width`×`height` pixels.
+fn png_declaring(png: &[u8], width: u32, height: u32) -> Vec<u8> {
+    let mut out = png.to_vec();
+    // Signature (8), IHDR's length (4), "IHDR" (4), width and height (4 each), 5 more bytes, CRC.
+    out[16..20].copy_from_slice(&width.to_be_bytes());
+    out[20..24].copy_from_slice(&height.to_be_bytes());
+    let mut crc = flate2::Crc::new();
+    crc.update(&out[12..29]);
+    out[29..33].copy_from_slice(&crc.sum().to_be_bytes());
+    out
+}
+
+/// `dir/name/cK/` for K < `classes`, holding `8 / classes` (at least one) copies of `bytes`,
+/// named as a PNG.
+fn image_folder(dir: &Path, name: &str, classes: usize, bytes: &[u8]) {
+    for k in 0..classes {
+        let class = dir.join(name).join(format!("c{k}"));
+        std::fs::create_dir_all(&class).unwrap();
+        for i in 0..(8 / classes).max(1) {
+            std::fs::write(class.join(format!("{i}.png")), bytes).unwrap();
+        }
+    }
+}
+
 /// Data and checkpoint cases shared by the three tools that run the network.
 fn model_input_cases(base: &[&str]) -> Vec<Case> {
     let data = |spec: &'static str| with(base, &[("--data", Some(spec))]);
     let weights = |file: &'static str| with(base, &[("--weights", Some(file))]);
+    let folder = |spec: &'static str, gray: bool| {
+        let gray = if gray { Some("") } else { None };
+        with(
+            base,
+            &[("--data", Some(spec)), ("--preprocess", Some("none")), ("--grayscale", gray)],
+        )
+    };
     vec![
         case(
             "images: truncated data",
@@ -668,6 +717,50 @@ fn model_input_cases(base: &[&str]) -> Vec<Case> {
             "CIFAR: 3 channels for a 1-channel model",
             data("cifar10:cifar_ok"),
             &["cifar10", "3 channel"],
+        ),
+        case(
+            "image folder: no class folders",
+            folder("imagefolder:if_empty", true),
+            &["if_empty", "no class folders"],
+        ),
+        case(
+            "image folder: truncated PNGs",
+            folder("imagefolder:if_cut", true),
+            &["if_cut/c", ".png", "unreadable PNG"],
+        ),
+        case(
+            "image folder: text named .png",
+            folder("imagefolder:if_text", true),
+            &["if_text/c", "not a JPEG or PNG"],
+        ),
+        case(
+            "image folder: a header declaring 100,000 × 100,000 pixels",
+            folder("imagefolder:if_huge", true),
+            &["if_huge/c", "100000×100000", "limit"],
+        ),
+        case(
+            "image folder: images smaller than the crop",
+            {
+                let mut args = folder("imagefolder:if_ok", true);
+                args.extend(["--crop".to_string(), "40".to_string()]);
+                args
+            },
+            &["if_ok/c", "smaller than --crop 40"],
+        ),
+        case(
+            "image folder: 3 channels for a 1-channel model",
+            folder("imagefolder:if_ok", false),
+            &["if_ok", "3 channel"],
+        ),
+        case(
+            "image folder: 2 classes for a 10-class model",
+            folder("imagefolder:if_two", true),
+            &["if_two", "2 class folders", "10 classes"],
+        ),
+        case(
+            "image folder: preprocessing flags on other data",
+            with(base, &[("--grayscale", Some(""))]),
+            &["--grayscale", "imagefolder"],
         ),
         case("weights: truncated .pth", weights("trunc.pth"), &["trunc.pth"]),
         case("weights: empty", weights("empty.pth"), &["empty.pth"]),
