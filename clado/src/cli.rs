@@ -85,9 +85,52 @@ impl Verbosity {
     }
 }
 
+/// Parse the value of a size flag (`flag`, for the message): bytes, or a number with K, M, G or T (powers of 1024; `KiB`, `MB`… and a
+/// trailing `B` are accepted and mean the same), e.g. `4G`, `512M`, `1.5GiB`.
+pub fn parse_size(flag: &str, text: &str) -> Result<u64, Error> {
+    let bad = || {
+        Error::usage(format!(
+            "{flag} {text}: expected a size such as 4G, 512M or 1073741824"
+        ))
+    };
+    let t = text.trim();
+    let digits_end = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits_end);
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let unit = unit.trim().to_ascii_uppercase();
+    let unit = unit.trim_end_matches('B').trim_end_matches('I');
+    let scale: u64 = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let bytes = value * scale as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_in_powers_of_1024() {
+        assert_eq!(parse_size("--x", "4G").unwrap(), 4 << 30);
+        assert_eq!(parse_size("--x", "512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("--x", "512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("--x", "1.5g").unwrap(), 3 << 29);
+        assert_eq!(parse_size("--x", "2048").unwrap(), 2048);
+        for bad in ["", "G", "4X", "-1G", "0", "1e9", "4 GB extra", "nan"] {
+            let e = parse_size("--max-memory", bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("--max-memory {bad}")), "{bad}: {e}");
+        }
+    }
+
     use clap::Parser;
 
     #[derive(Debug, Parser)]

@@ -234,11 +234,33 @@ pub fn check_data_args(args: &DataArgs) -> Result<DataSpec> {
 /// Load the samples and check them against the model: channels and label range are checked
 /// on the chosen samples before their images are decoded (an image folder decodes only those).
 pub fn load_data(args: &DataArgs, default_split: Split, net: &Network) -> Result<LoadedData> {
+    let selected = select_data(args, default_split, net, false)?;
+    let data = selected.selection.load()?;
+    Ok(LoadedData {
+        data,
+        description: selected.description,
+    })
+}
+
+/// Samples chosen and checked against a model, not loaded yet (see [`select_data`]).
+pub struct SelectedData {
+    pub selection: data::Selection,
+    /// As [`LoadedData::description`].
+    pub description: String,
+}
+
+/// Choose the samples and check them against the model as [`load_data`] does, without loading
+/// them. `streamed`: the caller loads them in chunks ([`data::Selection::load_in_chunks`]), so
+/// the whole selection may be larger than one load may take.
+pub fn select_data(args: &DataArgs, default_split: Split, net: &Network, streamed: bool) -> Result<SelectedData> {
     let spec = check_data_args(args)?;
     let split = args.split.unwrap_or(default_split);
     let opened = data::open(&spec, split)?;
     let idx = data::select_indices(opened.len(), args.samples, args.seed, opened.source())?;
-    let chosen = opened.select(idx)?;
+    let chosen = match streamed {
+        true => opened.select_streamed(idx)?,
+        false => opened.select(idx)?,
+    };
     let description = match spec.preprocess() {
         Some(p) => format!("{}:{split} ({p})", args.data),
         None => format!("{}:{split}", args.data),
@@ -284,8 +306,10 @@ pub fn load_data(args: &DataArgs, default_split: Split, net: &Network) -> Result
         Error::Input { path, msg } => Error::input(path, format!("{msg} (the model has {} classes)", net.classes())),
         e => e,
     })?;
-    let data = chosen.load()?;
-    Ok(LoadedData { data, description })
+    Ok(SelectedData {
+        selection: chosen,
+        description,
+    })
 }
 
 /// The per-layer options of `alloc` (read from `name`) in the model's layer order: the

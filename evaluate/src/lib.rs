@@ -63,6 +63,7 @@ pub fn run(
     allocs: &[String],
     quant: &QuantSource,
     logits_path: Option<&str>,
+    load_chunk: u64,
     out: &mut dyn Write,
     quiet: bool,
 ) -> Result<()> {
@@ -144,65 +145,81 @@ pub fn run(
         }
         (QuantSource::File(_), None) => unreachable!("the calib file was read with the allocations"),
     };
-    let eval = setup::load_data(data_args, Split::Test, net)?;
+    // The test samples are checked here and loaded chunk by chunk below: a whole ImageNet
+    // validation set need not fit in memory.
+    let eval = setup::select_data(data_args, Split::Test, net, true)?;
+    let samples = eval.selection.len();
+    let chunk = chunk_samples(eval.selection.image_shape(), data_args.batch_size, load_chunk);
+    let chunks = samples.div_ceil(chunk);
     let table = PrecisionTable::new(net, &calib, &quantized)?;
-    if !quiet {
-        eprintln!(
-            "evaluate: {} configuration(s) on {} samples of {}",
-            configs.len(),
-            eval.data.len(),
-            eval.description
-        );
-    }
 
-    let fp_logits = forward_all(net, &eval.data, &Plan::fp(net), data_args.batch_size)?;
     let layers: Vec<_> = net.layers().iter().map(|l| l.info()).collect();
+    let indices: Vec<Vec<Option<usize>>> = configs
+        .iter()
+        .map(|config| {
+            config
+                .choice(net)
+                .iter()
+                .map(|o| match *o == QuantOption::FP {
+                    true => None,
+                    false => table.option_index(*o),
+                })
+                .collect()
+        })
+        .collect();
+    let mut sums: Vec<Sums> = configs.iter().map(|_| Sums::default()).collect();
+    let mut all_logits: Vec<Vec<f32>> = vec![Vec::new(); configs.len()];
     let mut lines = String::new();
-    let mut all_logits: Vec<f32> = Vec::new();
-    for config in &configs {
-        let choice = config.choice(net);
-        let indices: Vec<Option<usize>> = choice
-            .iter()
-            .map(|o| {
-                if *o == QuantOption::FP {
-                    None
-                } else {
-                    table.option_index(*o)
-                }
-            })
-            .collect();
-        let plan = table.plan(net, &indices)?;
-        let logits = match config {
-            Config::Fp => None,
-            _ => Some(forward_all(net, &eval.data, &plan, data_args.batch_size)?),
-        };
-        let cost = budget::cost(&layers, &choice);
-        let m = metrics(
-            config,
-            net,
-            &eval.data,
-            &eval.description,
-            data_args.batch_size,
-            &fp_logits,
-            logits.as_deref(),
-            cost,
-        )?;
-        if logits_path.is_some() {
-            for l in logits.as_deref().unwrap_or(&fp_logits) {
-                all_logits.extend_from_slice(l.data());
-            }
+    // Chunk by chunk, every configuration on the chunk (one FP pass each); the metrics of a
+    // configuration are written once its last chunk is done, so with one chunk (data that fits
+    // one load) each line comes out as soon as its configuration has run.
+    for (k, data) in eval.selection.load_in_chunks(chunk).enumerate() {
+        let data = data?;
+        // The note once the first chunk has loaded: a data set that fits one chunk is wholly
+        // decoded (every image checked) before anything else is said.
+        if k == 0 && !quiet {
+            let loads = match chunks {
+                1 => String::new(),
+                n => format!(", loaded in {n} chunks of up to {chunk}"),
+            };
+            eprintln!(
+                "evaluate: {} configuration(s) on {samples} samples of {}{loads}",
+                configs.len(),
+                eval.description
+            );
         }
-        let line = clado::io::json_line(&m)?;
-        if logits_path.is_some() {
-            lines.push_str(&line);
-        } else {
-            out.write_all(line.as_bytes()).map_err(|e| Error::io("<stdout>", e))?;
+        let last = k + 1 == chunks;
+        let fp_logits = forward_all(net, &data, &Plan::fp(net), data_args.batch_size)?;
+        for (i, config) in configs.iter().enumerate() {
+            let logits = match config {
+                Config::Fp => None,
+                _ => {
+                    let plan = table.plan(net, &indices[i])?;
+                    Some(forward_all(net, &data, &plan, data_args.batch_size)?)
+                }
+            };
+            sums[i].add(net, &data, data_args.batch_size, &fp_logits, logits.as_deref())?;
+            if logits_path.is_some() {
+                for l in logits.as_deref().unwrap_or(&fp_logits) {
+                    all_logits[i].extend_from_slice(l.data());
+                }
+            }
+            if last {
+                let cost = budget::cost(&layers, &config.choice(net));
+                let m = sums[i].metrics(config, net, &eval.description, cost);
+                let line = clado::io::json_line(&m)?;
+                if logits_path.is_some() {
+                    lines.push_str(&line);
+                } else {
+                    out.write_all(line.as_bytes()).map_err(|e| Error::io("<stdout>", e))?;
+                }
+            }
         }
     }
     if let Some(path) = logits_path {
-        let shape = (configs.len(), eval.data.len(), net.classes());
-        let array =
-            ndarray::Array3::from_shape_vec(shape, all_logits).expect("one row of K per sample and configuration");
+        let shape = (configs.len(), samples, net.classes());
+        let array = ndarray::Array3::from_shape_vec(shape, all_logits.concat())
+            .expect("one row of K per sample and configuration");
         let mut npy = Vec::new();
         ndarray_npy::WriteNpyExt::write_npy(&array, &mut npy)
             .map_err(|e| Error::other(format!("encoding .npy: {e}")))?;
@@ -227,45 +244,67 @@ fn forward_all(net: &Network, data: &Dataset, plan: &Plan, batch_size: usize) ->
         .collect()
 }
 
-/// The metrics of one configuration: top-k counts, and loss and KL summed per sample in sample
-/// order (whatever the batches), divided by the number of samples.
-fn metrics(
-    config: &Config,
-    net: &Network,
-    data: &Dataset,
-    description: &str,
-    batch_size: usize,
-    fp: &[Logits],
-    quantized: Option<&[Logits]>,
-    cost: budget::Cost,
-) -> Result<Metrics> {
-    let logits = quantized.unwrap_or(fp);
-    let (mut top1, mut top5) = (0usize, 0usize);
-    let (mut loss_each, mut kl_each) = (Vec::with_capacity(data.len()), Vec::with_capacity(data.len()));
-    for (((_, labels), l), f) in data.batches(batch_size).zip(logits).zip(fp) {
-        let labels: Vec<usize> = labels.iter().map(|&x| x as usize).collect();
-        top1 += l.correct_top_k(&labels, 1)?;
-        top5 += l.correct_top_k(&labels, 5.min(net.classes()))?;
-        loss_each.extend(l.cross_entropy_each(&labels)?);
-        if quantized.is_some() {
-            kl_each.extend(l.kl_each_from(f)?);
+/// Samples per chunk: as many whole batches of `[C, H, W]` float32 images as fit in
+/// `chunk_bytes` (`--load-chunk`), at least one batch.
+fn chunk_samples(image_shape: [usize; 3], batch_size: usize, chunk_bytes: u64) -> usize {
+    let image_bytes = 4 * image_shape.iter().product::<usize>().max(1) as u64;
+    let batches = (chunk_bytes / image_bytes / batch_size as u64).max(1);
+    usize::try_from(batches).unwrap_or(usize::MAX).saturating_mul(batch_size)
+}
+
+/// One configuration's running counts over the chunks: top-k counts, and loss and KL per
+/// sample in sample order (summed in that order at the end, whatever the batches and chunks).
+#[derive(Default)]
+struct Sums {
+    samples: usize,
+    top1: usize,
+    top5: usize,
+    loss_each: Vec<f64>,
+    kl_each: Vec<f64>,
+}
+
+impl Sums {
+    /// Add the samples of `data` (`quantized`: the configuration's logits; `None` for FP).
+    fn add(
+        &mut self,
+        net: &Network,
+        data: &Dataset,
+        batch_size: usize,
+        fp: &[Logits],
+        quantized: Option<&[Logits]>,
+    ) -> Result<()> {
+        let logits = quantized.unwrap_or(fp);
+        for (((_, labels), l), f) in data.batches(batch_size).zip(logits).zip(fp) {
+            let labels: Vec<usize> = labels.iter().map(|&x| x as usize).collect();
+            self.top1 += l.correct_top_k(&labels, 1)?;
+            self.top5 += l.correct_top_k(&labels, 5.min(net.classes()))?;
+            self.loss_each.extend(l.cross_entropy_each(&labels)?);
+            if quantized.is_some() {
+                self.kl_each.extend(l.kl_each_from(f)?);
+            }
+        }
+        self.samples += data.len();
+        Ok(())
+    }
+
+    /// The metrics line of `config` over every sample added.
+    fn metrics(&self, config: &Config, net: &Network, description: &str, cost: budget::Cost) -> Metrics {
+        let n = self.samples as f64;
+        let sum_in_order = |values: &[f64]| values.iter().fold(0.0f64, |sum, v| sum + v);
+        Metrics {
+            version: FORMAT_VERSION,
+            config: config.label(),
+            arch: net.arch().to_string(),
+            data: description.to_string(),
+            samples: self.samples,
+            top1: 100.0 * self.top1 as f64 / n,
+            top5: 100.0 * self.top5 as f64 / n,
+            loss: sum_in_order(&self.loss_each) / n,
+            kl: sum_in_order(&self.kl_each) / n,
+            size_bits: cost.size_bits,
+            size_mb: cost.size_mb(),
+            avg_w_bits: cost.avg_w_bits,
+            bops: cost.bops,
         }
     }
-    let n = data.len() as f64;
-    let sum_in_order = |values: &[f64]| values.iter().fold(0.0f64, |sum, v| sum + v);
-    Ok(Metrics {
-        version: FORMAT_VERSION,
-        config: config.label(),
-        arch: net.arch().to_string(),
-        data: description.to_string(),
-        samples: data.len(),
-        top1: 100.0 * top1 as f64 / n,
-        top5: 100.0 * top5 as f64 / n,
-        loss: sum_in_order(&loss_each) / n,
-        kl: sum_in_order(&kl_each) / n,
-        size_bits: cost.size_bits,
-        size_mb: cost.size_mb(),
-        avg_w_bits: cost.avg_w_bits,
-        bops: cost.bops,
-    })
 }

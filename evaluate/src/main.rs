@@ -21,7 +21,8 @@ architecture and a digest of the weights file they were made with, and a file of
 or layer list is refused (exit 2) naming the file, the field and both models. Standard input
 (--alloc - or --calib -) is read to its end before any other file.
 
-The output is the same bytes whatever --batch-size and the thread count (RAYON_NUM_THREADS):
+The output is the same bytes whatever --batch-size, --load-chunk and the thread count
+(RAYON_NUM_THREADS):
 loss and KL are summed per sample in sample order. A reader that stops early (`| head -1`)
 ends evaluate quietly with exit 0.
 
@@ -69,6 +70,12 @@ struct Cli {
     /// runtime. Written before the metrics.
     #[arg(long, value_name = "FILE")]
     logits: Option<String>,
+    /// Load the test images in chunks of at most SIZE of float32 values (bytes, or K/M/G/T in
+    /// powers of 1024; at least one batch per chunk) and run every configuration on each chunk
+    /// before the next is loaded: a test set larger than memory (a whole ImageNet validation
+    /// folder) is evaluated chunk by chunk. The output does not depend on it.
+    #[arg(long, value_name = "SIZE", default_value = "1G")]
+    load_chunk: String,
     /// No notes on stderr.
     #[arg(short, long)]
     quiet: bool,
@@ -101,6 +108,7 @@ fn main() -> std::process::ExitCode {
                 },
             },
         };
+        let load_chunk = clado::cli::parse_size("--load-chunk", &cli.load_chunk)?;
         let stdout = std::io::stdout();
         evaluate::run(
             &cli.model,
@@ -109,6 +117,7 @@ fn main() -> std::process::ExitCode {
             &cli.alloc,
             &quant,
             cli.logits.as_deref(),
+            load_chunk,
             &mut stdout.lock(),
             cli.quiet,
         )

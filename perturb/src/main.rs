@@ -188,7 +188,7 @@ fn run(mut cli: Cli) -> clado::Result<()> {
                 exclude: cli.exclude,
                 max_memory: cli
                     .max_memory
-                    .map(|t| perturb::memory::parse_size(&t).map(|b| (b, t)))
+                    .map(|t| clado::cli::parse_size("--max-memory", &t).map(|b| (b, t)))
                     .transpose()?,
             };
             let output_path = cli.output.expect("required by clap");

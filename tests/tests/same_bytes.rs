@@ -176,6 +176,20 @@ fn every_tool_writes_the_same_bytes_whatever_the_threads_and_batch_size() {
     );
     assert_same("evaluate --calib", &runs, &["-"]);
     assert_eq!(String::from_utf8_lossy(&runs[0][0]).lines().count(), 2 + 1 + 8);
+    // Test images loaded one batch at a time (--load-chunk below one image: a batch per chunk,
+    // 43 chunks of 7): the same bytes as all at once.
+    let chunked = run_with_env(
+        "evaluate",
+        &[
+            "-q", "--samples", "300", "--batch-size", "7", "--load-chunk", "1", "--calib", "calib.json", "--fp",
+            "--uniform", "w4a8", "--alloc", "alloc.json", "--alloc", "sweep.jsonl",
+        ],
+        b"",
+        Some(d),
+        &[],
+    )
+    .success();
+    assert!(chunked == runs[0][0], "evaluate --load-chunk 1: other bytes than in one chunk");
     let runs = twice(
         d,
         "evaluate",

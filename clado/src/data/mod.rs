@@ -463,6 +463,17 @@ impl Opened {
     /// one shape they all come out with and the size of the load (`MAX_LOAD_BYTES` in
     /// `imagefolder.rs`). Panics on an index out of range (a caller's bug).
     pub fn select(self, idx: Vec<usize>) -> Result<Selection> {
+        self.select_within(idx, LoadLimit::Whole)
+    }
+
+    /// [`select`](Self::select) for a caller that loads the selection in chunks
+    /// ([`Selection::load_in_chunks`]): every chosen image's header is still checked, but the
+    /// whole selection may exceed the limit of one load (each chunk stays within it).
+    pub fn select_streamed(self, idx: Vec<usize>) -> Result<Selection> {
+        self.select_within(idx, LoadLimit::Chunked)
+    }
+
+    fn select_within(self, idx: Vec<usize>, limit: LoadLimit) -> Result<Selection> {
         assert!(idx.iter().all(|&i| i < self.len()), "sample index out of range");
         let (image_shape, labels, num_classes) = match &self.content {
             Content::Loaded(ds) => (
@@ -472,7 +483,11 @@ impl Opened {
             ),
             #[cfg(feature = "images")]
             Content::Folder(f) => {
-                let outline = f.outline(&idx, imagefolder::MAX_LOAD_BYTES, &self.source)?;
+                let max_bytes = match limit {
+                    LoadLimit::Whole => imagefolder::MAX_LOAD_BYTES,
+                    LoadLimit::Chunked => u64::MAX,
+                };
+                let outline = f.outline(&idx, max_bytes, &self.source)?;
                 (
                     outline.image_shape,
                     idx.iter().map(|&i| f.label(i)).collect(),
@@ -488,6 +503,14 @@ impl Opened {
             num_classes,
         })
     }
+}
+
+/// Whether a selection is loaded at once (within the image folders' limit of one load) or in
+/// chunks.
+#[derive(Clone, Copy, Debug)]
+enum LoadLimit {
+    Whole,
+    Chunked,
 }
 
 /// Samples chosen from an opened split, checked but (for an image folder) not yet decoded.
@@ -541,6 +564,45 @@ impl Selection {
                 )
             }
         }
+    }
+}
+
+impl Selection {
+    /// Number of chosen samples.
+    pub fn len(&self) -> usize {
+        self.idx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.idx.is_empty()
+    }
+
+    /// The chosen samples in order, as consecutive data sets of at most `chunk` samples, each
+    /// loaded (an image folder's decoded, in parallel) only when the iterator reaches it.
+    pub fn load_in_chunks(self, chunk: usize) -> impl Iterator<Item = Result<Dataset>> {
+        assert!(chunk > 0, "chunk size must be positive");
+        let starts: Vec<usize> = (0..self.idx.len()).step_by(chunk).collect();
+        starts.into_iter().map(move |start| {
+            let end = (start + chunk).min(self.idx.len());
+            let idx = &self.idx[start..end];
+            match &self.opened.content {
+                Content::Loaded(ds) if idx.len() == ds.len() => Ok(ds.clone()),
+                Content::Loaded(ds) => Ok(ds.subset(idx)),
+                #[cfg(feature = "images")]
+                Content::Folder(f) => {
+                    let outline = imagefolder::Outline {
+                        image_shape: self.image_shape,
+                    };
+                    Dataset::new(
+                        f.load(idx, outline)?,
+                        self.labels[start..end].to_vec(),
+                        self.image_shape,
+                        self.num_classes,
+                        self.opened.source.clone(),
+                    )
+                }
+            }
+        })
     }
 }
 
