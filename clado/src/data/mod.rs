@@ -473,6 +473,7 @@ impl Opened {
         self.select_within(idx, LoadLimit::Chunked)
     }
 
+    #[cfg_attr(not(feature = "images"), allow(unused_variables))]
     fn select_within(self, idx: Vec<usize>, limit: LoadLimit) -> Result<Selection> {
         assert!(idx.iter().all(|&i| i < self.len()), "sample index out of range");
         let (image_shape, labels, num_classes) = match &self.content {
