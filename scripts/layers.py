@@ -121,7 +121,6 @@ def main():
     print("| layer | weights | " + " | ".join(f"{m} {b}" for m, b in cols) + " |")
     print("| --- | ---: |" + " ---: |" * len(cols))
     chosen = {(m, b): [choice(d, m, b) for d in draws] for m, b in cols}
-    totals = {c: [] for c in cols}
     for layer in index["layers"]:
         name = layer["name"] + (" (dw)" if layer["name"] in dw else "")
         cells = []
@@ -131,21 +130,17 @@ def main():
         print(f"| {name} | {layer['params']:,} | " + " | ".join(cells) + " |")
     if dw:
         print("\nShare of the low-bit weights in depthwise layers (mean over draws):\n")
-        for c in cols:
-            shares = []
-            for ch in chosen[c]:
-                if not ch:
-                    continue
-                lowp = [l["params"] for l in index["layers"] if ch.get(l["name"], (None, None))[1] == low]
-                dwp = [l["params"] for l in index["layers"]
-                       if l["name"] in dw and ch.get(l["name"], (None, None))[1] == low]
-                shares.append(100 * sum(dwp) / sum(lowp) if lowp else 0.0)
-            totals[c] = shares
         dw_params = sum(l["params"] for l in index["layers"] if l["name"] in dw)
         all_params = sum(l["params"] for l in index["layers"])
         print(f"- depthwise layers hold {100 * dw_params / all_params:.1f} % of the weights")
-        for (m, b), s in totals.items():
-            print(f"- {m} at {b}: {pm(s, 1)} % of the {low}-bit weights are depthwise")
+        for m, b in cols:
+            shares = []
+            for ch in filter(None, chosen[(m, b)]):
+                low_layers = [l for l in index["layers"] if ch.get(l["name"], (None, None))[1] == low]
+                low_params = sum(l["params"] for l in low_layers)
+                dw_low = sum(l["params"] for l in low_layers if l["name"] in dw)
+                shares.append(100 * dw_low / low_params if low_params else 0.0)
+            print(f"- {m} at {b}: {pm(shares, 1)} % of the {low}-bit weights are depthwise")
 
     print("\n## The raw loss G's prediction for each allocation: single-layer and cross-layer parts\n")
     print(f"Mean ± sd over {k} draws; predicted on the calibration images, measured on the test images.\n")

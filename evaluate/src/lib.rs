@@ -111,7 +111,8 @@ pub fn run(
             choice: setup::alloc_choice(alloc, source, &loaded)?,
         });
     }
-    let mut options: Vec<QuantOption> = configs.iter().flat_map(|c| c.choice(net)).collect();
+    let choices: Vec<Vec<QuantOption>> = configs.iter().map(|c| c.choice(net)).collect();
+    let mut options: Vec<QuantOption> = choices.concat();
     options.sort();
     options.dedup();
     let quantized: Vec<QuantOption> = options.iter().copied().filter(|o| *o != QuantOption::FP).collect();
@@ -154,11 +155,10 @@ pub fn run(
     let table = PrecisionTable::new(net, &calib, &quantized)?;
 
     let layers: Vec<_> = net.layers().iter().map(|l| l.info()).collect();
-    let indices: Vec<Vec<Option<usize>>> = configs
+    let indices: Vec<Vec<Option<usize>>> = choices
         .iter()
-        .map(|config| {
-            config
-                .choice(net)
+        .map(|choice| {
+            choice
                 .iter()
                 .map(|o| match *o == QuantOption::FP {
                     true => None,
@@ -205,7 +205,7 @@ pub fn run(
                 }
             }
             if last {
-                let cost = budget::cost(&layers, &config.choice(net));
+                let cost = budget::cost(&layers, &choices[i]);
                 let m = sums[i].metrics(config, net, &eval.description, cost);
                 let line = clado::io::json_line(&m)?;
                 if logits_path.is_some() {

@@ -545,30 +545,6 @@ impl Selection {
         self.num_classes
     }
 
-    /// The chosen samples, preprocessed, in order (an image folder's decoded in parallel).
-    pub fn load(self) -> Result<Dataset> {
-        match self.opened.content {
-            Content::Loaded(ds) if self.idx.len() == ds.len() => Ok(ds),
-            Content::Loaded(ds) => Ok(ds.subset(&self.idx)),
-            #[cfg(feature = "images")]
-            Content::Folder(f) => {
-                let outline = imagefolder::Outline {
-                    image_shape: self.image_shape,
-                };
-                let images = f.load(&self.idx, outline)?;
-                Dataset::new(
-                    images,
-                    self.labels,
-                    self.image_shape,
-                    self.num_classes,
-                    self.opened.source,
-                )
-            }
-        }
-    }
-}
-
-impl Selection {
     /// Number of chosen samples.
     pub fn len(&self) -> usize {
         self.idx.len()
@@ -578,32 +554,45 @@ impl Selection {
         self.idx.is_empty()
     }
 
+    /// The chosen samples, preprocessed, in order (an image folder's decoded in parallel).
+    pub fn load(self) -> Result<Dataset> {
+        match self.opened.content {
+            // Every sample of a loaded set (the indices are increasing): the set itself.
+            Content::Loaded(ds) if self.idx.len() == ds.len() => Ok(ds),
+            _ => self.load_range(0..self.idx.len()),
+        }
+    }
+
     /// The chosen samples in order, as consecutive data sets of at most `chunk` samples, each
     /// loaded (an image folder's decoded, in parallel) only when the iterator reaches it.
-    pub fn load_in_chunks(self, chunk: usize) -> impl Iterator<Item = Result<Dataset>> {
+    pub fn load_in_chunks(self, chunk: usize) -> Box<dyn Iterator<Item = Result<Dataset>>> {
         assert!(chunk > 0, "chunk size must be positive");
-        let starts: Vec<usize> = (0..self.idx.len()).step_by(chunk).collect();
-        starts.into_iter().map(move |start| {
-            let end = (start + chunk).min(self.idx.len());
-            let idx = &self.idx[start..end];
-            match &self.opened.content {
-                Content::Loaded(ds) if idx.len() == ds.len() => Ok(ds.clone()),
-                Content::Loaded(ds) => Ok(ds.subset(idx)),
-                #[cfg(feature = "images")]
-                Content::Folder(f) => {
-                    let outline = imagefolder::Outline {
-                        image_shape: self.image_shape,
-                    };
-                    Dataset::new(
-                        f.load(idx, outline)?,
-                        self.labels[start..end].to_vec(),
-                        self.image_shape,
-                        self.num_classes,
-                        self.opened.source.clone(),
-                    )
-                }
+        if self.idx.len() <= chunk {
+            return Box::new(std::iter::once(self.load()));
+        }
+        let starts = (0..self.idx.len()).step_by(chunk);
+        Box::new(starts.map(move |start| self.load_range(start..(start + chunk).min(self.idx.len()))))
+    }
+
+    /// The chosen samples `range` (positions in the selection), preprocessed, in order.
+    fn load_range(&self, range: std::ops::Range<usize>) -> Result<Dataset> {
+        let idx = &self.idx[range.clone()];
+        match &self.opened.content {
+            Content::Loaded(ds) => Ok(ds.subset(idx)),
+            #[cfg(feature = "images")]
+            Content::Folder(f) => {
+                let outline = imagefolder::Outline {
+                    image_shape: self.image_shape,
+                };
+                Dataset::new(
+                    f.load(idx, outline)?,
+                    self.labels[range].to_vec(),
+                    self.image_shape,
+                    self.num_classes,
+                    self.opened.source.clone(),
+                )
             }
-        })
+        }
     }
 }
 
