@@ -9,6 +9,9 @@
 #   SETS='w2a8,w4a8,w8a8' scripts/bench-perturb.sh
 #   SAMPLES=1024 BATCH=256 scripts/bench-perturb.sh
 #   REPEAT=3 scripts/bench-perturb.sh        # median of 3 runs per option set
+#   MODEL=target/onnx-bench/resnet18.onnx DATA=npy:X.npy,Y.npy SAMPLES=64 BATCH=64 \
+#     SETS=w2a8,w4a8,w8a8 scripts/bench-perturb.sh          # an ONNX model (see --model)
+#   PERTURB=/tmp/old/perturb scripts/bench-perturb.sh       # another build, side by side
 #
 # Targets (issue 4): 3 options (2,145 evaluations) ≤ 60 s; 9 options (18,909) ≤ 10 min.
 # For scale: a full forward pass per evaluation (the seed's method, PyTorch CPU) takes ~0.2 s
@@ -20,8 +23,12 @@ samples=${SAMPLES:-256}
 batch=${BATCH:-256}
 repeat=${REPEAT:-1}
 data=${DATA:-fashion-mnist:/usr/share/datasets/fashion-mnist}
+model=${MODEL:+--model $MODEL}
 export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-2}
-cargo build --release --quiet -p perturb
+if [ -z "${PERTURB:-}" ]; then
+  cargo build --release --quiet -p perturb
+  PERTURB=target/release/perturb
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -31,7 +38,7 @@ for opts in $sets; do
   for r in $(seq 1 "$repeat"); do
     rm -f "$work"/G.npy "$work"/index.json
     /usr/bin/time -f '%e %U %S %M' -o "$work/time" \
-      target/release/perturb --data "$data" --samples "$samples" --batch-size "$batch" --options "$opts" \
+      "$PERTURB" $model --data "$data" --samples "$samples" --batch-size "$batch" --options "$opts" \
       -o "$work/G.npy" --index "$work/index.json" 2> "$work/log"
     read -r wall user sys rss < "$work/time"
     # "N evaluations in S s; layers run × images: R (P% of T for full passes)"

@@ -88,11 +88,7 @@ impl Verbosity {
 /// Parse the value of a size flag (`flag`, for the message): bytes, or a number with K, M, G or T (powers of 1024; `KiB`, `MB`… and a
 /// trailing `B` are accepted and mean the same), e.g. `4G`, `512M`, `1.5GiB`.
 pub fn parse_size(flag: &str, text: &str) -> Result<u64, Error> {
-    let bad = || {
-        Error::usage(format!(
-            "{flag} {text}: expected a size such as 4G, 512M or 1073741824"
-        ))
-    };
+    let bad = || Error::usage(format!("{flag} {text}: expected a size such as 4G, 512M or 1073741824"));
     let t = text.trim();
     let digits_end = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (number, unit) = t.split_at(digits_end);

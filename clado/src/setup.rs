@@ -276,17 +276,16 @@ pub fn select_data(args: &DataArgs, default_split: Split, net: &Network, streame
             ),
         ));
     }
-    if let Some([_, h, w]) = net.input_shape() {
-        let [_, dh, dw] = chosen.image_shape();
-        if [dh, dw] != [h, w] {
-            return Err(Error::input(
-                chosen.source(),
-                format!(
-                    "images are {dh}×{dw} pixels, but {} takes {h}×{w} (for an image folder, set --crop)",
-                    net.arch()
-                ),
-            ));
-        }
+    let [_, h, w] = net.input_shape();
+    let [_, dh, dw] = chosen.image_shape();
+    if [dh, dw] != [h, w] {
+        return Err(Error::input(
+            chosen.source(),
+            format!(
+                "images are {dh}×{dw} pixels, but {} takes {h}×{w} (for an image folder, set --crop)",
+                net.arch()
+            ),
+        ));
     }
     // An image folder's labels are its class folders' ranks by name: they mean the model's
     // classes only when the folder has exactly those (a 10-class subset of ImageNet would label

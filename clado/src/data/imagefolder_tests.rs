@@ -597,14 +597,22 @@ fn a_selection_loads_the_same_in_chunks_and_a_streamed_one_may_exceed_one_load()
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     for k in 0..7u8 {
-        write(&d.join(format!("{}/{k}.png", ["a", "b"][usize::from(k % 2)])), &png_bytes(&flat(k)));
+        write(
+            &d.join(format!("{}/{k}.png", ["a", "b"][usize::from(k % 2)])),
+            &png_bytes(&flat(k)),
+        );
     }
     let spec = DataSpec::ImageFolder {
         dir: d.into(),
         preprocess: gray_none(),
     };
     let idx = vec![0, 1, 3, 4, 6];
-    let whole = open(&spec, Split::Test).unwrap().select(idx.clone()).unwrap().load().unwrap();
+    let whole = open(&spec, Split::Test)
+        .unwrap()
+        .select(idx.clone())
+        .unwrap()
+        .load()
+        .unwrap();
     for chunk in [1, 2, 5, 9] {
         let parts: Vec<Dataset> = open(&spec, Split::Test)
             .unwrap()
@@ -617,7 +625,11 @@ fn a_selection_loads_the_same_in_chunks_and_a_streamed_one_may_exceed_one_load()
         assert!(parts.iter().all(|p| p.len() <= chunk));
         let images: Vec<f32> = parts.iter().flat_map(|p| p.images.iter().copied()).collect();
         let labels: Vec<u32> = parts.iter().flat_map(|p| p.labels.iter().copied()).collect();
-        assert_eq!((images, labels), (whole.images.clone(), whole.labels.clone()), "chunks of {chunk}");
+        assert_eq!(
+            (images, labels),
+            (whole.images.clone(), whole.labels.clone()),
+            "chunks of {chunk}"
+        );
     }
     // Headers are still checked when streamed: a broken chosen file is an error up front.
     write(&d.join("b/7.png"), b"not an image");

@@ -51,12 +51,6 @@ impl ActQuant {
     pub fn apply(&self, x: f32) -> f32 {
         self.quantizer.quantize(x)
     }
-
-    /// `dst[i] = apply(src[i])`.
-    pub(crate) fn apply_into(&self, src: &[f32], dst: &mut [f32]) {
-        dst.copy_from_slice(src);
-        self.quantizer.quantize_in_place(dst);
-    }
 }
 
 /// Fake-quantizes weights whose dim 0 is the output channel (PyTorch layout) with checked

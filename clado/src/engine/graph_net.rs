@@ -13,17 +13,16 @@
 //! **Weights.** [`Network::weights`] gives a layer's weight with its output channel first
 //! (what the per-channel quantizers read, and PyTorch's layout for a Linear): the stored weight
 //! for a Conv or a `transB` Gemm, the transposed matrix for a MatMul's `[in, out]` constant.
-//! Prepared weights go back to the file's layout for the executor.
+//! Prepared weights are in the executor's layout ([`Executor::prepare_weights`]).
 
 use super::metrics::Logits;
 use super::network::{Layer, LayerKind, Network};
-use super::plan::{Plan, PreparedWeights};
+use super::plan::Plan;
 use super::Parallelism;
 use crate::graph::{self, Executor, Graph, QuantPlan, SampleValues};
 use crate::quant::ActQuantizer;
 use crate::{Error, Result};
 use rayon::prelude::*;
-use std::sync::Arc;
 
 /// What a graph network keeps besides the common [`Network`] fields.
 pub(crate) struct GraphNet {
@@ -96,8 +95,8 @@ impl Network {
             });
         }
         position_nodes.push(graph.nodes().len());
-        let floats = live_floats(graph, &position_nodes);
         let exec = Executor::new(graph)?;
+        let floats = live_floats(&exec, &position_nodes);
         Ok(Network::with_graph(
             name,
             input[0],
@@ -121,19 +120,6 @@ impl Network {
                 let graph = g.exec.graph();
                 graph.layer_weight(i).as_f32().expect("a layer's weight holds floats")
             }
-        }
-    }
-
-    /// `weights` (output channel first) in the file's layout, for the executor.
-    pub(crate) fn graph_prepare(g: &GraphNet, layer: usize, weights: &[f32]) -> Vec<f32> {
-        let graph = g.exec.graph();
-        let l = &graph.layers()[layer];
-        if l.channel_dim == 0 {
-            weights.to_vec()
-        } else {
-            let stored = &graph.layer_weight(layer).shape;
-            // `weights` is the stored [a, b] matrix transposed: [b, a].
-            crate::graph::transpose_2d(weights, stored[1], stored[0])
         }
     }
 
@@ -198,19 +184,18 @@ impl Network {
         position: usize,
         out: &mut Vec<f32>,
     ) {
-        let graph = g.exec.graph();
-        let node = &graph.nodes()[g.position_nodes[position]];
         for s in samples {
-            out.extend_from_slice(s.get(node.inputs[0]).expect("a layer's input is live before it"));
+            g.exec.layer_input(s, position, out);
         }
     }
 }
 
-/// Floats live per sample before each position's node: the input, and every value computed
-/// before it that a later node reads or that is a graph output.
-fn live_floats(graph: &Graph, position_nodes: &[usize]) -> Vec<usize> {
+/// Floats live per sample before each position's node, as stored: the input, and every value
+/// computed before it that a later node reads or that is a graph output.
+fn live_floats(exec: &Executor, position_nodes: &[usize]) -> Vec<usize> {
+    let graph = exec.graph();
     let last_uses = graph.last_uses();
-    let size = |v: usize| graph.values()[v].shape.iter().product::<usize>();
+    let size = |v: usize| exec.stored_len(v);
     let mut live = size(graph.input());
     let mut out = Vec::with_capacity(position_nodes.len());
     let mut positions = position_nodes.iter().peekable();
@@ -225,14 +210,4 @@ fn live_floats(graph: &Graph, position_nodes: &[usize]) -> Vec<usize> {
         out.push(live);
     }
     out
-}
-
-/// A layer's prepared weights for a graph network.
-pub(crate) fn prepared(net: &Network, layer: usize, bits: Option<u8>, packed: Vec<f32>) -> Arc<PreparedWeights> {
-    Arc::new(PreparedWeights {
-        network: net.id,
-        layer,
-        bits,
-        packed,
-    })
 }

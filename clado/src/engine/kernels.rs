@@ -357,20 +357,6 @@ pub(crate) fn average_pool(map: &[f32], shape: MapShape, features: &mut [f32]) {
     }
 }
 
-/// Fully connected layer: `logits[k] = Σ_c w[k,c]·x[c] + bias[k]` (fma over c in order).
-pub(crate) fn linear(x: &[f32], weight: &[f32], bias: &[f32], logits: &mut [f32]) {
-    let c = x.len();
-    assert_eq!(weight.len(), c * logits.len());
-    for (k, out) in logits.iter_mut().enumerate() {
-        let row = &weight[k * c..(k + 1) * c];
-        let mut acc = 0.0f32;
-        for (&xv, &wv) in x.iter().zip(row) {
-            acc = xv.mul_add(wv, acc);
-        }
-        *out = acc + bias[k];
-    }
-}
-
 /// One register of `N` f32 lanes; every kernel is written once over it, and the lanes all do
 /// the same IEEE operations, so a kernel gives the same bits whatever the register width.
 pub(crate) trait Lanes: Copy {

@@ -1,18 +1,27 @@
-//! Fast CPU forward engine for the CIFAR ResNets (20/32/44/56/110), with per-layer fake
-//! quantization and resumable runs. Every tool that runs the network thousands of times
+//! The CPU forward engine: per-layer fake quantization and resumable runs of any network
+//! given as a [`crate::graph::Graph`]. Every tool that runs a network thousands of times
 //! (`perturb`, `evaluate`, `quantize calibrate`) runs it here; candle is not used.
 //!
-//! # Model
-//! The layout of the `pytorch-cifar-models` checkpoints: `conv1` (3×3, 16) + `bn1` + ReLU;
-//! stages `layer1..3` of n BasicBlocks (16/32/64 channels, stride 2 in block 0 of `layer2`
-//! and `layer3`), a block being `out = relu(bn1(conv1(x)))`, `out = bn2(conv2(out))`,
-//! `out = relu(out + shortcut(x))` where the shortcut is `x` or `downsample` (1×1 stride-2 conv
-//! `downsample.0` + BN `downsample.1`); global average pool; `fc`. BatchNorm uses its running
-//! statistics (eval mode, ε = 1e-5).
+//! # One engine, two sources
+//! A [`Network`] is a graph and the graph executor ([`crate::graph::Executor`]):
+//! - [`Network::from_graph`]: a graph read from an ONNX file (`--model m.onnx`);
+//! - [`Network::from_state_dict`]: a CIFAR ResNet (20/32/44/56/110) checked against its
+//!   architecture and built as a graph from its checkpoint, in the layout of the
+//!   `pytorch-cifar-models` checkpoints: `conv1` (3×3, 16) + `bn1` + ReLU; stages `layer1..3`
+//!   of n BasicBlocks (16/32/64 channels, stride 2 in block 0 of `layer2` and `layer3`), a
+//!   block being `out = relu(bn1(conv1(x)))`, `out = bn2(conv2(out))`,
+//!   `out = relu(out + shortcut(x))` where the shortcut is `x` or `downsample` (1×1 stride-2
+//!   conv `downsample.0` + BN `downsample.1`); global average pool; `fc`. BatchNorm uses its
+//!   running statistics (eval mode, ε = 1e-5).
 //!
-//! The quantizable layers ([`Network::layers`]) are every Conv2d and the Linear, in forward
-//! order: `conv1, layer1.0.conv1, layer1.0.conv2, …, layer2.0.conv1, layer2.0.conv2,
-//! layer2.0.downsample.0, …, fc` (22 for ResNet-20).
+//! The executor runs the Convs whose shapes fit the hand-written kernels (`kernels`: Winograd
+//! and direct 3×3/1×1 convolutions in padded NHWC with BatchNorm, residual add and ReLU applied
+//! as the sums are written) on them, which is all of a CIFAR ResNet and all but the stem of a
+//! torchvision ResNet; other shapes run on general kernels.
+//!
+//! The quantizable layers ([`Network::layers`]) are every Conv and every Gemm/MatMul with a
+//! constant weight, in graph order; for a ResNet: `conv1, layer1.0.conv1, layer1.0.conv2, …,
+//! layer2.0.conv1, layer2.0.conv2, layer2.0.downsample.0, …, fc` (22 for ResNet-20).
 //!
 //! # Quantization
 //! A [`Plan`] gives each layer a [`LayerPrecision`]: FP, fake-quantized weights
@@ -20,20 +29,21 @@
 //! activation ([`ActQuant`]: bits and range), or both; [`WeightCache::layer_precision`] makes
 //! one from a layer's `calib.json` entry and an option such as `w4a8`.
 //!
-//! BatchNorm stays a separate FP op after the (quantized) convolution: it is applied as a
-//! per-channel `y = x·scale + bias` to the convolution's output, exactly BN's affine map, never
-//! folded into the weights before they are quantized. The activation quantizer of a layer acts
-//! on that layer's input only: quantizing a block's `conv1` input does not change the identity
+//! A BatchNorm node stays a separate FP op after the (quantized) convolution: it is applied as
+//! a per-channel `y = x·scale + bias` to the convolution's output, exactly BN's affine map,
+//! never folded into the weights before they are quantized (an ONNX export that folded it
+//! already has only the folded weights). The activation quantizer of a layer acts on that
+//! layer's input only: quantizing a block's `conv1` input does not change the identity
 //! shortcut, and a downsample's input quantizer acts on the shortcut branch only. Padding is
 //! zero after quantization, as when PyTorch pads the quantized tensor.
 //!
 //! # Running
 //! - [`Network::forward`]: images (NCHW f32, [`Images`]) → [`Logits`] `[N, K]`;
 //! - [`Network::input_state`], [`Network::run`], [`Network::run_to_logits`]: resumable
-//!   forward. A [`State`] is everything live just before a quantizable layer (see its docs for
-//!   the downsample case); running from the FP state before layer i with layer i quantized is
-//!   bitwise equal to the full forward with layer i quantized, because it is the same code on
-//!   the same values;
+//!   forward. A [`State`] is every value live just before a quantizable layer's node (skip
+//!   branches and kept block inputs included); running from the FP state before layer i with
+//!   layer i quantized is bitwise equal to the full forward with layer i quantized, because it
+//!   is the same code on the same values;
 //! - [`Network::calibrate`]: an FP forward that shows every layer's input activation to an
 //!   observer (for activation ranges);
 //! - [`Logits`]: mean cross-entropy, mean KL(p_fp ‖ p_q), top-k counts (f64).
@@ -67,7 +77,7 @@
 mod fake_quant;
 mod forward;
 mod graph_net;
-mod kernels;
+pub(crate) mod kernels;
 mod metrics;
 mod network;
 mod plan;

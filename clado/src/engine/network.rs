@@ -1,7 +1,8 @@
-//! The CIFAR ResNet as the engine runs it: built from a [`StateDict`], validated, BatchNorm
-//! turned into per-channel affine maps, weights packed for the kernels.
+//! [`Network`]: the quantizable layers of a graph and its executor; the CIFAR ResNets are
+//! checked against their architecture and built as graphs from their checkpoints.
 
-use super::kernels::{self, ConvShape, Isa, MapShape};
+#[cfg(test)]
+use super::kernels::Isa;
 use super::plan::PreparedWeights;
 use crate::checkpoint::StateDict;
 use crate::format::LayerInfo;
@@ -76,87 +77,20 @@ impl Layer {
     }
 }
 
-/// Where a convolution sits in the network; decides its input, residual and ReLU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Role {
-    /// `relu(bn1(conv1(image)))`.
-    Stem,
-    /// `relu(bn1(conv1(x)))` of a block; `x` (the block input) is kept as the shortcut.
-    BlockConv1,
-    /// `bn2(conv2(·))`; without a downsample, `+ x` and ReLU follow at once.
-    BlockConv2 { downsample_follows: bool },
-    /// `relu(main + bn(conv1x1(x)))`: reads the shortcut, adds the main branch.
-    Downsample,
-}
-
-pub(crate) struct ConvOp {
-    pub role: Role,
-    pub cout: usize,
-    pub kernel: usize,
-    pub stride: usize,
-    /// PyTorch layout, for quantizing.
-    pub weight: Vec<f32>,
-    /// Packed for the kernels.
-    pub packed: Vec<f32>,
-    /// BatchNorm as `y = x·scale + bias`.
-    pub bn_scale: Vec<f32>,
-    pub bn_bias: Vec<f32>,
-}
-
-pub(crate) struct FcOp {
-    /// `[classes, features]`.
-    pub weight: Vec<f32>,
-    pub bias: Vec<f32>,
-}
-
-pub(crate) enum Op {
-    Conv(ConvOp),
-    Fc(FcOp),
-}
-
-/// What is live between two layers, per image (see [`super::State`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Layout {
-    /// The input images, NCHW.
-    Images { c: usize, h: usize, w: usize },
-    /// A padded NHWC main map and, inside a block, the block input kept for the shortcut.
-    Maps { main: MapShape, shortcut: Option<MapShape> },
-    /// A vector per image: pooled features (before `fc`) or logits (after it).
-    Vector(usize),
-}
-
-impl Layout {
-    /// Floats per image: main part and shortcut part.
-    pub(crate) fn lens(&self) -> (usize, usize) {
-        match *self {
-            Layout::Images { c, h, w } => (c * h * w, 0),
-            Layout::Maps { main, shortcut } => (main.padded_len(), shortcut.map_or(0, |s| s.padded_len())),
-            Layout::Vector(n) => (n, 0),
-        }
-    }
-}
-
-/// Shapes of every layer and state for one input size.
-pub(crate) struct Geometry {
-    /// Per layer: the convolution shape (`None` for `fc`).
-    pub convs: Vec<Option<ConvShape>>,
-    /// Per position 0..=L: what a state there holds.
-    pub layouts: Vec<Layout>,
-}
-
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// A CIFAR ResNet ready to run: see the [module docs](super).
+/// A network ready to run: a CIFAR ResNet built from its checkpoint, or a graph read from an
+/// ONNX file, both on the graph executor (see the [module docs](super)).
 pub struct Network {
     pub(crate) id: u64,
     arch: String,
     in_channels: usize,
     classes: usize,
     layers: Vec<Layer>,
-    pub(crate) ops: Vec<Op>,
-    pub(crate) isa: Isa,
-    /// For a network read from a graph file: the graph and its executor (`ops` is then empty).
-    pub(crate) graph: Option<super::graph_net::GraphNet>,
+    /// The graph and its executor.
+    pub(crate) graph: super::graph_net::GraphNet,
+    /// Whether the graph was read from a file (rather than built from a checkpoint).
+    from_file: bool,
 }
 
 impl std::fmt::Debug for Network {
@@ -166,7 +100,6 @@ impl std::fmt::Debug for Network {
             .field("in_channels", &self.in_channels)
             .field("classes", &self.classes)
             .field("layers", &self.layers.len())
-            .field("isa", &self.isa)
             .finish()
     }
 }
@@ -188,20 +121,23 @@ pub fn blocks_per_stage(arch: &str) -> Result<usize> {
 
 impl Network {
     /// Builds `arch` (`resnet20`, `resnet32`, `resnet44`, `resnet56`, `resnet110`) from a
-    /// state dict in the layout of the `pytorch-cifar-models` checkpoints. Input channels and
-    /// classes are read from `conv1.weight` `[16, C, 3, 3]` and `fc.weight` `[K, 64]`. Every
-    /// tensor is checked (present, shape, finite); a tensor the architecture does not use is
-    /// an error too (it usually means the wrong `--arch`). `num_batches_tracked` is ignored.
+    /// state dict in the layout of the `pytorch-cifar-models` checkpoints, for 32×32 inputs.
+    /// Input channels and classes are read from `conv1.weight` `[16, C, 3, 3]` and `fc.weight`
+    /// `[K, 64]`. Every tensor is checked (present, shape, finite); a tensor the architecture
+    /// does not use is an error too (it usually means the wrong `--arch`).
+    /// `num_batches_tracked` is ignored.
     pub fn from_state_dict(arch: &str, sd: &StateDict) -> Result<Network> {
+        Self::from_state_dict_at(arch, sd, [INPUT_SIZE; 2])
+    }
+
+    /// As [`Network::from_state_dict`] for inputs of `[h, w]` pixels.
+    pub fn from_state_dict_at(arch: &str, sd: &StateDict, [h, w]: [usize; 2]) -> Result<Network> {
         let blocks = blocks_per_stage(arch)?;
         let mut rd = Reader {
             arch,
             sd,
             used: BTreeSet::new(),
         };
-        let mut layers = Vec::new();
-        let mut ops = Vec::new();
-
         let stem = rd.get_any("conv1.weight")?;
         if stem.shape.len() != 4 || stem.shape[0] != STAGE_CHANNELS[0] || stem.shape[2..] != [3, 3] {
             return Err(rd.err(format!(
@@ -221,106 +157,35 @@ impl Network {
             )));
         }
         let classes = fc_shape[0];
-
-        let mut push_conv = |rd: &mut Reader<'_>,
-                             name: String,
-                             bn: String,
-                             role: Role,
-                             cin: usize,
-                             cout: usize,
-                             kernel: usize,
-                             stride: usize|
-         -> Result<()> {
-            let shape = vec![cout, cin, kernel, kernel];
-            let weight = rd.tensor(&format!("{name}.weight"), &shape)?.to_vec();
-            let (bn_scale, bn_bias) = rd.batch_norm(&bn, cout)?;
-            let packed = kernels::pack_conv_weights(&weight, cout, cin, kernel, stride);
-            let params = weight.len() as u64;
-            layers.push(Layer {
-                name,
-                kind: LayerKind::Conv,
-                weight_shape: shape,
-                params,
-                macs: 0,
-            });
-            ops.push(Op::Conv(ConvOp {
-                role,
-                cout,
-                kernel,
-                stride,
-                weight,
-                packed,
-                bn_scale,
-                bn_bias,
-            }));
-            Ok(())
-        };
-
-        push_conv(&mut rd, "conv1".into(), "bn1".into(), Role::Stem, in_channels, 16, 3, 1)?;
-        let mut cin = STAGE_CHANNELS[0];
-        for (s, &planes) in STAGE_CHANNELS.iter().enumerate() {
-            for b in 0..blocks {
-                let stride = if s > 0 && b == 0 { 2 } else { 1 };
-                let p = format!("layer{}.{b}", s + 1);
-                let downsample = stride != 1 || cin != planes;
-                push_conv(
-                    &mut rd,
-                    format!("{p}.conv1"),
-                    format!("{p}.bn1"),
-                    Role::BlockConv1,
-                    cin,
-                    planes,
-                    3,
-                    stride,
-                )?;
-                let role = Role::BlockConv2 {
-                    downsample_follows: downsample,
-                };
-                push_conv(
-                    &mut rd,
-                    format!("{p}.conv2"),
-                    format!("{p}.bn2"),
-                    role,
-                    planes,
-                    planes,
-                    3,
-                    1,
-                )?;
-                if downsample {
-                    let (conv, bn) = (format!("{p}.downsample.0"), format!("{p}.downsample.1"));
-                    push_conv(&mut rd, conv, bn, Role::Downsample, cin, planes, 1, stride)?;
-                }
-                cin = planes;
-            }
-        }
-        let weight = rd.tensor("fc.weight", &[classes, last])?.to_vec();
-        let bias = rd.tensor("fc.bias", &[classes])?.to_vec();
-        layers.push(Layer {
-            name: "fc".into(),
-            kind: LayerKind::Linear,
-            weight_shape: vec![classes, last],
-            params: weight.len() as u64,
-            macs: weight.len() as u64,
-        });
-        ops.push(Op::Fc(FcOp { weight, bias }));
-        rd.finish()?;
-
-        let mut net = Network {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            arch: arch.to_string(),
+        let spec = crate::model::ArchSpec {
+            depth: 6 * blocks + 2,
+            blocks_per_stage: blocks,
             in_channels,
-            classes,
-            layers,
-            ops,
-            isa: Isa::detect(),
-            graph: None,
+            num_classes: classes,
         };
-        let geometry = net.geometry(INPUT_SIZE, INPUT_SIZE)?;
-        for (layer, conv) in net.layers.iter_mut().zip(&geometry.convs) {
-            if let Some(c) = conv {
-                layer.macs = (c.output.h * c.output.w) as u64 * layer.params;
+        rd.conv("conv1", "bn1", [STAGE_CHANNELS[0], in_channels, 3, 3])?;
+        for b in spec.blocks() {
+            let (p, cin, cout) = (&b.name, b.in_channels, b.out_channels);
+            rd.conv(&format!("{p}.conv1"), &format!("{p}.bn1"), [cout, cin, 3, 3])?;
+            rd.conv(&format!("{p}.conv2"), &format!("{p}.bn2"), [cout, cout, 3, 3])?;
+            if b.downsample {
+                rd.conv(
+                    &format!("{p}.downsample.0"),
+                    &format!("{p}.downsample.1"),
+                    [cout, cin, 1, 1],
+                )?;
             }
         }
+        rd.tensor("fc.weight", &[classes, last])?;
+        rd.tensor("fc.bias", &[classes])?;
+        rd.finish()?;
+        if h == 0 || w == 0 {
+            return Err(Error::other(format!("{arch}: input images of {h}x{w} pixels")));
+        }
+        let bytes = crate::graph::resnet_onnx_at(&spec, sd, [h, w])?;
+        let graph = crate::graph::Graph::from_onnx_bytes(&bytes, arch)?;
+        let mut net = Network::from_graph(&graph, arch)?;
+        net.from_file = false;
         Ok(net)
     }
 
@@ -338,21 +203,19 @@ impl Network {
             in_channels,
             classes,
             layers,
-            ops: Vec::new(),
-            isa: Isa::detect(),
-            graph: Some(graph),
+            graph,
+            from_file: true,
         }
     }
 
     /// Whether the network runs a graph read from a file (rather than a built-in architecture).
     pub fn is_graph(&self) -> bool {
-        self.graph.is_some()
+        self.from_file
     }
 
-    /// `[C, H, W]` of the images a graph network takes (`None` for the CIFAR ResNets, which
-    /// take any size from 8×8).
-    pub fn input_shape(&self) -> Option<[usize; 3]> {
-        self.graph.as_ref().map(|g| g.input)
+    /// `[C, H, W]` of the images the network takes.
+    pub fn input_shape(&self) -> [usize; 3] {
+        self.graph.input
     }
 
     /// Architecture name, e.g. `resnet20`; for a graph, the name it was loaded with.
@@ -382,42 +245,25 @@ impl Network {
 
     /// The FP weights of layer `i` in PyTorch layout (what a weight quantizer reads).
     pub fn weights(&self, i: usize) -> &[f32] {
-        if let Some(g) = &self.graph {
-            return self.graph_weights(g, i);
-        }
-        match &self.ops[i] {
-            Op::Conv(c) => &c.weight,
-            Op::Fc(f) => &f.weight,
-        }
+        self.graph_weights(&self.graph, i)
     }
 
-    /// Floats that one image's state holds before each position 0..=L (the main map and the
-    /// kept shortcut, padded as stored), for inputs of `h×w` pixels: what keeping a state costs.
+    /// Floats that one image's state holds before each position 0..=L (every value live there,
+    /// maps padded as stored), for inputs of `h×w` pixels: what keeping a state costs.
     pub fn state_floats_per_image(&self, h: usize, w: usize) -> Result<Vec<usize>> {
-        if let Some(g) = &self.graph {
-            self.check_size(g, h, w)?;
-            return Ok(g.floats.clone());
-        }
-        let geo = self.geometry(h, w)?;
-        Ok(geo
-            .layouts
-            .iter()
-            .map(|l| {
-                let (main, shortcut) = l.lens();
-                main + shortcut
-            })
-            .collect())
+        self.check_size(&self.graph, h, w)?;
+        Ok(self.graph.floats.clone())
     }
 
     /// Runs with the given instruction set (tests compare them; all agree bitwise).
     #[cfg(test)]
     pub(crate) fn with_isa(mut self, isa: Isa) -> Self {
-        self.isa = isa;
+        self.graph.exec.set_isa(isa);
         self
     }
 
     /// Weights of layer `layer` ready for a [`super::Plan`]: `weights` (PyTorch layout, e.g.
-    /// fake-quantized by `clado::quant`) packed for the kernels. `bits` is recorded for
+    /// fake-quantized by `clado::quant`) in the executor's layout. `bits` is recorded for
     /// reference only (`None` = FP).
     pub fn prepare_weights(&self, layer: usize, bits: Option<u8>, weights: &[f32]) -> Result<Arc<PreparedWeights>> {
         let info = self.layer_checked(layer)?;
@@ -430,26 +276,11 @@ impl Network {
                 info.weight_shape
             )));
         }
-        if let Some(g) = &self.graph {
-            return Ok(super::graph_net::prepared(
-                self,
-                layer,
-                bits,
-                Self::graph_prepare(g, layer, weights),
-            ));
-        }
-        let packed = match &self.ops[layer] {
-            Op::Conv(c) => {
-                let cin = info.weight_shape[1];
-                kernels::pack_conv_weights(weights, c.cout, cin, c.kernel, c.stride)
-            }
-            Op::Fc(_) => weights.to_vec(),
-        };
         Ok(Arc::new(PreparedWeights {
             network: self.id,
             layer,
             bits,
-            packed,
+            packed: self.graph.exec.prepare_weights(layer, weights),
         }))
     }
 
@@ -470,67 +301,6 @@ impl Network {
                 self.layers.len()
             ))
         })
-    }
-
-    /// Shapes for an input of `h×w` pixels.
-    pub(crate) fn geometry(&self, h: usize, w: usize) -> Result<Geometry> {
-        if h == 0 || w == 0 {
-            return Err(Error::other(format!("{}: input images of {h}x{w} pixels", self.arch)));
-        }
-        let bad = || Error::other(format!("{}: input of {h}x{w} pixels is too small", self.arch));
-        let mut convs = Vec::with_capacity(self.ops.len());
-        let mut layouts = Vec::with_capacity(self.ops.len() + 1);
-        layouts.push(Layout::Images {
-            c: self.in_channels,
-            h,
-            w,
-        });
-        let mut cur = MapShape {
-            h,
-            w,
-            c: self.in_channels,
-        };
-        let mut block_input = cur;
-        for op in &self.ops {
-            match op {
-                Op::Conv(c) => {
-                    let input = if c.role == Role::Downsample { block_input } else { cur };
-                    if c.role == Role::BlockConv1 {
-                        block_input = cur;
-                    }
-                    let shape = ConvShape::new(input, c.cout, c.kernel, c.stride).ok_or_else(bad)?;
-                    convs.push(Some(shape));
-                    let shortcut = match c.role {
-                        Role::BlockConv1
-                        | Role::BlockConv2 {
-                            downsample_follows: true,
-                        } => Some(block_input),
-                        _ => None,
-                    };
-                    if c.role == Role::Downsample && shape.output != cur {
-                        return Err(bad());
-                    }
-                    if let Role::BlockConv2 {
-                        downsample_follows: false,
-                    } = c.role
-                    {
-                        if shape.output != block_input {
-                            return Err(bad());
-                        }
-                    }
-                    cur = shape.output;
-                    layouts.push(Layout::Maps { main: cur, shortcut });
-                }
-                Op::Fc(_) => {
-                    convs.push(None);
-                    layouts.push(Layout::Vector(self.classes));
-                }
-            }
-        }
-        // The state before `fc` is the pooled feature vector.
-        let fc = self.ops.len() - 1;
-        layouts[fc] = Layout::Vector(cur.c);
-        Ok(Geometry { convs, layouts })
     }
 }
 
@@ -576,24 +346,18 @@ impl<'a> Reader<'a> {
         Ok(&t.data)
     }
 
-    /// BatchNorm `prefix` of `c` channels as `(scale, bias)`: `γ/√(var+ε)`, `β − mean·scale`
-    /// (computed in f64, rounded once).
-    fn batch_norm(&mut self, prefix: &str, c: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-        let gamma = self.tensor(&format!("{prefix}.weight"), &[c])?;
-        let beta = self.tensor(&format!("{prefix}.bias"), &[c])?;
-        let mean = self.tensor(&format!("{prefix}.running_mean"), &[c])?;
-        let var = self.tensor(&format!("{prefix}.running_var"), &[c])?;
+    /// Checks the convolution `name` (weight of `shape`) and its BatchNorm `bn`.
+    fn conv(&mut self, name: &str, bn: &str, shape: [usize; 4]) -> Result<()> {
+        self.tensor(&format!("{name}.weight"), &shape)?;
+        let c = shape[0];
+        for field in ["weight", "bias", "running_mean"] {
+            self.tensor(&format!("{bn}.{field}"), &[c])?;
+        }
+        let var = self.tensor(&format!("{bn}.running_var"), &[c])?;
         if let Some(i) = var.iter().position(|&v| v < 0.0) {
-            return Err(self.err(format!("tensor '{prefix}.running_var' is negative ({}) at {i}", var[i])));
+            return Err(self.err(format!("tensor '{bn}.running_var' is negative ({}) at {i}", var[i])));
         }
-        let mut scale = Vec::with_capacity(c);
-        let mut bias = Vec::with_capacity(c);
-        for i in 0..c {
-            let s = f64::from(gamma[i]) / (f64::from(var[i]) + BN_EPS).sqrt();
-            scale.push(s as f32);
-            bias.push((f64::from(beta[i]) - f64::from(mean[i]) * s) as f32);
-        }
-        Ok((scale, bias))
+        Ok(())
     }
 
     /// Fails on tensors the architecture does not use.

@@ -307,7 +307,7 @@ fn fp_forward_matches_reference() {
     // classes on odd 13×11 images (tile tails, portable paths).
     for (arch, blocks, c, k, h, w, n) in [("resnet20", 3, 1, 10, 32, 32, 3), ("resnet32", 5, 3, 100, 13, 11, 2)] {
         let sd = random_state_dict(blocks, c, k, 3);
-        let net = Network::from_state_dict(arch, &sd).unwrap();
+        let net = Network::from_state_dict_at(arch, &sd, [h, w]).unwrap();
         let x = random_images(n, c, h, w, 4);
         let images = Images::new(&x, [n, c, h, w]).unwrap();
         let got = net.forward(images, &Plan::fp(&net), Parallelism::Rayon).unwrap();
@@ -358,7 +358,7 @@ fn weight_quantized_network_matches_reference() {
 fn each_quantized_layer_matches_reference() {
     for (arch, blocks, h, w) in [("resnet20", 3, 32, 32), ("resnet32", 5, 9, 7)] {
         let sd = random_state_dict(blocks, 3, 10, 7);
-        let net = Network::from_state_dict(arch, &sd).unwrap();
+        let net = Network::from_state_dict_at(arch, &sd, [h, w]).unwrap();
         let (n, c) = (2, 3);
         let x = random_images(n, c, h, w, 8);
         let fp = Plan::fp(&net);
@@ -450,7 +450,7 @@ fn results_are_bitwise_independent_of_threads_batch_and_isa() {
     for (h, w) in [(32, 32), (10, 13)] {
         let x = random_images(n, c, h, w, 12);
         let images = Images::new(&x, [n, c, h, w]).unwrap();
-        let base = Network::from_state_dict("resnet20", &sd).unwrap();
+        let base = Network::from_state_dict_at("resnet20", &sd, [h, w]).unwrap();
         let mut plan = Plan::fp(&base);
         for i in [0, 4, 9, 15, 21] {
             let q = LayerPrecision {
@@ -470,7 +470,9 @@ fn results_are_bitwise_independent_of_threads_batch_and_isa() {
             assert_eq!(bits_of(got.data()), bits_of(want.row(i)), "image {i} alone");
         }
         for isa in Isa::available() {
-            let net = Network::from_state_dict("resnet20", &sd).unwrap().with_isa(isa);
+            let net = Network::from_state_dict_at("resnet20", &sd, [h, w])
+                .unwrap()
+                .with_isa(isa);
             let mut p = Plan::fp(&net);
             for i in [0, 4, 9, 15, 21] {
                 let q = LayerPrecision {
@@ -716,7 +718,7 @@ fn graph_networks_resume_bitwise_and_account_their_states() {
         let graph = crate::graph::Graph::from_onnx(&path).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let net = Network::from_graph(&graph, &name).unwrap();
-        let [c, h, w] = net.input_shape().unwrap();
+        let [c, h, w] = net.input_shape();
         let n = 2;
         let x = random_images(n, c, h, w, 5);
         let images = Images::new(&x, [n, c, h, w]).unwrap();

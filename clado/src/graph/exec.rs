@@ -1,4 +1,5 @@
-//! The general executor of a [`Graph`]: FP32, NCHW, one sample at a time.
+//! The executor of a [`Graph`]: FP32, one sample at a time, NCHW except where the engine's
+//! kernels run (see *Fast convolutions* below).
 //!
 //! [`Executor::new`] prepares one [`Step`] per node (weights of a Conv split per group,
 //! BatchNorm's scale and shift, …); [`Executor::run`] runs the steps in the graph's order on
@@ -20,12 +21,25 @@
 //! activation quantizer acts on a copy of the layer's input only (other readers of the same
 //! tensor see it unquantized).
 //!
-//! Where the ResNet engine's kernels (`engine::kernels`: Winograd and direct 3×3/1×1 convs in
-//! padded NHWC with fused BN, residual add and ReLU) fit a node's shapes, they become one more
-//! kind of [`Step`]; see `Step`'s docs.
+//! **Fast convolutions.** Where the engine's kernels (`engine::kernels`: Winograd F(2×2, 3×3)
+//! and direct 3×3/1×1 convolutions of one group, in padded NHWC, with BatchNorm, a residual add
+//! and ReLU applied as the sums are written) fit a Conv's shapes, the Conv and the nodes right
+//! after it that they can absorb (a BatchNormalization, an Add of another map, a Relu, each the
+//! only reader of the one before) run as one step, and its result is stored as a padded NHWC
+//! map. A chain runs so only when every reader of its result takes such maps: another fast
+//! chain (as its input or as its residual), or a global average pool (`GlobalAveragePool`,
+//! `ReduceMean` over H and W); the graph's outputs are never maps. A fast chain whose input
+//! or residual is an NCHW value converts it on the way in. The CIFAR ResNets run entirely this
+//! way, as do the 3×3 and 1×1 convolutions of torchvision's ResNets.
+//!
+//! **Weights as the executor takes them** ([`Executor::prepare_weights`]): packed for the
+//! kernels for a fast Conv, `[K, N]` for a Gemm or MatMul, the file's layout for other Convs.
+//! A Gemm on one row (a classifier head) computes each output as `fma` over the inputs in
+//! order, then adds the bias, the engine's `linear` arithmetic.
 
-use super::ops::{self, ConvAttrs, Op};
+use super::ops::{self, ConvAttrs, Op, Unary};
 use super::{Graph, ValueId};
+use crate::engine::kernels::{self, ConvShape, Epilogue, Isa, MapShape};
 use crate::matmul::matmul;
 use crate::quant::{self, ActQuantizer};
 use crate::{Error, Result};
@@ -36,23 +50,25 @@ use std::sync::Arc;
 /// quantized input, or both.
 #[derive(Clone, Debug, Default)]
 pub struct LayerQuant {
-    /// The layer's weight after fake quantization, in the file's layout.
+    /// The layer's weight after fake quantization, in the file's layout (as
+    /// [`Executor::quantized_weights`] gives it).
     pub weights: Option<Arc<Vec<f32>>>,
     /// The quantizer of the layer's input activation.
     pub input: Option<ActQuantizer>,
 }
 
-/// A node prepared for running. The variants are the plug-in point for faster kernels: a
-/// step that runs a chain of nodes (Conv + BN + Add + Relu) in another layout would carry its
-/// packed weights here and convert at its boundaries.
+/// A node prepared for running.
 enum Step {
     Conv(ConvStep),
-    /// `Y = alpha·A·B' + beta·C`: `b` as `[K, N]` strides, `c` broadcast to `[N]`.
+    /// A Conv and the nodes it absorbs, on the engine's kernels (see the module docs).
+    Fast(Box<FastConv>),
+    /// A node that the fast step before it computes.
+    Fused,
+    /// `Y = alpha·A·B' + beta·C`: `w` is `B'` as `[K, N]`, `c` broadcast to `[N]`.
     Gemm {
-        b: Vec<f32>,
+        w: Vec<f32>,
         k: usize,
         n: usize,
-        b_strides: (usize, usize),
         c: Option<Vec<f32>>,
         alpha: f32,
     },
@@ -78,20 +94,42 @@ struct ConvStep {
     output: [usize; 3],
 }
 
+/// A chain Conv [→ BatchNormalization] [→ Add] [→ Relu] run by `kernels::conv_image`.
+struct FastConv {
+    shape: ConvShape,
+    /// The FP weights, packed.
+    packed: Vec<f32>,
+    /// `y = fma(acc, scale, bias)` per output channel (BatchNorm and the Conv's bias).
+    scale: Vec<f32>,
+    bias: Vec<f32>,
+    /// The map added before the ReLU (the other operand of the absorbed Add).
+    residual: Option<ValueId>,
+    relu: bool,
+    /// The chain's last value, stored as a padded map.
+    output: ValueId,
+}
+
 /// What a run needs of a quantization plan: for each quantizable layer (by index in
-/// [`Graph::layers`]), the weights to use instead of the FP ones (in the file's layout) and the
-/// quantizer of its input. `[LayerQuant]` is one; the engine's `Plan` is another.
+/// [`Graph::layers`]), the weights to use instead of the FP ones, as
+/// [`Executor::prepare_weights`] gives them, and the quantizer of its input. The engine's
+/// `Plan` is one.
 pub trait QuantPlan: Sync {
     fn weights(&self, layer: usize) -> Option<&[f32]>;
     fn input(&self, layer: usize) -> Option<&ActQuantizer>;
 }
 
-impl QuantPlan for [LayerQuant] {
+/// A `[LayerQuant]` plan with its weights prepared for the executor.
+struct PreparedPlan {
+    weights: Vec<Option<Vec<f32>>>,
+    input: Vec<Option<ActQuantizer>>,
+}
+
+impl QuantPlan for PreparedPlan {
     fn weights(&self, layer: usize) -> Option<&[f32]> {
-        self.get(layer).and_then(|q| q.weights.as_deref()).map(Vec::as_slice)
+        self.weights.get(layer).and_then(|w| w.as_deref())
     }
     fn input(&self, layer: usize) -> Option<&ActQuantizer> {
-        self.get(layer).and_then(|q| q.input.as_ref())
+        self.input.get(layer).and_then(|q| q.as_ref())
     }
 }
 
@@ -110,7 +148,8 @@ impl SampleValues {
         self.next
     }
 
-    /// Value `v`, if it is live.
+    /// Value `v` as stored, if it is live: NCHW, or a padded NHWC map for the result of a fast
+    /// chain (see the module docs). Graph outputs are always NCHW.
     pub fn get(&self, v: ValueId) -> Option<&[f32]> {
         self.vals[v].as_deref().map(Vec::as_slice)
     }
@@ -132,6 +171,73 @@ pub struct Executor {
     /// output has that input's shape, that input being a runtime value it is the last reader
     /// of (and read once, not a graph output). Same arithmetic either way.
     in_place: Vec<bool>,
+    /// For each value, its map shape if it is stored as a padded NHWC map.
+    maps: Vec<Option<MapShape>>,
+    isa: Isa,
+}
+
+/// The shortest decimal that the f32 `x` stands for, as an f64: a BatchNorm ε written as
+/// `1e-5` in PyTorch is 1e-5, not the f32 nearest to it.
+fn decimal_f64(x: f32) -> f64 {
+    format!("{x}").parse().unwrap_or(f64::from(x))
+}
+
+/// BatchNorm as `y = x·scale + shift`: `γ/√(var+ε)` and `β + (bias − mean)·scale`, computed in
+/// f64 and rounded once (`bias`: a preceding Conv's, folded in).
+fn batch_norm_affine(
+    [gamma, beta, mean, var]: [&[f32]; 4],
+    epsilon: f32,
+    bias: Option<&[f32]>,
+) -> (Vec<f32>, Vec<f32>) {
+    let eps = decimal_f64(epsilon);
+    let mut scale = Vec::with_capacity(gamma.len());
+    let mut shift = Vec::with_capacity(gamma.len());
+    for c in 0..gamma.len() {
+        let s = f64::from(gamma[c]) / (f64::from(var[c]) + eps).sqrt();
+        scale.push(s as f32);
+        let t = match bias {
+            None => f64::from(beta[c]) - f64::from(mean[c]) * s,
+            Some(b) => f64::from(beta[c]) + (f64::from(b[c]) - f64::from(mean[c])) * s,
+        };
+        shift.push(t as f32);
+    }
+    (scale, shift)
+}
+
+/// The kernels' shape for a Conv node, if they run it: one group, no dilation, a square 3×3
+/// kernel with padding 1 or 1×1 with none, equal strides, and the graph's output size.
+fn fast_shape(graph: &Graph, node: &super::Node, a: &ConvAttrs) -> Option<ConvShape> {
+    let k = a.kernel[0];
+    let x = &graph.values[node.inputs[0]].shape;
+    let y = &graph.values[node.outputs[0]].shape;
+    let ok = a.groups == 1
+        && a.dilations == [1, 1]
+        && a.kernel == [k, k]
+        && (k == 1 || k == 3)
+        && a.strides[0] == a.strides[1]
+        && a.pads == [k / 2; 4]
+        && graph.values[node.inputs[0]].constant.is_none()
+        && x.len() == 4;
+    if !ok {
+        return None;
+    }
+    let input = MapShape {
+        c: x[1],
+        h: x[2],
+        w: x[3],
+    };
+    let shape = ConvShape::new(input, y[1], k, a.strides[0])?;
+    (shape.output.h == y[2] && shape.output.w == y[3]).then_some(shape)
+}
+
+/// Whether `op` reading a map as input `k` takes it as a map: a global average pool.
+fn pools_maps(op: &Op, k: usize, shape: &[usize]) -> bool {
+    k == 0
+        && match op {
+            Op::GlobalAveragePool => shape.len() == 4,
+            Op::ReduceMean { axes, .. } => shape.len() == 4 && axes[..] == [2, 3],
+            _ => false,
+        }
 }
 
 impl Executor {
@@ -176,12 +282,15 @@ impl Executor {
                         }
                         None => None,
                     };
-                    let b_strides = if g.trans_b { (1, k) } else { (n, 1) };
+                    let b = constant(node.inputs[1])?;
                     Step::Gemm {
-                        b: constant(node.inputs[1])?,
+                        w: if g.trans_b {
+                            ops::transpose(&b, &[n, k], &[1, 0])
+                        } else {
+                            b
+                        },
                         k,
                         n,
-                        b_strides,
                         c,
                         alpha: g.alpha,
                     }
@@ -197,8 +306,7 @@ impl Executor {
                 Op::BatchNorm { epsilon } => {
                     let [s, b, mean, var] = [1, 2, 3, 4].map(|i| constant(node.inputs[i]));
                     let (s, b, mean, var) = (s?, b?, mean?, var?);
-                    let scale: Vec<f32> = s.iter().zip(&var).map(|(s, v)| s / (v + epsilon).sqrt()).collect();
-                    let shift = b.iter().zip(&mean).zip(&scale).map(|((b, m), sc)| b - m * sc).collect();
+                    let (scale, shift) = batch_norm_affine([&s, &b, &mean, &var], *epsilon, None);
                     Step::BatchNorm { scale, shift }
                 }
                 _ => Step::Other,
@@ -210,6 +318,7 @@ impl Executor {
             layer_of[layer.node] = Some(l);
         }
         let last_uses = graph.last_uses();
+        let maps = fuse_fast_convs(graph, &mut steps, &constant)?;
         let in_place = graph
             .nodes
             .iter()
@@ -227,6 +336,8 @@ impl Executor {
                     _ => false,
                 };
                 elementwise
+                    && !matches!(steps[i], Step::Fused)
+                    && maps[x].is_none()
                     && layer_of[i].is_none()
                     && graph.values[x].constant.is_none()
                     && last_uses[i].contains(&x)
@@ -239,7 +350,42 @@ impl Executor {
             last_uses,
             layer_of,
             in_place,
+            maps,
+            isa: Isa::detect(),
         })
+    }
+
+    /// Runs the kernels with the given instruction set (tests compare them; all agree bitwise).
+    #[cfg(test)]
+    pub(crate) fn set_isa(&mut self, isa: Isa) {
+        self.isa = isa;
+    }
+
+    /// Floats that value `v` takes for one sample as stored.
+    pub(crate) fn stored_len(&self, v: ValueId) -> usize {
+        match self.maps[v] {
+            Some(m) => m.padded_len(),
+            None => self.graph.values[v].shape.iter().product(),
+        }
+    }
+
+    /// Layer `layer`'s weights as the executor takes them (see the module docs) from
+    /// `by_channel`, the weights with the output channel first
+    /// ([`Graph::layer_weight_by_channel`]'s layout).
+    pub fn prepare_weights(&self, layer: usize, by_channel: &[f32]) -> Vec<f32> {
+        let l = &self.graph.layers[layer];
+        match &self.steps[l.node] {
+            Step::Fast(f) => kernels::pack_conv_weights(
+                by_channel,
+                f.shape.output.c,
+                f.shape.input.c,
+                f.shape.kernel,
+                f.shape.stride,
+            ),
+            // By channel is [N, K]; the executor takes [K, N].
+            Step::Gemm { k, n, .. } | Step::MatMul { k, n, .. } => ops::transpose(by_channel, &[*n, *k], &[1, 0]),
+            _ => by_channel.to_vec(),
+        }
     }
 
     /// Layer `layer`'s weight fake-quantized to `bits` with per-output-channel `scales`
@@ -286,17 +432,32 @@ impl Executor {
                 self.graph.layers.len()
             )));
         }
+        let mut prepared = PreparedPlan {
+            weights: Vec::with_capacity(plan.len()),
+            input: plan.iter().map(|q| q.input).collect(),
+        };
         for (l, q) in plan.iter().enumerate() {
-            if let Some(w) = &q.weights {
-                if w.len() != self.graph.layers[l].params {
+            let layer = &self.graph.layers[l];
+            prepared.weights.push(match &q.weights {
+                Some(w) if w.len() != layer.params => {
                     return Err(Error::other(format!(
                         "layer {:?}: {} weights given, {} expected",
-                        self.graph.layers[l].name,
+                        layer.name,
                         w.len(),
-                        self.graph.layers[l].params
-                    )));
+                        layer.params
+                    )))
                 }
-            }
+                Some(w) => {
+                    let shape = &self.graph.layer_weight(l).shape;
+                    let by_channel = if layer.channel_dim == 0 {
+                        w.to_vec()
+                    } else {
+                        ops::transpose(w, shape, &[1, 0])
+                    };
+                    Some(self.prepare_weights(l, &by_channel))
+                }
+                None => None,
+            });
         }
         let per: usize = self.graph.input_shape().iter().product();
         if input.len() != batch * per {
@@ -308,9 +469,15 @@ impl Executor {
             )));
         }
         let samples: Vec<Vec<Vec<f32>>> = if parallel {
-            input.par_chunks(per.max(1)).map(|x| self.run_sample(x, plan)).collect()
+            input
+                .par_chunks(per.max(1))
+                .map(|x| self.run_sample(x, &prepared))
+                .collect()
         } else {
-            input.chunks(per.max(1)).map(|x| self.run_sample(x, plan)).collect()
+            input
+                .chunks(per.max(1))
+                .map(|x| self.run_sample(x, &prepared))
+                .collect()
         };
         let mut outs: Vec<Vec<f32>> = self
             .graph
@@ -327,7 +494,7 @@ impl Executor {
     }
 
     /// One sample through every node: the graph's outputs.
-    fn run_sample(&self, x: &[f32], plan: &[LayerQuant]) -> Vec<Vec<f32>> {
+    fn run_sample(&self, x: &[f32], plan: &PreparedPlan) -> Vec<Vec<f32>> {
         let mut s = self.start(x);
         self.advance(&mut s, self.graph.nodes.len(), plan);
         self.graph
@@ -345,6 +512,17 @@ impl Executor {
         SampleValues { vals, next: 0 }
     }
 
+    /// The input of layer `layer` in `s` (which must be just before the layer's node), without
+    /// a map's padding, appended to `out`.
+    pub(crate) fn layer_input(&self, s: &SampleValues, layer: usize, out: &mut Vec<f32>) {
+        let x = self.graph.nodes[self.graph.layers[layer].node].inputs[0];
+        let data = s.get(x).expect("a layer's input is live before it");
+        match self.maps[x] {
+            Some(m) => kernels::map_interior(data, m, out),
+            None => out.extend_from_slice(data),
+        }
+    }
+
     /// Runs the nodes from `s`'s next node up to (not including) node `to`, quantizable layers
     /// as `plan` says. Values are freed after their last reader, so `s` then holds exactly what
     /// is live before node `to`. Resuming a clone of a state is bitwise the same as running
@@ -357,24 +535,120 @@ impl Executor {
         for i in s.next..to {
             let node = &g.nodes[i];
             let quant = self.layer_of[i].map(|l| (plan.weights(l), plan.input(l)));
-            let outs = if self.in_place[i] && quant.is_none() {
-                // The node is its input's last reader: it works on that buffer.
-                let x = vals[node.inputs[0]]
-                    .take()
-                    .expect("inputs are computed before their readers");
-                let x = Arc::try_unwrap(x).unwrap_or_else(|shared| (*shared).clone());
-                vec![self.run_in_place(i, x, vals)]
-            } else {
-                self.run_node(i, vals, quant)
-            };
-            for (&o, v) in node.outputs.iter().zip(outs) {
-                vals[o] = Some(Arc::new(v));
+            match &self.steps[i] {
+                Step::Fused => {}
+                Step::Fast(f) => {
+                    let y = self.run_fast(f, node.inputs[0], vals, quant);
+                    vals[f.output] = Some(Arc::new(y));
+                }
+                _ => {
+                    let outs = if self.in_place[i] && quant.is_none() {
+                        // The node is its input's last reader: it works on that buffer.
+                        let x = vals[node.inputs[0]]
+                            .take()
+                            .expect("inputs are computed before their readers");
+                        let x = Arc::try_unwrap(x).unwrap_or_else(|shared| (*shared).clone());
+                        vec![self.run_in_place(i, x, vals)]
+                    } else {
+                        self.run_node(i, vals, quant)
+                    };
+                    for (&o, v) in node.outputs.iter().zip(outs) {
+                        vals[o] = Some(Arc::new(v));
+                    }
+                }
             }
             for &v in &self.last_uses[i] {
-                vals[v] = None;
+                if let Some(Ok(buf)) = vals[v].take().map(Arc::try_unwrap) {
+                    recycle(buf);
+                }
             }
         }
         s.next = to;
+    }
+
+    /// The Conv nodes that run on the engine's kernels, and how many Convs there are.
+    #[cfg(test)]
+    pub(crate) fn fast_convs(&self) -> (usize, usize) {
+        let fast = self.steps.iter().filter(|s| matches!(s, Step::Fast(_))).count();
+        let convs = self.graph.nodes.iter().filter(|n| matches!(n.op, Op::Conv(_))).count();
+        (fast, convs)
+    }
+
+    /// The values live in `s`, by value id, NCHW (maps unpadded) with their shapes.
+    #[cfg(test)]
+    pub(crate) fn live_nchw(&self, s: &SampleValues) -> Vec<(Vec<f32>, Vec<usize>)> {
+        let mut out = Vec::new();
+        for (v, data) in s.vals.iter().enumerate() {
+            let Some(data) = data else { continue };
+            let shape = self.graph.values[v].shape.clone();
+            let values = match self.maps[v] {
+                None => data.to_vec(),
+                Some(m) => {
+                    let mut nchw = vec![0.0; m.c * m.h * m.w];
+                    for y in 0..m.h {
+                        for x in 0..m.w {
+                            for c in 0..m.c {
+                                nchw[(c * m.h + y) * m.w + x] = data[((y + 1) * (m.w + 2) + x + 1) * m.c + c];
+                            }
+                        }
+                    }
+                    nchw
+                }
+            };
+            out.push((values, shape));
+        }
+        out
+    }
+
+    /// A fast chain on one sample: its result as a padded map.
+    fn run_fast(
+        &self,
+        f: &FastConv,
+        x: ValueId,
+        vals: &[Option<Arc<Vec<f32>>>],
+        quant: Option<(Option<&[f32]>, Option<&ActQuantizer>)>,
+    ) -> Vec<f32> {
+        let get = |v: ValueId| -> &[f32] { vals[v].as_deref().expect("inputs are computed before their readers") };
+        SCRATCH.with_borrow_mut(|scratch| {
+            let Scratch {
+                input,
+                residual,
+                quantized,
+            } = scratch;
+            let shape = &f.shape;
+            let mut src: &[f32] = match self.maps[x] {
+                Some(_) => get(x),
+                None => {
+                    let buf = sized(input, shape.input.padded_len());
+                    kernels::image_to_map(get(x), shape.input, buf);
+                    buf
+                }
+            };
+            if let Some(q) = quant.and_then(|(_, q)| q) {
+                let buf = sized(quantized, shape.input.padded_len());
+                quantize_map(q, src, shape.input, buf);
+                src = buf;
+            }
+            let res: Option<&[f32]> = f.residual.map(|r| match self.maps[r] {
+                Some(_) => get(r),
+                None => {
+                    let buf = sized(residual, shape.output.padded_len());
+                    kernels::image_to_map(get(r), shape.output, buf);
+                    &*buf
+                }
+            });
+            let weights = quant.and_then(|(w, _)| w).unwrap_or(&f.packed);
+            let epi = Epilogue {
+                scale: &f.scale,
+                bias: &f.bias,
+                residual: res,
+                relu: f.relu,
+            };
+            // `conv_image` writes every element: a recycled buffer needs no clearing.
+            let mut y = reuse(shape.output.padded_len());
+            kernels::conv_image(self.isa, shape, src, weights, &epi, &mut y);
+            y
+        })
     }
 
     /// Element-wise nodes, on their first input's buffer (see `in_place`).
@@ -441,32 +715,22 @@ impl Executor {
         let out_shape = |k: usize| g.values[node.outputs[k]].shape.as_slice();
         match (&self.steps[i], &node.op) {
             (Step::Conv(c), _) => vec![conv(input(0), c, weights.unwrap_or(&c.weight))],
-            (
-                Step::Gemm {
-                    b,
-                    k,
-                    n,
-                    b_strides,
-                    c,
-                    alpha,
-                },
-                _,
-            ) => {
+            (Step::Gemm { w, k, n, c, alpha }, _) => {
                 let rows = shape(0)[0];
-                let mut y = match c {
-                    Some(c) => c.repeat(rows),
-                    None => vec![0.0; rows * n],
-                };
-                matmul(
-                    (rows, *n, *k),
-                    &mut y,
-                    c.is_some(),
-                    input(0),
-                    (*k, 1),
-                    weights.unwrap_or(b),
-                    *b_strides,
-                    *alpha,
-                );
+                let x = input(0);
+                let w = weights.unwrap_or(w);
+                let mut y = vec![0.0; rows * n];
+                for (row, out) in x.chunks_exact(*k).zip(y.chunks_exact_mut(*n)) {
+                    dense_row(row, w, out);
+                    for (j, v) in out.iter_mut().enumerate() {
+                        // alpha = 1, beta = 1: `acc + bias`, the engine's `linear`.
+                        let acc = if *alpha == 1.0 { *v } else { *alpha * *v };
+                        *v = match c {
+                            Some(c) => acc + c[j],
+                            None => acc,
+                        };
+                    }
+                }
                 vec![y]
             }
             (Step::MatMul { b, k, n }, _) => {
@@ -489,6 +753,7 @@ impl Executor {
                 ops::channel_affine(&mut y, scale.len(), scale, shift);
                 vec![y]
             }
+            (Step::Fast(_) | Step::Fused, _) => unreachable!("fast chains run in `advance`"),
             (Step::Other, op) => match op {
                 Op::Unary(u) => {
                     let mut y = input(0).to_vec();
@@ -505,6 +770,12 @@ impl Executor {
                 )],
                 Op::MaxPool(p) => vec![ops::pool(input(0), shape(0), p, out_shape(0), true)],
                 Op::AveragePool(p) => vec![ops::pool(input(0), shape(0), p, out_shape(0), false)],
+                Op::GlobalAveragePool | Op::ReduceMean { .. } if self.maps[node.inputs[0]].is_some() => {
+                    let m = self.maps[node.inputs[0]].expect("a map");
+                    let mut y = vec![0.0; m.c];
+                    kernels::average_pool(input(0), m, &mut y);
+                    vec![y]
+                }
                 Op::GlobalAveragePool => {
                     let s = shape(0);
                     vec![ops::reduce_mean(input(0), s, &(2..s.len()).collect::<Vec<_>>())]
@@ -526,6 +797,220 @@ impl Executor {
                 Op::Conv(_) | Op::Gemm(_) | Op::MatMul | Op::BatchNorm { .. } => unreachable!("prepared steps"),
             },
         }
+    }
+}
+
+/// Finds the chains the engine's kernels run (see the module docs), turns their steps into
+/// [`Step::Fast`] and [`Step::Fused`], and returns which values are stored as maps. Nodes are
+/// visited last to first, so that whether a chain's readers take maps is known when the chain
+/// is decided.
+fn fuse_fast_convs(
+    graph: &Graph,
+    steps: &mut [Step],
+    constant: &dyn Fn(ValueId) -> Result<Vec<f32>>,
+) -> Result<Vec<Option<MapShape>>> {
+    let nodes = &graph.nodes;
+    let mut readers: Vec<Vec<(usize, usize)>> = vec![Vec::new(); graph.values.len()];
+    for (i, node) in nodes.iter().enumerate() {
+        for (k, &v) in node.inputs.iter().enumerate() {
+            readers[v].push((i, k));
+        }
+    }
+    let only_reader =
+        |v: ValueId, j: usize| readers[v].len() == 1 && readers[v][0].0 == j && !graph.outputs.contains(&v);
+    let same_shape = |a: ValueId, b: ValueId| graph.values[a].shape == graph.values[b].shape;
+    let mut maps = vec![None; graph.values.len()];
+    let mut fast_start = vec![false; nodes.len()];
+    let mut fused_residual: Vec<Option<ValueId>> = vec![None; nodes.len()];
+    for i in (0..nodes.len()).rev() {
+        let node = &nodes[i];
+        let Op::Conv(attrs) = &node.op else { continue };
+        let Some(shape) = fast_shape(graph, node, attrs) else {
+            continue;
+        };
+        let mut cur = node.outputs[0];
+        let mut j = i + 1;
+        let mut bn = None;
+        if let Some(n) = nodes.get(j) {
+            if let Op::BatchNorm { epsilon } = n.op {
+                if n.inputs[0] == cur && only_reader(cur, j) {
+                    bn = Some((j, epsilon));
+                    cur = n.outputs[0];
+                    j += 1;
+                }
+            }
+        }
+        let mut residual = None;
+        if let Some(n) = nodes.get(j).filter(|n| n.op == Op::Binary(ops::Binary::Add)) {
+            let other = match n.inputs[..] {
+                [a, b] if a == cur => Some(b),
+                [a, b] if b == cur => Some(a),
+                _ => None,
+            };
+            if let Some(r) = other.filter(|&r| {
+                r != cur
+                    && graph.values[r].constant.is_none()
+                    && same_shape(r, cur)
+                    && same_shape(n.outputs[0], cur)
+                    && only_reader(cur, j)
+            }) {
+                residual = Some((j, r));
+                cur = n.outputs[0];
+                j += 1;
+            }
+        }
+        let mut relu = false;
+        if let Some(n) = nodes.get(j) {
+            if n.op == Op::Unary(Unary::Relu) && n.inputs[0] == cur && only_reader(cur, j) {
+                relu = true;
+                cur = n.outputs[0];
+                j += 1;
+            }
+        }
+        let takes_maps = !graph.outputs.contains(&cur)
+            && !readers[cur].is_empty()
+            && readers[cur].iter().all(|&(r, k)| {
+                (fast_start[r] && k == 0)
+                    || fused_residual[r] == Some(cur)
+                    || pools_maps(&nodes[r].op, k, &graph.values[cur].shape)
+            });
+        if !takes_maps {
+            continue;
+        }
+        let (m, c, k) = (shape.output.c, shape.input.c, shape.kernel);
+        let weight = constant(node.inputs[1])?;
+        let conv_bias = node.inputs.get(2).map(|&b| constant(b)).transpose()?;
+        let (scale, bias) = match bn {
+            Some((b, epsilon)) => {
+                let [g, beta, mean, var] = [1, 2, 3, 4].map(|q| constant(nodes[b].inputs[q]));
+                let (g, beta, mean, var) = (g?, beta?, mean?, var?);
+                batch_norm_affine([&g, &beta, &mean, &var], epsilon, conv_bias.as_deref())
+            }
+            None => (vec![1.0; m], conv_bias.unwrap_or_else(|| vec![0.0; m])),
+        };
+        steps[i] = Step::Fast(Box::new(FastConv {
+            shape,
+            packed: kernels::pack_conv_weights(&weight, m, c, k, shape.stride),
+            scale,
+            bias,
+            residual: residual.map(|(_, r)| r),
+            relu,
+            output: cur,
+        }));
+        for step in &mut steps[i + 1..j] {
+            *step = Step::Fused;
+        }
+        if let Some((add, r)) = residual {
+            fused_residual[add] = Some(r);
+        }
+        fast_start[i] = true;
+        maps[cur] = Some(shape.output);
+    }
+    Ok(maps)
+}
+
+/// `out[j] = Σ_c x[c]·w[c][j]` (`w` is `[K, N]`), each output an `fma` over `c` in order from
+/// 0: the same bits on every instruction set (the SIMD versions only compute several `j` at
+/// once).
+fn dense_row(x: &[f32], w: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features.
+            return unsafe { dense_row_avx512(x, w, out) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { dense_row_avx2(x, w, out) };
+        }
+    }
+    dense_row_body(x, w, out)
+}
+
+#[inline(always)]
+fn dense_row_body(x: &[f32], w: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    assert_eq!(w.len(), x.len() * n);
+    out.fill(0.0);
+    for (&xv, row) in x.iter().zip(w.chunks_exact(n.max(1))) {
+        for (o, &wv) in out.iter_mut().zip(row) {
+            *o = xv.mul_add(wv, *o);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn dense_row_avx512(x: &[f32], w: &[f32], out: &mut [f32]) {
+    dense_row_body(x, w, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dense_row_avx2(x: &[f32], w: &[f32], out: &mut [f32]) {
+    dense_row_body(x, w, out)
+}
+
+/// Buffers of one thread for the fast chains: converted inputs and residuals, quantized inputs.
+#[derive(Default)]
+struct Scratch {
+    input: Vec<f32>,
+    residual: Vec<f32>,
+    quantized: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+thread_local! {
+    /// Buffers of freed values, for the next fast chain's result (allocating and clearing
+    /// them anew cost a tenth of a ResNet's time).
+    static FREE: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Buffers kept per thread.
+const FREE_BUFFERS: usize = 4;
+
+/// Keeps `buf` for [`reuse`] if there is room.
+fn recycle(buf: Vec<f32>) {
+    FREE.with_borrow_mut(|free| {
+        if free.len() < FREE_BUFFERS {
+            free.push(buf);
+        }
+    });
+}
+
+/// A buffer of `n` floats, recycled if one is large enough (its contents are left over from
+/// its last use).
+fn reuse(n: usize) -> Vec<f32> {
+    let found = FREE.with_borrow_mut(|free| {
+        // One of the same length first: growing a shorter one would clear the new part.
+        let i = (free.iter().position(|b| b.len() == n)).or_else(|| free.iter().position(|b| b.capacity() >= n))?;
+        Some(free.swap_remove(i))
+    });
+    let mut buf = found.unwrap_or_default();
+    buf.resize(n, 0.0);
+    buf
+}
+
+/// The first `n` floats of `v`, growing it if needed.
+fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// Fake-quantizes the pixels of a padded map into `dst`, keeping the border zero (so padding is
+/// zero after quantization, as when PyTorch pads the quantized tensor).
+fn quantize_map(q: &ActQuantizer, src: &[f32], shape: MapShape, dst: &mut [f32]) {
+    kernels::zero_border(dst, shape);
+    let row = (shape.w + 2) * shape.c;
+    for y in 1..=shape.h {
+        let range = y * row + shape.c..(y + 1) * row - shape.c;
+        dst[range.clone()].copy_from_slice(&src[range.clone()]);
+        q.quantize_in_place(&mut dst[range]);
     }
 }
 

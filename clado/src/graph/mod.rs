@@ -16,9 +16,9 @@
 //!
 //! Nodes carry a typed [`Op`] whose attributes are resolved: a `Reshape`, `Flatten`, `Squeeze`,
 //! `Unsqueeze`, `Identity` or `Dropout` becomes [`Op::Reshape`] (the output shape is known), a
-//! `Clip`'s bounds and a `Slice`'s starts and ends are numbers in the op. The checkpoint
-//! builder of the CIFAR ResNets can produce the same object through [`GraphBuilder`] without
-//! any ONNX involved.
+//! `Clip`'s bounds and a `Slice`'s starts and ends are numbers in the op. The CIFAR ResNets
+//! become the same object from their checkpoints (`resnet_onnx` writes the model that
+//! [`Graph::from_onnx_bytes`] reads).
 //!
 //! # Quantizable layers
 //! [`Graph::layers`]: every `Conv`, and every `Gemm`/`MatMul` whose weight is a constant, in
@@ -46,6 +46,7 @@ pub use exec::{Executor, LayerQuant, QuantPlan, SampleValues};
 pub use ops::{Binary, ConvAttrs, GemmAttrs, Op, PoolAttrs, SliceAxis, Unary};
 pub use qdq::{QdqInput, QdqLayer, QdqSummary, QdqWeight, INT4_OPSET, QDQ_MIN_OPSET};
 #[cfg(feature = "nn")]
+pub(crate) use resnet::resnet_onnx_at;
 pub use resnet::{resnet_onnx, RESNET_OPSET};
 pub use tensor::{Data, Tensor};
 
@@ -229,11 +230,6 @@ impl Graph {
         }
         out
     }
-}
-
-/// The `[rows, cols]` row-major matrix `data` transposed.
-pub(crate) fn transpose_2d(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    ops::transpose(data, &[rows, cols], &[1, 0])
 }
 
 /// Shape as messages show it: `[N, 64, 56, 56]` for a runtime value.

@@ -1,6 +1,7 @@
 //! The checkpoint ResNets as ONNX: [`resnet_onnx`] writes a CIFAR ResNet (the layout of
-//! [`crate::model`]) and its checkpoint as an ONNX model that computes what the engine computes,
-//! so that `quantize export` writes the built-in models as it writes any ONNX file.
+//! [`crate::model`]) and its checkpoint as an ONNX model. It is how the engine builds these
+//! networks (`engine::Network::from_state_dict` reads it back as a graph), and what `quantize
+//! export` writes for the built-in models.
 //!
 //! The graph, in the engine's order: `conv1` (Conv, no bias) → `bn1` (BatchNormalization with
 //! the checkpoint's running statistics, ε = [`crate::model::BN_EPS`]) → Relu; per BasicBlock
@@ -33,6 +34,11 @@ const IR_VERSION: i64 = 10;
 /// The ResNet `spec` with the weights of `state` (checked against `spec`, e.g. by
 /// [`crate::model::load_checked`]) as an encoded ONNX `ModelProto` (see the module docs).
 pub fn resnet_onnx(spec: &ArchSpec, state: &StateDict) -> Result<Vec<u8>> {
+    resnet_onnx_at(spec, state, [INPUT_SIZE; 2])
+}
+
+/// As [`resnet_onnx`] for inputs of `[h, w]` pixels.
+pub(crate) fn resnet_onnx_at(spec: &ArchSpec, state: &StateDict, [height, width]: [usize; 2]) -> Result<Vec<u8>> {
     let mut w = Writer {
         state,
         nodes: Vec::new(),
@@ -69,14 +75,18 @@ pub fn resnet_onnx(spec: &ArchSpec, state: &StateDict) -> Result<Vec<u8>> {
         "logits",
     );
 
-    let size = INPUT_SIZE as i64;
     let graph = GraphProto {
         name: Some(spec.name()),
         node: w.nodes,
         initializer: w.initializers,
         input: vec![value_info(
             "input",
-            &[None, Some(spec.in_channels as i64), Some(size), Some(size)],
+            &[
+                None,
+                Some(spec.in_channels as i64),
+                Some(height as i64),
+                Some(width as i64),
+            ],
         )],
         output: vec![value_info(&logits, &[None, Some(spec.num_classes as i64)])],
         ..Default::default()

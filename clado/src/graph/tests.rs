@@ -642,3 +642,19 @@ fn executor_matches_onnxruntime_run_live() {
         );
     }
 }
+
+/// The engine's kernels run every Conv they fit whose result only fast chains and global pools
+/// read: all but the 7×7 stem of the torchvision ResNets, and none of the depthwise networks'
+/// (whose 1×1 convolutions feed Clip, depthwise convolutions or SiLU).
+#[test]
+fn fast_kernels_serve_the_resnets() {
+    for path in fixtures() {
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let exec = Executor::new(&Graph::from_onnx(&path).unwrap()).unwrap();
+        let (fast, convs) = exec.fast_convs();
+        eprintln!("{name}: {fast} of {convs} Convs fast");
+        if name.starts_with("resnet") {
+            assert_eq!(fast, convs - 1, "{name}");
+        }
+    }
+}
