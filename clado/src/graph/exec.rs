@@ -1078,9 +1078,13 @@ fn valid_range(out_len: usize, stride: usize, pad: usize, tap: usize, len: usize
     (lo.min(hi), hi)
 }
 
-/// `col[(c·kh + ky)·kw + kx][oy·OW + ox] = x[c][oy·sh − pt + ky·dh][ox·sw − pl + kx·dw]`, 0 in
-/// the padding.
-fn im2col(x: &[f32], c: &ConvStep, col: &mut [f32]) {
+ops::wide!(
+    /// `col[(c·kh + ky)·kw + kx][oy·OW + ox] = x[c][oy·sh − pt + ky·dh][ox·sw − pl + kx·dw]`, 0
+    /// in the padding.
+    fn im2col = im2col_body(x: &[f32], c: &ConvStep, col: &mut [f32]));
+
+#[inline(always)]
+fn im2col_body(x: &[f32], c: &ConvStep, col: &mut [f32]) {
     let a = &c.attrs;
     let [_, h, w] = c.input;
     let [_, oh, ow] = c.output;
@@ -1121,9 +1125,13 @@ fn im2col(x: &[f32], c: &ConvStep, col: &mut [f32]) {
     }
 }
 
-/// Convolution with one input channel per group: each output adds its taps in (ky, kx)
-/// order to the bias already in `y`.
-fn depthwise(x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]) {
+ops::wide!(
+    /// Convolution with one input channel per group: each output adds its taps in (ky, kx)
+    /// order to the bias already in `y`.
+    fn depthwise = depthwise_body(x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]));
+
+#[inline(always)]
+fn depthwise_body(x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]) {
     let a = &c.attrs;
     let [_, h, w] = c.input;
     let [m, oh, ow] = c.output;

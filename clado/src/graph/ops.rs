@@ -442,7 +442,35 @@ impl Op {
 // ---------------------------------------------------------------------------------------------
 // Kernels without matrix products, on one sample.
 
-pub(crate) fn unary(op: Unary, x: &mut [f32]) {
+/// `VIS fn NAME(args) -> R` that runs `BODY(args)` (an `#[inline(always)]` function)
+/// compiled with AVX2 where the CPU has it, so that its element-wise loops run 8 lanes wide.
+/// The bodies use plain multiplications and additions (never fused), so the results are the
+/// same bits either way.
+macro_rules! wide {
+    ($(#[$m:meta])* $vis:vis fn $name:ident = $body:ident ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                if is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+pub(crate) use wide;
+
+wide!(pub(crate) fn unary = unary_body(op: Unary, x: &mut [f32]));
+
+#[inline(always)]
+fn unary_body(op: Unary, x: &mut [f32]) {
     match op {
         Unary::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
         Unary::Clip { min, max } => x.iter_mut().for_each(|v| *v = v.max(min).min(max)),
@@ -451,7 +479,7 @@ pub(crate) fn unary(op: Unary, x: &mut [f32]) {
                 *v *= alpha
             }
         }),
-        Unary::Sigmoid => x.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp())),
+        Unary::Sigmoid => x.iter_mut().for_each(|v| *v = 1.0 / (1.0 + exp(-*v))),
         Unary::HardSigmoid { alpha, beta } => x.iter_mut().for_each(|v| *v = (alpha * *v + beta).clamp(0.0, 1.0)),
         Unary::HardSwish => x.iter_mut().for_each(|v| *v *= (*v / 6.0 + 0.5).clamp(0.0, 1.0)),
         Unary::Quantize {
@@ -463,6 +491,38 @@ pub(crate) fn unary(op: Unary, x: &mut [f32]) {
             .iter_mut()
             .for_each(|v| *v = ((*v / scale).round_ties_even() + zero_point).clamp(lo, hi)),
         Unary::Dequantize { scale, zero_point } => x.iter_mut().for_each(|v| *v = (*v - zero_point) * scale),
+    }
+}
+
+/// `e^x` within 2 ulp for results in the normal range (0 below it, +inf above it, NaN for
+/// NaN), in branch-free arithmetic that vectorises (libm's `expf` is a call per element):
+/// `x = k·ln 2 + r` with `k` rounded to nearest, `|r| ≤ ln 2 / 2`, `e^r` by its Taylor
+/// polynomial of degree 7, times `2^k` built from the exponent bits.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split (Cody and Waite) so that k·LN2_HI is exact for the k that occur.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5·2^23 rounds to the nearest integer (ties to even).
+    const ROUND: f32 = 12_582_912.0;
+    let xc = x.clamp(-87.0, 88.0);
+    let k = (xc * LOG2_E + ROUND) - ROUND;
+    let r = (xc - k * LN2_HI) - k * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (1.0 / 2.0
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    // 2^k from its exponent bits: k + 127 lands in the low mantissa bits of 2^23 + k + 127
+    // (no float-to-int conversion, which would not vectorise).
+    let scale = f32::from_bits((k + 8_388_735.0).to_bits() << 23);
+    let y = p * scale;
+    if x > 88.0 {
+        f32::INFINITY
+    } else if x < -87.0 {
+        0.0
+    } else {
+        y
     }
 }
 
@@ -486,6 +546,7 @@ fn binary_fn_i64(op: Binary) -> fn(i64, i64) -> i64 {
 
 /// `f(a, b)` with NumPy broadcasting into `out_shape`. Dimensions are coalesced first so that
 /// the inner loop is long (a squeeze-and-excitation `[C, H·W] × [C, 1]` runs as C loops of H·W).
+#[inline(always)]
 pub(crate) fn broadcast<T: Copy>(
     a: &[T],
     sa: &[usize],
@@ -539,8 +600,21 @@ pub(crate) fn broadcast<T: Copy>(
     let mut idx = vec![0usize; last];
     let (mut oa, mut ob) = (0usize, 0usize);
     loop {
-        for j in 0..inner {
-            out.push(f(a[oa + j * ia], b[ob + j * ib]));
+        match (ia, ib) {
+            // A squeeze-and-excitation scale: a run of `a` times one value of `b`.
+            (1, 0) => {
+                let y = b[ob];
+                out.extend(a[oa..oa + inner].iter().map(|&x| f(x, y)));
+            }
+            (0, 1) => {
+                let x = a[oa];
+                out.extend(b[ob..ob + inner].iter().map(|&y| f(x, y)));
+            }
+            _ => {
+                for j in 0..inner {
+                    out.push(f(a[oa + j * ia], b[ob + j * ib]));
+                }
+            }
         }
         // Next outer index.
         let mut d = last;
@@ -562,24 +636,49 @@ pub(crate) fn broadcast<T: Copy>(
     }
 }
 
-pub(crate) fn binary_f32(op: Binary, a: &[f32], sa: &[usize], b: &[f32], sb: &[usize], out: &[usize]) -> Vec<f32> {
-    broadcast(a, sa, b, sb, out, binary_fn_f32(op))
-}
+wide!(pub(crate) fn binary_f32 = binary_f32_body(op: Binary, a: &[f32], sa: &[usize], b: &[f32], sb: &[usize], out: &[usize]) -> Vec<f32>);
 
-/// `x = f(x, y)` element-wise, `y` of `x`'s length or a scalar (same arithmetic as
-/// [`binary_f32`]).
-pub(crate) fn binary_in_place(op: Binary, x: &mut [f32], y: &[f32]) {
-    let f = binary_fn_f32(op);
-    if y.len() == x.len() {
-        x.iter_mut().zip(y).for_each(|(a, &b)| *a = f(*a, b));
-    } else {
-        let b = y[0];
-        x.iter_mut().for_each(|a| *a = f(*a, b));
+#[inline(always)]
+fn binary_f32_body(op: Binary, a: &[f32], sa: &[usize], b: &[f32], sb: &[usize], out: &[usize]) -> Vec<f32> {
+    // One monomorphised loop per op (a function pointer per element does not vectorise).
+    match op {
+        Binary::Add => broadcast(a, sa, b, sb, out, |a, b| a + b),
+        Binary::Sub => broadcast(a, sa, b, sb, out, |a, b| a - b),
+        Binary::Mul => broadcast(a, sa, b, sb, out, |a, b| a * b),
+        Binary::Div => broadcast(a, sa, b, sb, out, |a, b| a / b),
     }
 }
 
-/// BatchNormalization with precomputed per-channel `scale` and `shift`: `y = x·scale + shift`.
-pub(crate) fn channel_affine(x: &mut [f32], channels: usize, scale: &[f32], shift: &[f32]) {
+wide!(
+    /// `x = f(x, y)` element-wise, `y` of `x`'s length or a scalar (same arithmetic as
+    /// [`binary_f32`]).
+    pub(crate) fn binary_in_place = binary_in_place_body(op: Binary, x: &mut [f32], y: &[f32]));
+
+#[inline(always)]
+fn binary_in_place_body(op: Binary, x: &mut [f32], y: &[f32]) {
+    #[inline(always)]
+    fn apply(x: &mut [f32], y: &[f32], f: impl Fn(f32, f32) -> f32) {
+        if y.len() == x.len() {
+            x.iter_mut().zip(y).for_each(|(a, &b)| *a = f(*a, b));
+        } else {
+            let b = y[0];
+            x.iter_mut().for_each(|a| *a = f(*a, b));
+        }
+    }
+    match op {
+        Binary::Add => apply(x, y, |a, b| a + b),
+        Binary::Sub => apply(x, y, |a, b| a - b),
+        Binary::Mul => apply(x, y, |a, b| a * b),
+        Binary::Div => apply(x, y, |a, b| a / b),
+    }
+}
+
+wide!(
+    /// BatchNormalization with precomputed per-channel `scale` and `shift`: `y = x·scale + shift`.
+    pub(crate) fn channel_affine = channel_affine_body(x: &mut [f32], channels: usize, scale: &[f32], shift: &[f32]));
+
+#[inline(always)]
+fn channel_affine_body(x: &mut [f32], channels: usize, scale: &[f32], shift: &[f32]) {
     let inner = x.len() / channels;
     for (c, chunk) in x.chunks_exact_mut(inner.max(1)).enumerate() {
         let (s, t) = (scale[c % channels], shift[c % channels]);
@@ -587,8 +686,12 @@ pub(crate) fn channel_affine(x: &mut [f32], channels: usize, scale: &[f32], shif
     }
 }
 
-/// Max or average pooling of one sample `[C, H, W]`.
-pub(crate) fn pool(x: &[f32], shape: &[usize], p: &PoolAttrs, out_shape: &[usize], max: bool) -> Vec<f32> {
+wide!(
+    /// Max or average pooling of one sample `[C, H, W]`.
+    pub(crate) fn pool = pool_body(x: &[f32], shape: &[usize], p: &PoolAttrs, out_shape: &[usize], max: bool) -> Vec<f32>);
+
+#[inline(always)]
+fn pool_body(x: &[f32], shape: &[usize], p: &PoolAttrs, out_shape: &[usize], max: bool) -> Vec<f32> {
     let (c, h, w) = (shape[1], shape[2], shape[3]);
     let (oh, ow) = (out_shape[2], out_shape[3]);
     let mut out = vec![0.0; c * oh * ow];
@@ -875,5 +978,35 @@ pub(crate) fn fold(op: &Op, inputs: &[&Tensor], out_shapes: &[Vec<usize>]) -> Op
             one(Data::F32(v))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod exp_tests {
+    /// Units in the last place between `got` and the correctly rounded `want`.
+    fn ulps(got: f32, want: f64) -> f64 {
+        let w = want as f32;
+        let ulp = f32::from_bits(w.to_bits() + 1) - w;
+        ((f64::from(got) - want) / f64::from(ulp)).abs()
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_and_saturates() {
+        let mut worst: f64 = 0.0;
+        let n = 2_000_000;
+        for i in 0..=n {
+            let x = -87.0 + 175.0 * i as f32 / n as f32;
+            let want = f64::from(x).exp();
+            if want < f64::from(f32::MIN_POSITIVE) {
+                continue;
+            }
+            worst = worst.max(ulps(super::exp(x), want));
+        }
+        assert!(worst <= 2.0, "worst error {worst} ulp");
+        assert_eq!(super::exp(0.0), 1.0);
+        assert_eq!(super::exp(-200.0), 0.0);
+        assert_eq!(super::exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(super::exp(100.0), f32::INFINITY);
+        assert!(super::exp(f32::NAN).is_nan());
     }
 }
