@@ -6,7 +6,8 @@
 //! will allocate, from the network's state sizes:
 //! - the FP state of one batch before every variable layer (kept for the whole batch),
 //! - per worker thread, the state in flight and the one being computed, plus its workspace,
-//! - the quantized weights (one packed copy per layer and weight bit width),
+//! - the quantized weights (one packed copy per layer and weight bit width, as packed for the
+//!   kernels),
 //! - the per-sample singles of a batch and the pairwise results of every batch,
 //! - the matrices assembled at the end (G, its standard errors, an eigendecomposition),
 //!
@@ -20,9 +21,9 @@ use clado::{Error, Result};
 /// pages of the size classes it used; measured overhead on perturb runs was below 10 %).
 pub const ALLOCATOR_MARGIN: f64 = 1.15;
 
-/// Stack and per-image workspace of one worker thread (rayon's default 2 MiB stack and the
-/// engine's per-image buffers, which are a few hundred KiB for the CIFAR ResNets).
-const PER_THREAD_BYTES: u64 = 8 << 20;
+/// Stack of one worker thread and slack (rayon's default 2 MiB stack); the executor's scratch
+/// space, which grows with the network, comes on top ([`Network::scratch_bytes_per_thread`]).
+const PER_THREAD_BYTES: u64 = 4 << 20;
 
 /// The parts of the estimate, in bytes.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -86,9 +87,11 @@ pub fn estimate(shape: &Shape<'_>) -> Result<Estimate> {
     let kept: u64 = shape.variables.iter().map(|&l| floats[l] as u64).sum();
     let logits = net.classes() as u64;
     let fp_states = batch * (image + kept + logits) * F32;
-    let workers = shape.threads as u64 * (batch * (2 * largest + logits) * F32 + PER_THREAD_BYTES);
-    let params: u64 = net.layers().iter().map(|l| l.params).sum();
-    let weights = shape.weight_bit_widths as u64 * params * F32;
+    let scratch = net.scratch_bytes_per_thread() as u64;
+    let workers = shape.threads as u64 * (batch * (2 * largest + logits) * F32 + PER_THREAD_BYTES + scratch);
+    // Prepared (packed) weights, not parameters: Winograd's packing is 16/9 of them.
+    let packed: u64 = (0..net.layers().len()).map(|l| net.prepared_floats(l) as u64).sum();
+    let weights = shape.weight_bit_widths as u64 * packed * F32;
     let n = (shape.variables.len() * shape.options) as u64;
     let batches = shape.samples.div_ceil(shape.batch_size.max(1)) as u64;
     // Moments are two exact sums, each a Vec header and a 4-f64 allocation of parts (112

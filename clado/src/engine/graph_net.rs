@@ -1,6 +1,5 @@
-//! A [`Network`] that runs a [`Graph`] (an ONNX file) on the graph executor: the same
-//! interface as the CIFAR ResNets (layers, plans, resumable states, calibration), so every
-//! tool takes either.
+//! How a [`Network`] runs its [`Graph`] (an ONNX file's, or a CIFAR ResNet's built from its
+//! checkpoint) on the graph executor: layers, plans, resumable states and calibration.
 //!
 //! **Positions.** Position `i < L` is the point of the graph's topological order just before
 //! the node of quantizable layer `i`; position `L` is the end (the logits). A state there holds,

@@ -14,7 +14,8 @@ use std::sync::Arc;
 /// BatchNorm epsilon of the PyTorch models.
 pub const BN_EPS: f64 = 1e-5;
 
-/// Input size the MACs of [`Layer::macs`] are counted for (CIFAR and padded Fashion-MNIST).
+/// Input size of the CIFAR ResNets built from checkpoints (CIFAR and padded Fashion-MNIST), and
+/// so of their [`Layer::macs`].
 pub const INPUT_SIZE: usize = 32;
 
 /// Channels of the stem and of the three stages.
@@ -56,7 +57,7 @@ pub struct Layer {
     pub weight_shape: Vec<usize>,
     /// Weight elements (biases stay FP and are not counted).
     pub params: u64,
-    /// Multiply-accumulates for one sample of [`INPUT_SIZE`]² pixels.
+    /// Multiply-accumulates for one sample of the network's input size.
     pub macs: u64,
 }
 
@@ -253,6 +254,18 @@ impl Network {
     pub fn state_floats_per_image(&self, h: usize, w: usize) -> Result<Vec<usize>> {
         self.check_size(&self.graph, h, w)?;
         Ok(self.graph.floats.clone())
+    }
+
+    /// Floats that layer `i`'s prepared weights ([`Network::prepare_weights`]) hold: its
+    /// parameters, or more where the kernels pack them (Winograd).
+    pub fn prepared_floats(&self, i: usize) -> usize {
+        self.graph.exec.prepared_len(i)
+    }
+
+    /// Bytes of scratch space one thread may keep for running this network (see
+    /// [`crate::graph::Executor::scratch_floats`]).
+    pub fn scratch_bytes_per_thread(&self) -> usize {
+        4 * self.graph.exec.scratch_floats()
     }
 
     /// Runs with the given instruction set (tests compare them; all agree bitwise).

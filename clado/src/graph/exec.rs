@@ -23,14 +23,16 @@
 //!
 //! **Fast convolutions.** Where the engine's kernels (`engine::kernels`: Winograd F(2×2, 3×3)
 //! and direct 3×3/1×1 convolutions of one group, in padded NHWC, with BatchNorm, a residual add
-//! and ReLU applied as the sums are written) fit a Conv's shapes, the Conv and the nodes right
+//! and ReLU applied as the sums are written) fit a Conv's shapes and its weights are small
+//! enough to stay in cache (`FAST_MAX_WEIGHTS`), the Conv and the nodes right
 //! after it that they can absorb (a BatchNormalization, an Add of another map, a Relu, each the
 //! only reader of the one before) run as one step, and its result is stored as a padded NHWC
 //! map. A chain runs so only when every reader of its result takes such maps: another fast
 //! chain (as its input or as its residual), or a global average pool (`GlobalAveragePool`,
 //! `ReduceMean` over H and W); the graph's outputs are never maps. A fast chain whose input
 //! or residual is an NCHW value converts it on the way in. The CIFAR ResNets run entirely this
-//! way, as do the 3×3 and 1×1 convolutions of torchvision's ResNets.
+//! way, as do the 3×3 and 1×1 convolutions of narrow torchvision ResNets (the test fixtures);
+//! full-width ImageNet ResNets run faster on the general kernels.
 //!
 //! **Weights as the executor takes them** ([`Executor::prepare_weights`]): packed for the
 //! kernels for a fast Conv, `[K, N]` for a Gemm or MatMul, the file's layout for other Convs.
@@ -204,8 +206,16 @@ fn batch_norm_affine(
     (scale, shift)
 }
 
+/// Largest packed weight (floats) of a Conv the engine's kernels run: 256 KiB, which stays in
+/// L2 while they reread it for every tile of pixels of every image. Beyond it the general
+/// kernels are faster: ResNet-18 at 224×224 (up to 512 channels, 2.4 M floats per Conv) ran
+/// at 39.5–40.1 images/s on the kernels against 42.1–42.6 on the general path. Every Conv of
+/// the CIFAR ResNets is within it (at most 64 → 64 channels, 65,536 floats for Winograd).
+const FAST_MAX_WEIGHTS: usize = 1 << 16;
+
 /// The kernels' shape for a Conv node, if they run it: one group, no dilation, a square 3×3
-/// kernel with padding 1 or 1×1 with none, equal strides, and the graph's output size.
+/// kernel with padding 1 or 1×1 with none, equal strides, the graph's output size, and packed
+/// weights of at most [`FAST_MAX_WEIGHTS`] floats.
 fn fast_shape(graph: &Graph, node: &super::Node, a: &ConvAttrs) -> Option<ConvShape> {
     let k = a.kernel[0];
     let x = &graph.values[node.inputs[0]].shape;
@@ -227,6 +237,9 @@ fn fast_shape(graph: &Graph, node: &super::Node, a: &ConvAttrs) -> Option<ConvSh
         w: x[3],
     };
     let shape = ConvShape::new(input, y[1], k, a.strides[0])?;
+    if shape.weight_len() > FAST_MAX_WEIGHTS {
+        return None;
+    }
     (shape.output.h == y[2] && shape.output.w == y[3]).then_some(shape)
 }
 
@@ -366,6 +379,37 @@ impl Executor {
         match self.maps[v] {
             Some(m) => m.padded_len(),
             None => self.graph.values[v].shape.iter().product(),
+        }
+    }
+
+    /// Floats of scratch space a thread may keep for this graph between runs: im2col
+    /// matrices, the fast chains' converted and quantized inputs, and recycled buffers.
+    pub fn scratch_floats(&self) -> usize {
+        let (mut columns, mut map) = (0, 0);
+        for step in &self.steps {
+            match step {
+                Step::Conv(c) => {
+                    let [kh, kw] = c.attrs.kernel;
+                    let pointwise = kh == 1 && kw == 1 && c.attrs.strides == [1, 1] && c.attrs.pads == [0; 4];
+                    if !pointwise && c.input[0] != c.attrs.groups {
+                        let k = c.input[0] / c.attrs.groups * kh * kw;
+                        columns = columns.max(k * c.output[1] * c.output[2]);
+                    }
+                }
+                Step::Fast(f) => map = map.max(f.shape.input.padded_len()).max(f.shape.output.padded_len()),
+                _ => {}
+            }
+        }
+        columns + (3 + FREE_BUFFERS) * map
+    }
+
+    /// Floats of layer `layer`'s weights as the executor takes them (Winograd's packing holds
+    /// 16 numbers per 9 weights).
+    pub fn prepared_len(&self, layer: usize) -> usize {
+        let l = &self.graph.layers[layer];
+        match &self.steps[l.node] {
+            Step::Fast(f) => f.shape.weight_len(),
+            _ => l.params,
         }
     }
 

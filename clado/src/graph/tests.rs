@@ -644,8 +644,8 @@ fn executor_matches_onnxruntime_run_live() {
 }
 
 /// The engine's kernels run every Conv they fit whose result only fast chains and global pools
-/// read: all but the 7×7 stem of the torchvision ResNets, and none of the depthwise networks'
-/// (whose 1×1 convolutions feed Clip, depthwise convolutions or SiLU).
+/// read: all but the 7×7 stem of the (narrow) torchvision ResNet fixtures, and none of the
+/// depthwise networks' (whose 1×1 convolutions feed Clip, depthwise convolutions or SiLU).
 #[test]
 fn fast_kernels_serve_the_resnets() {
     for path in fixtures() {
