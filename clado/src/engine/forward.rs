@@ -2,7 +2,6 @@
 //! each image of the batch through the graph's nodes (see `graph_net`); images are
 //! independent, so they are spread over threads with no effect on the result.
 
-use super::graph_net::GraphNet;
 use super::metrics::Logits;
 use super::network::Network;
 use super::plan::Plan;
@@ -123,8 +122,7 @@ impl Network {
     /// (e.g. a normalisation) run in FP.
     pub fn input_state(&self, images: Images<'_>) -> Result<State> {
         self.check_images(&images)?;
-        let g = &self.graph;
-        let samples = self.graph_start(g, images.data(), 0, &Plan::fp(self), Parallelism::Rayon);
+        let samples = self.graph_start(images.data(), 0, &Plan::fp(self), Parallelism::Rayon);
         Ok(State {
             network: self.id,
             position: 0,
@@ -137,9 +135,8 @@ impl Network {
     pub fn forward(&self, images: Images<'_>, plan: &Plan, par: Parallelism) -> Result<Logits> {
         self.check_images(&images)?;
         self.check_plan(plan)?;
-        let g = &self.graph;
-        let samples = self.graph_start(g, images.data(), self.layers().len(), plan, par);
-        Ok(self.graph_logits(g, &samples))
+        let samples = self.graph_start(images.data(), self.layers().len(), plan, par);
+        Ok(self.graph_logits(&samples))
     }
 
     /// Resumes from `state` (before layer `state.position()`) up to the state before layer
@@ -161,13 +158,12 @@ impl Network {
             return Ok(state.clone());
         }
         self.check_plan(plan)?;
-        let g = &self.graph;
         let samples = match &state.data {
-            StateData::Samples(s) => self.graph_advance(g, s, to, plan, par),
+            StateData::Samples(s) => self.graph_advance(s, to, plan, par),
             StateData::Vector(_) => unreachable!("only position L holds logits"),
         };
         let data = if to == l {
-            StateData::Vector(Arc::new(self.graph_logits(g, &samples).into_vec()))
+            StateData::Vector(Arc::new(self.graph_logits(&samples).into_vec()))
         } else {
             StateData::Samples(Arc::new(samples))
         };
@@ -213,7 +209,7 @@ impl Network {
         }
         out.clear();
         if let StateData::Samples(s) = &state.data {
-            self.graph_layer_input(&self.graph, s, state.position, out);
+            self.graph_layer_input(s, state.position, out);
         }
         Ok(())
     }
@@ -226,7 +222,8 @@ impl Network {
     }
 
     /// Images of `h×w` pixels: exactly the network's input size.
-    pub(crate) fn check_size(&self, g: &GraphNet, h: usize, w: usize) -> Result<()> {
+    pub(crate) fn check_size(&self, h: usize, w: usize) -> Result<()> {
+        let g = &self.graph;
         if [h, w] != [g.input[1], g.input[2]] {
             return Err(Error::other(format!(
                 "images of {h}×{w} pixels, but {} takes {}×{}",
@@ -247,7 +244,7 @@ impl Network {
                 self.in_channels()
             )));
         }
-        self.check_size(&self.graph, h, w)
+        self.check_size(h, w)
     }
 }
 

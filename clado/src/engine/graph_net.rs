@@ -112,7 +112,8 @@ impl Network {
     }
 
     /// The layer's weight with its output channel first, for a graph network.
-    pub(crate) fn graph_weights<'a>(&'a self, g: &'a GraphNet, i: usize) -> &'a [f32] {
+    pub(crate) fn graph_weights(&self, i: usize) -> &[f32] {
+        let g = &self.graph;
         match &g.by_channel[i] {
             Some(w) => w,
             None => {
@@ -125,12 +126,12 @@ impl Network {
     /// Each sample of `data` (N·C·H·W) advanced from the start to `position`.
     pub(crate) fn graph_start(
         &self,
-        g: &GraphNet,
         data: &[f32],
         position: usize,
         plan: &Plan,
         par: Parallelism,
     ) -> Vec<SampleValues> {
+        let g = &self.graph;
         let per = g.input.iter().product::<usize>().max(1);
         let to = g.position_nodes[position];
         let one = |x: &[f32]| {
@@ -147,12 +148,12 @@ impl Network {
     /// The samples advanced to `position` (cloned: the given states are kept).
     pub(crate) fn graph_advance(
         &self,
-        g: &GraphNet,
         samples: &[SampleValues],
         position: usize,
         plan: &Plan,
         par: Parallelism,
     ) -> Vec<SampleValues> {
+        let g = &self.graph;
         let to = g.position_nodes[position];
         let one = |s: &SampleValues| {
             let mut s = s.clone();
@@ -166,7 +167,8 @@ impl Network {
     }
 
     /// The logits of samples that ran to the end.
-    pub(crate) fn graph_logits(&self, g: &GraphNet, samples: &[SampleValues]) -> Logits {
+    pub(crate) fn graph_logits(&self, samples: &[SampleValues]) -> Logits {
+        let g = &self.graph;
         let out = g.exec.graph().outputs()[0];
         let mut data = Vec::with_capacity(samples.len() * self.classes());
         for s in samples {
@@ -176,15 +178,9 @@ impl Network {
     }
 
     /// The input values of layer `position` of every sample, concatenated.
-    pub(crate) fn graph_layer_input(
-        &self,
-        g: &GraphNet,
-        samples: &[SampleValues],
-        position: usize,
-        out: &mut Vec<f32>,
-    ) {
+    pub(crate) fn graph_layer_input(&self, samples: &[SampleValues], position: usize, out: &mut Vec<f32>) {
         for s in samples {
-            g.exec.layer_input(s, position, out);
+            self.graph.exec.layer_input(s, position, out);
         }
     }
 }

@@ -246,13 +246,13 @@ impl Network {
 
     /// The FP weights of layer `i` in PyTorch layout (what a weight quantizer reads).
     pub fn weights(&self, i: usize) -> &[f32] {
-        self.graph_weights(&self.graph, i)
+        self.graph_weights(i)
     }
 
     /// Floats that one image's state holds before each position 0..=L (every value live there,
     /// maps padded as stored), for inputs of `h×w` pixels: what keeping a state costs.
     pub fn state_floats_per_image(&self, h: usize, w: usize) -> Result<Vec<usize>> {
-        self.check_size(&self.graph, h, w)?;
+        self.check_size(h, w)?;
         Ok(self.graph.floats.clone())
     }
 

@@ -36,8 +36,8 @@
 //!
 //! **Weights as the executor takes them** ([`Executor::prepare_weights`]): packed for the
 //! kernels for a fast Conv, `[K, N]` for a Gemm or MatMul, the file's layout for other Convs.
-//! A Gemm on one row (a classifier head) computes each output as `fma` over the inputs in
-//! order, then adds the bias, the engine's `linear` arithmetic.
+//! A Gemm (per sample, one row: a classifier head) computes each output as `fma` over the
+//! inputs in order, then scales by alpha and adds the bias.
 
 use super::ops::{self, ConvAttrs, Op, Unary};
 use super::{Graph, ValueId};
