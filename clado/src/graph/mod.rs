@@ -47,6 +47,7 @@ pub use ops::{Binary, ConvAttrs, GemmAttrs, Op, PoolAttrs, SliceAxis, Unary};
 pub use qdq::{QdqInput, QdqLayer, QdqSummary, QdqWeight, INT4_OPSET, QDQ_MIN_OPSET};
 #[cfg(feature = "nn")]
 pub(crate) use resnet::resnet_onnx_at;
+#[cfg(feature = "nn")]
 pub use resnet::{resnet_onnx, RESNET_OPSET};
 pub use tensor::{Data, Tensor};
 

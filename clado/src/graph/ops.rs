@@ -6,6 +6,10 @@
 //! The data-movement kernels are generic over the element type: the loader runs them on the
 //! `i64` shape tensors it folds, the executor on `f32` activations.
 
+// Without `nn` (the fuzz targets' build) only the reader is here: the f32 kernels are the
+// executor's.
+#![cfg_attr(not(feature = "nn"), allow(dead_code, unused_imports))]
+
 use super::tensor::{strides, Data, Tensor};
 
 /// A 2-D convolution: input `[N, C, H, W]`, constant weight `[M, C/groups, kh, kw]`, optional
