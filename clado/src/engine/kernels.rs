@@ -129,6 +129,14 @@ impl ConvShape {
         }
     }
 
+    /// Floats of scratch space [`conv_image`] allocates while it runs.
+    pub(crate) fn scratch_len(&self) -> usize {
+        match self.winograd() {
+            true => winograd::scratch_len(self.input.c, self.output.c),
+            false => 0,
+        }
+    }
+
     /// Offsets (in floats) of the taps relative to the tile's top-left input position, in
     /// packing order `kh`, `kw`.
     fn taps(&self) -> ([usize; 9], usize) {
@@ -205,6 +213,21 @@ pub(crate) fn image_to_map(image: &[f32], shape: MapShape, map: &mut [f32]) {
             let o = shape.at(y, x);
             for ch in 0..c {
                 map[o + ch] = image[(ch * h + y) * w + x];
+            }
+        }
+    }
+}
+
+/// Converts a padded NHWC map back into one NCHW image (`c·h·w` floats).
+pub(crate) fn map_to_image(map: &[f32], shape: MapShape, image: &mut [f32]) {
+    let MapShape { h, w, c } = shape;
+    assert_eq!(image.len(), c * h * w);
+    assert_eq!(map.len(), shape.padded_len());
+    for y in 0..h {
+        for x in 0..w {
+            let o = shape.at(y, x);
+            for ch in 0..c {
+                image[(ch * h + y) * w + x] = map[o + ch];
             }
         }
     }

@@ -23,16 +23,18 @@
 //!
 //! **Fast convolutions.** Where the engine's kernels (`engine::kernels`: Winograd F(2×2, 3×3)
 //! and direct 3×3/1×1 convolutions of one group, in padded NHWC, with BatchNorm, a residual add
-//! and ReLU applied as the sums are written) fit a Conv's shapes and its weights are small
-//! enough to stay in cache (`FAST_MAX_WEIGHTS`), the Conv and the nodes right
+//! and ReLU applied as the sums are written) fit a Conv's shapes, the Conv and the nodes right
 //! after it that they can absorb (a BatchNormalization, an Add of another map, a Relu, each the
-//! only reader of the one before) run as one step, and its result is stored as a padded NHWC
-//! map. A chain runs so only when every reader of its result takes such maps: another fast
-//! chain (as its input or as its residual), or a global average pool (`GlobalAveragePool`,
-//! `ReduceMean` over H and W); the graph's outputs are never maps. A fast chain whose input
-//! or residual is an NCHW value converts it on the way in. The CIFAR ResNets run entirely this
-//! way, as do the 3×3 and 1×1 convolutions of narrow torchvision ResNets (the test fixtures);
-//! full-width ImageNet ResNets run faster on the general kernels.
+//! only reader of the one before) run as one step. Its result is stored as a padded NHWC map
+//! when one of its readers takes maps: another fast chain (as its input or as its residual),
+//! or a global average pool (`GlobalAveragePool`, `ReduceMean` over H and W); else it goes
+//! back to NCHW. Other nodes reading a map get an NCHW copy; a fast chain whose input or
+//! residual is an NCHW value converts it on the way in. Winograd serves every 3×3 stride-1
+//! Conv with 8 or more input channels and a multiple of 16 output channels, whatever reads it. The direct kernels serve a Conv
+//! only when every reader of its result takes maps and its packed weights stay in cache
+//! (`FAST_MAX_WEIGHTS`): they lose to im2col and `gemm` where conversions follow (MobileNetV2's
+//! pointwise layers) and on wide layers. The CIFAR ResNets run entirely on the kernels, as do
+//! all but the stem of the torchvision ResNets.
 //!
 //! **Weights as the executor takes them** ([`Executor::prepare_weights`]): packed for the
 //! kernels for a fast Conv, `[K, N]` for a Gemm or MatMul, the file's layout for other Convs.
@@ -107,8 +109,10 @@ struct FastConv {
     /// The map added before the ReLU (the other operand of the absorbed Add).
     residual: Option<ValueId>,
     relu: bool,
-    /// The chain's last value, stored as a padded map.
+    /// The chain's last value, stored as a padded map when one of its readers takes maps,
+    /// else converted to NCHW.
     output: ValueId,
+    output_map: bool,
 }
 
 /// What a run needs of a quantization plan: for each quantizable layer (by index in
@@ -206,16 +210,14 @@ fn batch_norm_affine(
     (scale, shift)
 }
 
-/// Largest packed weight (floats) of a Conv the engine's kernels run: 256 KiB, which stays in
-/// L2 while they reread it for every tile of pixels of every image. Beyond it the general
-/// kernels are faster: ResNet-18 at 224×224 (up to 512 channels, 2.4 M floats per Conv) ran
-/// at 39.5–40.1 images/s on the kernels against 42.1–42.6 on the general path. Every Conv of
-/// the CIFAR ResNets is within it (at most 64 → 64 channels, 65,536 floats for Winograd).
+/// Largest packed weight (floats) of a Conv the engine's direct kernels run: 256 KiB, which
+/// stays in L2 while they reread it for every tile of pixels. Every Conv of the CIFAR ResNets
+/// is within it. (Winograd has no such limit: it takes wide layers in super-groups of tiles.)
 const FAST_MAX_WEIGHTS: usize = 1 << 16;
 
 /// The kernels' shape for a Conv node, if they run it: one group, no dilation, a square 3×3
-/// kernel with padding 1 or 1×1 with none, equal strides, the graph's output size, and packed
-/// weights of at most [`FAST_MAX_WEIGHTS`] floats.
+/// kernel with padding 1 or 1×1 with none, equal strides, the graph's output size, and Winograd
+/// or packed weights of at most [`FAST_MAX_WEIGHTS`] floats.
 fn fast_shape(graph: &Graph, node: &super::Node, a: &ConvAttrs) -> Option<ConvShape> {
     let k = a.kernel[0];
     let x = &graph.values[node.inputs[0]].shape;
@@ -237,7 +239,7 @@ fn fast_shape(graph: &Graph, node: &super::Node, a: &ConvAttrs) -> Option<ConvSh
         w: x[3],
     };
     let shape = ConvShape::new(input, y[1], k, a.strides[0])?;
-    if shape.weight_len() > FAST_MAX_WEIGHTS {
+    if !shape.winograd() && shape.weight_len() > FAST_MAX_WEIGHTS {
         return None;
     }
     (shape.output.h == y[2] && shape.output.w == y[3]).then_some(shape)
@@ -382,10 +384,11 @@ impl Executor {
         }
     }
 
-    /// Floats of scratch space a thread may keep for this graph between runs: im2col
-    /// matrices, the fast chains' converted and quantized inputs, and recycled buffers.
+    /// Floats of scratch space a thread may keep for this graph between runs, or use at once:
+    /// im2col matrices, the fast chains' converted and quantized inputs, recycled buffers, and
+    /// the Winograd kernel's transforms.
     pub fn scratch_floats(&self) -> usize {
-        let (mut columns, mut map) = (0, 0);
+        let (mut columns, mut map, mut kernel) = (0, 0, 0);
         for step in &self.steps {
             match step {
                 Step::Conv(c) => {
@@ -396,11 +399,15 @@ impl Executor {
                         columns = columns.max(k * c.output[1] * c.output[2]);
                     }
                 }
-                Step::Fast(f) => map = map.max(f.shape.input.padded_len()).max(f.shape.output.padded_len()),
+                Step::Fast(f) => {
+                    map = map.max(f.shape.input.padded_len()).max(f.shape.output.padded_len());
+                    kernel = kernel.max(f.shape.scratch_len());
+                }
                 _ => {}
             }
         }
-        columns + (3 + FREE_BUFFERS) * map
+        // Maps converted back to NCHW (one at a time) add one map.
+        columns + kernel + (4 + FREE_BUFFERS) * map
     }
 
     /// Floats of layer `layer`'s weights as the executor takes them (Winograd's packing holds
@@ -610,12 +617,18 @@ impl Executor {
         s.next = to;
     }
 
-    /// The Conv nodes that run on the engine's kernels, and how many Convs there are.
+    /// The Conv nodes that run on the engine's kernels, those of them whose result is stored
+    /// NCHW, and how many Convs there are.
     #[cfg(test)]
-    pub(crate) fn fast_convs(&self) -> (usize, usize) {
+    pub(crate) fn fast_convs(&self) -> (usize, usize, usize) {
         let fast = self.steps.iter().filter(|s| matches!(s, Step::Fast(_))).count();
+        let nchw = self
+            .steps
+            .iter()
+            .filter(|s| matches!(s, Step::Fast(f) if !f.output_map))
+            .count();
         let convs = self.graph.nodes.iter().filter(|n| matches!(n.op, Op::Conv(_))).count();
-        (fast, convs)
+        (fast, nchw, convs)
     }
 
     /// The values live in `s`, by value id, NCHW (maps unpadded) with their shapes.
@@ -691,7 +704,14 @@ impl Executor {
             // `conv_image` writes every element: a recycled buffer needs no clearing.
             let mut y = reuse(shape.output.padded_len());
             kernels::conv_image(self.isa, shape, src, weights, &epi, &mut y);
-            y
+            if f.output_map {
+                return y;
+            }
+            let o = shape.output;
+            let mut image = reuse(o.c * o.h * o.w);
+            kernels::map_to_image(&y, o, &mut image);
+            recycle(y);
+            image
         })
     }
 
@@ -730,29 +750,41 @@ impl Executor {
     ) -> Vec<Vec<f32>> {
         let g = &*self.graph;
         let node = &g.nodes[i];
-        // A quantized layer's input: a quantized copy, seen by this node only.
-        let quantized_input: Option<Vec<f32>> = quant.and_then(|(_, q)| q).map(|q| {
-            let mut x = vals[node.inputs[0]]
-                .as_deref()
-                .expect("a layer's input is computed")
-                .clone();
-            q.quantize_in_place(&mut x);
-            x
-        });
-        let weights = quant.and_then(|(w, _)| w);
-        let input = |k: usize| -> &[f32] {
-            let v = node.inputs[k];
-            if k == 0 {
-                if let Some(x) = &quantized_input {
-                    return x;
-                }
-            }
+        let stored = |v: ValueId| -> &[f32] {
             match &g.values[v].constant {
                 Some(t) => t.as_f32().expect("float constant"),
                 None => vals[v]
                     .as_deref()
                     .map(Vec::as_slice)
                     .expect("inputs are computed before their readers"),
+            }
+        };
+        // Inputs stored as maps, back in NCHW for this node (a global pool takes the map).
+        let nchw: Vec<Option<Vec<f32>>> = node
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(k, &v)| match self.maps[v] {
+                Some(m) if !pools_maps(&node.op, k, &g.values[v].shape) => {
+                    let mut image = vec![0.0; m.c * m.h * m.w];
+                    kernels::map_to_image(stored(v), m, &mut image);
+                    Some(image)
+                }
+                _ => None,
+            })
+            .collect();
+        let raw = |k: usize| -> &[f32] { nchw[k].as_deref().unwrap_or_else(|| stored(node.inputs[k])) };
+        // A quantized layer's input: a quantized copy, seen by this node only.
+        let quantized_input: Option<Vec<f32>> = quant.and_then(|(_, q)| q).map(|q| {
+            let mut x = raw(0).to_vec();
+            q.quantize_in_place(&mut x);
+            x
+        });
+        let weights = quant.and_then(|(w, _)| w);
+        let input = |k: usize| -> &[f32] {
+            match (k, &quantized_input) {
+                (0, Some(x)) => x,
+                _ => raw(k),
             }
         };
         let shape = |k: usize| g.values[node.inputs[k]].shape.as_slice();
@@ -911,14 +943,19 @@ fn fuse_fast_convs(
                 j += 1;
             }
         }
-        let takes_maps = !graph.outputs.contains(&cur)
-            && !readers[cur].is_empty()
-            && readers[cur].iter().all(|&(r, k)| {
-                (fast_start[r] && k == 0)
-                    || fused_residual[r] == Some(cur)
-                    || pools_maps(&nodes[r].op, k, &graph.values[cur].shape)
-            });
-        if !takes_maps {
+        let takes_map = |&(r, k): &(usize, usize)| {
+            (fast_start[r] && k == 0)
+                || fused_residual[r] == Some(cur)
+                || pools_maps(&nodes[r].op, k, &graph.values[cur].shape)
+        };
+        let output_map = !graph.outputs.contains(&cur) && readers[cur].iter().any(takes_map);
+        // Winograd beats the general kernels on any 3×3 layer; the direct kernels only where
+        // no conversion back to NCHW follows (MobileNetV2's pointwise layers, read by
+        // depthwise ones, ran at 0.3× of `gemm`'s speed with it).
+        let direct_pays = output_map && readers[cur].iter().all(takes_map);
+        // (Winograd's SIMD tiles take 16 output channels at a time; others run lane by lane.)
+        let winograd_pays = shape.winograd() && shape.output.c.is_multiple_of(16);
+        if !winograd_pays && !direct_pays {
             continue;
         }
         let (m, c, k) = (shape.output.c, shape.input.c, shape.kernel);
@@ -940,6 +977,7 @@ fn fuse_fast_convs(
             residual: residual.map(|(_, r)| r),
             relu,
             output: cur,
+            output_map,
         }));
         for step in &mut steps[i + 1..j] {
             *step = Step::Fused;
@@ -948,7 +986,9 @@ fn fuse_fast_convs(
             fused_residual[add] = Some(r);
         }
         fast_start[i] = true;
-        maps[cur] = Some(shape.output);
+        if output_map {
+            maps[cur] = Some(shape.output);
+        }
     }
     Ok(maps)
 }
@@ -1110,18 +1150,6 @@ thread_local! {
     static COLUMNS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// Range of output positions `o` whose input position `o·stride − pad + tap` lies in `0..len`.
-fn valid_range(out_len: usize, stride: usize, pad: usize, tap: usize, len: usize) -> (usize, usize) {
-    // o·s + tap ≥ pad  and  o·s + tap < len + pad
-    let lo = if tap >= pad { 0 } else { (pad - tap).div_ceil(stride) };
-    let hi = if len + pad > tap {
-        (len + pad - tap).div_ceil(stride).min(out_len)
-    } else {
-        0
-    };
-    (lo.min(hi), hi)
-}
-
 ops::wide!(
     /// `col[(c·kh + ky)·kw + kx][oy·OW + ox] = x[c][oy·sh − pt + ky·dh][ox·sw − pl + kx·dw]`, 0
     /// in the padding.
@@ -1141,10 +1169,10 @@ fn im2col_body(x: &[f32], c: &ConvStep, col: &mut [f32]) {
     for ch in 0..cin_g {
         let xc = &x[ch * h * w..(ch + 1) * h * w];
         for ky in 0..kh {
-            let (y_lo, y_hi) = valid_range(oh, sh, pt, ky * dh, h);
+            let (y_lo, y_hi) = ops::valid_range(oh, sh, pt, ky * dh, h);
             for kx in 0..kw {
                 let row = &mut col[((ch * kh + ky) * kw + kx) * plane..][..plane];
-                let (x_lo, x_hi) = valid_range(ow, sw, pl, kx * dw, w);
+                let (x_lo, x_hi) = ops::valid_range(ow, sw, pl, kx * dw, w);
                 for oy in 0..oh {
                     let r = &mut row[oy * ow..(oy + 1) * ow];
                     if oy < y_lo || oy >= y_hi {
@@ -1184,33 +1212,68 @@ fn depthwise_body(x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]) {
     let [sh, sw] = a.strides;
     let [dh, dw] = a.dilations;
     let (pt, pl) = (a.pads[0], a.pads[1]);
+    // Output columns whose every tap lies inside the row: `ox·sw + kx·dw − pl ∈ 0..w`.
+    let inner_lo = pl.div_ceil(sw).min(ow);
+    let inner_hi = match (w + pl).checked_sub((kw - 1) * dw + 1) {
+        Some(last) => (last / sw + 1).min(ow).max(inner_lo),
+        None => inner_lo,
+    };
+    let mut taps: Vec<(usize, usize, f32)> = Vec::with_capacity(kh * kw);
     for oc in 0..m {
         let xc = &x[(oc / per_group) * h * w..][..h * w];
         let wc = &weight[oc * kh * kw..(oc + 1) * kh * kw];
         let yc = &mut y[oc * oh * ow..(oc + 1) * oh * ow];
-        for ky in 0..kh {
-            let (y_lo, y_hi) = valid_range(oh, sh, pt, ky * dh, h);
-            for kx in 0..kw {
-                let wv = wc[ky * kw + kx];
-                let (x_lo, x_hi) = valid_range(ow, sw, pl, kx * dw, w);
-                if x_lo >= x_hi {
+        for oy in 0..oh {
+            // The taps of this row that exist: (offset of the input row, kx·dw, weight), in
+            // (ky, kx) order, the order every output sums them in.
+            taps.clear();
+            for ky in 0..kh {
+                let iy = (oy * sh + ky * dh) as isize - pt as isize;
+                if iy < 0 || iy >= h as isize {
                     continue;
                 }
-                for oy in y_lo..y_hi {
-                    let iy = oy * sh + ky * dh - pt;
-                    let src = &xc[iy * w..(iy + 1) * w];
-                    let dst = &mut yc[oy * ow..(oy + 1) * ow];
-                    let x0 = x_lo * sw + kx * dw - pl;
-                    if sw == 1 {
-                        for (d, s) in dst[x_lo..x_hi].iter_mut().zip(&src[x0..]) {
-                            *d += s * wv;
+                for kx in 0..kw {
+                    taps.push((iy as usize * w, kx * dw, wc[ky * kw + kx]));
+                }
+            }
+            let dst = &mut yc[oy * ow..][..ow];
+            // Edges: the taps that fall inside the row.
+            let edge = |ox: usize, d: &mut f32| {
+                for &(row, kx, wv) in &taps {
+                    let ix = ox * sw + kx;
+                    if ix >= pl && ix - pl < w {
+                        *d += xc[row + ix - pl] * wv;
+                    }
+                }
+            };
+            for (ox, d) in dst.iter_mut().enumerate().take(inner_lo) {
+                edge(ox, d);
+            }
+            for (ox, d) in dst.iter_mut().enumerate().skip(inner_hi) {
+                edge(ox, d);
+            }
+            // Inside: blocks of outputs kept in registers over all taps.
+            const B: usize = 16;
+            let mut ox = inner_lo;
+            while ox < inner_hi {
+                let n = B.min(inner_hi - ox);
+                let mut acc = [0.0f32; B];
+                acc[..n].copy_from_slice(&dst[ox..ox + n]);
+                for &(row, kx, wv) in &taps {
+                    let base = row + ox * sw + kx - pl;
+                    if sw == 1 && n == B {
+                        let src = &xc[base..base + B];
+                        for j in 0..B {
+                            acc[j] += src[j] * wv;
                         }
                     } else {
-                        for (j, d) in dst[x_lo..x_hi].iter_mut().enumerate() {
-                            *d += src[x0 + j * sw] * wv;
+                        for (j, v) in acc[..n].iter_mut().enumerate() {
+                            *v += xc[base + j * sw] * wv;
                         }
                     }
                 }
+                dst[ox..ox + n].copy_from_slice(&acc[..n]);
+                ox += n;
             }
         }
     }

@@ -702,55 +702,84 @@ fn pool_body(x: &[f32], shape: &[usize], p: &PoolAttrs, out_shape: &[usize], max
     let [kh, kw] = p.kernel;
     let [sh, sw] = p.strides;
     let [dh, dw] = p.dilations;
-    let (pt, pl) = (p.pads[0] as isize, p.pads[1] as isize);
-    // Extent of the padded input, for count_include_pad's divisor.
-    let (hp, wp) = ((h + p.pads[2]) as isize, (w + p.pads[3]) as isize);
+    let [pt, pl] = [p.pads[0], p.pads[1]];
+    // Taps are counted within the input (`count`) and within the padded input (`padded`, for
+    // count_include_pad); ceil_mode's windows may reach past both. Per column of the output:
+    let mut cols = vec![(0usize, 0usize); ow];
+    for kx in 0..kw {
+        let tap = kx * dw;
+        let (lo, hi) = valid_range(ow, sw, pl, tap, w);
+        let (_, padded_hi) = valid_range(ow, sw, 0, tap, w + pl + p.pads[3]);
+        for (ox, col) in cols.iter_mut().enumerate() {
+            col.0 += usize::from(ox >= lo && ox < hi);
+            col.1 += usize::from(ox < padded_hi);
+        }
+    }
+    // Each output is its taps in (ky, kx) order, as one window at a time would take them; the
+    // loop runs along output rows so that it vectorises.
+    let mut acc = vec![0.0f32; ow];
     for ch in 0..c {
         let plane = &x[ch * h * w..(ch + 1) * h * w];
         for oy in 0..oh {
-            let y0 = (oy * sh) as isize - pt;
-            for ox in 0..ow {
-                let x0 = (ox * sw) as isize - pl;
-                let mut acc = if max { f32::NEG_INFINITY } else { 0.0 };
-                let (mut count, mut padded_count) = (0usize, 0usize);
-                for ky in 0..kh {
-                    let y = y0 + (ky * dh) as isize;
-                    if y >= hp {
-                        break;
-                    }
-                    for kx in 0..kw {
-                        let xx = x0 + (kx * dw) as isize;
-                        if xx >= wp {
-                            break;
-                        }
-                        padded_count += 1;
-                        if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
-                            continue;
-                        }
-                        let v = plane[y as usize * w + xx as usize];
+            acc.fill(if max { f32::NEG_INFINITY } else { 0.0 });
+            let (mut rows, mut padded_rows) = (0, 0);
+            for ky in 0..kh {
+                let y = (oy * sh + ky * dh) as isize - pt as isize;
+                if y >= (h + p.pads[2]) as isize {
+                    break;
+                }
+                padded_rows += 1;
+                if y < 0 || y >= h as isize {
+                    continue;
+                }
+                rows += 1;
+                let row = &plane[y as usize * w..][..w];
+                for kx in 0..kw {
+                    let (lo, hi) = valid_range(ow, sw, pl, kx * dw, w);
+                    for ox in lo..hi {
+                        let v = row[ox * sw + kx * dw - pl];
+                        let a = &mut acc[ox];
                         if max {
                             // NaN propagates, as in onnxruntime.
-                            acc = if v > acc || v.is_nan() { v } else { acc };
+                            *a = if v > *a || v.is_nan() { v } else { *a };
                         } else {
-                            acc += v;
+                            *a += v;
                         }
-                        count += 1;
                     }
                 }
-                out[(ch * oh + oy) * ow + ox] = if max {
-                    acc
+            }
+            let orow = &mut out[(ch * oh + oy) * ow..][..ow];
+            for ((o, &a), &(count, padded)) in orow.iter_mut().zip(&acc).zip(&cols) {
+                *o = if max {
+                    a
                 } else {
-                    let d = if p.count_include_pad { padded_count } else { count };
+                    let d = if p.count_include_pad {
+                        padded_rows * padded
+                    } else {
+                        rows * count
+                    };
                     if d == 0 {
                         0.0
                     } else {
-                        acc / d as f32
+                        a / d as f32
                     }
                 };
             }
         }
     }
     out
+}
+
+/// Range of output positions `o` whose input position `o·stride − pad + tap` lies in `0..len`.
+pub(crate) fn valid_range(out_len: usize, stride: usize, pad: usize, tap: usize, len: usize) -> (usize, usize) {
+    // o·s + tap ≥ pad  and  o·s + tap < len + pad
+    let lo = if tap >= pad { 0 } else { (pad - tap).div_ceil(stride) };
+    let hi = if len + pad > tap {
+        (len + pad - tap).div_ceil(stride).min(out_len)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
 }
 
 /// Mean over `axes` of one sample; `shape` is the input's.

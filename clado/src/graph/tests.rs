@@ -501,6 +501,77 @@ fn small_graphs_built_by_hand() {
     assert!(e.to_string().contains("batch"), "{e}");
 }
 
+/// Fast chains whose results other nodes read: Winograd's result as a map for the next fast
+/// chain and as an NCHW copy for a Concat, and a Winograd result that only the Concat reads
+/// (stored NCHW). Against direct f64 loops.
+#[test]
+fn fast_chain_results_reach_general_nodes() {
+    let (c, h, w) = (16, 6, 5);
+    let mut seed = 7u32;
+    let mut rnd = move || {
+        seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+        (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+    };
+    let conv3 = |x: &[f32], wt: &[f32]| -> Vec<f32> {
+        let mut y = vec![0.0f32; c * h * w];
+        for oc in 0..c {
+            for oy in 0..h {
+                for ox in 0..w {
+                    let mut acc = 0.0f64;
+                    for ic in 0..c {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (iy, ix) = ((oy + ky) as isize - 1, (ox + kx) as isize - 1);
+                                if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                                    let xv = x[(ic * h + iy as usize) * w + ix as usize] as f64;
+                                    acc += xv * wt[((oc * c + ic) * 3 + ky) * 3 + kx] as f64;
+                                }
+                            }
+                        }
+                    }
+                    y[(oc * h + oy) * w + ox] = acc as f32;
+                }
+            }
+        }
+        y
+    };
+    let mut b = GraphBuilder::new("x", &[c, h, w]).unwrap();
+    let attrs = ConvAttrs {
+        kernel: [3, 3],
+        strides: [1, 1],
+        dilations: [1, 1],
+        pads: [1; 4],
+        groups: 1,
+    };
+    let w1: Vec<f32> = (0..c * c * 9).map(|_| rnd()).collect();
+    let w2: Vec<f32> = (0..c * c * 9).map(|_| rnd()).collect();
+    let w1_id = b.constant("w1", Arc::new(Tensor::f32(vec![c, c, 3, 3], w1.clone())));
+    let w2_id = b.constant("w2", Arc::new(Tensor::f32(vec![c, c, 3, 3], w2.clone())));
+    let x_id = b.value("x").unwrap();
+    let a = b
+        .node("c1", "Conv", Op::Conv(attrs.clone()), &[x_id, w1_id], &["a"], None)
+        .unwrap()[0];
+    let bb = b
+        .node("c2", "Conv", Op::Conv(attrs), &[a, w2_id], &["b"], None)
+        .unwrap()[0];
+    let y = b
+        .node("cat", "Concat", Op::Concat { axis: 1 }, &[a, bb], &["y"], None)
+        .unwrap();
+    let graph = b.finish(y).unwrap();
+    let exec = Executor::new(&graph).unwrap();
+    assert_eq!(
+        exec.fast_convs(),
+        (2, 1, 2),
+        "both Convs fast, the second one's result NCHW"
+    );
+    let x: Vec<f32> = (0..c * h * w).map(|_| rnd()).collect();
+    let got = exec.run(&x, 1, false).unwrap().remove(0);
+    let first = conv3(&x, &w1);
+    let mut want = first.clone();
+    want.extend(conv3(&first, &w2));
+    assert!(relative_error(&got, &want) < 1e-5, "{got:?}\n{want:?}");
+}
+
 /// DESIGN's weight quantizer written out independently of `clado::quant`: per output channel
 /// `s = max|W_c| / qmax` (1 for an all-zero channel), `clamp(round_half_even(W / s)) · s`.
 fn reference_weight_quant(w: &[f32], shape: &[usize], channel_dim: usize, bits: u8) -> Vec<f32> {
@@ -643,16 +714,16 @@ fn executor_matches_onnxruntime_run_live() {
     }
 }
 
-/// The engine's kernels run every Conv they fit whose result only fast chains and global pools
-/// read: all but the 7×7 stem of the (narrow) torchvision ResNet fixtures, and none of the
-/// depthwise networks' (whose 1×1 convolutions feed Clip, depthwise convolutions or SiLU).
+/// The engine's kernels run every 3×3 stride-1 Conv (Winograd), and every other Conv they fit
+/// whose result only fast chains and global pools read: all but the 7×7 stem of the (narrow)
+/// torchvision ResNet fixtures.
 #[test]
 fn fast_kernels_serve_the_resnets() {
     for path in fixtures() {
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
         let exec = Executor::new(&Graph::from_onnx(&path).unwrap()).unwrap();
-        let (fast, convs) = exec.fast_convs();
-        eprintln!("{name}: {fast} of {convs} Convs fast");
+        let (fast, nchw, convs) = exec.fast_convs();
+        eprintln!("{name}: {fast} of {convs} Convs fast, {nchw} of them stored NCHW");
         if name.starts_with("resnet") {
             assert_eq!(fast, convs - 1, "{name}");
         }

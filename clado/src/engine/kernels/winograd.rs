@@ -133,24 +133,26 @@ impl Tiles {
     }
 }
 
-/// Transforms the input patches of tiles `first..first + n` (n ≤ NB) into `v`, laid out
-/// `[position][tile of the group][in channel]`; the group's other tiles get zeros.
+/// Transforms the input patches of tiles `first..first + n` (n ≤ `slots`) into `v`, laid out
+/// `[position][slot][in channel]` with tile `first + p` in slot `p`; the other slots get zeros.
 #[inline(always)]
-unsafe fn transform_inputs<V: Lanes, const NB: usize>(
+unsafe fn transform_inputs<V: Lanes>(
     tiles: &Tiles,
     input: &[f32],
     first: usize,
     n: usize,
+    slots: usize,
     v: &mut [f32],
 ) {
     let cin = tiles.input.c;
     let row = (tiles.input.w + 2) * cin;
     let vectors = cin / V::N * V::N;
     let zero = [0.0f32; 1];
-    for p in 0..NB {
+    debug_assert!(n <= slots && v.len() >= 16 * slots * cin);
+    for p in 0..slots {
         if p >= n {
             for pos in 0..16 {
-                v[(pos * NB + p) * cin..][..cin].fill(0.0);
+                v[(pos * slots + p) * cin..][..cin].fill(0.0);
             }
             continue;
         }
@@ -164,15 +166,15 @@ unsafe fn transform_inputs<V: Lanes, const NB: usize>(
         };
         let vp = v.as_mut_ptr();
         // SAFETY: `at` only gives offsets of stored pixels (+ channel < cin stays inside the
-        // pixel); `v` holds 16·NB·cin floats and (pos·NB + p)·cin + ic < 16·NB·cin.
+        // pixel); `v` holds 16·slots·cin floats and (pos·slots + p)·cin + ic < 16·slots·cin.
         unsafe {
             let mut ic = 0;
             while ic < vectors {
-                transform_channels::<V>(input, &at, ic, vp.add(p * cin + ic), NB * cin, &zero);
+                transform_channels::<V>(input, &at, ic, vp.add(p * cin + ic), slots * cin, &zero);
                 ic += V::N;
             }
             while ic < cin {
-                transform_channels::<F32x1>(input, &at, ic, vp.add(p * cin + ic), NB * cin, &zero);
+                transform_channels::<F32x1>(input, &at, ic, vp.add(p * cin + ic), slots * cin, &zero);
                 ic += 1;
             }
         }
@@ -209,9 +211,9 @@ unsafe fn transform_channels<V: Lanes>(
 }
 
 /// The products of one group: for every position, `m[pos][p][j] = Σ_ic v[pos][p][ic]·u[pos][ic][oc0 + j]`
-/// for the NB tiles p and the `CV` registers of output channels from `oc0`, as one fma chain over
-/// `ic` from zero. `m` is laid out `[position][tile][CV·N channels]`. `CIN` is the channel count
-/// when known at compile time (the addresses of `v` then become constant offsets), else 0.
+/// for the NB tiles p and the `CV` registers of output channels from `oc0`. `m` is laid out
+/// `[position][tile][CV·N channels]`. `CIN` is the channel count when known at compile time
+/// (the addresses of `v` then become constant offsets), else 0.
 #[inline(always)]
 unsafe fn products<V: Lanes, const CIN: usize, const CV: usize, const NB: usize>(
     v: &[f32],
@@ -221,7 +223,6 @@ unsafe fn products<V: Lanes, const CIN: usize, const CV: usize, const NB: usize>
     oc0: usize,
     m: &mut [f32],
 ) {
-    let cin = if CIN > 0 { CIN } else { cin };
     let block = CV * V::N;
     debug_assert!(v.len() >= 16 * NB * cin && m.len() >= 16 * NB * block);
     debug_assert!(u.len() >= 16 * cin * cout && oc0 + block <= cout);
@@ -229,55 +230,79 @@ unsafe fn products<V: Lanes, const CIN: usize, const CV: usize, const NB: usize>
     // writes inside m (16·NB·block), as the debug assertions above state for all callers.
     unsafe {
         for pos in 0..16 {
-            let vp = v.as_ptr().add(pos * NB * cin);
-            let up = u.as_ptr().add(pos * cin * cout + oc0);
-            let mut acc = [[V::zero(); CV]; NB];
-            for ic in 0..cin {
-                let ur = up.add(ic * cout);
-                let mut uv = [V::zero(); CV];
-                for (j, r) in uv.iter_mut().enumerate() {
-                    *r = V::load(ur.add(j * V::N));
-                }
-                for (p, a) in acc.iter_mut().enumerate() {
-                    let b = V::splat(vp.add(p * cin + ic));
-                    for j in 0..CV {
-                        a[j] = V::fma(b, uv[j], a[j]);
-                    }
+            products_at::<V, CIN, CV, NB>(
+                v.as_ptr().add(pos * NB * cin),
+                u.as_ptr().add(pos * cin * cout + oc0),
+                cin,
+                cout,
+                m.as_mut_ptr().add(pos * NB * block),
+                block,
+            );
+        }
+    }
+}
+
+/// The products of NB tiles at one position: `m[p·m_stride + j] = Σ_ic v[p·cin + ic]·u[ic·cout + j]`
+/// for `j < CV·N`, as one fma chain over `ic` from zero (the arithmetic of every grouping).
+#[inline(always)]
+unsafe fn products_at<V: Lanes, const CIN: usize, const CV: usize, const NB: usize>(
+    vp: *const f32,
+    up: *const f32,
+    cin: usize,
+    cout: usize,
+    mp: *mut f32,
+    m_stride: usize,
+) {
+    let cin = if CIN > 0 { CIN } else { cin };
+    // SAFETY: the callers pass pointers to NB·cin floats of v, cin rows of cout floats of u
+    // (CV·N of them read per row) and NB rows of m_stride floats of m (CV·N written per row).
+    unsafe {
+        let mut acc = [[V::zero(); CV]; NB];
+        for ic in 0..cin {
+            let ur = up.add(ic * cout);
+            let mut uv = [V::zero(); CV];
+            for (j, r) in uv.iter_mut().enumerate() {
+                *r = V::load(ur.add(j * V::N));
+            }
+            for (p, a) in acc.iter_mut().enumerate() {
+                let b = V::splat(vp.add(p * cin + ic));
+                for j in 0..CV {
+                    a[j] = V::fma(b, uv[j], a[j]);
                 }
             }
-            let mp = m.as_mut_ptr().add(pos * NB * block);
-            for (p, a) in acc.iter().enumerate() {
-                for (j, r) in a.iter().enumerate() {
-                    r.store(mp.add(p * block + j * V::N));
-                }
+        }
+        for (p, a) in acc.iter().enumerate() {
+            for (j, r) in a.iter().enumerate() {
+                r.store(mp.add(p * m_stride + j * V::N));
             }
         }
     }
 }
 
-/// Output transform and epilogue of `V::N` channels (`oc` absolute, `mc` within the group's
-/// block) of group tile `p` = tile `t`, written where the tile's pixels lie inside the map.
+/// Output transform and epilogue of `V::N` channels from `oc` of tile `t`, whose products at
+/// position `pos` are at `m[at + pos·pos_stride..]`; written where the tile's pixels lie inside
+/// the map.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn output_tile<V: Lanes, const NB: usize>(
+unsafe fn output_tile<V: Lanes>(
     tiles: &Tiles,
     t: usize,
     m: &[f32],
-    block: usize,
-    p: usize,
-    mc: usize,
+    at: usize,
+    pos_stride: usize,
     oc: usize,
     epi: &Epilogue<'_>,
     out: &mut [f32],
 ) {
-    // SAFETY: m holds 16·NB·block floats (mc + N ≤ block); output pixels are written only when
-    // inside the map, channels oc..oc + N ≤ cout; scale/bias have cout entries and the
-    // residual has out's length (checked by `conv_image`).
+    debug_assert!(at + 15 * pos_stride + V::N <= m.len());
+    // SAFETY: the callers keep `at + 15·pos_stride + N` within m; output pixels are written
+    // only when inside the map, channels oc..oc + N ≤ cout; scale/bias have cout entries and
+    // the residual has out's length (checked by `conv_image`).
     unsafe {
         let mut mm = [[V::zero(); 4]; 4];
         for (r, row) in mm.iter_mut().enumerate() {
             for (c, e) in row.iter_mut().enumerate() {
-                *e = V::load(m.as_ptr().add(((r * 4 + c) * NB + p) * block + mc));
+                *e = V::load(m.as_ptr().add(at + (r * 4 + c) * pos_stride));
             }
         }
         let y = output_transform(&mm);
@@ -303,9 +328,25 @@ unsafe fn output_tile<V: Lanes, const NB: usize>(
     }
 }
 
+/// Transformed weights (floats) beyond which a convolution runs in super-groups
+/// ([`conv_blocked`]): 256 KiB, what stays in a core's L2 cache while every group of NB tiles
+/// rereads all of it (the CIFAR ResNets' layers are all within it).
+const GROUPED_MAX_WEIGHTS: usize = 1 << 16;
+
+/// Transformed inputs and products (floats) that a super-group of tiles keeps: 1 MiB.
+const SUPER_GROUP_FLOATS: usize = 1 << 18;
+
+/// Floats that [`conv`] allocates for its transformed inputs and products, at most (NB ≤ 16).
+pub(crate) fn scratch_len(cin: usize, cout: usize) -> usize {
+    match weight_len(cin, cout) > GROUPED_MAX_WEIGHTS {
+        true => SUPER_GROUP_FLOATS.max(16 * 16 * (cin + cout)),
+        false => 16 * 16 * (cin + cout),
+    }
+}
+
 /// The convolution of one image in groups of `NB` tiles and blocks of `CV` registers of output
 /// channels; `cout` must be a multiple of `CV·V::N`; `CIN` is the number of input channels or 0
-/// (any, known at run time only).
+/// (any, known at run time only). Every output is the same fma chain whatever the grouping.
 #[inline(always)]
 pub(super) unsafe fn conv<V: Lanes, const CIN: usize, const CV: usize, const NB: usize>(
     shape: &ConvShape,
@@ -317,6 +358,28 @@ pub(super) unsafe fn conv<V: Lanes, const CIN: usize, const CV: usize, const NB:
     let (cin, cout) = (shape.input.c, shape.output.c);
     let block = CV * V::N;
     assert!(cout.is_multiple_of(block) && (CIN == 0 || CIN == cin));
+    // SAFETY: the callees' requirements are this function's.
+    unsafe {
+        if weight_len(cin, cout) > GROUPED_MAX_WEIGHTS {
+            conv_blocked::<V, CIN, CV, NB>(shape, input, u, epi, out)
+        } else {
+            conv_grouped::<V, CIN, CV, NB>(shape, input, u, epi, out)
+        }
+    }
+}
+
+/// [`conv`] for layers whose transformed weights stay in cache: group by group of NB tiles,
+/// each group's products over all the weights.
+#[inline(always)]
+unsafe fn conv_grouped<V: Lanes, const CIN: usize, const CV: usize, const NB: usize>(
+    shape: &ConvShape,
+    input: &[f32],
+    u: &[f32],
+    epi: &Epilogue<'_>,
+    out: &mut [f32],
+) {
+    let (cin, cout) = (shape.input.c, shape.output.c);
+    let block = CV * V::N;
     let tiles = Tiles::new(shape);
     let mut v = vec![0.0f32; 16 * NB * cin];
     let mut m = vec![0.0f32; 16 * NB * block];
@@ -324,14 +387,68 @@ pub(super) unsafe fn conv<V: Lanes, const CIN: usize, const CV: usize, const NB:
         let n = NB.min(tiles.count - first);
         // SAFETY (all three): the buffer lengths are the ones the callees document, and
         // `conv_image` checked the lengths of input, u, out, scale, bias and residual.
-        unsafe { transform_inputs::<V, NB>(&tiles, input, first, n, &mut v) };
+        unsafe { transform_inputs::<V>(&tiles, input, first, n, NB, &mut v) };
         for oc0 in (0..cout).step_by(block) {
             unsafe { products::<V, CIN, CV, NB>(&v, u, cin, cout, oc0, &mut m) };
             for p in 0..n {
                 for j in 0..CV {
                     let mc = j * V::N;
-                    unsafe { output_tile::<V, NB>(&tiles, first + p, &m, block, p, mc, oc0 + mc, epi, out) };
+                    let at = p * block + mc;
+                    unsafe { output_tile::<V>(&tiles, first + p, &m, at, NB * block, oc0 + mc, epi, out) };
                 }
+            }
+        }
+    }
+}
+
+/// [`conv`] for wide layers, whose transformed weights do not stay in cache: the tiles go in
+/// super-groups of S (a multiple of NB) whose transformed inputs and products fit in
+/// [`SUPER_GROUP_FLOATS`]; within one, position by position and block by block of output
+/// channels, the same slice of the weights (`cin × CV·N`) serves every group of NB tiles. The
+/// weights are read once per super-group instead of once per group.
+#[inline(always)]
+unsafe fn conv_blocked<V: Lanes, const CIN: usize, const CV: usize, const NB: usize>(
+    shape: &ConvShape,
+    input: &[f32],
+    u: &[f32],
+    epi: &Epilogue<'_>,
+    out: &mut [f32],
+) {
+    let (cin, cout) = (shape.input.c, shape.output.c);
+    let block = CV * V::N;
+    let tiles = Tiles::new(shape);
+    let s = (SUPER_GROUP_FLOATS / (16 * (cin + cout)) / NB).max(1) * NB;
+    let s = s.min(tiles.count.div_ceil(NB) * NB);
+    let mut v = vec![0.0f32; 16 * s * cin];
+    let mut m = vec![0.0f32; 16 * s * cout];
+    for first in (0..tiles.count).step_by(s) {
+        let n = s.min(tiles.count - first);
+        let groups = n.div_ceil(NB);
+        // SAFETY: v holds 16·s·cin floats, n ≤ s; `conv_image` checked the input's length.
+        unsafe { transform_inputs::<V>(&tiles, input, first, n, s, &mut v) };
+        for pos in 0..16 {
+            for oc0 in (0..cout).step_by(block) {
+                for g in 0..groups {
+                    let at = pos * s + g * NB;
+                    // SAFETY: slots at..at + NB < (pos + 1)·s of v (cin each) and m (cout
+                    // each, oc0 + block ≤ cout); u's row block of this position and oc0.
+                    unsafe {
+                        products_at::<V, CIN, CV, NB>(
+                            v.as_ptr().add(at * cin),
+                            u.as_ptr().add(pos * cin * cout + oc0),
+                            cin,
+                            cout,
+                            m.as_mut_ptr().add(at * cout + oc0),
+                            cout,
+                        )
+                    };
+                }
+            }
+        }
+        for p in 0..n {
+            for oc in (0..cout).step_by(V::N) {
+                // SAFETY: p·cout + oc + 15·s·cout + N ≤ 16·s·cout.
+                unsafe { output_tile::<V>(&tiles, first + p, &m, p * cout + oc, s * cout, oc, epi, out) };
             }
         }
     }
@@ -397,6 +514,9 @@ mod tests {
             (16, 16, 32, 32),
             (5, 6, 64, 64),
             (3, 3, 12, 16),
+            // Wide enough for super-groups (`conv_blocked`): several, the last one partial.
+            (30, 29, 80, 80),
+            (5, 6, 96, 128),
         ] {
             let input_shape = MapShape { h, w, c: cin };
             let shape = ConvShape::new(input_shape, cout, 3, 1).unwrap();
@@ -443,6 +563,42 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Super-groups and groups give the same bits: the same fma chain per output, whatever the
+    /// loop order (what keeps a model's results independent of its layer widths' path).
+    #[test]
+    fn super_groups_give_the_bits_of_groups() {
+        let mut r = ChaCha8Rng::seed_from_u64(11);
+        for &(h, w, cin, cout) in &[(9, 7, 24, 32), (30, 29, 80, 80), (4, 4, 8, 12)] {
+            let input_shape = MapShape { h, w, c: cin };
+            let shape = ConvShape::new(input_shape, cout, 3, 1).unwrap();
+            let mut input: Vec<f32> = (0..input_shape.padded_len())
+                .map(|_| r.random_range(-2.0..2.0))
+                .collect();
+            zero_border(&mut input, input_shape);
+            let weights: Vec<f32> = (0..cout * cin * 9).map(|_| r.random_range(-0.5..0.5)).collect();
+            let u = pack_weights(&weights, cout, cin);
+            let scale = vec![1.0; cout];
+            let bias: Vec<f32> = (0..cout).map(|_| r.random_range(-0.5..0.5)).collect();
+            let epi = Epilogue {
+                scale: &scale,
+                bias: &bias,
+                residual: None,
+                relu: true,
+            };
+            let mut grouped = vec![0.0; shape.output.padded_len()];
+            let mut blocked = vec![0.0; shape.output.padded_len()];
+            // SAFETY: F32x1 needs no CPU feature; the buffers have the lengths `conv_image` checks.
+            unsafe {
+                conv_grouped::<F32x1, 0, 4, 4>(&shape, &input, &u, &epi, &mut grouped);
+                conv_blocked::<F32x1, 0, 4, 4>(&shape, &input, &u, &epi, &mut blocked);
+            }
+            assert!(
+                grouped.iter().zip(&blocked).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{h}x{w} {cin}->{cout}"
+            );
         }
     }
 }
