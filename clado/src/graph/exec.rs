@@ -85,6 +85,11 @@ enum Step {
         scale: Vec<f32>,
         shift: Vec<f32>,
     },
+    /// `Sigmoid(x)` whose only reader is the next node, `Mul` of it and `x`: both as one pass
+    /// `x · sigmoid(x)` (SiLU, the same bits), written to the Mul's output.
+    Silu {
+        output: ValueId,
+    },
     /// Kernels of `ops` on the node's op as it is.
     Other,
 }
@@ -334,6 +339,7 @@ impl Executor {
         }
         let last_uses = graph.last_uses();
         let maps = fuse_fast_convs(graph, &mut steps, &constant)?;
+        fuse_silu(graph, &mut steps);
         let in_place = graph
             .nodes
             .iter()
@@ -342,11 +348,12 @@ impl Executor {
                 let x = node.inputs[0];
                 let elementwise = match &node.op {
                     Op::Unary(_) | Op::BatchNorm { .. } | Op::Reshape { .. } | Op::Softmax { .. } => true,
-                    // The second operand the same shape (a residual add) or a scalar.
+                    // The second operand the same shape (a residual add), a scalar, or one number
+                    // per leading index (a squeeze-and-excitation scale `[C, 1, 1]`).
                     Op::Binary(_) => {
                         let b = &graph.values[node.inputs[1]].shape;
                         graph.values[node.outputs[0]].shape == graph.values[x].shape
-                            && (*b == graph.values[x].shape || b.iter().product::<usize>() == 1)
+                            && ops::prefix_broadcast(&graph.values[x].shape, b)
                     }
                     _ => false,
                 };
@@ -406,8 +413,14 @@ impl Executor {
                 _ => {}
             }
         }
-        // Maps converted back to NCHW (one at a time) add one map.
-        columns + kernel + (4 + FREE_BUFFERS) * map
+        // Recycled buffers may be of any value's size.
+        let largest = (0..self.graph.values.len())
+            .filter(|&v| self.graph.values[v].constant.is_none())
+            .map(|v| self.stored_len(v))
+            .max()
+            .unwrap_or(0);
+        // The fast chains' three scratch maps, and maps converted back to NCHW (one at a time).
+        columns + kernel + 4 * map + FREE_BUFFERS * largest.max(map)
     }
 
     /// Floats of layer `layer`'s weights as the executor takes them (Winograd's packing holds
@@ -588,6 +601,14 @@ impl Executor {
             let quant = self.layer_of[i].map(|l| (plan.weights(l), plan.input(l)));
             match &self.steps[i] {
                 Step::Fused => {}
+                Step::Silu { output } => {
+                    let x = vals[node.inputs[0]]
+                        .as_deref()
+                        .expect("inputs are computed before their readers");
+                    let mut y = reuse(x.len());
+                    ops::silu(x, &mut y);
+                    vals[*output] = Some(Arc::new(y));
+                }
                 Step::Fast(f) => {
                     let y = self.run_fast(f, node.inputs[0], vals, quant);
                     vals[f.output] = Some(Arc::new(y));
@@ -825,14 +846,14 @@ impl Executor {
                 vec![y]
             }
             (Step::BatchNorm { scale, shift }, _) => {
-                let mut y = input(0).to_vec();
+                let mut y = copied(input(0));
                 ops::channel_affine(&mut y, scale.len(), scale, shift);
                 vec![y]
             }
-            (Step::Fast(_) | Step::Fused, _) => unreachable!("fast chains run in `advance`"),
+            (Step::Fast(_) | Step::Fused | Step::Silu { .. }, _) => unreachable!("fused steps run in `advance`"),
             (Step::Other, op) => match op {
                 Op::Unary(u) => {
-                    let mut y = input(0).to_vec();
+                    let mut y = copied(input(0));
                     ops::unary(*u, &mut y);
                     vec![y]
                 }
@@ -857,7 +878,7 @@ impl Executor {
                     vec![ops::reduce_mean(input(0), s, &(2..s.len()).collect::<Vec<_>>())]
                 }
                 Op::ReduceMean { axes, .. } => vec![ops::reduce_mean(input(0), shape(0), axes)],
-                Op::Reshape { .. } => vec![input(0).to_vec()],
+                Op::Reshape { .. } => vec![copied(input(0))],
                 Op::Transpose { perm } => vec![ops::transpose(input(0), shape(0), perm)],
                 Op::Concat { axis } => {
                     let parts: Vec<(&[f32], &[usize])> = (0..node.inputs.len()).map(|k| (input(k), shape(k))).collect();
@@ -866,12 +887,35 @@ impl Executor {
                 Op::Split { axis, sizes } => ops::split(input(0), shape(0), *axis, sizes),
                 Op::Slice { axes } => vec![ops::slice(input(0), shape(0), axes)],
                 Op::Softmax { axis, flatten } => {
-                    let mut y = input(0).to_vec();
+                    let mut y = copied(input(0));
                     ops::softmax(&mut y, shape(0), *axis, *flatten);
                     vec![y]
                 }
                 Op::Conv(_) | Op::Gemm(_) | Op::MatMul | Op::BatchNorm { .. } => unreachable!("prepared steps"),
             },
+        }
+    }
+}
+
+/// Turns `Sigmoid(x)` followed by `Mul(x, ·)` of its result, its only reader, into
+/// [`Step::Silu`] and [`Step::Fused`].
+fn fuse_silu(graph: &Graph, steps: &mut [Step]) {
+    let nodes = &graph.nodes;
+    for i in 0..nodes.len().saturating_sub(1) {
+        let (sig, mul) = (&nodes[i], &nodes[i + 1]);
+        let s = sig.outputs[0];
+        let x = sig.inputs[0];
+        let pair = matches!(sig.op, Op::Unary(Unary::Sigmoid))
+            && mul.op == Op::Binary(ops::Binary::Mul)
+            && (mul.inputs[..] == [x, s] || mul.inputs[..] == [s, x])
+            && graph.values[x].constant.is_none()
+            && !graph.outputs.contains(&s)
+            && nodes.iter().filter(|n| n.inputs.contains(&s)).count() == 1
+            && matches!(steps[i], Step::Other)
+            && matches!(steps[i + 1], Step::Other);
+        if pair {
+            steps[i] = Step::Silu { output: mul.outputs[0] };
+            steps[i + 1] = Step::Fused;
         }
     }
 }
@@ -1056,6 +1100,13 @@ thread_local! {
 /// Buffers kept per thread.
 const FREE_BUFFERS: usize = 4;
 
+/// `x` in a recycled buffer.
+fn copied(x: &[f32]) -> Vec<f32> {
+    let mut y = reuse(x.len());
+    y.copy_from_slice(x);
+    y
+}
+
 /// Keeps `buf` for [`reuse`] if there is room.
 fn recycle(buf: Vec<f32>) {
     FREE.with_borrow_mut(|free| {
@@ -1107,7 +1158,8 @@ fn conv(x: &[f32], c: &ConvStep, weight: &[f32]) -> Vec<f32> {
     let (cin_g, m_g) = (cin / g, m / g);
     let [kh, kw] = a.kernel;
     let plane = oh * ow;
-    let mut y = vec![0.0f32; m * plane];
+    // Every element is set to the bias first: a recycled buffer needs no clearing.
+    let mut y = reuse(m * plane);
     for (oc, out) in y.chunks_exact_mut(plane).enumerate() {
         out.fill(c.bias[oc]);
     }
@@ -1211,70 +1263,117 @@ fn depthwise_body(x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]) {
     let [kh, kw] = a.kernel;
     let [sh, sw] = a.strides;
     let [dh, dw] = a.dilations;
-    let (pt, pl) = (a.pads[0], a.pads[1]);
-    // Output columns whose every tap lies inside the row: `ox·sw + kx·dw − pl ∈ 0..w`.
-    let inner_lo = pl.div_ceil(sw).min(ow);
-    let inner_hi = match (w + pl).checked_sub((kw - 1) * dw + 1) {
-        Some(last) => (last / sw + 1).min(ow).max(inner_lo),
-        None => inner_lo,
+    let [pt, pl, pb, pr] = a.pads;
+    // Each input plane is copied into a zero-padded one (`hp × wp`, plus a tail of zeros that
+    // the stride-1 path's last columns may read), so every tap of every output exists: an
+    // output is its bias plus all `kh·kw` products in (ky, kx) order, padding included.
+    let wp = w + pl + pr;
+    let hp = h + pt + pb;
+    let tail = (kw - 1) * dw + 16;
+    let offsets: Vec<usize> = (0..kh)
+        .flat_map(|ky| (0..kw).map(move |kx| ky * dh * wp + kx * dw))
+        .collect();
+    let mut padded = PADDED.with(|p| p.take());
+    padded.clear();
+    padded.resize(hp * wp + tail, 0.0);
+    // Stride 1: outputs along whole padded rows (`oh × wp`, the last `wp − ow` of each row
+    // discarded), one run per plane.
+    let mut flat = if sh == 1 && sw == 1 {
+        vec![0.0f32; oh * wp]
+    } else {
+        Vec::new()
     };
     let mut taps: Vec<(usize, usize, f32)> = Vec::with_capacity(kh * kw);
     for oc in 0..m {
         let xc = &x[(oc / per_group) * h * w..][..h * w];
+        for (row, src) in xc.chunks_exact(w).enumerate() {
+            padded[(row + pt) * wp + pl..][..w].copy_from_slice(src);
+        }
         let wc = &weight[oc * kh * kw..(oc + 1) * kh * kw];
+        taps.clear();
+        taps.extend(offsets.iter().zip(wc).map(|(&o, &wv)| (o, 0, wv)));
         let yc = &mut y[oc * oh * ow..(oc + 1) * oh * ow];
-        for oy in 0..oh {
-            // The taps of this row that exist: (offset of the input row, kx·dw, weight), in
-            // (ky, kx) order, the order every output sums them in.
-            taps.clear();
-            for ky in 0..kh {
-                let iy = (oy * sh + ky * dh) as isize - pt as isize;
-                if iy < 0 || iy >= h as isize {
-                    continue;
-                }
-                for kx in 0..kw {
-                    taps.push((iy as usize * w, kx * dw, wc[ky * kw + kx]));
-                }
+        if sh == 1 && sw == 1 {
+            for (row, dst) in flat.chunks_exact_mut(wp).zip(yc.chunks_exact(ow)) {
+                row[..ow].copy_from_slice(dst);
+                row[ow..].fill(0.0);
             }
-            let dst = &mut yc[oy * ow..][..ow];
-            // Edges: the taps that fall inside the row.
-            let edge = |ox: usize, d: &mut f32| {
-                for &(row, kx, wv) in &taps {
-                    let ix = ox * sw + kx;
-                    if ix >= pl && ix - pl < w {
-                        *d += xc[row + ix - pl] * wv;
-                    }
-                }
-            };
-            for (ox, d) in dst.iter_mut().enumerate().take(inner_lo) {
-                edge(ox, d);
+            depthwise_inner::<1>(&padded, &taps, &mut flat, 0, 1, 0);
+            for (row, dst) in flat.chunks_exact(wp).zip(yc.chunks_exact_mut(ow)) {
+                dst.copy_from_slice(&row[..ow]);
             }
-            for (ox, d) in dst.iter_mut().enumerate().skip(inner_hi) {
-                edge(ox, d);
-            }
-            // Inside: blocks of outputs kept in registers over all taps.
-            const B: usize = 16;
-            let mut ox = inner_lo;
-            while ox < inner_hi {
-                let n = B.min(inner_hi - ox);
-                let mut acc = [0.0f32; B];
-                acc[..n].copy_from_slice(&dst[ox..ox + n]);
-                for &(row, kx, wv) in &taps {
-                    let base = row + ox * sw + kx - pl;
-                    if sw == 1 && n == B {
-                        let src = &xc[base..base + B];
-                        for j in 0..B {
-                            acc[j] += src[j] * wv;
-                        }
-                    } else {
-                        for (j, v) in acc[..n].iter_mut().enumerate() {
-                            *v += xc[base + j * sw] * wv;
-                        }
-                    }
+        } else {
+            for (oy, dst) in yc.chunks_exact_mut(ow).enumerate() {
+                let base = oy * sh * wp;
+                match sw {
+                    2 => depthwise_inner::<2>(&padded[base..], &taps, dst, 0, sw, 0),
+                    _ => depthwise_inner::<0>(&padded[base..], &taps, dst, 0, sw, 0),
                 }
-                dst[ox..ox + n].copy_from_slice(&acc[..n]);
-                ox += n;
             }
         }
     }
+    PADDED.with(|p| p.replace(padded));
+}
+
+thread_local! {
+    /// The depthwise kernel's padded plane, kept per thread.
+    static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The outputs `dst` (columns `ox0..`) of one row whose taps all lie inside the input row, in
+/// blocks of 16, 8, 4 and 1 held in registers; `S` is the stride when 1 or 2 (the loads then
+/// have a fixed pattern), else 0 and `sw` is used.
+#[inline(always)]
+fn depthwise_inner<const S: usize>(
+    xc: &[f32],
+    taps: &[(usize, usize, f32)],
+    dst: &mut [f32],
+    ox0: usize,
+    sw: usize,
+    pl: usize,
+) {
+    let mut done = 0;
+    while dst.len() - done >= 16 {
+        depthwise_block::<16, S>(xc, taps, &mut dst[done..done + 16], (ox0 + done) * sw - pl, sw);
+        done += 16;
+    }
+    if dst.len() - done >= 8 {
+        depthwise_block::<8, S>(xc, taps, &mut dst[done..done + 8], (ox0 + done) * sw - pl, sw);
+        done += 8;
+    }
+    if dst.len() - done >= 4 {
+        depthwise_block::<4, S>(xc, taps, &mut dst[done..done + 4], (ox0 + done) * sw - pl, sw);
+        done += 4;
+    }
+    while done < dst.len() {
+        depthwise_block::<1, S>(xc, taps, &mut dst[done..done + 1], (ox0 + done) * sw - pl, sw);
+        done += 1;
+    }
+}
+
+/// `B` outputs from input column `x0` (+ each tap's `kx·dw`): `acc += x·w` tap by tap.
+#[inline(always)]
+fn depthwise_block<const B: usize, const S: usize>(
+    xc: &[f32],
+    taps: &[(usize, usize, f32)],
+    dst: &mut [f32],
+    x0: usize,
+    sw: usize,
+) {
+    let mut acc = [0.0f32; B];
+    acc.copy_from_slice(dst);
+    for &(row, kx, wv) in taps {
+        let base = row + kx + x0;
+        if S == 0 {
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a += xc[base + j * sw] * wv;
+            }
+        } else {
+            let src = &xc[base..base + (B - 1) * S + 1];
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a += src[j * S] * wv;
+            }
+        }
+    }
+    dst.copy_from_slice(&acc);
 }

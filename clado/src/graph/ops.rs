@@ -473,6 +473,17 @@ pub(crate) use wide;
 
 wide!(pub(crate) fn unary = unary_body(op: Unary, x: &mut [f32]));
 
+wide!(
+    /// `y = x · sigmoid(x)`: `Sigmoid` then `Mul`, in one pass with the same arithmetic.
+    pub(crate) fn silu = silu_body(x: &[f32], y: &mut [f32]));
+
+#[inline(always)]
+fn silu_body(x: &[f32], y: &mut [f32]) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = v * (1.0 / (1.0 + exp(-v)));
+    }
+}
+
 #[inline(always)]
 fn unary_body(op: Unary, x: &mut [f32]) {
     match op {
@@ -653,9 +664,22 @@ fn binary_f32_body(op: Binary, a: &[f32], sa: &[usize], b: &[f32], sb: &[usize],
     }
 }
 
+/// Whether `b` broadcast to `a` (of which it is the second operand) takes one number per run of
+/// consecutive elements of `a`: right-aligned, `b`'s dimensions equal `a`'s up to some point and
+/// are 1 after it (`[C, 1, 1]` against `[1, C, H, W]`; a scalar; `a`'s own shape).
+pub(crate) fn prefix_broadcast(a: &[usize], b: &[usize]) -> bool {
+    if b.len() > a.len() {
+        return false;
+    }
+    let mut full = vec![1; a.len() - b.len()];
+    full.extend_from_slice(b);
+    let k = full.iter().zip(a).take_while(|(x, y)| x == y).count();
+    full[k..].iter().all(|&d| d == 1)
+}
+
 wide!(
-    /// `x = f(x, y)` element-wise, `y` of `x`'s length or a scalar (same arithmetic as
-    /// [`binary_f32`]).
+    /// `x = f(x, y)` element-wise, `y` of `x`'s length, a scalar, or one number per run of `x`
+    /// ([`prefix_broadcast`]); the same arithmetic as [`binary_f32`].
     pub(crate) fn binary_in_place = binary_in_place_body(op: Binary, x: &mut [f32], y: &[f32]));
 
 #[inline(always)]
@@ -665,8 +689,11 @@ fn binary_in_place_body(op: Binary, x: &mut [f32], y: &[f32]) {
         if y.len() == x.len() {
             x.iter_mut().zip(y).for_each(|(a, &b)| *a = f(*a, b));
         } else {
-            let b = y[0];
-            x.iter_mut().for_each(|a| *a = f(*a, b));
+            // One number of y per run of x ([`prefix_broadcast`]); a scalar is one run.
+            let run = x.len() / y.len();
+            for (xs, &b) in x.chunks_exact_mut(run).zip(y) {
+                xs.iter_mut().for_each(|a| *a = f(*a, b));
+            }
         }
     }
     match op {

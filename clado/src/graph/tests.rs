@@ -729,3 +729,18 @@ fn fast_kernels_serve_the_resnets() {
         }
     }
 }
+
+#[test]
+fn prefix_broadcasts_are_recognised() {
+    use super::ops::prefix_broadcast;
+    assert!(prefix_broadcast(&[1, 8, 5, 5], &[8, 1, 1]));
+    assert!(prefix_broadcast(&[1, 8, 5, 5], &[1, 8, 1, 1]));
+    assert!(prefix_broadcast(&[1, 8, 5, 5], &[1]));
+    assert!(prefix_broadcast(&[1, 8, 5, 5], &[]));
+    assert!(prefix_broadcast(&[1, 8, 5, 5], &[1, 8, 5, 5]));
+    assert!(prefix_broadcast(&[1, 8, 5, 5], &[8, 5, 1]));
+    // One number per run is not what these take:
+    assert!(!prefix_broadcast(&[1, 8, 5, 5], &[5]));
+    assert!(!prefix_broadcast(&[1, 8, 5, 5], &[8, 1, 5]));
+    assert!(!prefix_broadcast(&[8, 5], &[1, 8, 5]));
+}
