@@ -1283,7 +1283,7 @@ fn depthwise_body(x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]) {
     } else {
         Vec::new()
     };
-    let mut taps: Vec<(usize, usize, f32)> = Vec::with_capacity(kh * kw);
+    let mut taps: Vec<(usize, f32)> = Vec::with_capacity(kh * kw);
     for oc in 0..m {
         let xc = &x[(oc / per_group) * h * w..][..h * w];
         for (row, src) in xc.chunks_exact(w).enumerate() {
@@ -1291,14 +1291,14 @@ fn depthwise_body(x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]) {
         }
         let wc = &weight[oc * kh * kw..(oc + 1) * kh * kw];
         taps.clear();
-        taps.extend(offsets.iter().zip(wc).map(|(&o, &wv)| (o, 0, wv)));
+        taps.extend(offsets.iter().copied().zip(wc.iter().copied()));
         let yc = &mut y[oc * oh * ow..(oc + 1) * oh * ow];
         if sh == 1 && sw == 1 {
             for (row, dst) in flat.chunks_exact_mut(wp).zip(yc.chunks_exact(ow)) {
                 row[..ow].copy_from_slice(dst);
                 row[ow..].fill(0.0);
             }
-            depthwise_inner::<1>(&padded, &taps, &mut flat, 0, 1, 0);
+            depthwise_inner::<1>(&padded, &taps, &mut flat, 1);
             for (row, dst) in flat.chunks_exact(wp).zip(yc.chunks_exact_mut(ow)) {
                 dst.copy_from_slice(&row[..ow]);
             }
@@ -1306,8 +1306,8 @@ fn depthwise_body(x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]) {
             for (oy, dst) in yc.chunks_exact_mut(ow).enumerate() {
                 let base = oy * sh * wp;
                 match sw {
-                    2 => depthwise_inner::<2>(&padded[base..], &taps, dst, 0, sw, 0),
-                    _ => depthwise_inner::<0>(&padded[base..], &taps, dst, 0, sw, 0),
+                    2 => depthwise_inner::<2>(&padded[base..], &taps, dst, sw),
+                    _ => depthwise_inner::<0>(&padded[base..], &taps, dst, sw),
                 }
             }
         }
@@ -1320,50 +1320,43 @@ thread_local! {
     static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// The outputs `dst` (columns `ox0..`) of one row whose taps all lie inside the input row, in
-/// blocks of 16, 8, 4 and 1 held in registers; `S` is the stride when 1 or 2 (the loads then
-/// have a fixed pattern), else 0 and `sw` is used.
+/// The outputs `dst` of one row of a padded plane `xc` (output `ox` reads `xc[ox·sw + tap
+/// offset]`), in blocks of 16, 8, 4 and 1 held in registers; `S` is the stride when 1 or 2
+/// (the loads then have a fixed pattern), else 0 and `sw` is used.
 #[inline(always)]
-fn depthwise_inner<const S: usize>(
-    xc: &[f32],
-    taps: &[(usize, usize, f32)],
-    dst: &mut [f32],
-    ox0: usize,
-    sw: usize,
-    pl: usize,
-) {
+fn depthwise_inner<const S: usize>(xc: &[f32], taps: &[(usize, f32)], dst: &mut [f32], sw: usize) {
     let mut done = 0;
     while dst.len() - done >= 16 {
-        depthwise_block::<16, S>(xc, taps, &mut dst[done..done + 16], (ox0 + done) * sw - pl, sw);
+        depthwise_block::<16, S>(xc, taps, &mut dst[done..done + 16], done * sw, sw);
         done += 16;
     }
     if dst.len() - done >= 8 {
-        depthwise_block::<8, S>(xc, taps, &mut dst[done..done + 8], (ox0 + done) * sw - pl, sw);
+        depthwise_block::<8, S>(xc, taps, &mut dst[done..done + 8], done * sw, sw);
         done += 8;
     }
     if dst.len() - done >= 4 {
-        depthwise_block::<4, S>(xc, taps, &mut dst[done..done + 4], (ox0 + done) * sw - pl, sw);
+        depthwise_block::<4, S>(xc, taps, &mut dst[done..done + 4], done * sw, sw);
         done += 4;
     }
     while done < dst.len() {
-        depthwise_block::<1, S>(xc, taps, &mut dst[done..done + 1], (ox0 + done) * sw - pl, sw);
+        depthwise_block::<1, S>(xc, taps, &mut dst[done..done + 1], done * sw, sw);
         done += 1;
     }
 }
 
-/// `B` outputs from input column `x0` (+ each tap's `kx·dw`): `acc += x·w` tap by tap.
+/// `B` outputs from input position `x0` (+ each tap's offset): `acc += x·w` tap by tap.
 #[inline(always)]
 fn depthwise_block<const B: usize, const S: usize>(
     xc: &[f32],
-    taps: &[(usize, usize, f32)],
+    taps: &[(usize, f32)],
     dst: &mut [f32],
     x0: usize,
     sw: usize,
 ) {
     let mut acc = [0.0f32; B];
     acc.copy_from_slice(dst);
-    for &(row, kx, wv) in taps {
-        let base = row + kx + x0;
+    for &(offset, wv) in taps {
+        let base = offset + x0;
         if S == 0 {
             for (j, a) in acc.iter_mut().enumerate() {
                 *a += xc[base + j * sw] * wv;
