@@ -7,9 +7,13 @@
 //! table indexed by value id and are freed after their last reader ([`Graph::last_uses`]).
 //!
 //! Convolutions: depthwise ones (one input channel per group) run as a direct loop over the
-//! taps; 1×1 stride-1 unpadded ones as one matrix product of the weight `[M, C]` and the input
+//! taps on a zero-padded copy of each input plane, in register blocks along output rows; 1×1
+//! stride-1 unpadded ones as one matrix product of the weight `[M, C]` and the input
 //! `[C, H·W]`; the others as im2col and a matrix product per group. Matrix products are the
-//! `gemm` crate's, single-threaded (parallelism is over samples).
+//! `gemm` crate's, single-threaded (parallelism is over samples). A Conv whose result only an
+//! activation reads (a unary node such as ReLU6, or Sigmoid then Mul, SiLU) applies it itself,
+//! in place (a depthwise one plane by plane, while the plane is in cache), with the same
+//! arithmetic as the nodes it replaces.
 //!
 //! **Determinism.** A sample's result depends only on that sample: the same steps run on it
 //! in the same order whatever the batch, its position in it or the thread count, and no step
@@ -101,6 +105,27 @@ struct ConvStep {
     /// Input `[C, H, W]` and output `[M, OH, OW]` of one sample.
     input: [usize; 3],
     output: [usize; 3],
+    /// The activation after the Conv that the step applies (see [`fuse_activations`]), and
+    /// the value it then writes instead of the Conv's output.
+    act: Option<(Activation, ValueId)>,
+}
+
+/// An element-wise function of a Conv's result: a unary node, or `x · sigmoid(x)` (a
+/// [`Step::Silu`] pair).
+#[derive(Clone, Copy, Debug)]
+enum Activation {
+    Unary(Unary),
+    Silu,
+}
+
+impl Activation {
+    /// In place, with the arithmetic of the nodes it replaces (the same bits).
+    fn apply(self, x: &mut [f32]) {
+        match self {
+            Activation::Unary(u) => ops::unary(u, x),
+            Activation::Silu => ops::silu_in_place(x),
+        }
+    }
 }
 
 /// A chain Conv [→ BatchNormalization] [→ Add] [→ Relu] run by `kernels::conv_image`.
@@ -288,6 +313,7 @@ impl Executor {
                         },
                         input: [x[1], x[2], x[3]],
                         output: [m, y[2], y[3]],
+                        act: None,
                     })
                 }
                 Op::Gemm(g) => {
@@ -340,6 +366,7 @@ impl Executor {
         let last_uses = graph.last_uses();
         let maps = fuse_fast_convs(graph, &mut steps, &constant)?;
         fuse_silu(graph, &mut steps);
+        fuse_activations(graph, &mut steps);
         let in_place = graph
             .nodes
             .iter()
@@ -624,7 +651,11 @@ impl Executor {
                     } else {
                         self.run_node(i, vals, quant)
                     };
-                    for (&o, v) in node.outputs.iter().zip(outs) {
+                    let targets = match &self.steps[i] {
+                        Step::Conv(ConvStep { act: Some((_, o)), .. }) => std::slice::from_ref(o),
+                        _ => &node.outputs[..],
+                    };
+                    for (&o, v) in targets.iter().zip(outs) {
                         vals[o] = Some(Arc::new(v));
                     }
                 }
@@ -650,6 +681,15 @@ impl Executor {
             .count();
         let convs = self.graph.nodes.iter().filter(|n| matches!(n.op, Op::Conv(_))).count();
         (fast, nchw, convs)
+    }
+
+    /// The Conv steps that apply the activation after them.
+    #[cfg(test)]
+    pub(crate) fn fused_activations(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| matches!(s, Step::Conv(c) if c.act.is_some()))
+            .count()
     }
 
     /// The values live in `s`, by value id, NCHW (maps unpadded) with their shapes.
@@ -920,6 +960,33 @@ fn fuse_silu(graph: &Graph, steps: &mut [Step]) {
     }
 }
 
+/// Gives a [`Step::Conv`] the activation right after it when the Conv's result has no other
+/// reader: a unary node, or a [`Step::Silu`] pair of that result. The activation's steps
+/// become [`Step::Fused`].
+fn fuse_activations(graph: &Graph, steps: &mut [Step]) {
+    let nodes = &graph.nodes;
+    for i in 0..nodes.len().saturating_sub(1) {
+        let y = nodes[i].outputs[0];
+        let next = &nodes[i + 1];
+        if !matches!(steps[i], Step::Conv(_)) || graph.outputs.contains(&y) || next.inputs[0] != y {
+            continue;
+        }
+        let readers: Vec<usize> = (0..nodes.len()).filter(|&j| nodes[j].inputs.contains(&y)).collect();
+        let fused = match (&steps[i + 1], &next.op) {
+            (Step::Other, Op::Unary(u)) if readers == [i + 1] => Some((Activation::Unary(*u), next.outputs[0], 1)),
+            // `fuse_silu` checked that the Mul after the Sigmoid reads `y` and the Sigmoid.
+            (Step::Silu { output }, _) if readers == [i + 1, i + 2] => Some((Activation::Silu, *output, 2)),
+            _ => None,
+        };
+        if let (Some((act, output, n)), Step::Conv(c)) = (fused, &mut steps[i]) {
+            c.act = Some((act, output));
+            for step in &mut steps[i + 1..=i + n] {
+                *step = Step::Fused;
+            }
+        }
+    }
+}
+
 /// Finds the chains the engine's kernels run (see the module docs), turns their steps into
 /// [`Step::Fast`] and [`Step::Fused`], and returns which values are stored as maps. Nodes are
 /// visited last to first, so that whether a chain's readers take maps is known when the chain
@@ -1097,8 +1164,9 @@ thread_local! {
     static FREE: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Buffers kept per thread.
-const FREE_BUFFERS: usize = 4;
+/// Buffers kept per thread: enough that most results find one of their own length (a
+/// network's blocks repeat a few sizes).
+const FREE_BUFFERS: usize = 8;
 
 /// `x` in a recycled buffer.
 fn copied(x: &[f32]) -> Vec<f32> {
@@ -1107,11 +1175,16 @@ fn copied(x: &[f32]) -> Vec<f32> {
     y
 }
 
-/// Keeps `buf` for [`reuse`] if there is room.
+/// Keeps `buf` for [`reuse`]; when all places are taken, in place of the smallest buffer
+/// if `buf` is larger.
 fn recycle(buf: Vec<f32>) {
     FREE.with_borrow_mut(|free| {
         if free.len() < FREE_BUFFERS {
             free.push(buf);
+        } else if let Some(i) = (0..free.len()).min_by_key(|&i| free[i].len()) {
+            if free[i].len() < buf.len() {
+                free[i] = buf;
+            }
         }
     });
 }
@@ -1120,8 +1193,13 @@ fn recycle(buf: Vec<f32>) {
 /// its last use).
 fn reuse(n: usize) -> Vec<f32> {
     let found = FREE.with_borrow_mut(|free| {
-        // One of the same length first: growing a shorter one would clear the new part.
-        let i = (free.iter().position(|b| b.len() == n)).or_else(|| free.iter().position(|b| b.capacity() >= n))?;
+        // One of the same length first (growing a shorter one clears the new part), else
+        // the shortest that holds `n`.
+        let i = (free.iter().position(|b| b.len() == n)).or_else(|| {
+            (0..free.len())
+                .filter(|&i| free[i].capacity() >= n)
+                .min_by_key(|&i| free[i].capacity())
+        })?;
         Some(free.swap_remove(i))
     });
     let mut buf = found.unwrap_or_default();
@@ -1158,14 +1236,14 @@ fn conv(x: &[f32], c: &ConvStep, weight: &[f32]) -> Vec<f32> {
     let (cin_g, m_g) = (cin / g, m / g);
     let [kh, kw] = a.kernel;
     let plane = oh * ow;
-    // Every element is set to the bias first: a recycled buffer needs no clearing.
+    // Every element is written (from the bias): a recycled buffer needs no clearing.
     let mut y = reuse(m * plane);
-    for (oc, out) in y.chunks_exact_mut(plane).enumerate() {
-        out.fill(c.bias[oc]);
-    }
     if cin_g == 1 {
         depthwise(x, c, weight, &mut y);
         return y;
+    }
+    for (oc, out) in y.chunks_exact_mut(plane).enumerate() {
+        out.fill(c.bias[oc]);
     }
     let k = cin_g * kh * kw;
     let pointwise = kh == 1 && kw == 1 && a.strides == [1, 1] && a.pads == [0; 4];
@@ -1193,6 +1271,9 @@ fn conv(x: &[f32], c: &ConvStep, weight: &[f32]) -> Vec<f32> {
     }
     if !pointwise {
         COLUMNS.with(|c| c.replace(col));
+    }
+    if let Some((act, _)) = c.act {
+        act.apply(&mut y);
     }
     y
 }
@@ -1250,8 +1331,9 @@ fn im2col_body(x: &[f32], c: &ConvStep, col: &mut [f32]) {
 }
 
 ops::wide!(
-    /// Convolution with one input channel per group: each output adds its taps in (ky, kx)
-    /// order to the bias already in `y`.
+    /// Convolution with one input channel per group: each output is its bias plus the
+    /// products of its taps in (ky, kx) order, then `act` (applied plane by plane, while the
+    /// plane is in cache).
     fn depthwise = depthwise_body(x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]));
 
 #[inline(always)]
@@ -1265,40 +1347,38 @@ fn depthwise_body(x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]) {
     let [dh, dw] = a.dilations;
     let [pt, pl, pb, pr] = a.pads;
     // Each input plane is copied into a zero-padded one (`hp × wp`, plus a tail of zeros that
-    // the stride-1 path's last columns may read), so every tap of every output exists: an
-    // output is its bias plus all `kh·kw` products in (ky, kx) order, padding included.
+    // the flat path's last columns may read), so every tap of every output exists: an output
+    // is its bias plus all `kh·kw` products in (ky, kx) order, padding included.
     let wp = w + pl + pr;
     let hp = h + pt + pb;
-    let tail = (kw - 1) * dw + 16;
+    let tail = (kw - 1) * dw + 32;
     let offsets: Vec<usize> = (0..kh)
         .flat_map(|ky| (0..kw).map(move |kx| ky * dh * wp + kx * dw))
         .collect();
+    let mut taps: Vec<(usize, f32)> = Vec::with_capacity(kh * kw);
     let mut padded = PADDED.with(|p| p.take());
     padded.clear();
     padded.resize(hp * wp + tail, 0.0);
-    // Stride 1: outputs along whole padded rows (`oh × wp`, the last `wp − ow` of each row
-    // discarded), one run per plane.
-    let mut flat = if sh == 1 && sw == 1 {
-        vec![0.0f32; oh * wp]
-    } else {
-        Vec::new()
-    };
-    let mut taps: Vec<(usize, f32)> = Vec::with_capacity(kh * kw);
+    // Narrow stride-1 outputs run along whole padded rows (`oh × wp` outputs, the last
+    // `wp − ow` of each row discarded), one long run per plane instead of short rows.
+    let flat_path = sh == 1 && sw == 1 && ow < 32;
+    let mut flat = if flat_path { vec![0.0f32; oh * wp] } else { Vec::new() };
     for oc in 0..m {
         let xc = &x[(oc / per_group) * h * w..][..h * w];
         for (row, src) in xc.chunks_exact(w).enumerate() {
             padded[(row + pt) * wp + pl..][..w].copy_from_slice(src);
         }
-        let wc = &weight[oc * kh * kw..(oc + 1) * kh * kw];
         taps.clear();
-        taps.extend(offsets.iter().copied().zip(wc.iter().copied()));
+        taps.extend(
+            offsets
+                .iter()
+                .copied()
+                .zip(weight[oc * kh * kw..(oc + 1) * kh * kw].iter().copied()),
+        );
+        let bias = c.bias[oc];
         let yc = &mut y[oc * oh * ow..(oc + 1) * oh * ow];
-        if sh == 1 && sw == 1 {
-            for (row, dst) in flat.chunks_exact_mut(wp).zip(yc.chunks_exact(ow)) {
-                row[..ow].copy_from_slice(dst);
-                row[ow..].fill(0.0);
-            }
-            depthwise_inner::<1>(&padded, &taps, &mut flat, 1);
+        if flat_path {
+            depthwise_row::<1>(&padded, &taps, &mut flat, 0, 1, bias);
             for (row, dst) in flat.chunks_exact(wp).zip(yc.chunks_exact_mut(ow)) {
                 dst.copy_from_slice(&row[..ow]);
             }
@@ -1306,10 +1386,14 @@ fn depthwise_body(x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]) {
             for (oy, dst) in yc.chunks_exact_mut(ow).enumerate() {
                 let base = oy * sh * wp;
                 match sw {
-                    2 => depthwise_inner::<2>(&padded[base..], &taps, dst, sw),
-                    _ => depthwise_inner::<0>(&padded[base..], &taps, dst, sw),
+                    1 => depthwise_row::<1>(&padded, &taps, dst, base, 1, bias),
+                    2 => depthwise_row::<2>(&padded, &taps, dst, base, 2, bias),
+                    _ => depthwise_row::<0>(&padded, &taps, dst, base, sw, bias),
                 }
             }
+        }
+        if let Some((act, _)) = c.act {
+            act.apply(yc);
         }
     }
     PADDED.with(|p| p.replace(padded));
@@ -1320,31 +1404,36 @@ thread_local! {
     static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// The outputs `dst` of one row of a padded plane `xc` (output `ox` reads `xc[ox·sw + tap
-/// offset]`), in blocks of 16, 8, 4 and 1 held in registers; `S` is the stride when 1 or 2
-/// (the loads then have a fixed pattern), else 0 and `sw` is used.
+/// The outputs `dst` of one row: output `j` reads `xc[x0 + j·sw + offset]` for each tap, in blocks of 32, 16, 8, 4 and 1 held in registers (wide blocks keep several sums in
+/// flight); `S` is the stride when 1 or 2 (the loads then have a fixed pattern), else 0 and
+/// `sw` is used.
 #[inline(always)]
-fn depthwise_inner<const S: usize>(xc: &[f32], taps: &[(usize, f32)], dst: &mut [f32], sw: usize) {
+fn depthwise_row<const S: usize>(xc: &[f32], taps: &[(usize, f32)], dst: &mut [f32], x0: usize, sw: usize, bias: f32) {
     let mut done = 0;
-    while dst.len() - done >= 16 {
-        depthwise_block::<16, S>(xc, taps, &mut dst[done..done + 16], done * sw, sw);
+    while dst.len() - done >= 32 {
+        depthwise_block::<32, S>(xc, taps, &mut dst[done..done + 32], x0 + done * sw, sw, bias);
+        done += 32;
+    }
+    if dst.len() - done >= 16 {
+        depthwise_block::<16, S>(xc, taps, &mut dst[done..done + 16], x0 + done * sw, sw, bias);
         done += 16;
     }
     if dst.len() - done >= 8 {
-        depthwise_block::<8, S>(xc, taps, &mut dst[done..done + 8], done * sw, sw);
+        depthwise_block::<8, S>(xc, taps, &mut dst[done..done + 8], x0 + done * sw, sw, bias);
         done += 8;
     }
     if dst.len() - done >= 4 {
-        depthwise_block::<4, S>(xc, taps, &mut dst[done..done + 4], done * sw, sw);
+        depthwise_block::<4, S>(xc, taps, &mut dst[done..done + 4], x0 + done * sw, sw, bias);
         done += 4;
     }
     while done < dst.len() {
-        depthwise_block::<1, S>(xc, taps, &mut dst[done..done + 1], done * sw, sw);
+        depthwise_block::<1, S>(xc, taps, &mut dst[done..done + 1], x0 + done * sw, sw, bias);
         done += 1;
     }
 }
 
-/// `B` outputs from input position `x0` (+ each tap's offset): `acc += x·w` tap by tap.
+/// `B` outputs from input position `x0` (+ each tap's offset): the bias, then `acc += x·w`
+/// tap by tap.
 #[inline(always)]
 fn depthwise_block<const B: usize, const S: usize>(
     xc: &[f32],
@@ -1352,9 +1441,9 @@ fn depthwise_block<const B: usize, const S: usize>(
     dst: &mut [f32],
     x0: usize,
     sw: usize,
+    bias: f32,
 ) {
-    let mut acc = [0.0f32; B];
-    acc.copy_from_slice(dst);
+    let mut acc = [bias; B];
     for &(offset, wv) in taps {
         let base = offset + x0;
         if S == 0 {

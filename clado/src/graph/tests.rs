@@ -50,6 +50,15 @@ fn io_of(model: &Path) -> (Array, Array) {
     )
 }
 
+/// Uniform numbers in [−0.5, 0.5) from a seeded linear congruential generator: small test
+/// graphs' weights and inputs.
+fn lcg(mut seed: u32) -> impl FnMut() -> f32 {
+    move || {
+        seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+        (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+    }
+}
+
 /// Largest |a − b| relative to the largest |b|.
 pub(crate) fn relative_error(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -442,11 +451,7 @@ fn unsupported_ops_and_attributes_name_the_node() {
 fn small_graphs_built_by_hand() {
     // Conv with every variant off the beaten path, compared with a direct loop.
     let mut b = GraphBuilder::new("x", &[4, 7, 6]).unwrap();
-    let mut seed = 1u32;
-    let mut rnd = move || {
-        seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-        (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-    };
+    let mut rnd = lcg(1);
     let w: Vec<f32> = (0..6 * 2 * 3 * 2).map(|_| rnd()).collect();
     let bias: Vec<f32> = (0..6).map(|_| rnd()).collect();
     let wid = b.constant("w", Arc::new(Tensor::f32(vec![6, 2, 3, 2], w.clone())));
@@ -501,17 +506,106 @@ fn small_graphs_built_by_hand() {
     assert!(e.to_string().contains("batch"), "{e}");
 }
 
+/// Depthwise Convs (two outputs per input channel) on both of the kernel's paths (rows of 32
+/// or more outputs computed row by row, narrower stride-1 planes along whole padded rows),
+/// strides 1, 2 and 3, dilation, asymmetric padding, each with the activation after it that
+/// the Conv's step absorbs (ReLU6, SiLU as Sigmoid then Mul, ReLU), against a direct f64 loop.
+#[test]
+fn depthwise_convs_with_their_activations() {
+    /// f32 rounding of sums of a few products of numbers below 1 in magnitude, and of `exp`.
+    const TOLERANCE: f32 = 1e-6;
+    let mut rnd = lcg(11);
+    let (c, m) = (3, 6);
+    // (kernel, strides, dilations, pads, input height and width, activation)
+    let cases = [
+        ([3, 3], [1, 1], [1, 1], [1; 4], [5, 40], "relu6"),
+        ([5, 5], [1, 1], [1, 1], [2; 4], [9, 9], "silu"),
+        ([3, 3], [2, 2], [1, 1], [0, 1, 1, 0], [8, 67], "relu"),
+        ([3, 2], [3, 3], [2, 2], [2, 2, 1, 2], [10, 11], "none"),
+    ];
+    for (kernel, strides, dilations, pads, [h, w], act) in cases {
+        let mut b = GraphBuilder::new("x", &[c, h, w]).unwrap();
+        let [kh, kw] = kernel;
+        let wt: Vec<f32> = (0..m * kh * kw).map(|_| rnd()).collect();
+        let bias: Vec<f32> = (0..m).map(|_| rnd()).collect();
+        let wid = b.constant("w", Arc::new(Tensor::f32(vec![m, 1, kh, kw], wt.clone())));
+        let bid = b.constant("b", Arc::new(Tensor::f32(vec![m], bias.clone())));
+        let attrs = ConvAttrs {
+            kernel,
+            strides,
+            dilations,
+            pads,
+            groups: c,
+        };
+        let x_id = b.value("x").unwrap();
+        let y = b
+            .node("dw", "Conv", Op::Conv(attrs), &[x_id, wid, bid], &["y"], None)
+            .unwrap()[0];
+        let out = match act {
+            "relu6" => b.node(
+                "clip",
+                "Clip",
+                Op::Unary(Unary::Clip { min: 0.0, max: 6.0 }),
+                &[y],
+                &["a"],
+                None,
+            ),
+            "relu" => b.node("relu", "Relu", Op::Unary(Unary::Relu), &[y], &["a"], None),
+            "silu" => {
+                let s = b
+                    .node("sig", "Sigmoid", Op::Unary(Unary::Sigmoid), &[y], &["s"], None)
+                    .unwrap()[0];
+                b.node("mul", "Mul", Op::Binary(Binary::Mul), &[y, s], &["a"], None)
+            }
+            _ => Ok(vec![y]),
+        }
+        .unwrap();
+        let [oh, ow] = [0, 1].map(|d| {
+            let span = dilations[d] * (kernel[d] - 1) + 1;
+            ([h, w][d] + pads[d] + pads[d + 2] - span) / strides[d] + 1
+        });
+        assert_eq!(b.shape(out[0]), [1, m, oh, ow]);
+        let graph = b.finish(out).unwrap();
+        let exec = Executor::new(&graph).unwrap();
+        assert_eq!(exec.fused_activations(), usize::from(act != "none"), "{act}");
+        let x: Vec<f32> = (0..c * h * w).map(|_| 8.0 * rnd()).collect();
+        let got = exec.run(&x, 1, false).unwrap().remove(0);
+        let mut want = vec![0.0f32; m * oh * ow];
+        for oc in 0..m {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = bias[oc] as f64;
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let iy = (oy * strides[0] + ky * dilations[0]) as isize - pads[0] as isize;
+                            let ix = (ox * strides[1] + kx * dilations[1]) as isize - pads[1] as isize;
+                            if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                                let xv = x[((oc / 2) * h + iy as usize) * w + ix as usize] as f64;
+                                acc += xv * wt[(oc * kh + ky) * kw + kx] as f64;
+                            }
+                        }
+                    }
+                    want[(oc * oh + oy) * ow + ox] = match act {
+                        "relu6" => acc.clamp(0.0, 6.0),
+                        "relu" => acc.max(0.0),
+                        "silu" => acc / (1.0 + (-acc).exp()),
+                        _ => acc,
+                    } as f32;
+                }
+            }
+        }
+        let err = relative_error(&got, &want);
+        assert!(err < TOLERANCE, "{kernel:?} {strides:?} {act}: {err}");
+    }
+}
+
 /// Fast chains whose results other nodes read: Winograd's result as a map for the next fast
 /// chain and as an NCHW copy for a Concat, and a Winograd result that only the Concat reads
 /// (stored NCHW). Against direct f64 loops.
 #[test]
 fn fast_chain_results_reach_general_nodes() {
     let (c, h, w) = (16, 6, 5);
-    let mut seed = 7u32;
-    let mut rnd = move || {
-        seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-        (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-    };
+    let mut rnd = lcg(7);
     let conv3 = |x: &[f32], wt: &[f32]| -> Vec<f32> {
         let mut y = vec![0.0f32; c * h * w];
         for oc in 0..c {
