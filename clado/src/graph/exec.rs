@@ -1404,32 +1404,36 @@ thread_local! {
     static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// The outputs `dst` of one row: output `j` reads `xc[x0 + j·sw + offset]` for each tap, in blocks of 32, 16, 8, 4 and 1 held in registers (wide blocks keep several sums in
-/// flight); `S` is the stride when 1 or 2 (the loads then have a fixed pattern), else 0 and
-/// `sw` is used.
+/// The outputs `dst` of one row: output `j` reads `xc[x0 + j·sw + offset]` for each tap, in
+/// blocks of 32, 16, 8, 4 and 1 held in registers (wide blocks keep several sums in flight);
+/// `S` is the stride when 1 or 2 (the loads then have a fixed pattern), else 0 and `sw` is used.
 #[inline(always)]
 fn depthwise_row<const S: usize>(xc: &[f32], taps: &[(usize, f32)], dst: &mut [f32], x0: usize, sw: usize, bias: f32) {
     let mut done = 0;
-    while dst.len() - done >= 32 {
-        depthwise_block::<32, S>(xc, taps, &mut dst[done..done + 32], x0 + done * sw, sw, bias);
-        done += 32;
+    done = depthwise_blocks::<32, S>(xc, taps, dst, x0, sw, bias, done);
+    done = depthwise_blocks::<16, S>(xc, taps, dst, x0, sw, bias, done);
+    done = depthwise_blocks::<8, S>(xc, taps, dst, x0, sw, bias, done);
+    done = depthwise_blocks::<4, S>(xc, taps, dst, x0, sw, bias, done);
+    depthwise_blocks::<1, S>(xc, taps, dst, x0, sw, bias, done);
+}
+
+/// Blocks of `B` outputs of `dst` from output `done` on while `B` remain; returns how many
+/// outputs are done then.
+#[inline(always)]
+fn depthwise_blocks<const B: usize, const S: usize>(
+    xc: &[f32],
+    taps: &[(usize, f32)],
+    dst: &mut [f32],
+    x0: usize,
+    sw: usize,
+    bias: f32,
+    mut done: usize,
+) -> usize {
+    while dst.len() - done >= B {
+        depthwise_block::<B, S>(xc, taps, &mut dst[done..done + B], x0 + done * sw, sw, bias);
+        done += B;
     }
-    if dst.len() - done >= 16 {
-        depthwise_block::<16, S>(xc, taps, &mut dst[done..done + 16], x0 + done * sw, sw, bias);
-        done += 16;
-    }
-    if dst.len() - done >= 8 {
-        depthwise_block::<8, S>(xc, taps, &mut dst[done..done + 8], x0 + done * sw, sw, bias);
-        done += 8;
-    }
-    if dst.len() - done >= 4 {
-        depthwise_block::<4, S>(xc, taps, &mut dst[done..done + 4], x0 + done * sw, sw, bias);
-        done += 4;
-    }
-    while done < dst.len() {
-        depthwise_block::<1, S>(xc, taps, &mut dst[done..done + 1], x0 + done * sw, sw, bias);
-        done += 1;
-    }
+    done
 }
 
 /// `B` outputs from input position `x0` (+ each tap's offset): the bias, then `acc += x·w`

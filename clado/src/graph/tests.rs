@@ -59,6 +59,17 @@ fn lcg(mut seed: u32) -> impl FnMut() -> f32 {
     }
 }
 
+/// A 3×3 stride-1 Conv that keeps the input's size (padding 1).
+fn same_3x3() -> ConvAttrs {
+    ConvAttrs {
+        kernel: [3, 3],
+        strides: [1, 1],
+        dilations: [1, 1],
+        pads: [1; 4],
+        groups: 1,
+    }
+}
+
 /// Largest |a − b| relative to the largest |b|.
 pub(crate) fn relative_error(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -630,13 +641,7 @@ fn fast_chain_results_reach_general_nodes() {
         y
     };
     let mut b = GraphBuilder::new("x", &[c, h, w]).unwrap();
-    let attrs = ConvAttrs {
-        kernel: [3, 3],
-        strides: [1, 1],
-        dilations: [1, 1],
-        pads: [1; 4],
-        groups: 1,
-    };
+    let attrs = same_3x3();
     let w1: Vec<f32> = (0..c * c * 9).map(|_| rnd()).collect();
     let w2: Vec<f32> = (0..c * c * 9).map(|_| rnd()).collect();
     let w1_id = b.constant("w1", Arc::new(Tensor::f32(vec![c, c, 3, 3], w1.clone())));
@@ -725,13 +730,7 @@ fn quantized_layers_match_a_reference_outside_the_executor() {
         )),
     );
     let x_id = b.value("x").unwrap();
-    let attrs = ConvAttrs {
-        kernel: [3, 3],
-        strides: [1, 1],
-        dilations: [1, 1],
-        pads: [1; 4],
-        groups: 1,
-    };
+    let attrs = same_3x3();
     let y = b.node("c", "Conv", Op::Conv(attrs), &[x_id, w], &["y"], None).unwrap();
     let r = b.node("r", "Add", Op::Binary(Binary::Add), &[y[0], x_id], &["r"], None);
     assert!(r.is_err(), "[N,3,5,5] + [N,2,5,5] does not broadcast");
