@@ -19,7 +19,10 @@
 
 use std::ops::Range;
 
+mod product;
 mod winograd;
+
+pub(crate) use product::product;
 
 /// Instruction set the kernels run on (chosen once by [`Isa::detect`]); all give bitwise
 /// identical results.
@@ -394,6 +397,10 @@ pub(crate) trait Lanes: Copy {
     unsafe fn sub(self, o: Self) -> Self;
     /// `maxps(self, 0)`.
     unsafe fn relu(self) -> Self;
+    /// The first `len` lanes from `p` (`0 < len < N`), the others 0; reads only those.
+    unsafe fn load_part(p: *const f32, len: usize) -> Self;
+    /// Writes the first `len` lanes to `p` (`0 < len < N`), nothing else.
+    unsafe fn store_part(self, p: *mut f32, len: usize);
 }
 
 /// One lane: the portable instance of [`Lanes`] (and the channel tails of the SIMD ones).
@@ -433,6 +440,14 @@ impl Lanes for F32x1 {
     #[inline(always)]
     unsafe fn relu(self) -> Self {
         F32x1(relu(self.0))
+    }
+    #[inline(always)]
+    unsafe fn load_part(_: *const f32, _: usize) -> Self {
+        unreachable!("one lane has no part")
+    }
+    #[inline(always)]
+    unsafe fn store_part(self, _: *mut f32, _: usize) {
+        unreachable!("one lane has no part")
     }
 }
 
@@ -481,10 +496,24 @@ mod x86 {
         unsafe fn relu(self) -> Self {
             unsafe { F32x16(_mm512_max_ps(self.0, _mm512_setzero_ps())) }
         }
+        #[inline(always)]
+        unsafe fn load_part(p: *const f32, len: usize) -> Self {
+            unsafe { F32x16(_mm512_maskz_loadu_ps((1u16 << len) - 1, p)) }
+        }
+        #[inline(always)]
+        unsafe fn store_part(self, p: *mut f32, len: usize) {
+            unsafe { _mm512_mask_storeu_ps(p, (1u16 << len) - 1, self.0) }
+        }
     }
 
     #[derive(Clone, Copy)]
     pub(super) struct F32x8(__m256);
+
+    /// Lanes `i < len` all ones (the mask of AVX2's masked loads and stores).
+    #[inline(always)]
+    unsafe fn lanes_below(len: usize) -> __m256i {
+        unsafe { _mm256_cmpgt_epi32(_mm256_set1_epi32(len as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)) }
+    }
 
     impl Lanes for F32x8 {
         const N: usize = 8;
@@ -519,6 +548,14 @@ mod x86 {
         #[inline(always)]
         unsafe fn relu(self) -> Self {
             unsafe { F32x8(_mm256_max_ps(self.0, _mm256_setzero_ps())) }
+        }
+        #[inline(always)]
+        unsafe fn load_part(p: *const f32, len: usize) -> Self {
+            unsafe { F32x8(_mm256_maskload_ps(p, lanes_below(len))) }
+        }
+        #[inline(always)]
+        unsafe fn store_part(self, p: *mut f32, len: usize) {
+            unsafe { _mm256_maskstore_ps(p, lanes_below(len), self.0) }
         }
     }
 

@@ -9,11 +9,13 @@
 //! Convolutions: depthwise ones (one input channel per group) run as a direct loop over the
 //! taps on a zero-padded copy of each input plane, in register blocks along output rows; 1×1
 //! stride-1 unpadded ones as one matrix product of the weight `[M, C]` and the input
-//! `[C, H·W]`; the others as im2col and a matrix product per group. Matrix products are the
-//! `gemm` crate's, single-threaded (parallelism is over samples). A Conv whose result only an
-//! activation reads (a unary node such as ReLU6, or Sigmoid then Mul, SiLU) applies it itself,
-//! in place (a depthwise one plane by plane, while the plane is in cache), with the same
-//! arithmetic as the nodes it replaces.
+//! `[C, H·W]`; the others as im2col and a matrix product per group. Matrix products are
+//! `engine::kernels::product` (the bias added and the activation applied while each block of
+//! outputs is in cache), or the `gemm` crate's for planes of fewer than 16 pixels; both
+//! single-threaded (parallelism is over samples). A Conv whose result only an activation reads
+//! (a unary node such as ReLU6, or Sigmoid then Mul, SiLU) applies it itself, in place (a
+//! depthwise one plane by plane, while the plane is in cache), with the same arithmetic as the
+//! nodes it replaces.
 //!
 //! **Determinism.** A sample's result depends only on that sample: the same steps run on it
 //! in the same order whatever the batch, its position in it or the thread count, and no step
@@ -851,7 +853,7 @@ impl Executor {
         let shape = |k: usize| g.values[node.inputs[k]].shape.as_slice();
         let out_shape = |k: usize| g.values[node.outputs[k]].shape.as_slice();
         match (&self.steps[i], &node.op) {
-            (Step::Conv(c), _) => vec![conv(input(0), c, weights.unwrap_or(&c.weight))],
+            (Step::Conv(c), _) => vec![conv(self.isa, input(0), c, weights.unwrap_or(&c.weight))],
             (Step::Gemm { w, k, n, c, alpha }, _) => {
                 let rows = shape(0)[0];
                 let x = input(0);
@@ -1228,7 +1230,7 @@ fn quantize_map(q: &ActQuantizer, src: &[f32], shape: MapShape, dst: &mut [f32])
 }
 
 /// One sample's convolution (see the module docs for the three paths).
-fn conv(x: &[f32], c: &ConvStep, weight: &[f32]) -> Vec<f32> {
+fn conv(isa: Isa, x: &[f32], c: &ConvStep, weight: &[f32]) -> Vec<f32> {
     let a = &c.attrs;
     let [cin, h, w] = c.input;
     let [m, oh, ow] = c.output;
@@ -1242,9 +1244,6 @@ fn conv(x: &[f32], c: &ConvStep, weight: &[f32]) -> Vec<f32> {
         depthwise(x, c, weight, &mut y);
         return y;
     }
-    for (oc, out) in y.chunks_exact_mut(plane).enumerate() {
-        out.fill(c.bias[oc]);
-    }
     let k = cin_g * kh * kw;
     let pointwise = kh == 1 && kw == 1 && a.strides == [1, 1] && a.pads == [0; 4];
     // The im2col matrix lives in a buffer kept per thread (im2col writes every element):
@@ -1257,6 +1256,14 @@ fn conv(x: &[f32], c: &ConvStep, weight: &[f32]) -> Vec<f32> {
     if !pointwise && col.len() < k * plane {
         col.resize(k * plane, 0.0);
     }
+    // Planes narrower than a register (squeeze-and-excitation's 1×1 maps) go to `gemm`, whose
+    // products of one column are vectorised along the rows.
+    let narrow = plane < PRODUCT_MIN_PLANE;
+    if narrow {
+        for (oc, out) in y.chunks_exact_mut(plane).enumerate() {
+            out.fill(c.bias[oc]);
+        }
+    }
     for grp in 0..g {
         let xg = &x[grp * cin_g * h * w..(grp + 1) * cin_g * h * w];
         let rhs: &[f32] = if pointwise {
@@ -1267,16 +1274,30 @@ fn conv(x: &[f32], c: &ConvStep, weight: &[f32]) -> Vec<f32> {
         };
         let wg = &weight[grp * m_g * k..(grp + 1) * m_g * k];
         let yg = &mut y[grp * m_g * plane..(grp + 1) * m_g * plane];
-        matmul((m_g, plane, k), yg, true, wg, (k, 1), rhs, (plane, 1), 1.0);
+        if narrow {
+            matmul((m_g, plane, k), yg, true, wg, (k, 1), rhs, (plane, 1), 1.0);
+        } else {
+            let bias = &c.bias[grp * m_g..(grp + 1) * m_g];
+            let mut done = |run: &mut [f32]| {
+                if let Some((act, _)) = c.act {
+                    act.apply(run);
+                }
+            };
+            kernels::product(isa, (m_g, plane, k), wg, rhs, bias, yg, &mut done);
+        }
     }
     if !pointwise {
         COLUMNS.with(|c| c.replace(col));
     }
-    if let Some((act, _)) = c.act {
+    if let (true, Some((act, _))) = (narrow, c.act) {
         act.apply(&mut y);
     }
     y
 }
+
+/// Output planes of at least this many pixels run on [`kernels::product`], smaller ones on
+/// `gemm`.
+const PRODUCT_MIN_PLANE: usize = 16;
 
 thread_local! {
     /// Scratch space of [`conv`]'s im2col matrices, one per thread.
