@@ -7,7 +7,8 @@
 //! table indexed by value id and are freed after their last reader ([`Graph::last_uses`]).
 //!
 //! Convolutions: depthwise ones (one input channel per group) run as a direct loop over the
-//! taps on a zero-padded copy of each input plane, in register blocks along output rows; 1×1
+//! taps on a zero-padded copy of each input plane (split by stride phase, so that strided taps
+//! read consecutive floats too), in register blocks along output rows; 1×1
 //! stride-1 unpadded ones as one matrix product of the weight `[M, C]` and the input
 //! `[C, H·W]`; the others as im2col and a matrix product per group. Matrix products are
 //! `engine::kernels::product` (the bias added and the activation applied while each block of
@@ -1367,27 +1368,44 @@ fn depthwise_body(x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]) {
     let [sh, sw] = a.strides;
     let [dh, dw] = a.dilations;
     let [pt, pl, pb, pr] = a.pads;
-    // Each input plane is copied into a zero-padded one (`hp × wp`, plus a tail of zeros that
-    // the flat path's last columns may read), so every tap of every output exists: an output
-    // is its bias plus all `kh·kw` products in (ky, kx) order, padding included.
-    let wp = w + pl + pr;
-    let hp = h + pt + pb;
+    // Each input plane is copied into a zero-padded one, so every tap of every output exists:
+    // an output is its bias plus all `kh·kw` products in (ky, kx) order, padding included. The
+    // padded plane is stored as `sh × sw` phase planes (phase (py, px) holds the padded rows
+    // py, py + sh, … and columns px, px + sw, …, each `hq × wq`), so that a tap reads
+    // consecutive positions of one phase plane for consecutive outputs whatever the stride:
+    // output (oy, ox), tap (ky, kx) reads phase ((ky·dh) mod sh, (kx·dw) mod sw) at row
+    // oy + ⌊ky·dh / sh⌋, column ox + ⌊kx·dw / sw⌋. A tail of zeros follows, which the flat
+    // path's discarded outputs may read.
+    let (hp, wp) = (h + pt + pb, w + pl + pr);
+    let (hq, wq) = (hp.div_ceil(sh), wp.div_ceil(sw));
+    let phase = |py: usize, px: usize| (py * sw + px) * hq * wq;
     let tail = (kw - 1) * dw + 32;
     let offsets: Vec<usize> = (0..kh)
-        .flat_map(|ky| (0..kw).map(move |kx| ky * dh * wp + kx * dw))
+        .flat_map(|ky| (0..kw).map(move |kx| phase(ky * dh % sh, kx * dw % sw) + ky * dh / sh * wq + kx * dw / sw))
         .collect();
     let mut taps: Vec<(usize, f32)> = Vec::with_capacity(kh * kw);
     let mut padded = PADDED.with(|p| p.take());
     padded.clear();
-    padded.resize(hp * wp + tail, 0.0);
-    // Narrow stride-1 outputs run along whole padded rows (`oh × wp` outputs, the last
-    // `wp − ow` of each row discarded), one long run per plane instead of short rows.
-    let flat_path = sh == 1 && sw == 1 && ow < 32;
-    let mut flat = if flat_path { vec![0.0f32; oh * wp] } else { Vec::new() };
+    padded.resize(sh * sw * hq * wq + tail, 0.0);
+    // Narrow outputs run along whole phase-plane rows (`oh × wq` outputs, the last `wq − ow`
+    // of each row discarded), one long run per plane instead of short rows.
+    let flat_path = ow < 32;
+    // 3×3 kernels get their own copy of the row loop, with the tap loop unrolled (called, not
+    // taken as a function pointer, so that it is compiled with the caller's instruction set).
+    let nine = kh * kw == 9;
+    let row = |xc: &[f32], taps: &[(usize, f32)], dst: &mut [f32], x0: usize, bias: f32| {
+        if nine {
+            depthwise_row::<9>(xc, taps, dst, x0, bias)
+        } else {
+            depthwise_row::<0>(xc, taps, dst, x0, bias)
+        }
+    };
+    let mut flat = if flat_path { vec![0.0f32; oh * wq] } else { Vec::new() };
     for oc in 0..m {
         let xc = &x[(oc / per_group) * h * w..][..h * w];
         for (row, src) in xc.chunks_exact(w).enumerate() {
-            padded[(row + pt) * wp + pl..][..w].copy_from_slice(src);
+            let (py, r) = ((row + pt) % sh, (row + pt) / sh);
+            split_row(src, pl, sw, &mut padded[phase(py, 0)..], r * wq, hq * wq);
         }
         taps.clear();
         taps.extend(
@@ -1399,18 +1417,13 @@ fn depthwise_body(x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]) {
         let bias = c.bias[oc];
         let yc = &mut y[oc * oh * ow..(oc + 1) * oh * ow];
         if flat_path {
-            depthwise_row::<1>(&padded, &taps, &mut flat, 0, 1, bias);
-            for (row, dst) in flat.chunks_exact(wp).zip(yc.chunks_exact_mut(ow)) {
+            row(&padded, &taps, &mut flat, 0, bias);
+            for (row, dst) in flat.chunks_exact(wq).zip(yc.chunks_exact_mut(ow)) {
                 dst.copy_from_slice(&row[..ow]);
             }
         } else {
             for (oy, dst) in yc.chunks_exact_mut(ow).enumerate() {
-                let base = oy * sh * wp;
-                match sw {
-                    1 => depthwise_row::<1>(&padded, &taps, dst, base, 1, bias),
-                    2 => depthwise_row::<2>(&padded, &taps, dst, base, 2, bias),
-                    _ => depthwise_row::<0>(&padded, &taps, dst, base, sw, bias),
-                }
+                row(&padded, &taps, dst, oy * wq, bias);
             }
         }
         if let Some((act, _)) = c.act {
@@ -1420,38 +1433,73 @@ fn depthwise_body(x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]) {
     PADDED.with(|p| p.replace(padded));
 }
 
+/// Input row `src` into row `at` of the `sw` column phases (planes `plane` floats apart) of
+/// a padded plane: padded column `pl + i` to phase `(pl + i) mod sw`, column `⌊(pl + i) / sw⌋`.
+#[inline(always)]
+fn split_row(src: &[f32], pl: usize, sw: usize, phases: &mut [f32], at: usize, plane: usize) {
+    match sw {
+        1 => phases[at + pl..][..src.len()].copy_from_slice(src),
+        2 => {
+            // src[0], src[2], … go to phase pl mod 2 from column ⌊pl/2⌋; src[1], src[3], … to
+            // the other phase from column ⌊(pl + 1)/2⌋.
+            let (first, second) = phases.split_at_mut(plane);
+            let (evens, odds) = if pl.is_multiple_of(2) {
+                (first, second)
+            } else {
+                (second, first)
+            };
+            let half = src.len() / 2;
+            let evens = &mut evens[at + pl / 2..][..src.len() - half];
+            let odds = &mut odds[at + pl.div_ceil(2)..][..half];
+            for ((e, o), pair) in evens.iter_mut().zip(odds.iter_mut()).zip(src.chunks_exact(2)) {
+                *e = pair[0];
+                *o = pair[1];
+            }
+            if src.len() % 2 == 1 {
+                evens[half] = src[src.len() - 1];
+            }
+        }
+        _ => {
+            for (i, &v) in src.iter().enumerate() {
+                let p = pl + i;
+                phases[(p % sw) * plane + at + p / sw] = v;
+            }
+        }
+    }
+}
+
 thread_local! {
     /// The depthwise kernel's padded plane, kept per thread.
     static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// The outputs `dst` of one row: output `j` reads `xc[x0 + j·sw + offset]` for each tap, in
-/// blocks of 32, 16, 8, 4 and 1 held in registers (wide blocks keep several sums in flight);
-/// `S` is the stride when 1 or 2 (the loads then have a fixed pattern), else 0 and `sw` is used.
+/// The outputs `dst` of one row: output `j` reads `xc[x0 + j + offset]` for each tap, in
+/// blocks of 32, 16, 8, 4 and 1 held in registers (wide blocks keep several sums in flight).
+/// `T` is the number of taps when it is known (0 when not).
 #[inline(always)]
-fn depthwise_row<const S: usize>(xc: &[f32], taps: &[(usize, f32)], dst: &mut [f32], x0: usize, sw: usize, bias: f32) {
+fn depthwise_row<const T: usize>(xc: &[f32], taps: &[(usize, f32)], dst: &mut [f32], x0: usize, bias: f32) {
+    let taps = if T > 0 { &taps[..T] } else { taps };
     let mut done = 0;
-    done = depthwise_blocks::<32, S>(xc, taps, dst, x0, sw, bias, done);
-    done = depthwise_blocks::<16, S>(xc, taps, dst, x0, sw, bias, done);
-    done = depthwise_blocks::<8, S>(xc, taps, dst, x0, sw, bias, done);
-    done = depthwise_blocks::<4, S>(xc, taps, dst, x0, sw, bias, done);
-    depthwise_blocks::<1, S>(xc, taps, dst, x0, sw, bias, done);
+    done = depthwise_blocks::<32>(xc, taps, dst, x0, bias, done);
+    done = depthwise_blocks::<16>(xc, taps, dst, x0, bias, done);
+    done = depthwise_blocks::<8>(xc, taps, dst, x0, bias, done);
+    done = depthwise_blocks::<4>(xc, taps, dst, x0, bias, done);
+    depthwise_blocks::<1>(xc, taps, dst, x0, bias, done);
 }
 
 /// Blocks of `B` outputs of `dst` from output `done` on while `B` remain; returns how many
 /// outputs are done then.
 #[inline(always)]
-fn depthwise_blocks<const B: usize, const S: usize>(
+fn depthwise_blocks<const B: usize>(
     xc: &[f32],
     taps: &[(usize, f32)],
     dst: &mut [f32],
     x0: usize,
-    sw: usize,
     bias: f32,
     mut done: usize,
 ) -> usize {
     while dst.len() - done >= B {
-        depthwise_block::<B, S>(xc, taps, &mut dst[done..done + B], x0 + done * sw, sw, bias);
+        depthwise_block::<B>(xc, taps, &mut dst[done..done + B], x0 + done, bias);
         done += B;
     }
     done
@@ -1460,26 +1508,12 @@ fn depthwise_blocks<const B: usize, const S: usize>(
 /// `B` outputs from input position `x0` (+ each tap's offset): the bias, then `acc += x·w`
 /// tap by tap.
 #[inline(always)]
-fn depthwise_block<const B: usize, const S: usize>(
-    xc: &[f32],
-    taps: &[(usize, f32)],
-    dst: &mut [f32],
-    x0: usize,
-    sw: usize,
-    bias: f32,
-) {
+fn depthwise_block<const B: usize>(xc: &[f32], taps: &[(usize, f32)], dst: &mut [f32], x0: usize, bias: f32) {
     let mut acc = [bias; B];
     for &(offset, wv) in taps {
-        let base = offset + x0;
-        if S == 0 {
-            for (j, a) in acc.iter_mut().enumerate() {
-                *a += xc[base + j * sw] * wv;
-            }
-        } else {
-            let src = &xc[base..base + (B - 1) * S + 1];
-            for (j, a) in acc.iter_mut().enumerate() {
-                *a += src[j * S] * wv;
-            }
+        let src = &xc[offset + x0..][..B];
+        for (a, &v) in acc.iter_mut().zip(src) {
+            *a += v * wv;
         }
     }
     dst.copy_from_slice(&acc);

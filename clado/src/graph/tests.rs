@@ -533,6 +533,8 @@ fn depthwise_convs_with_their_activations() {
         ([5, 5], [1, 1], [1, 1], [2; 4], [9, 9], "silu"),
         ([3, 3], [2, 2], [1, 1], [0, 1, 1, 0], [8, 67], "relu"),
         ([3, 2], [3, 3], [2, 2], [2, 2, 1, 2], [10, 11], "none"),
+        ([3, 3], [2, 2], [1, 1], [1; 4], [14, 13], "relu6"),
+        ([3, 3], [2, 1], [1, 2], [1, 2, 0, 3], [9, 40], "silu"),
     ];
     for (kernel, strides, dilations, pads, [h, w], act) in cases {
         let mut b = GraphBuilder::new("x", &[c, h, w]).unwrap();
