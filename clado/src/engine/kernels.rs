@@ -19,9 +19,11 @@
 
 use std::ops::Range;
 
+mod depthwise;
 mod product;
 mod winograd;
 
+pub(crate) use depthwise::depthwise_plane;
 pub(crate) use product::product;
 
 /// Instruction set the kernels run on (chosen once by [`Isa::detect`]); all give bitwise
@@ -394,6 +396,7 @@ pub(crate) trait Lanes: Copy {
     /// `a·b + c`, one rounding.
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
     unsafe fn add(self, o: Self) -> Self;
+    unsafe fn mul(self, o: Self) -> Self;
     unsafe fn sub(self, o: Self) -> Self;
     /// `maxps(self, 0)`.
     unsafe fn relu(self) -> Self;
@@ -432,6 +435,10 @@ impl Lanes for F32x1 {
     #[inline(always)]
     unsafe fn add(self, o: Self) -> Self {
         F32x1(self.0 + o.0)
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        F32x1(self.0 * o.0)
     }
     #[inline(always)]
     unsafe fn sub(self, o: Self) -> Self {
@@ -489,6 +496,10 @@ mod x86 {
             unsafe { F32x16(_mm512_add_ps(self.0, o.0)) }
         }
         #[inline(always)]
+        unsafe fn mul(self, o: Self) -> Self {
+            unsafe { F32x16(_mm512_mul_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
         unsafe fn sub(self, o: Self) -> Self {
             unsafe { F32x16(_mm512_sub_ps(self.0, o.0)) }
         }
@@ -540,6 +551,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn add(self, o: Self) -> Self {
             unsafe { F32x8(_mm256_add_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        unsafe fn mul(self, o: Self) -> Self {
+            unsafe { F32x8(_mm256_mul_ps(self.0, o.0)) }
         }
         #[inline(always)]
         unsafe fn sub(self, o: Self) -> Self {

@@ -8,7 +8,8 @@
 //!
 //! Convolutions: depthwise ones (one input channel per group) run as a direct loop over the
 //! taps on a zero-padded copy of each input plane (split by stride phase, so that strided taps
-//! read consecutive floats too), in register blocks along output rows; 1×1
+//! read consecutive floats too), by `engine::kernels::depthwise_plane`, along whole padded rows
+//! when the output is narrower than 128 (one long run per plane); 1×1
 //! stride-1 unpadded ones as one matrix product of the weight `[M, C]` and the input
 //! `[C, H·W]`; the others as im2col and a matrix product per group. Matrix products are
 //! `engine::kernels::product` (the bias added and the activation applied while each block of
@@ -1242,7 +1243,7 @@ fn conv(isa: Isa, x: &[f32], c: &ConvStep, weight: &[f32]) -> Vec<f32> {
     // Every element is written (from the bias): a recycled buffer needs no clearing.
     let mut y = reuse(m * plane);
     if cin_g == 1 {
-        depthwise(x, c, weight, &mut y);
+        depthwise(isa, x, c, weight, &mut y);
         return y;
     }
     let k = cin_g * kh * kw;
@@ -1356,10 +1357,10 @@ ops::wide!(
     /// Convolution with one input channel per group: each output is its bias plus the
     /// products of its taps in (ky, kx) order, then `act` (applied plane by plane, while the
     /// plane is in cache).
-    fn depthwise = depthwise_body(x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]));
+    fn depthwise = depthwise_body(isa: Isa, x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]));
 
 #[inline(always)]
-fn depthwise_body(x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]) {
+fn depthwise_body(isa: Isa, x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]) {
     let a = &c.attrs;
     let [_, h, w] = c.input;
     let [m, oh, ow] = c.output;
@@ -1387,19 +1388,10 @@ fn depthwise_body(x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]) {
     let mut padded = PADDED.with(|p| p.take());
     padded.clear();
     padded.resize(sh * sw * hq * wq + tail, 0.0);
-    // Narrow outputs run along whole phase-plane rows (`oh × wq` outputs, the last `wq − ow`
-    // of each row discarded), one long run per plane instead of short rows.
-    let flat_path = ow < 32;
-    // 3×3 kernels get their own copy of the row loop, with the tap loop unrolled (called, not
-    // taken as a function pointer, so that it is compiled with the caller's instruction set).
-    let nine = kh * kw == 9;
-    let row = |xc: &[f32], taps: &[(usize, f32)], dst: &mut [f32], x0: usize, bias: f32| {
-        if nine {
-            depthwise_row::<9>(xc, taps, dst, x0, bias)
-        } else {
-            depthwise_row::<0>(xc, taps, dst, x0, bias)
-        }
-    };
+    // Outputs narrower than 128 run along whole phase-plane rows (`oh × wq` outputs, the last
+    // `wq − ow` of each row discarded): one long run per plane in blocks of four registers
+    // instead of short rows.
+    let flat_path = ow < 128;
     let mut flat = if flat_path { vec![0.0f32; oh * wq] } else { Vec::new() };
     for oc in 0..m {
         let xc = &x[(oc / per_group) * h * w..][..h * w];
@@ -1417,14 +1409,12 @@ fn depthwise_body(x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f32]) {
         let bias = c.bias[oc];
         let yc = &mut y[oc * oh * ow..(oc + 1) * oh * ow];
         if flat_path {
-            row(&padded, &taps, &mut flat, 0, bias);
+            kernels::depthwise_plane(isa, &padded, &taps, bias, (1, oh * wq, 0), &mut flat);
             for (row, dst) in flat.chunks_exact(wq).zip(yc.chunks_exact_mut(ow)) {
                 dst.copy_from_slice(&row[..ow]);
             }
         } else {
-            for (oy, dst) in yc.chunks_exact_mut(ow).enumerate() {
-                row(&padded, &taps, dst, oy * wq, bias);
-            }
+            kernels::depthwise_plane(isa, &padded, &taps, bias, (oh, ow, wq), yc);
         }
         if let Some((act, _)) = c.act {
             act.apply(yc);
@@ -1471,50 +1461,4 @@ fn split_row(src: &[f32], pl: usize, sw: usize, phases: &mut [f32], at: usize, p
 thread_local! {
     /// The depthwise kernel's padded plane, kept per thread.
     static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-/// The outputs `dst` of one row: output `j` reads `xc[x0 + j + offset]` for each tap, in
-/// blocks of 32, 16, 8, 4 and 1 held in registers (wide blocks keep several sums in flight).
-/// `T` is the number of taps when it is known (0 when not).
-#[inline(always)]
-fn depthwise_row<const T: usize>(xc: &[f32], taps: &[(usize, f32)], dst: &mut [f32], x0: usize, bias: f32) {
-    let taps = if T > 0 { &taps[..T] } else { taps };
-    let mut done = 0;
-    done = depthwise_blocks::<32>(xc, taps, dst, x0, bias, done);
-    done = depthwise_blocks::<16>(xc, taps, dst, x0, bias, done);
-    done = depthwise_blocks::<8>(xc, taps, dst, x0, bias, done);
-    done = depthwise_blocks::<4>(xc, taps, dst, x0, bias, done);
-    depthwise_blocks::<1>(xc, taps, dst, x0, bias, done);
-}
-
-/// Blocks of `B` outputs of `dst` from output `done` on while `B` remain; returns how many
-/// outputs are done then.
-#[inline(always)]
-fn depthwise_blocks<const B: usize>(
-    xc: &[f32],
-    taps: &[(usize, f32)],
-    dst: &mut [f32],
-    x0: usize,
-    bias: f32,
-    mut done: usize,
-) -> usize {
-    while dst.len() - done >= B {
-        depthwise_block::<B>(xc, taps, &mut dst[done..done + B], x0 + done, bias);
-        done += B;
-    }
-    done
-}
-
-/// `B` outputs from input position `x0` (+ each tap's offset): the bias, then `acc += x·w`
-/// tap by tap.
-#[inline(always)]
-fn depthwise_block<const B: usize>(xc: &[f32], taps: &[(usize, f32)], dst: &mut [f32], x0: usize, bias: f32) {
-    let mut acc = [bias; B];
-    for &(offset, wv) in taps {
-        let src = &xc[offset + x0..][..B];
-        for (a, &v) in acc.iter_mut().zip(src) {
-            *a += v * wv;
-        }
-    }
-    dst.copy_from_slice(&acc);
 }

@@ -1,0 +1,171 @@
+//! The taps of a depthwise convolution over one (padded, phase-split) input plane: the graph
+//! executor prepares the plane and the taps, this computes
+//! `dst[r][j] = bias + Σ_t xc[r·pitch + j + offset_t] · w_t`, the products added one at a time in
+//! the order of the taps (a multiplication, then an addition: no `fma`), so every instruction
+//! set gives the same bits as the executor's scalar definition. Outputs are taken in blocks of
+//! up to four registers (several independent sums in flight), the last one of a row partial.
+
+use super::{F32x1, Isa, Lanes};
+
+/// `rows × cols` outputs into `dst` (row-major) from `xc`, whose row `r` starts at `r·pitch`;
+/// `taps` are (offset, weight) pairs.
+pub(crate) fn depthwise_plane(
+    isa: Isa,
+    xc: &[f32],
+    taps: &[(usize, f32)],
+    bias: f32,
+    (rows, cols, pitch): (usize, usize, usize),
+    dst: &mut [f32],
+) {
+    // Every read and write of the kernels below lies inside these lengths.
+    assert_eq!(dst.len(), rows * cols);
+    if dst.is_empty() {
+        return;
+    }
+    let reach = taps.iter().map(|t| t.0).max().unwrap_or(0);
+    assert!((rows - 1) * pitch + cols + reach <= xc.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512`/`Avx2` are only chosen when the CPU has the features
+        // (`Isa::detect`), and the lengths are checked above.
+        Isa::Avx512 => unsafe { avx512(xc, taps, bias, (rows, cols, pitch), dst) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2(xc, taps, bias, (rows, cols, pitch), dst) },
+        // SAFETY: lengths checked above.
+        _ => unsafe { plane::<F32x1, 4>(xc, taps, bias, (rows, cols, pitch), dst) },
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn avx512(xc: &[f32], taps: &[(usize, f32)], bias: f32, shape: (usize, usize, usize), dst: &mut [f32]) {
+    // SAFETY: the CPU has AVX-512 (the caller's `Isa`); lengths checked by `depthwise_plane`.
+    unsafe {
+        if taps.len() == 9 {
+            plane::<super::x86::F32x16, 4>(xc, &taps[..9], bias, shape, dst)
+        } else {
+            plane::<super::x86::F32x16, 4>(xc, taps, bias, shape, dst)
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2(xc: &[f32], taps: &[(usize, f32)], bias: f32, shape: (usize, usize, usize), dst: &mut [f32]) {
+    // SAFETY: the CPU has AVX2 (the caller's `Isa`); lengths checked by `depthwise_plane`.
+    unsafe { plane::<super::x86::F32x8, 4>(xc, taps, bias, shape, dst) }
+}
+
+#[inline(always)]
+unsafe fn plane<V: Lanes, const NV: usize>(
+    xc: &[f32],
+    taps: &[(usize, f32)],
+    bias: f32,
+    (rows, cols, pitch): (usize, usize, usize),
+    dst: &mut [f32],
+) {
+    let (xp, dp) = (xc.as_ptr(), dst.as_mut_ptr());
+    for r in 0..rows {
+        // SAFETY (all three): a block at column j reads xc[r·pitch + j + offset ..] and writes
+        // dst[r·cols + j ..] for as many columns as it holds (or `cols − j`), inside the
+        // lengths `depthwise_plane` checks.
+        unsafe {
+            let (x, d) = (xp.add(r * pitch), dp.add(r * cols));
+            let mut j = 0;
+            while j + NV * V::N <= cols {
+                block::<V, NV, false>(x.add(j), taps, bias, d.add(j), V::N);
+                j += NV * V::N;
+            }
+            // The rest as one block of as many registers as it needs, the last one partial.
+            let left = cols - j;
+            let last = left - (left - 1) / V::N * V::N;
+            let (x, d) = (x.add(j), d.add(j));
+            match left.div_ceil(V::N) {
+                0 => {}
+                1 => block::<V, 1, true>(x, taps, bias, d, last),
+                2 => block::<V, 2, true>(x, taps, bias, d, last),
+                3 => block::<V, 3, true>(x, taps, bias, d, last),
+                _ => block::<V, 4, true>(x, taps, bias, d, last),
+            }
+        }
+    }
+}
+
+/// `NV` registers of outputs: `last` lanes of the last one when `PART` (all of them are
+/// written when `last` is the register's width).
+#[inline(always)]
+unsafe fn block<V: Lanes, const NV: usize, const PART: bool>(
+    x: *const f32,
+    taps: &[(usize, f32)],
+    bias: f32,
+    dst: *mut f32,
+    last: usize,
+) {
+    // SAFETY: the caller's bounds.
+    unsafe {
+        let mut acc = [V::splat(&bias); NV];
+        for &(offset, w) in taps {
+            let w = V::splat(&w);
+            let p = x.add(offset);
+            for (v, acc) in acc.iter_mut().enumerate() {
+                let x = if PART && v == NV - 1 && last < V::N {
+                    V::load_part(p.add(v * V::N), last)
+                } else {
+                    V::load(p.add(v * V::N))
+                };
+                *acc = acc.add(x.mul(w));
+            }
+        }
+        for (v, acc) in acc.iter().enumerate() {
+            if PART && v == NV - 1 && last < V::N {
+                acc.store_part(dst.add(v * V::N), last);
+            } else {
+                acc.store(dst.add(v * V::N));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn planes_follow_the_scalar_definition_on_every_isa() {
+        let mut r = ChaCha8Rng::seed_from_u64(3);
+        // Widths below, at and above one, two and four registers, partial ones included.
+        for &(rows, cols, ntaps) in &[
+            (1, 1, 9),
+            (3, 7, 9),
+            (2, 16, 4),
+            (5, 63, 9),
+            (4, 64, 25),
+            (2, 70, 9),
+            (3, 131, 6),
+        ] {
+            let pitch = cols + 3;
+            let taps: Vec<(usize, f32)> = (0..ntaps)
+                .map(|_| (r.random_range(0..2 * pitch), r.random_range(-1.0..1.0)))
+                .collect();
+            let reach = taps.iter().map(|t| t.0).max().unwrap();
+            let xc: Vec<f32> = (0..(rows - 1) * pitch + cols + reach)
+                .map(|_| r.random_range(-4.0..4.0))
+                .collect();
+            let bias = r.random_range(-1.0..1.0);
+            let want: Vec<u32> = (0..rows * cols)
+                .map(|i| {
+                    let at = i / cols * pitch + i % cols;
+                    taps.iter().fold(bias, |s, &(o, w)| s + xc[at + o] * w).to_bits()
+                })
+                .collect();
+            for isa in Isa::available() {
+                let mut dst = vec![f32::NAN; rows * cols];
+                depthwise_plane(isa, &xc, &taps, bias, (rows, cols, pitch), &mut dst);
+                let got: Vec<u32> = dst.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want, "{isa:?} {rows}×{cols}, {ntaps} taps");
+            }
+        }
+    }
+}
