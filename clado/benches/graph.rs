@@ -9,14 +9,15 @@
 //! onnxruntime (from `make setup-venv`'s `.deps/venv`) runs with its default graph
 //! optimisations and `intra_op_num_threads` = threads, one session per model; the executor with
 //! a rayon pool of `threads`. Each figure is the median of `--runs` timed batches after one
-//! warm-up batch; both see the same input. The largest |difference| of the logits relative to
+//! warm-up batch, the two taking turns batch by batch; both see the same input. The largest |difference| of the logits relative to
 //! the largest |logit| is printed too. Results go to stdout.
 
 use clado::graph::{Executor, Graph};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 #[global_allocator]
@@ -24,19 +25,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const ORT_SCRIPT: &str = r#"
 import sys, time, numpy as np, onnxruntime as ort
-model, x_path, y_path, threads, runs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+model, x_path, y_path, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 o = ort.SessionOptions()
 o.intra_op_num_threads = threads
 o.inter_op_num_threads = 1
 s = ort.InferenceSession(model, o, providers=["CPUExecutionProvider"])
 x = np.load(x_path)
 feed = {s.get_inputs()[0].name: x}
-y = s.run(None, feed)[0]
-times = []
-for _ in range(runs):
-    t = time.perf_counter(); s.run(None, feed); times.append(time.perf_counter() - t)
-np.save(y_path, y)
-print(sorted(times)[len(times) // 2])
+np.save(y_path, s.run(None, feed)[0])
+print("ready", flush=True)
+for line in sys.stdin:
+    t = time.perf_counter(); s.run(None, feed); print(time.perf_counter() - t, flush=True)
 "#;
 
 fn main() {
@@ -86,36 +85,45 @@ fn main() {
         let array = ndarray::ArrayD::from_shape_vec(shape, x.clone()).unwrap();
         ndarray_npy::write_npy(&x_path, &array).unwrap();
 
-        let ours = pool.install(|| {
-            let y = exec.run(&x, batch, true).unwrap().remove(0);
-            let mut t = Vec::new();
-            for _ in 0..runs {
-                let start = Instant::now();
-                exec.run(&x, batch, true).unwrap();
-                t.push(start.elapsed().as_secs_f64());
-            }
-            t.sort_by(f64::total_cmp);
-            (t[t.len() / 2], y)
-        });
+        // onnxruntime waits in a child process and times one batch whenever asked, right after
+        // each of ours: both see the machine in the same state, which on a shared machine
+        // matters more than either's own spread.
         let y_path = tmp.path().join("y.npy");
-        let out = Command::new(&python)
+        let mut child = Command::new(&python)
             .args(["-c", ORT_SCRIPT])
             .arg(&model)
             .arg(&x_path)
             .arg(&y_path)
             .arg(threads.to_string())
-            .arg(runs.to_string())
-            .output()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
             .expect("run onnxruntime");
-        assert!(
-            out.status.success(),
-            "onnxruntime: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ort_secs: f64 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("onnxruntime's time");
+        let mut to_ort = child.stdin.take().unwrap();
+        let mut from_ort = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut answer = || {
+            from_ort
+                .next()
+                .and_then(|l| l.ok())
+                .expect("onnxruntime stopped; see its error above")
+        };
+        assert_eq!(answer(), "ready");
+        let y = pool.install(|| exec.run(&x, batch, true).unwrap().remove(0));
+        let (mut t_ours, mut t_ort) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let start = Instant::now();
+            pool.install(|| exec.run(&x, batch, true).unwrap());
+            t_ours.push(start.elapsed().as_secs_f64());
+            writeln!(to_ort, "run").unwrap();
+            t_ort.push(answer().parse::<f64>().expect("onnxruntime's time"));
+        }
+        drop(to_ort);
+        assert!(child.wait().unwrap().success(), "onnxruntime failed");
+        let median = |mut t: Vec<f64>| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        };
+        let (ours, ort_secs) = ((median(t_ours), y), median(t_ort));
         let y_ort: ndarray::ArrayD<f32> = ndarray_npy::read_npy(&y_path).unwrap();
         let scale = y_ort.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let diff = y_ort.iter().zip(&ours.1).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
