@@ -9,7 +9,7 @@
 //! Convolutions: depthwise ones (one input channel per group) run as a direct loop over the
 //! taps on a zero-padded copy of each input plane (split by stride phase, so that strided taps
 //! read consecutive floats too), by `engine::kernels::depthwise_plane`, along whole padded rows
-//! when the output is narrower than 128 (one long run per plane); 1×1
+//! when the output is 17 to 127 wide (one long run per plane); 1×1
 //! stride-1 unpadded ones as one matrix product of the weight `[M, C]` and the input
 //! `[C, H·W]`; the others as im2col and a matrix product per group. Matrix products are
 //! `engine::kernels::product` (the bias added and the activation applied while each block of
@@ -1388,10 +1388,10 @@ fn depthwise_body(isa: Isa, x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f3
     let mut padded = PADDED.with(|p| p.take());
     padded.clear();
     padded.resize(sh * sw * hq * wq + tail, 0.0);
-    // Outputs narrower than 128 run along whole phase-plane rows (`oh × wq` outputs, the last
+    // Outputs 17 to 127 wide run along whole phase-plane rows (`oh × wq` outputs, the last
     // `wq − ow` of each row discarded): one long run per plane in blocks of four registers
-    // instead of short rows.
-    let flat_path = ow < 128;
+    // instead of short rows. Narrower ones go row by row, several rows at once.
+    let flat_path = ow > 16 && ow < 128;
     let mut flat = if flat_path { vec![0.0f32; oh * wq] } else { Vec::new() };
     for oc in 0..m {
         let xc = &x[(oc / per_group) * h * w..][..h * w];

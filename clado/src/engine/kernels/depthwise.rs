@@ -3,7 +3,8 @@
 //! `dst[r][j] = bias + Σ_t xc[r·pitch + j + offset_t] · w_t`, the products added one at a time in
 //! the order of the taps (a multiplication, then an addition: no `fma`), so every instruction
 //! set gives the same bits as the executor's scalar definition. Outputs are taken in blocks of
-//! up to four registers (several independent sums in flight), the last one of a row partial.
+//! up to four registers (several independent sums in flight), the last one of a row partial;
+//! rows of at most one register go up to four at a time, a register each.
 
 use super::{F32x1, Isa, Lanes};
 
@@ -65,6 +66,26 @@ unsafe fn plane<V: Lanes, const NV: usize>(
     dst: &mut [f32],
 ) {
     let (xp, dp) = (xc.as_ptr(), dst.as_mut_ptr());
+    if cols <= V::N && rows > 1 {
+        // Rows of at most one register: up to `NV` rows at once, one register each.
+        let mut r = 0;
+        while r < rows {
+            // SAFETY: rows r.. of `xc` and `dst`, `cols` columns each, inside the checked
+            // lengths.
+            unsafe {
+                let (x, d) = (xp.add(r * pitch), dp.add(r * cols));
+                let s = (pitch, cols, cols);
+                match (rows - r).min(NV) {
+                    1 => narrow::<V, 1>(x, taps, bias, d, s),
+                    2 => narrow::<V, 2>(x, taps, bias, d, s),
+                    3 => narrow::<V, 3>(x, taps, bias, d, s),
+                    _ => narrow::<V, 4>(x, taps, bias, d, s),
+                }
+            }
+            r += NV.min(4);
+        }
+        return;
+    }
     for r in 0..rows {
         // SAFETY (all three): a block at column j reads xc[r·pitch + j + offset ..] and writes
         // dst[r·cols + j ..] for as many columns as it holds (or `cols − j`), inside the
@@ -86,6 +107,36 @@ unsafe fn plane<V: Lanes, const NV: usize>(
                 2 => block::<V, 2, true>(x, taps, bias, d, last),
                 3 => block::<V, 3, true>(x, taps, bias, d, last),
                 _ => block::<V, 4, true>(x, taps, bias, d, last),
+            }
+        }
+    }
+}
+
+/// `NV` rows of `len` outputs each, one register per row: row `v` reads from `x + v·pitch`
+/// and writes to `dst + v·stride`.
+#[inline(always)]
+unsafe fn narrow<V: Lanes, const NV: usize>(
+    x: *const f32,
+    taps: &[(usize, f32)],
+    bias: f32,
+    dst: *mut f32,
+    (pitch, stride, len): (usize, usize, usize),
+) {
+    // SAFETY: the caller's bounds.
+    unsafe {
+        let load = |p: *const f32| if len < V::N { V::load_part(p, len) } else { V::load(p) };
+        let mut acc = [V::splat(&bias); NV];
+        for &(offset, w) in taps {
+            let w = V::splat(&w);
+            for (v, acc) in acc.iter_mut().enumerate() {
+                *acc = acc.add(load(x.add(v * pitch + offset)).mul(w));
+            }
+        }
+        for (v, acc) in acc.iter().enumerate() {
+            if len < V::N {
+                acc.store_part(dst.add(v * stride), len);
+            } else {
+                acc.store(dst.add(v * stride));
             }
         }
     }
