@@ -42,6 +42,7 @@ pub(crate) fn depthwise_plane(
 unsafe fn avx512(xc: &[f32], taps: &[(usize, f32)], bias: f32, shape: (usize, usize, usize), dst: &mut [f32]) {
     // SAFETY: the CPU has AVX-512 (the caller's `Isa`); lengths checked by `depthwise_plane`.
     unsafe {
+        // 3×3 kernels get a copy in which the number of taps is known, its tap loop unrolled.
         if taps.len() == 9 {
             plane::<super::x86::F32x16, 4>(xc, &taps[..9], bias, shape, dst)
         } else {
@@ -57,6 +58,7 @@ unsafe fn avx2(xc: &[f32], taps: &[(usize, f32)], bias: f32, shape: (usize, usiz
     unsafe { plane::<super::x86::F32x8, 4>(xc, taps, bias, shape, dst) }
 }
 
+/// [`depthwise_plane`] with registers `V`, blocks of up to `NV` (at most 4) of them.
 #[inline(always)]
 unsafe fn plane<V: Lanes, const NV: usize>(
     xc: &[f32],
@@ -70,19 +72,20 @@ unsafe fn plane<V: Lanes, const NV: usize>(
         // Rows of at most one register: up to `NV` rows at once, one register each.
         let mut r = 0;
         while r < rows {
+            let rows_now = (rows - r).min(NV).min(4);
             // SAFETY: rows r.. of `xc` and `dst`, `cols` columns each, inside the checked
             // lengths.
             unsafe {
                 let (x, d) = (xp.add(r * pitch), dp.add(r * cols));
                 let s = (pitch, cols, cols);
-                match (rows - r).min(NV) {
+                match rows_now {
                     1 => narrow::<V, 1>(x, taps, bias, d, s),
                     2 => narrow::<V, 2>(x, taps, bias, d, s),
                     3 => narrow::<V, 3>(x, taps, bias, d, s),
                     _ => narrow::<V, 4>(x, taps, bias, d, s),
                 }
             }
-            r += NV.min(4);
+            r += rows_now;
         }
         return;
     }
