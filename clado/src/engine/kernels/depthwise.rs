@@ -102,14 +102,15 @@ unsafe fn plane<V: Lanes, const NV: usize>(
             }
             // The rest as one block of as many registers as it needs, the last one partial.
             let left = cols - j;
-            let last = left - (left - 1) / V::N * V::N;
-            let (x, d) = (x.add(j), d.add(j));
-            match left.div_ceil(V::N) {
-                0 => {}
-                1 => block::<V, 1, true>(x, taps, bias, d, last),
-                2 => block::<V, 2, true>(x, taps, bias, d, last),
-                3 => block::<V, 3, true>(x, taps, bias, d, last),
-                _ => block::<V, 4, true>(x, taps, bias, d, last),
+            if left > 0 {
+                let last = left - (left - 1) / V::N * V::N;
+                let (x, d) = (x.add(j), d.add(j));
+                match left.div_ceil(V::N) {
+                    1 => block::<V, 1, true>(x, taps, bias, d, last),
+                    2 => block::<V, 2, true>(x, taps, bias, d, last),
+                    3 => block::<V, 3, true>(x, taps, bias, d, last),
+                    _ => block::<V, 4, true>(x, taps, bias, d, last),
+                }
             }
         }
     }
