@@ -1322,8 +1322,18 @@ fn im2col_body(x: &[f32], c: &ConvStep, col: &mut [f32]) {
     let [dh, dw] = a.dilations;
     let (pt, pl) = (a.pads[0], a.pads[1]);
     let plane = oh * ow;
+    // Strided Convs read each channel's columns split by stride phase (phase `p` holds columns
+    // p, p + sw, …; see `split_row`), so each row of the matrix is a contiguous copy.
+    let wq = w.div_ceil(sw);
+    // (Positions past a row's end in a phase are never read: a recycled buffer will do.)
+    let mut phases = if sw > 1 { reuse(sw * h * wq) } else { Vec::new() };
     for ch in 0..cin_g {
         let xc = &x[ch * h * w..(ch + 1) * h * w];
+        if sw > 1 {
+            for (iy, src) in xc.chunks_exact(w).enumerate() {
+                split_row(src, 0, sw, &mut phases, iy * wq, h * wq);
+            }
+        }
         for ky in 0..kh {
             let (y_lo, y_hi) = ops::valid_range(oh, sh, pt, ky * dh, h);
             for kx in 0..kw {
@@ -1343,13 +1353,15 @@ fn im2col_body(x: &[f32], c: &ConvStep, col: &mut [f32]) {
                     if sw == 1 {
                         r[x_lo..x_hi].copy_from_slice(&src[x0..x0 + (x_hi - x_lo)]);
                     } else {
-                        for (j, v) in r[x_lo..x_hi].iter_mut().enumerate() {
-                            *v = src[x0 + j * sw];
-                        }
+                        let at = (x0 % sw) * h * wq + iy * wq + x0 / sw;
+                        r[x_lo..x_hi].copy_from_slice(&phases[at..at + (x_hi - x_lo)]);
                     }
                 }
             }
         }
+    }
+    if sw > 1 {
+        recycle(phases);
     }
 }
 

@@ -460,53 +460,68 @@ fn unsupported_ops_and_attributes_name_the_node() {
 
 #[test]
 fn small_graphs_built_by_hand() {
-    // Conv with every variant off the beaten path, compared with a direct loop.
-    let mut b = GraphBuilder::new("x", &[4, 7, 6]).unwrap();
+    // Convs with every variant off the beaten path (groups, strides of 1 to 3 along either
+    // axis, dilation, asymmetric padding, odd widths), compared with a direct loop.
     let mut rnd = lcg(1);
-    let w: Vec<f32> = (0..6 * 2 * 3 * 2).map(|_| rnd()).collect();
-    let bias: Vec<f32> = (0..6).map(|_| rnd()).collect();
-    let wid = b.constant("w", Arc::new(Tensor::f32(vec![6, 2, 3, 2], w.clone())));
-    let bid = b.constant("b", Arc::new(Tensor::f32(vec![6], bias.clone())));
-    let attrs = ConvAttrs {
-        kernel: [3, 2],
-        strides: [2, 1],
-        dilations: [1, 2],
-        pads: [2, 0, 1, 1],
-        groups: 2,
-    };
-    let x_id = b.value("x").unwrap();
-    let y = b
-        .node("conv", "Conv", Op::Conv(attrs.clone()), &[x_id, wid, bid], &["y"], None)
-        .unwrap();
-    // Rows: (7 + 2 + 1 − 3) / 2 + 1 = 4; columns: (6 + 0 + 1 − 3) / 1 + 1 = 5.
-    assert_eq!(b.shape(y[0]), [1, 6, 4, 5]);
-    let graph = b.finish(y).unwrap();
-    let x: Vec<f32> = (0..4 * 7 * 6).map(|_| rnd()).collect();
-    let got = Executor::new(&graph).unwrap().run(&x, 1, false).unwrap().remove(0);
-    let mut want = vec![0.0f32; 6 * 4 * 5];
-    for oc in 0..6 {
-        let grp = oc / 3;
-        for oy in 0..4 {
-            for ox in 0..5 {
-                let mut acc = bias[oc] as f64;
-                for ic in 0..2 {
-                    for ky in 0..3 {
-                        for kx in 0..2 {
-                            let iy = (oy * 2 + ky) as isize - 2;
-                            let ix = (ox + kx * 2) as isize;
-                            if !(0..7).contains(&iy) || ix >= 6 {
-                                continue;
+    // (kernel, strides, dilations, pads, input height and width, groups)
+    let cases = [
+        ([3, 2], [2, 1], [1, 2], [2, 0, 1, 1], [7, 6], 2),
+        ([3, 3], [2, 2], [1, 1], [1, 1, 1, 1], [9, 13], 1),
+        ([7, 7], [2, 2], [1, 1], [3, 3, 3, 3], [11, 12], 1),
+        ([3, 3], [3, 3], [1, 2], [0, 2, 1, 0], [10, 17], 2),
+        ([2, 3], [1, 2], [2, 1], [1, 0, 0, 2], [6, 9], 1),
+    ];
+    for (kernel, strides, dilations, pads, [h, w], groups) in cases {
+        let (c, m) = (4, 6);
+        let (cg, mg) = (c / groups, m / groups);
+        let [kh, kw] = kernel;
+        let mut b = GraphBuilder::new("x", &[c, h, w]).unwrap();
+        let wv: Vec<f32> = (0..m * cg * kh * kw).map(|_| rnd()).collect();
+        let bias: Vec<f32> = (0..m).map(|_| rnd()).collect();
+        let wid = b.constant("w", Arc::new(Tensor::f32(vec![m, cg, kh, kw], wv.clone())));
+        let bid = b.constant("b", Arc::new(Tensor::f32(vec![m], bias.clone())));
+        let attrs = ConvAttrs {
+            kernel,
+            strides,
+            dilations,
+            pads,
+            groups,
+        };
+        let x_id = b.value("x").unwrap();
+        let y = b
+            .node("conv", "Conv", Op::Conv(attrs.clone()), &[x_id, wid, bid], &["y"], None)
+            .unwrap();
+        let out = |d: usize| ([h, w][d] + pads[d] + pads[d + 2] - (kernel[d] - 1) * dilations[d] - 1) / strides[d] + 1;
+        let (oh, ow) = (out(0), out(1));
+        assert_eq!(b.shape(y[0]), [1, m, oh, ow]);
+        let graph = b.finish(y).unwrap();
+        let x: Vec<f32> = (0..c * h * w).map(|_| rnd()).collect();
+        let got = Executor::new(&graph).unwrap().run(&x, 1, false).unwrap().remove(0);
+        let mut want = vec![0.0f32; m * oh * ow];
+        for oc in 0..m {
+            let grp = oc / mg;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = bias[oc] as f64;
+                    for ic in 0..cg {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy * strides[0] + ky * dilations[0]) as isize - pads[0] as isize;
+                                let ix = (ox * strides[1] + kx * dilations[1]) as isize - pads[1] as isize;
+                                if !(0..h as isize).contains(&iy) || !(0..w as isize).contains(&ix) {
+                                    continue;
+                                }
+                                let xv = x[((grp * cg + ic) * h + iy as usize) * w + ix as usize];
+                                acc += (xv * wv[((oc * cg + ic) * kh + ky) * kw + kx]) as f64;
                             }
-                            let xv = x[((grp * 2 + ic) * 7 + iy as usize) * 6 + ix as usize];
-                            acc += (xv * w[((oc * 2 + ic) * 3 + ky) * 2 + kx]) as f64;
                         }
                     }
+                    want[(oc * oh + oy) * ow + ox] = acc as f32;
                 }
-                want[(oc * 4 + oy) * 5 + ox] = acc as f32;
             }
         }
+        assert!(relative_error(&got, &want) < 1e-6, "{attrs:?}: {got:?}\n{want:?}");
     }
-    assert!(relative_error(&got, &want) < 1e-6, "{got:?}\n{want:?}");
 
     // A node that would merge the batch into another dimension is refused.
     let mut b = GraphBuilder::new("x", &[4, 2]).unwrap();

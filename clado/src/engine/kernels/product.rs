@@ -117,16 +117,24 @@ unsafe fn blocks<V: Lanes, const R: usize, const NV: usize>(
             // writes columns j.. of y's rows i0..i0 + rows, as many as its registers hold (or
             // `j1 − j` for the partial one), all below n and m.
             unsafe {
+                // The first tile also brings the next rows' weights (contiguous in `w`) into
+                // cache: where the plane is small they are most of what the product reads, and
+                // each row is too short for the hardware's stream prefetch to catch it.
+                if j + wide <= j1 {
+                    let ahead = (i0 + R < m).then(|| wp.wrapping_add((i0 + R) * k));
+                    t.run::<V, NV, false>(xp.add(j), yp.add(i0 * n + j), V::N, ahead);
+                    j += wide;
+                }
                 while j + wide <= j1 {
-                    t.run::<V, NV, false>(xp.add(j), yp.add(i0 * n + j), V::N);
+                    t.run::<V, NV, false>(xp.add(j), yp.add(i0 * n + j), V::N, None);
                     j += wide;
                 }
                 while j + V::N <= j1 {
-                    t.run::<V, 1, false>(xp.add(j), yp.add(i0 * n + j), V::N);
+                    t.run::<V, 1, false>(xp.add(j), yp.add(i0 * n + j), V::N, None);
                     j += V::N;
                 }
                 if j < j1 {
-                    t.run::<V, 1, true>(xp.add(j), yp.add(i0 * n + j), j1 - j);
+                    t.run::<V, 1, true>(xp.add(j), yp.add(i0 * n + j), j1 - j, None);
                 }
             }
             for r in 0..rows {
@@ -152,9 +160,16 @@ struct Tile<'a, const R: usize> {
 
 impl<const R: usize> Tile<'_, R> {
     /// `R × NV` registers of outputs from column `x` on: `last` lanes of the last register when
-    /// `PART`, all of them otherwise.
+    /// `PART`, all of them otherwise; meanwhile the `R·k` floats from `ahead` are prefetched,
+    /// `R` per step of depth.
     #[inline(always)]
-    unsafe fn run<V: Lanes, const NV: usize, const PART: bool>(&self, x: *const f32, y: *mut f32, last: usize) {
+    unsafe fn run<V: Lanes, const NV: usize, const PART: bool>(
+        &self,
+        x: *const f32,
+        y: *mut f32,
+        last: usize,
+        ahead: Option<*const f32>,
+    ) {
         let load = |p: *const f32, v: usize| {
             // SAFETY: the caller's bounds.
             unsafe {
@@ -172,6 +187,9 @@ impl<const R: usize> Tile<'_, R> {
             unsafe {
                 let mut acc = [[V::zero(); NV]; R];
                 for l in k0..k1 {
+                    if let Some(p) = ahead {
+                        super::prefetch(p.wrapping_add(l * R));
+                    }
                     let xr = x.add(l * self.n);
                     let b: [V; NV] = std::array::from_fn(|v| load(xr.add(v * V::N), v));
                     for r in 0..R {
@@ -239,6 +257,7 @@ mod tests {
             (3, 7, 1100),
             (17, 300, 513),
             (9, 1000, 700),
+            (80, 49, 160),
         ] {
             let w: Vec<f32> = (0..m * k).map(|_| r.random_range(-1.0..1.0)).collect();
             let x: Vec<f32> = (0..k * n).map(|_| r.random_range(-1.0..1.0)).collect();
