@@ -458,6 +458,65 @@ fn unsupported_ops_and_attributes_name_the_node() {
     assert!(load_err(&path).contains("symbolic"));
 }
 
+/// One Conv node on the graph input `[c, h, w]` (`m` outputs, weights and bias from `rnd`):
+/// the builder, the Conv's output, and a direct f64 loop computing that output from an input.
+#[allow(clippy::type_complexity)]
+fn one_conv(
+    rnd: &mut impl FnMut() -> f32,
+    (c, m, [h, w]): (usize, usize, [usize; 2]),
+    attrs: ConvAttrs,
+) -> (GraphBuilder, ValueId, Box<dyn Fn(&[f32]) -> Vec<f64>>) {
+    let ConvAttrs {
+        kernel,
+        strides,
+        dilations,
+        pads,
+        groups,
+    } = attrs.clone();
+    let [kh, kw] = kernel;
+    let (cg, mg) = (c / groups, m / groups);
+    let mut b = GraphBuilder::new("x", &[c, h, w]).unwrap();
+    let wt: Vec<f32> = (0..m * cg * kh * kw).map(|_| rnd()).collect();
+    let bias: Vec<f32> = (0..m).map(|_| rnd()).collect();
+    let wid = b.constant("w", Arc::new(Tensor::f32(vec![m, cg, kh, kw], wt.clone())));
+    let bid = b.constant("b", Arc::new(Tensor::f32(vec![m], bias.clone())));
+    let x_id = b.value("x").unwrap();
+    let y = b
+        .node("conv", "Conv", Op::Conv(attrs), &[x_id, wid, bid], &["y"], None)
+        .unwrap()[0];
+    let [oh, ow] = [0, 1].map(|d| {
+        let span = dilations[d] * (kernel[d] - 1) + 1;
+        ([h, w][d] + pads[d] + pads[d + 2] - span) / strides[d] + 1
+    });
+    assert_eq!(b.shape(y), [1, m, oh, ow]);
+    let reference = move |x: &[f32]| {
+        let mut want = vec![0.0f64; m * oh * ow];
+        for oc in 0..m {
+            let grp = oc / mg;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = bias[oc] as f64;
+                    for ic in 0..cg {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy * strides[0] + ky * dilations[0]) as isize - pads[0] as isize;
+                                let ix = (ox * strides[1] + kx * dilations[1]) as isize - pads[1] as isize;
+                                if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                                    let xv = x[((grp * cg + ic) * h + iy as usize) * w + ix as usize] as f64;
+                                    acc += xv * wt[((oc * cg + ic) * kh + ky) * kw + kx] as f64;
+                                }
+                            }
+                        }
+                    }
+                    want[(oc * oh + oy) * ow + ox] = acc;
+                }
+            }
+        }
+        want
+    };
+    (b, y, Box::new(reference))
+}
+
 #[test]
 fn small_graphs_built_by_hand() {
     // Convs with every variant off the beaten path (groups, strides of 1 to 3 along either
@@ -473,13 +532,6 @@ fn small_graphs_built_by_hand() {
     ];
     for (kernel, strides, dilations, pads, [h, w], groups) in cases {
         let (c, m) = (4, 6);
-        let (cg, mg) = (c / groups, m / groups);
-        let [kh, kw] = kernel;
-        let mut b = GraphBuilder::new("x", &[c, h, w]).unwrap();
-        let wv: Vec<f32> = (0..m * cg * kh * kw).map(|_| rnd()).collect();
-        let bias: Vec<f32> = (0..m).map(|_| rnd()).collect();
-        let wid = b.constant("w", Arc::new(Tensor::f32(vec![m, cg, kh, kw], wv.clone())));
-        let bid = b.constant("b", Arc::new(Tensor::f32(vec![m], bias.clone())));
         let attrs = ConvAttrs {
             kernel,
             strides,
@@ -487,39 +539,11 @@ fn small_graphs_built_by_hand() {
             pads,
             groups,
         };
-        let x_id = b.value("x").unwrap();
-        let y = b
-            .node("conv", "Conv", Op::Conv(attrs.clone()), &[x_id, wid, bid], &["y"], None)
-            .unwrap();
-        let out = |d: usize| ([h, w][d] + pads[d] + pads[d + 2] - (kernel[d] - 1) * dilations[d] - 1) / strides[d] + 1;
-        let (oh, ow) = (out(0), out(1));
-        assert_eq!(b.shape(y[0]), [1, m, oh, ow]);
-        let graph = b.finish(y).unwrap();
+        let (b, y, reference) = one_conv(&mut rnd, (c, m, [h, w]), attrs.clone());
+        let graph = b.finish(vec![y]).unwrap();
         let x: Vec<f32> = (0..c * h * w).map(|_| rnd()).collect();
         let got = Executor::new(&graph).unwrap().run(&x, 1, false).unwrap().remove(0);
-        let mut want = vec![0.0f32; m * oh * ow];
-        for oc in 0..m {
-            let grp = oc / mg;
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut acc = bias[oc] as f64;
-                    for ic in 0..cg {
-                        for ky in 0..kh {
-                            for kx in 0..kw {
-                                let iy = (oy * strides[0] + ky * dilations[0]) as isize - pads[0] as isize;
-                                let ix = (ox * strides[1] + kx * dilations[1]) as isize - pads[1] as isize;
-                                if !(0..h as isize).contains(&iy) || !(0..w as isize).contains(&ix) {
-                                    continue;
-                                }
-                                let xv = x[((grp * cg + ic) * h + iy as usize) * w + ix as usize];
-                                acc += (xv * wv[((oc * cg + ic) * kh + ky) * kw + kx]) as f64;
-                            }
-                        }
-                    }
-                    want[(oc * oh + oy) * ow + ox] = acc as f32;
-                }
-            }
-        }
+        let want: Vec<f32> = reference(&x).into_iter().map(|v| v as f32).collect();
         assert!(relative_error(&got, &want) < 1e-6, "{attrs:?}: {got:?}\n{want:?}");
     }
 
@@ -552,12 +576,6 @@ fn depthwise_convs_with_their_activations() {
         ([3, 3], [2, 1], [1, 2], [1, 2, 0, 3], [9, 40], "silu"),
     ];
     for (kernel, strides, dilations, pads, [h, w], act) in cases {
-        let mut b = GraphBuilder::new("x", &[c, h, w]).unwrap();
-        let [kh, kw] = kernel;
-        let wt: Vec<f32> = (0..m * kh * kw).map(|_| rnd()).collect();
-        let bias: Vec<f32> = (0..m).map(|_| rnd()).collect();
-        let wid = b.constant("w", Arc::new(Tensor::f32(vec![m, 1, kh, kw], wt.clone())));
-        let bid = b.constant("b", Arc::new(Tensor::f32(vec![m], bias.clone())));
         let attrs = ConvAttrs {
             kernel,
             strides,
@@ -565,10 +583,7 @@ fn depthwise_convs_with_their_activations() {
             pads,
             groups: c,
         };
-        let x_id = b.value("x").unwrap();
-        let y = b
-            .node("dw", "Conv", Op::Conv(attrs), &[x_id, wid, bid], &["y"], None)
-            .unwrap()[0];
+        let (mut b, y, reference) = one_conv(&mut rnd, (c, m, [h, w]), attrs);
         let out = match act {
             "relu6" => b.node(
                 "clip",
@@ -588,40 +603,20 @@ fn depthwise_convs_with_their_activations() {
             _ => Ok(vec![y]),
         }
         .unwrap();
-        let [oh, ow] = [0, 1].map(|d| {
-            let span = dilations[d] * (kernel[d] - 1) + 1;
-            ([h, w][d] + pads[d] + pads[d + 2] - span) / strides[d] + 1
-        });
-        assert_eq!(b.shape(out[0]), [1, m, oh, ow]);
         let graph = b.finish(out).unwrap();
         let exec = Executor::new(&graph).unwrap();
         assert_eq!(exec.fused_activations(), usize::from(act != "none"), "{act}");
         let x: Vec<f32> = (0..c * h * w).map(|_| 8.0 * rnd()).collect();
         let got = exec.run(&x, 1, false).unwrap().remove(0);
-        let mut want = vec![0.0f32; m * oh * ow];
-        for oc in 0..m {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut acc = bias[oc] as f64;
-                    for ky in 0..kh {
-                        for kx in 0..kw {
-                            let iy = (oy * strides[0] + ky * dilations[0]) as isize - pads[0] as isize;
-                            let ix = (ox * strides[1] + kx * dilations[1]) as isize - pads[1] as isize;
-                            if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
-                                let xv = x[((oc / 2) * h + iy as usize) * w + ix as usize] as f64;
-                                acc += xv * wt[(oc * kh + ky) * kw + kx] as f64;
-                            }
-                        }
-                    }
-                    want[(oc * oh + oy) * ow + ox] = match act {
-                        "relu6" => acc.clamp(0.0, 6.0),
-                        "relu" => acc.max(0.0),
-                        "silu" => acc / (1.0 + (-acc).exp()),
-                        _ => acc,
-                    } as f32;
-                }
-            }
-        }
+        let want: Vec<f32> = reference(&x)
+            .into_iter()
+            .map(|acc| match act {
+                "relu6" => acc.clamp(0.0, 6.0),
+                "relu" => acc.max(0.0),
+                "silu" => acc / (1.0 + (-acc).exp()),
+                _ => acc,
+            } as f32)
+            .collect();
         let err = relative_error(&got, &want);
         assert!(err < TOLERANCE, "{kernel:?} {strides:?} {act}: {err}");
     }
