@@ -120,13 +120,9 @@ unsafe fn blocks<V: Lanes, const R: usize, const NV: usize>(
                 // The first tile also brings the next rows' weights (contiguous in `w`) into
                 // cache: where the plane is small they are most of what the product reads, and
                 // each row is too short for the hardware's stream prefetch to catch it.
-                if j + wide <= j1 {
-                    let ahead = (i0 + R < m).then(|| wp.wrapping_add((i0 + R) * k));
-                    t.run::<V, NV, false>(xp.add(j), yp.add(i0 * n + j), V::N, ahead);
-                    j += wide;
-                }
+                let mut ahead = (i0 + R < m).then(|| wp.wrapping_add((i0 + R) * k));
                 while j + wide <= j1 {
-                    t.run::<V, NV, false>(xp.add(j), yp.add(i0 * n + j), V::N, None);
+                    t.run::<V, NV, false>(xp.add(j), yp.add(i0 * n + j), V::N, ahead.take());
                     j += wide;
                 }
                 while j + V::N <= j1 {
