@@ -9,7 +9,10 @@
 //! onnxruntime (from `make setup-venv`'s `.deps/venv`) runs with its default graph
 //! optimisations and `intra_op_num_threads` = threads, one session per model; the executor with
 //! a rayon pool of `threads`. Each figure is the median of `--runs` timed batches after one
-//! warm-up batch, the two taking turns batch by batch; both see the same input. The ratio is
+//! warm-up batch, the two taking turns batch by batch; both see the same input. Before each
+//! timed batch the bench waits `SETTLE` for the other side's threads to go idle: onnxruntime's
+//! workers spin for tens of milliseconds after a run, which on 2 cores takes one from whatever
+//! runs next (it slowed our first samples of a batch twofold). The ratio is
 //! the median of the per-batch ratios (each of our batches against onnxruntime's right after
 //! it), which a machine whose speed drifts from minute to minute moves less than it moves the
 //! two medians. The largest |difference| of the logits relative to the largest |logit| is
@@ -21,7 +24,10 @@ use rand_chacha::ChaCha8Rng;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// The pause before each timed batch (see the module docs).
+const SETTLE: Duration = Duration::from_millis(250);
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -98,6 +104,8 @@ fn main() {
             .arg(&x_path)
             .arg(&y_path)
             .arg(threads.to_string())
+            // numpy only loads and saves here: no idle BLAS threads beside onnxruntime's.
+            .env("OPENBLAS_NUM_THREADS", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -114,9 +122,11 @@ fn main() {
         let y = pool.install(|| exec.run(&x, batch, true).unwrap().remove(0));
         let (mut t_ours, mut t_ort) = (Vec::new(), Vec::new());
         for _ in 0..runs {
+            std::thread::sleep(SETTLE);
             let start = Instant::now();
             pool.install(|| exec.run(&x, batch, true).unwrap());
             t_ours.push(start.elapsed().as_secs_f64());
+            std::thread::sleep(SETTLE);
             writeln!(to_ort, "run").unwrap();
             t_ort.push(answer().parse::<f64>().expect("onnxruntime's time"));
         }

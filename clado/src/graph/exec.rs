@@ -909,8 +909,8 @@ impl Executor {
                     shape(1),
                     out_shape(0),
                 )],
-                Op::MaxPool(p) => vec![ops::pool(input(0), shape(0), p, out_shape(0), true)],
-                Op::AveragePool(p) => vec![ops::pool(input(0), shape(0), p, out_shape(0), false)],
+                Op::MaxPool(p) => vec![ops::max_pool(input(0), shape(0), p, out_shape(0))],
+                Op::AveragePool(p) => vec![ops::average_pool(input(0), shape(0), p, out_shape(0))],
                 Op::GlobalAveragePool | Op::ReduceMean { .. } if self.maps[node.inputs[0]].is_some() => {
                     let m = self.maps[node.inputs[0]].expect("a map");
                     let mut y = vec![0.0; m.c];
@@ -1331,7 +1331,7 @@ fn im2col_body(x: &[f32], c: &ConvStep, col: &mut [f32]) {
         let xc = &x[ch * h * w..(ch + 1) * h * w];
         if sw > 1 {
             for (iy, src) in xc.chunks_exact(w).enumerate() {
-                split_row(src, 0, sw, &mut phases, iy * wq, h * wq);
+                ops::split_row(src, 0, sw, &mut phases, iy * wq, h * wq);
             }
         }
         for ky in 0..kh {
@@ -1409,7 +1409,7 @@ fn depthwise_body(isa: Isa, x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f3
         let xc = &x[(oc / per_group) * h * w..][..h * w];
         for (row, src) in xc.chunks_exact(w).enumerate() {
             let (py, r) = ((row + pt) % sh, (row + pt) / sh);
-            split_row(src, pl, sw, &mut padded[phase(py, 0)..], r * wq, hq * wq);
+            ops::split_row(src, pl, sw, &mut padded[phase(py, 0)..], r * wq, hq * wq);
         }
         taps.clear();
         taps.extend(
@@ -1433,41 +1433,6 @@ fn depthwise_body(isa: Isa, x: &[f32], c: &ConvStep, weight: &[f32], y: &mut [f3
         }
     }
     PADDED.with(|p| p.replace(padded));
-}
-
-/// Input row `src` into row `at` of the `sw` column phases (planes `plane` floats apart) of
-/// a padded plane: padded column `pl + i` to phase `(pl + i) mod sw`, column `⌊(pl + i) / sw⌋`.
-#[inline(always)]
-fn split_row(src: &[f32], pl: usize, sw: usize, phases: &mut [f32], at: usize, plane: usize) {
-    match sw {
-        1 => phases[at + pl..][..src.len()].copy_from_slice(src),
-        2 => {
-            // src[0], src[2], … go to phase pl mod 2 from column ⌊pl/2⌋; src[1], src[3], … to
-            // the other phase from column ⌊(pl + 1)/2⌋.
-            let (first, second) = phases.split_at_mut(plane);
-            let (evens, odds) = if pl.is_multiple_of(2) {
-                (first, second)
-            } else {
-                (second, first)
-            };
-            let half = src.len() / 2;
-            let evens = &mut evens[at + pl / 2..][..src.len() - half];
-            let odds = &mut odds[at + pl.div_ceil(2)..][..half];
-            for ((e, o), pair) in evens.iter_mut().zip(odds.iter_mut()).zip(src.chunks_exact(2)) {
-                *e = pair[0];
-                *o = pair[1];
-            }
-            if src.len() % 2 == 1 {
-                evens[half] = src[src.len() - 1];
-            }
-        }
-        _ => {
-            for (i, &v) in src.iter().enumerate() {
-                let p = pl + i;
-                phases[(p % sw) * plane + at + p / sw] = v;
-            }
-        }
-    }
 }
 
 thread_local! {

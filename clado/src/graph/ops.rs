@@ -740,11 +740,81 @@ fn channel_affine_body(x: &mut [f32], channels: usize, scale: &[f32], shift: &[f
 }
 
 wide!(
-    /// Max or average pooling of one sample `[C, H, W]`.
-    pub(crate) fn pool = pool_body(x: &[f32], shape: &[usize], p: &PoolAttrs, out_shape: &[usize], max: bool) -> Vec<f32>);
+    /// Max pooling of one sample `[C, H, W]`.
+    pub(crate) fn max_pool = max_pool_body(x: &[f32], shape: &[usize], p: &PoolAttrs, out_shape: &[usize]) -> Vec<f32>);
+
+/// Each plane is copied into one padded with −∞ as far as any window reaches (the pads and
+/// ceil_mode's overhang), its columns split by stride phase (`split_row`), so that a column tap
+/// reads consecutive floats for every output of every row: the maximum over the column taps
+/// is one long run per tap over the whole plane, then the maximum over the row taps one run
+/// per output row. A window's maximum is the value that taking its taps one at a time gives
+/// (of equal values, the first), except that a maximum of −0 may come out as +0; NaN
+/// propagates, as in onnxruntime.
+#[inline(always)]
+fn max_pool_body(x: &[f32], shape: &[usize], p: &PoolAttrs, out_shape: &[usize]) -> Vec<f32> {
+    let (c, h, w) = (shape[1], shape[2], shape[3]);
+    let (oh, ow) = (out_shape[2], out_shape[3]);
+    let mut out = vec![0.0; c * oh * ow];
+    if out.is_empty() {
+        return out;
+    }
+    let [kh, kw] = p.kernel;
+    let [sh, sw] = p.strides;
+    let [dh, dw] = p.dilations;
+    let [pt, pl] = [p.pads[0], p.pads[1]];
+    // The padded plane: rows and columns up to the last that a window reads.
+    let hp = (h + pt).max((oh - 1) * sh + (kh - 1) * dh + 1);
+    let wp = (w + pl).max((ow - 1) * sw + (kw - 1) * dw + 1);
+    // Columns per phase; padded column `ox·sw + t` is column `ox + ⌊t/sw⌋` of phase `t mod sw`.
+    let pw = wp.div_ceil(sw);
+    let plane = hp * pw;
+    // The border stays −∞: each plane writes the same interior.
+    let mut phases = vec![f32::NEG_INFINITY; sw * plane];
+    // Column maxima, `cols[y·pw + ox]` for `ox < ow` (the run also covers the columns between
+    // one row's `ow` and the next row, never read).
+    let run = (hp - 1) * pw + ow;
+    let mut cols = vec![0.0f32; run];
+    let keep = |acc: &mut [f32], src: &[f32]| {
+        // Every lane is stored: written back as read, a kept value would make the compiler
+        // store masked lanes, which the next tap's loads of the same floats wait for (ten
+        // times the loop's time); `+ 0.0` is exact but for −0 → +0.
+        for (a, &v) in acc.iter_mut().zip(src) {
+            *a = if v > *a || v.is_nan() { v } else { *a + 0.0 };
+        }
+    };
+    for (ch, plane_out) in out.chunks_exact_mut(oh * ow).enumerate() {
+        for (y, row) in x[ch * h * w..][..h * w].chunks_exact(w).enumerate() {
+            split_row(row, pl, sw, &mut phases, (y + pt) * pw, plane);
+        }
+        for kx in 0..kw {
+            let t = kx * dw;
+            let src = &phases[(t % sw) * plane + t / sw..][..run];
+            if kx == 0 {
+                cols.copy_from_slice(src);
+            } else {
+                keep(&mut cols, src);
+            }
+        }
+        for (oy, orow) in plane_out.chunks_exact_mut(ow).enumerate() {
+            for ky in 0..kh {
+                let src = &cols[(oy * sh + ky * dh) * pw..][..ow];
+                if ky == 0 {
+                    orow.copy_from_slice(src);
+                } else {
+                    keep(orow, src);
+                }
+            }
+        }
+    }
+    out
+}
+
+wide!(
+    /// Average pooling of one sample `[C, H, W]`.
+    pub(crate) fn average_pool = average_pool_body(x: &[f32], shape: &[usize], p: &PoolAttrs, out_shape: &[usize]) -> Vec<f32>);
 
 #[inline(always)]
-fn pool_body(x: &[f32], shape: &[usize], p: &PoolAttrs, out_shape: &[usize], max: bool) -> Vec<f32> {
+fn average_pool_body(x: &[f32], shape: &[usize], p: &PoolAttrs, out_shape: &[usize]) -> Vec<f32> {
     let (c, h, w) = (shape[1], shape[2], shape[3]);
     let (oh, ow) = (out_shape[2], out_shape[3]);
     let mut out = vec![0.0; c * oh * ow];
@@ -765,12 +835,28 @@ fn pool_body(x: &[f32], shape: &[usize], p: &PoolAttrs, out_shape: &[usize], max
         }
     }
     // Each output is its taps in (ky, kx) order, as one window at a time would take them; the
-    // loop runs along output rows so that it vectorises.
+    // loop runs along output rows so that it vectorises. Column tap `kx` covers the outputs
+    // `lo..hi`, which read every `sw`-th float of the row from `first`: with the plane's rows
+    // split by stride phase (`split_row`) those are consecutive floats.
+    let taps: Vec<(usize, usize, usize)> = (0..kw)
+        .map(|kx| {
+            let (lo, hi) = valid_range(ow, sw, pl, kx * dw, w);
+            (lo, hi, (lo * sw + kx * dw).saturating_sub(pl))
+        })
+        .filter(|&(lo, hi, _)| lo < hi)
+        .collect();
+    let pw = w.div_ceil(sw);
+    let mut phases = vec![0.0f32; if sw > 1 { sw * h * pw } else { 0 }];
     let mut acc = vec![0.0f32; ow];
     for ch in 0..c {
         let plane = &x[ch * h * w..(ch + 1) * h * w];
+        if sw > 1 {
+            for (y, row) in plane.chunks_exact(w).enumerate() {
+                split_row(row, 0, sw, &mut phases, y * pw, h * pw);
+            }
+        }
         for oy in 0..oh {
-            acc.fill(if max { f32::NEG_INFINITY } else { 0.0 });
+            acc.fill(0.0);
             let (mut rows, mut padded_rows) = (0, 0);
             for ky in 0..kh {
                 let y = (oy * sh + ky * dh) as isize - pt as isize;
@@ -782,41 +868,65 @@ fn pool_body(x: &[f32], shape: &[usize], p: &PoolAttrs, out_shape: &[usize], max
                     continue;
                 }
                 rows += 1;
-                let row = &plane[y as usize * w..][..w];
-                for kx in 0..kw {
-                    let (lo, hi) = valid_range(ow, sw, pl, kx * dw, w);
-                    for ox in lo..hi {
-                        let v = row[ox * sw + kx * dw - pl];
-                        let a = &mut acc[ox];
-                        if max {
-                            // NaN propagates, as in onnxruntime.
-                            *a = if v > *a || v.is_nan() { v } else { *a };
-                        } else {
-                            *a += v;
-                        }
+                let y = y as usize;
+                for &(lo, hi, first) in &taps {
+                    let src = if sw > 1 {
+                        &phases[((first % sw) * h + y) * pw + first / sw..][..hi - lo]
+                    } else {
+                        &plane[y * w + first..][..hi - lo]
+                    };
+                    for (a, &v) in acc[lo..hi].iter_mut().zip(src) {
+                        *a += v;
                     }
                 }
             }
             let orow = &mut out[(ch * oh + oy) * ow..][..ow];
             for ((o, &a), &(count, padded)) in orow.iter_mut().zip(&acc).zip(&cols) {
-                *o = if max {
-                    a
+                let d = if p.count_include_pad {
+                    padded_rows * padded
                 } else {
-                    let d = if p.count_include_pad {
-                        padded_rows * padded
-                    } else {
-                        rows * count
-                    };
-                    if d == 0 {
-                        0.0
-                    } else {
-                        a / d as f32
-                    }
+                    rows * count
                 };
+                *o = if d == 0 { 0.0 } else { a / d as f32 };
             }
         }
     }
     out
+}
+
+/// Input row `src` into row `at` of the `sw` column phases (planes `plane` floats apart) of
+/// a padded plane: padded column `pl + i` to phase `(pl + i) mod sw`, column `⌊(pl + i) / sw⌋`.
+#[inline(always)]
+pub(crate) fn split_row(src: &[f32], pl: usize, sw: usize, phases: &mut [f32], at: usize, plane: usize) {
+    match sw {
+        1 => phases[at + pl..][..src.len()].copy_from_slice(src),
+        2 => {
+            // src[0], src[2], … go to phase pl mod 2 from column ⌊pl/2⌋; src[1], src[3], … to
+            // the other phase from column ⌊(pl + 1)/2⌋.
+            let (first, second) = phases.split_at_mut(plane);
+            let (evens, odds) = if pl.is_multiple_of(2) {
+                (first, second)
+            } else {
+                (second, first)
+            };
+            let half = src.len() / 2;
+            let evens = &mut evens[at + pl / 2..][..src.len() - half];
+            let odds = &mut odds[at + pl.div_ceil(2)..][..half];
+            for ((e, o), pair) in evens.iter_mut().zip(odds.iter_mut()).zip(src.chunks_exact(2)) {
+                *e = pair[0];
+                *o = pair[1];
+            }
+            if src.len() % 2 == 1 {
+                evens[half] = src[src.len() - 1];
+            }
+        }
+        _ => {
+            for (i, &v) in src.iter().enumerate() {
+                let p = pl + i;
+                phases[(p % sw) * plane + at + p / sw] = v;
+            }
+        }
+    }
 }
 
 /// Range of output positions `o` whose input position `o·stride − pad + tap` lies in `0..len`.
@@ -1155,6 +1265,86 @@ mod sum_tests {
             let want: Vec<f32> = x.chunks_exact(n).map(|r| r.iter().sum()).collect();
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "{runs} runs of {n}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    /// `max_pool` gives each window's maximum, taken one tap at a time in (row, column) order
+    /// over the taps inside the input: strides 1–3, dilation, asymmetric pads, ceil_mode's
+    /// overhang, odd sizes, NaN and infinities.
+    #[test]
+    fn max_pool_takes_each_window_s_maximum() {
+        let mut seed = 11u32;
+        let cases = [
+            // h, w, kernel, strides, dilations, pads (t, l, b, r), ceil_mode
+            (112, 112, [3, 3], [2, 2], [1, 1], [1, 1, 1, 1], false),
+            (9, 13, [3, 2], [1, 3], [1, 1], [0, 1, 2, 0], true),
+            (10, 7, [2, 3], [2, 1], [2, 2], [1, 2, 1, 1], false),
+            (8, 8, [3, 3], [3, 3], [1, 1], [1, 1, 1, 1], true),
+            (5, 17, [1, 5], [1, 2], [1, 1], [0, 2, 0, 2], true),
+        ];
+        for (h, w, kernel, strides, dilations, pads, ceil_mode) in cases {
+            let p = PoolAttrs {
+                kernel,
+                strides,
+                dilations,
+                pads,
+                ceil_mode,
+                count_include_pad: false,
+            };
+            let c = 3;
+            let x: Vec<f32> = (0..c * h * w)
+                .map(|i| {
+                    seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                    match (seed >> 24, i) {
+                        (0..=2, _) => f32::NAN,
+                        (3..=5, _) => f32::INFINITY,
+                        (6..=8, _) => f32::NEG_INFINITY,
+                        _ => (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5,
+                    }
+                })
+                .collect();
+            let out = |i: usize| {
+                window_out(
+                    [h, w][i],
+                    kernel[i],
+                    strides[i],
+                    dilations[i],
+                    pads[i],
+                    pads[i + 2],
+                    ceil_mode,
+                )
+            };
+            let (oh, ow) = (out(0).unwrap(), out(1).unwrap());
+            let got = max_pool(&x, &[1, c, h, w], &p, &[1, c, oh, ow]);
+            for ch in 0..c {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut want = f32::NEG_INFINITY;
+                        for ky in 0..kernel[0] {
+                            for kx in 0..kernel[1] {
+                                let y = (oy * strides[0] + ky * dilations[0]) as isize - pads[0] as isize;
+                                let xx = (ox * strides[1] + kx * dilations[1]) as isize - pads[1] as isize;
+                                if (0..h as isize).contains(&y) && (0..w as isize).contains(&xx) {
+                                    let v = x[(ch * h + y as usize) * w + xx as usize];
+                                    if v > want || v.is_nan() {
+                                        want = v;
+                                    }
+                                }
+                            }
+                        }
+                        let g = got[(ch * oh + oy) * ow + ox];
+                        assert!(
+                            g == want || (g.is_nan() && want.is_nan()),
+                            "{h}×{w} {p:?}: channel {ch}, output ({oy}, {ox}): {g} against {want}"
+                        );
+                    }
+                }
+            }
         }
     }
 }
