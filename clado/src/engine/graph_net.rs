@@ -134,15 +134,14 @@ impl Network {
         let g = &self.graph;
         let per = g.input.iter().product::<usize>().max(1);
         let to = g.position_nodes[position];
-        let one = |x: &[f32]| {
-            let mut s = g.exec.start(x);
-            g.exec.advance(&mut s, to, plan);
-            s
+        let parallel = matches!(par, Parallelism::Rayon);
+        let mut states: Vec<SampleValues> = if parallel {
+            data.par_chunks(per).map(|x| g.exec.start(x)).collect()
+        } else {
+            data.chunks(per).map(|x| g.exec.start(x)).collect()
         };
-        match par {
-            Parallelism::Rayon => data.par_chunks(per).map(one).collect(),
-            Parallelism::None => data.chunks(per).map(one).collect(),
-        }
+        g.exec.advance_all(&mut states, to, plan, parallel);
+        states
     }
 
     /// The samples advanced to `position` (cloned: the given states are kept).
@@ -155,15 +154,10 @@ impl Network {
     ) -> Vec<SampleValues> {
         let g = &self.graph;
         let to = g.position_nodes[position];
-        let one = |s: &SampleValues| {
-            let mut s = s.clone();
-            g.exec.advance(&mut s, to, plan);
-            s
-        };
-        match par {
-            Parallelism::Rayon => samples.par_iter().map(one).collect(),
-            Parallelism::None => samples.iter().map(one).collect(),
-        }
+        let mut states = samples.to_vec();
+        g.exec
+            .advance_all(&mut states, to, plan, matches!(par, Parallelism::Rayon));
+        states
     }
 
     /// The logits of samples that ran to the end.

@@ -19,10 +19,12 @@
 
 use std::ops::Range;
 
+mod dense;
 mod depthwise;
 mod product;
 mod winograd;
 
+pub(crate) use dense::dense_rows;
 pub(crate) use depthwise::depthwise_plane;
 pub(crate) use product::product;
 

@@ -835,26 +835,10 @@ fn average_pool_body(x: &[f32], shape: &[usize], p: &PoolAttrs, out_shape: &[usi
         }
     }
     // Each output is its taps in (ky, kx) order, as one window at a time would take them; the
-    // loop runs along output rows so that it vectorises. Column tap `kx` covers the outputs
-    // `lo..hi`, which read every `sw`-th float of the row from `first`: with the plane's rows
-    // split by stride phase (`split_row`) those are consecutive floats.
-    let taps: Vec<(usize, usize, usize)> = (0..kw)
-        .map(|kx| {
-            let (lo, hi) = valid_range(ow, sw, pl, kx * dw, w);
-            (lo, hi, (lo * sw + kx * dw).saturating_sub(pl))
-        })
-        .filter(|&(lo, hi, _)| lo < hi)
-        .collect();
-    let pw = w.div_ceil(sw);
-    let mut phases = vec![0.0f32; if sw > 1 { sw * h * pw } else { 0 }];
+    // loop runs along output rows so that it vectorises.
     let mut acc = vec![0.0f32; ow];
     for ch in 0..c {
         let plane = &x[ch * h * w..(ch + 1) * h * w];
-        if sw > 1 {
-            for (y, row) in plane.chunks_exact(w).enumerate() {
-                split_row(row, 0, sw, &mut phases, y * pw, h * pw);
-            }
-        }
         for oy in 0..oh {
             acc.fill(0.0);
             let (mut rows, mut padded_rows) = (0, 0);
@@ -868,15 +852,11 @@ fn average_pool_body(x: &[f32], shape: &[usize], p: &PoolAttrs, out_shape: &[usi
                     continue;
                 }
                 rows += 1;
-                let y = y as usize;
-                for &(lo, hi, first) in &taps {
-                    let src = if sw > 1 {
-                        &phases[((first % sw) * h + y) * pw + first / sw..][..hi - lo]
-                    } else {
-                        &plane[y * w + first..][..hi - lo]
-                    };
-                    for (a, &v) in acc[lo..hi].iter_mut().zip(src) {
-                        *a += v;
+                let row = &plane[y as usize * w..][..w];
+                for kx in 0..kw {
+                    let (lo, hi) = valid_range(ow, sw, pl, kx * dw, w);
+                    for ox in lo..hi {
+                        acc[ox] += row[ox * sw + kx * dw - pl];
                     }
                 }
             }
