@@ -5,6 +5,9 @@
 //! BatchNorm's scale and shift, …); [`Executor::run`] runs the steps in the graph's order on
 //! each sample of a batch, the samples spread over the rayon pool. A sample's values live in a
 //! table indexed by value id and are freed after their last reader ([`Graph::last_uses`]).
+//! The one exception is a classifier head (a Gemm that is the last node and gives the only
+//! output): [`Executor::advance_all`] runs it once on the rows of all the samples, eight rows
+//! per pass over its weights, which one sample alone would read for very little work.
 //!
 //! Convolutions: depthwise ones (one input channel per group) run as a direct loop over the
 //! taps on a zero-padded copy of each input plane (split by stride phase, so that strided taps
@@ -21,7 +24,8 @@
 //!
 //! **Determinism.** A sample's result depends only on that sample: the same steps run on it
 //! in the same order whatever the batch, its position in it or the thread count, and no step
-//! reads another sample. So results are bitwise independent of batch split and thread count.
+//! reads another sample (the batched head computes each row's outputs exactly as for that row
+//! alone). So results are bitwise independent of batch split and thread count.
 //!
 //! **Quantization.** [`Executor::run_quantized`] takes a [`LayerQuant`] per quantizable layer:
 //! fake-quantized weights (made by [`Executor::quantized_weights`] with `clado::quant`'s
@@ -46,8 +50,8 @@
 //!
 //! **Weights as the executor takes them** ([`Executor::prepare_weights`]): packed for the
 //! kernels for a fast Conv, `[K, N]` for a Gemm or MatMul, the file's layout for other Convs.
-//! A Gemm (per sample, one row: a classifier head) computes each output as `fma` over the
-//! inputs in order, then scales by alpha and adds the bias.
+//! A Gemm computes each output as `fma` over the inputs in order (`engine::kernels::dense_rows`),
+//! then scales by alpha and adds the bias.
 
 use super::ops::{self, ConvAttrs, Op, Unary};
 use super::{Graph, ValueId};

@@ -123,6 +123,18 @@ fn executor_matches_onnxruntime_on_every_fixture() {
     }
 }
 
+/// No layer quantized.
+struct Fp;
+
+impl QuantPlan for Fp {
+    fn weights(&self, _: usize) -> Option<&[f32]> {
+        None
+    }
+    fn input(&self, _: usize) -> Option<&crate::quant::ActQuantizer> {
+        None
+    }
+}
+
 #[test]
 fn results_are_independent_of_batch_split_and_threads() {
     for name in [
@@ -148,6 +160,12 @@ fn results_are_independent_of_batch_split_and_threads() {
                 in_pair[..alone.len()],
                 "{name}: sample {i} alone vs in a pair"
             );
+            // And through `advance` alone, which runs a classifier head on its own row where
+            // `run` takes the batch's rows together.
+            let mut state = exec.start(sample);
+            exec.advance(&mut state, graph.nodes.len(), &Fp);
+            let advanced = state.get(graph.outputs()[0]).unwrap();
+            assert_eq!(alone[..], advanced[..], "{name}: sample {i} through advance");
             pieces.extend(alone);
         }
         assert_eq!(whole[0], pieces, "{name}: batch vs one sample at a time");
