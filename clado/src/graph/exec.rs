@@ -823,7 +823,6 @@ impl Executor {
         })
     }
 
-    /// Element-wise nodes, on their first input's buffer (see `in_place`).
     /// Gemm node `i` on the rows `x` (of one sample or several, `[rows, K]`), with `weights`
     /// in place of its own when given: each output `alpha·(Σ x·B') + C` (`kernels::dense_rows`
     /// for the sum), the same bits for a row whatever the other rows.
@@ -847,7 +846,7 @@ impl Executor {
         y
     }
 
-    /// The node that [`Executor::run_quantized`] runs once for the whole batch: the last node,
+    /// The node that [`Executor::advance_all`] runs once for all its samples: the last node,
     /// when it is a Gemm (a classifier head) whose output is the graph's only output and whose
     /// input is an NCHW runtime value. Per sample, its weights are most of what it reads
     /// (1280 × 1000 floats for MobileNetV2's, for 1.3 M multiply-adds); together the samples'
@@ -864,6 +863,7 @@ impl Executor {
         .then_some(i)
     }
 
+    /// Element-wise nodes, on their first input's buffer (see `in_place`).
     fn run_in_place(&self, i: usize, mut x: Vec<f32>, vals: &[Option<Arc<Vec<f32>>>]) -> Vec<f32> {
         let g = &*self.graph;
         let node = &g.nodes[i];
