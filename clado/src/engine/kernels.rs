@@ -25,7 +25,7 @@ mod product;
 mod winograd;
 
 pub(crate) use dense::dense_rows;
-pub(crate) use depthwise::depthwise_plane;
+pub(crate) use depthwise::{deinterleave8, depthwise_plane, interleave8, LANES};
 pub(crate) use product::product;
 
 /// Instruction set the kernels run on (chosen once by [`Isa::detect`]); all give bitwise

@@ -181,6 +181,131 @@ unsafe fn block<V: Lanes, const NV: usize, const PART: bool>(
     }
 }
 
+/// Planes that [`interleave8`] and [`deinterleave8`] take at once.
+pub(crate) const LANES: usize = 8;
+
+/// `dst[LANES·p + l] = src[l][p]` for `p < n`, `dst` holding `LANES·n` floats: `LANES` planes
+/// interleaved, each pixel's values side by side (8 × 8 blocks transposed in registers where
+/// the CPU has AVX2).
+pub(crate) fn interleave8(isa: Isa, src: [&[f32]; LANES], dst: &mut [f32]) {
+    let n = dst.len() / LANES;
+    assert_eq!(dst.len(), LANES * n);
+    assert!(src.iter().all(|s| s.len() >= n));
+    #[allow(unused_mut)]
+    let mut from = 0;
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2 | Isa::Avx512) {
+        let src: [*const f32; LANES] = src.map(|s| s.as_ptr());
+        // SAFETY: the CPU has AVX2 (the caller's `Isa`); blocks stay below `n` pixels, inside
+        // every source and `dst` (lengths checked above).
+        from = unsafe { x86::transpose_in(src, dst.as_mut_ptr(), n) };
+    }
+    for p in from..n {
+        for (l, s) in src.iter().enumerate() {
+            dst[LANES * p + l] = s[p];
+        }
+    }
+}
+
+/// `dst[l·plane + p] = src[LANES·p + l]` for `p < plane` and the `dst.len() / plane` lanes
+/// `dst` holds planes of (at most `LANES`): the inverse of [`interleave8`].
+pub(crate) fn deinterleave8(isa: Isa, src: &[f32], dst: &mut [f32], plane: usize) {
+    let lanes = dst.len() / plane;
+    assert!(lanes <= LANES && dst.len() == lanes * plane);
+    assert_eq!(src.len(), LANES * plane);
+    #[allow(unused_mut)]
+    let mut from = 0;
+    #[cfg(target_arch = "x86_64")]
+    if lanes == LANES && matches!(isa, Isa::Avx2 | Isa::Avx512) {
+        let base = dst.as_mut_ptr();
+        let rows: [*const f32; LANES] = std::array::from_fn(|i| src.as_ptr().wrapping_add(LANES * i));
+        // SAFETY: the CPU has AVX2; pixel blocks p..p + 8 ≤ plane: reads src[8p .. 8p + 64] and
+        // writes dst[l·plane + p ..][..8], inside the lengths checked above.
+        from = unsafe { x86::transpose_out(rows, base, plane) };
+    }
+    for l in 0..lanes {
+        for p in from..plane {
+            dst[l * plane + p] = src[LANES * p + l];
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::LANES;
+    use std::arch::x86_64::*;
+
+    /// The 8 × 8 transpose: lane `j` of output `i` is lane `i` of input `j`.
+    #[inline(always)]
+    unsafe fn transpose(r: [__m256; 8]) -> [__m256; 8] {
+        // SAFETY: the callers enable AVX2.
+        unsafe {
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            [
+                _mm256_permute2f128_ps::<0x20>(s0, s4),
+                _mm256_permute2f128_ps::<0x20>(s1, s5),
+                _mm256_permute2f128_ps::<0x20>(s2, s6),
+                _mm256_permute2f128_ps::<0x20>(s3, s7),
+                _mm256_permute2f128_ps::<0x31>(s0, s4),
+                _mm256_permute2f128_ps::<0x31>(s1, s5),
+                _mm256_permute2f128_ps::<0x31>(s2, s6),
+                _mm256_permute2f128_ps::<0x31>(s3, s7),
+            ]
+        }
+    }
+
+    /// For each block of 8 pixels `p` below `n`: 8 floats from each `src[j] + p`, transposed,
+    /// output `i` stored at `dst + LANES·(p + i)`. Returns the pixels done.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn transpose_in(src: [*const f32; LANES], dst: *mut f32, n: usize) -> usize {
+        let mut p = 0;
+        while p + 8 <= n {
+            // SAFETY: the caller's bounds.
+            unsafe {
+                let o = transpose(src.map(|s| _mm256_loadu_ps(s.add(p))));
+                for (i, v) in o.into_iter().enumerate() {
+                    _mm256_storeu_ps(dst.add(LANES * (p + i)), v);
+                }
+            }
+            p += 8;
+        }
+        p
+    }
+
+    /// For each block of 8 pixels `p` below `plane`: the 8 pixels' lanes from `rows[i] +
+    /// 8·p`, transposed, lane `l` stored at `dst + l·plane + p`. Returns the pixels done.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn transpose_out(rows: [*const f32; LANES], dst: *mut f32, plane: usize) -> usize {
+        let mut p = 0;
+        while p + 8 <= plane {
+            // SAFETY: the caller's bounds.
+            unsafe {
+                let o = transpose(rows.map(|r| _mm256_loadu_ps(r.add(LANES * p))));
+                for (l, v) in o.into_iter().enumerate() {
+                    _mm256_storeu_ps(dst.add(l * plane + p), v);
+                }
+            }
+            p += 8;
+        }
+        p
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
