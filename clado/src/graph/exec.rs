@@ -5,27 +5,31 @@
 //! BatchNorm's scale and shift, …); [`Executor::run`] runs the steps in the graph's order on
 //! each sample of a batch, the samples spread over the rayon pool. A sample's values live in a
 //! table indexed by value id and are freed after their last reader ([`Graph::last_uses`]).
-//! The one exception is a classifier head (a Gemm that is the last node and gives the only
-//! output): [`Executor::advance_all`] runs it once on the rows of all the samples, eight rows
-//! per pass over its weights, which one sample alone would read for very little work.
+//! The exceptions are nodes that [`Executor::advance_all`] runs once for all the samples,
+//! where one sample alone would read the weights for very little work: a classifier head (a
+//! Gemm that is the last node and gives the only output; eight rows per pass over its
+//! weights), and 1×1 Convs on maps of 16 to 64 pixels (the samples' pixels side by side as the
+//! columns of one matrix product).
 //!
 //! Convolutions: depthwise ones (one input channel per group) run as a direct loop over the
-//! taps on a zero-padded copy of each input plane (split by stride phase, so that strided taps
-//! read consecutive floats too), by `engine::kernels::depthwise_plane`, along whole padded rows
-//! when the output is 17 to 127 wide (one long run per plane); 1×1
+//! taps on a zero-padded copy of the input: for outputs up to 16 wide, eight channels at a
+//! time interleaved in the lanes of a register; wider ones plane by plane
+//! (`engine::kernels::depthwise_plane`; the plane split by stride phase, so that strided taps
+//! read consecutive floats too; along whole padded rows when the output is 17 to 127 wide). 1×1
 //! stride-1 unpadded ones as one matrix product of the weight `[M, C]` and the input
 //! `[C, H·W]`; the others as im2col and a matrix product per group. Matrix products are
 //! `engine::kernels::product` (the bias added and the activation applied while each block of
 //! outputs is in cache), or the `gemm` crate's for planes of fewer than 16 pixels; both
 //! single-threaded (parallelism is over samples). A Conv whose result only an activation reads
 //! (a unary node such as ReLU6, or Sigmoid then Mul, SiLU) applies it itself, in place (a
-//! depthwise one plane by plane, while the plane is in cache), with the same arithmetic as the
-//! nodes it replaces.
+//! depthwise one plane by plane or block by block, while it is in cache), with the same
+//! arithmetic as the nodes it replaces.
 //!
 //! **Determinism.** A sample's result depends only on that sample: the same steps run on it
 //! in the same order whatever the batch, its position in it or the thread count, and no step
-//! reads another sample (the batched head computes each row's outputs exactly as for that row
-//! alone). So results are bitwise independent of batch split and thread count.
+//! reads another sample (the batched nodes compute each output exactly as for that sample
+//! alone: every output of the products depends only on its own row and column). So results
+//! are bitwise independent of batch split and thread count.
 //!
 //! **Quantization.** [`Executor::run_quantized`] takes a [`LayerQuant`] per quantizable layer:
 //! fake-quantized weights (made by [`Executor::quantized_weights`] with `clado::quant`'s
@@ -669,8 +673,9 @@ impl Executor {
     }
 
     /// [`Executor::advance`] on each of `states` to node `to` (spread over the rayon pool with
-    /// `parallel`), except that a batched head (see `batched_head`) runs once on all the
-    /// samples' rows: the same bits as one sample at a time.
+    /// `parallel`), except for the nodes that run on all the samples at once (see
+    /// [`Executor::batched`]): each sample is advanced to such a node, the node runs once for
+    /// all of them, and so on. The same bits as one sample at a time.
     pub fn advance_all(
         &self,
         states: &mut [SampleValues],
@@ -678,20 +683,128 @@ impl Executor {
         plan: &(impl QuantPlan + ?Sized),
         parallel: bool,
     ) {
-        let head = self
-            .batched_head()
-            .filter(|&i| to > i && states.iter().all(|s| s.next <= i));
-        let stop = head.unwrap_or(to);
-        if parallel {
-            states.par_iter_mut().for_each(|s| self.advance(s, stop, plan));
-        } else {
-            states.iter_mut().for_each(|s| self.advance(s, stop, plan));
+        loop {
+            let ahead = states.iter().map(|s| s.next).max().unwrap_or(to);
+            let batched = (ahead..to).find(|&i| self.batched(i));
+            let stop = batched.unwrap_or(to);
+            if parallel {
+                states.par_iter_mut().for_each(|s| self.advance(s, stop, plan));
+            } else {
+                states.iter_mut().for_each(|s| self.advance(s, stop, plan));
+            }
+            let Some(i) = batched else { return };
+            let outs = match &self.steps[i] {
+                Step::Conv(c) => self.pointwise_all(i, c, states, plan, parallel),
+                _ => self.head_all(i, states, plan, parallel),
+            };
+            let node = &self.graph.nodes[i];
+            let target = match &self.steps[i] {
+                Step::Conv(ConvStep { act: Some((_, o)), .. }) => *o,
+                _ => node.outputs[0],
+            };
+            for (s, y) in states.iter_mut().zip(outs) {
+                s.vals[target] = Some(Arc::new(y));
+                for &v in &self.last_uses[i] {
+                    if let Some(Ok(buf)) = s.vals[v].take().map(Arc::try_unwrap) {
+                        recycle(buf);
+                    }
+                }
+                s.next = i + 1;
+            }
         }
-        let Some(i) = head else { return };
+    }
+
+    /// Whether [`Executor::advance_all`] runs node `i` once for all its samples: the batched
+    /// head (see `batched_head`), and the 1 × 1 Convs of small planes (at least
+    /// `PRODUCT_MIN_PLANE` pixels, at most `BATCHED_MAX_PLANE`). One sample's product on such a
+    /// plane reads the whole weight matrix for a few dozen columns, the last register of each
+    /// row mostly empty (7 × 7 = 49 = 6 · 8 + 1); the samples' columns side by side make one
+    /// product of full registers that reads the weights once per column block. Each output
+    /// of `kernels::product` depends only on its own column, so the bits are the same.
+    fn batched(&self, i: usize) -> bool {
+        match &self.steps[i] {
+            Step::Conv(c) => {
+                let a = &c.attrs;
+                let plane = c.output[1] * c.output[2];
+                a.groups == 1
+                    && a.kernel == [1, 1]
+                    && a.strides == [1, 1]
+                    && a.pads == [0; 4]
+                    && (PRODUCT_MIN_PLANE..=BATCHED_MAX_PLANE).contains(&plane)
+                    && self.maps[self.graph.nodes[i].inputs[0]].is_none()
+            }
+            _ => self.batched_head() == Some(i),
+        }
+    }
+
+    /// 1 × 1 Conv node `i` (a [`Executor::batched`] one) on every sample: each sample's output.
+    fn pointwise_all(
+        &self,
+        i: usize,
+        c: &ConvStep,
+        states: &[SampleValues],
+        plan: &(impl QuantPlan + ?Sized),
+        parallel: bool,
+    ) -> Vec<Vec<f32>> {
+        let x = self.graph.nodes[i].inputs[0];
+        let layer = self.layer_of[i];
+        let input = layer.and_then(|l| plan.input(l));
+        let weight = layer.and_then(|l| plan.weights(l)).unwrap_or(&c.weight);
+        let ([k, ..], [m, oh, ow]) = (c.input, c.output);
+        let n = oh * ow;
+        // Groups of eight samples: `8 · n` columns, one product each.
+        let run = |group: &[SampleValues]| -> Vec<Vec<f32>> {
+            let cols = group.len() * n;
+            let mut xs = reuse(k * cols);
+            for (j, s) in group.iter().enumerate() {
+                let data = s.get(x).expect("inputs are computed before their readers");
+                for (ch, src) in data.chunks_exact(n).enumerate() {
+                    xs[ch * cols + j * n..][..n].copy_from_slice(src);
+                }
+            }
+            if let Some(q) = input {
+                q.quantize_in_place(&mut xs);
+            }
+            let mut ys = reuse(m * cols);
+            let mut done = |run: &mut [f32]| {
+                if let Some((act, _)) = c.act {
+                    act.apply(run);
+                }
+            };
+            kernels::product(self.isa, (m, cols, k), weight, &xs, &c.bias, &mut ys, &mut done);
+            recycle(xs);
+            let outs = (0..group.len())
+                .map(|j| {
+                    let mut y = reuse(m * n);
+                    for (oc, dst) in y.chunks_exact_mut(n).enumerate() {
+                        dst.copy_from_slice(&ys[oc * cols + j * n..][..n]);
+                    }
+                    y
+                })
+                .collect();
+            recycle(ys);
+            outs
+        };
+        let groups: Vec<Vec<Vec<f32>>> = if parallel {
+            states.par_chunks(8).map(run).collect()
+        } else {
+            states.chunks(8).map(run).collect()
+        };
+        groups.concat()
+    }
+
+    /// The batched head (node `i`) on every sample: each sample's output.
+    fn head_all(
+        &self,
+        i: usize,
+        states: &[SampleValues],
+        plan: &(impl QuantPlan + ?Sized),
+        parallel: bool,
+    ) -> Vec<Vec<f32>> {
         let node = &self.graph.nodes[i];
         let layer = self.layer_of[i];
         let mut rows = Vec::new();
-        for s in states.iter() {
+        for s in states {
             rows.extend_from_slice(s.get(node.inputs[0]).expect("the head's input is live"));
         }
         if let Some(q) = layer.and_then(|l| plan.input(l)) {
@@ -707,13 +820,7 @@ impl Executor {
         };
         let y = y.concat();
         let per = y.len() / states.len().max(1);
-        for (s, y) in states.iter_mut().zip(y.chunks_exact(per.max(1))) {
-            s.vals[node.outputs[0]] = Some(Arc::new(y.to_vec()));
-            for &v in &self.last_uses[i] {
-                s.vals[v] = None;
-            }
-            s.next = i + 1;
-        }
+        y.chunks_exact(per.max(1)).map(<[f32]>::to_vec).collect()
     }
 
     /// The Conv nodes that run on the engine's kernels, those of them whose result is stored
@@ -728,6 +835,12 @@ impl Executor {
             .count();
         let convs = self.graph.nodes.iter().filter(|n| matches!(n.op, Op::Conv(_))).count();
         (fast, nchw, convs)
+    }
+
+    /// The nodes that [`Executor::advance_all`] runs on all samples at once.
+    #[cfg(test)]
+    pub(crate) fn batched_nodes(&self) -> usize {
+        (0..self.steps.len()).filter(|&i| self.batched(i)).count()
     }
 
     /// The Conv steps that apply the activation after them.
@@ -1324,6 +1437,9 @@ fn conv(isa: Isa, x: &[f32], c: &ConvStep, weight: &[f32]) -> Vec<f32> {
 /// Output planes of at least this many pixels run on [`kernels::product`], smaller ones on
 /// `gemm`.
 const PRODUCT_MIN_PLANE: usize = 16;
+
+/// The largest plane of a 1 × 1 Conv that [`Executor::advance_all`] runs on all samples at once.
+const BATCHED_MAX_PLANE: usize = 64;
 
 thread_local! {
     /// Scratch space of [`conv`]'s im2col matrices, one per thread.

@@ -145,6 +145,14 @@ fn results_are_independent_of_batch_split_and_threads() {
         let graph = Graph::from_onnx(fixture_dir().join(name)).unwrap();
         let ((xs, x), _) = io_of(&fixture_dir().join(name));
         let exec = Executor::new(&graph).unwrap();
+        if name.starts_with("mobilenet") {
+            // 1 × 1 Convs on 8 × 8 and 4 × 4 maps, and the head, run on all samples at once.
+            assert!(
+                exec.batched_nodes() > 2,
+                "{name}: {} batched nodes",
+                exec.batched_nodes()
+            );
+        }
         let whole = exec.run(&x, xs[0], true).unwrap();
         let serial = exec.run(&x, xs[0], false).unwrap();
         assert_eq!(whole, serial, "{name}: parallel vs serial");
@@ -160,8 +168,8 @@ fn results_are_independent_of_batch_split_and_threads() {
                 in_pair[..alone.len()],
                 "{name}: sample {i} alone vs in a pair"
             );
-            // And through `advance` alone, which runs a classifier head on its own row where
-            // `run` takes the batch's rows together.
+            // And through `advance` alone, which runs a classifier head and the 1 × 1 Convs of
+            // small maps on this sample only, where `run` takes the batch's samples together.
             let mut state = exec.start(sample);
             exec.advance(&mut state, graph.nodes.len(), &Fp);
             let advanced = state.get(graph.outputs()[0]).unwrap();
