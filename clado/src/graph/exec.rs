@@ -674,7 +674,7 @@ impl Executor {
 
     /// [`Executor::advance`] on each of `states` to node `to` (spread over the rayon pool with
     /// `parallel`), except for the nodes that run on all the samples at once (see
-    /// [`Executor::batched`]): each sample is advanced to such a node, the node runs once for
+    /// `batched`): each sample is advanced to such a node, the node runs once for
     /// all of them, and so on. The same bits as one sample at a time.
     pub fn advance_all(
         &self,
