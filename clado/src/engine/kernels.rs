@@ -25,7 +25,7 @@ mod product;
 mod winograd;
 
 pub(crate) use dense::dense_rows;
-pub(crate) use depthwise::{deinterleave8, depthwise_plane, interleave8, LANES};
+pub(crate) use depthwise::{deinterleave8, depthwise_plane, interleave8, lanes_plane, LANES};
 pub(crate) use product::product;
 
 /// Instruction set the kernels run on (chosen once by [`Isa::detect`]); all give bitwise
@@ -417,6 +417,8 @@ pub(crate) trait Lanes: Copy {
     unsafe fn sub(self, o: Self) -> Self;
     /// `maxps(self, 0)`.
     unsafe fn relu(self) -> Self;
+    /// The graph's `Clip` lane by lane (`crate::graph::ops::clip`: NaN gives `lo`).
+    unsafe fn clip(self, lo: f32, hi: f32) -> Self;
     /// The first `len` lanes from `p` (`0 < len < N`), the others 0; reads only those.
     unsafe fn load_part(p: *const f32, len: usize) -> Self;
     /// Writes the first `len` lanes to `p` (`0 < len < N`), nothing else.
@@ -464,6 +466,10 @@ impl Lanes for F32x1 {
     #[inline(always)]
     unsafe fn relu(self) -> Self {
         F32x1(relu(self.0))
+    }
+    #[inline(always)]
+    unsafe fn clip(self, lo: f32, hi: f32) -> Self {
+        F32x1(crate::graph::ops::clip(self.0, lo, hi))
     }
     #[inline(always)]
     unsafe fn load_part(_: *const f32, _: usize) -> Self {
@@ -525,6 +531,16 @@ mod x86 {
             unsafe { F32x16(_mm512_max_ps(self.0, _mm512_setzero_ps())) }
         }
         #[inline(always)]
+        unsafe fn clip(self, lo: f32, hi: f32) -> Self {
+            // `maxps(lo, v)` is `lo > v ? lo : v`, `minps(hi, t)` `hi < t ? hi : t`.
+            unsafe {
+                let t = _mm512_max_ps(_mm512_set1_ps(lo), self.0);
+                let t = _mm512_min_ps(_mm512_set1_ps(hi), t);
+                let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(self.0, self.0);
+                F32x16(_mm512_mask_blend_ps(nan, t, _mm512_set1_ps(lo)))
+            }
+        }
+        #[inline(always)]
         unsafe fn load_part(p: *const f32, len: usize) -> Self {
             unsafe { F32x16(_mm512_maskz_loadu_ps((1u16 << len) - 1, p)) }
         }
@@ -580,6 +596,16 @@ mod x86 {
         #[inline(always)]
         unsafe fn relu(self) -> Self {
             unsafe { F32x8(_mm256_max_ps(self.0, _mm256_setzero_ps())) }
+        }
+        #[inline(always)]
+        unsafe fn clip(self, lo: f32, hi: f32) -> Self {
+            // `maxps(lo, v)` is `lo > v ? lo : v`, `minps(hi, t)` `hi < t ? hi : t`.
+            unsafe {
+                let t = _mm256_max_ps(_mm256_set1_ps(lo), self.0);
+                let t = _mm256_min_ps(_mm256_set1_ps(hi), t);
+                let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(self.0, self.0);
+                F32x8(_mm256_blendv_ps(t, _mm256_set1_ps(lo), nan))
+            }
         }
         #[inline(always)]
         unsafe fn load_part(p: *const f32, len: usize) -> Self {

@@ -131,6 +131,15 @@ enum Activation {
 }
 
 impl Activation {
+    /// The bounds of a `Clip`, which the kernels apply in registers (`Lanes::clip`) instead of
+    /// a pass over the result. (Not a `Relu`'s: it turns −0 into +0, a clip to [0, ∞] keeps it.)
+    fn bounds(self) -> Option<(f32, f32)> {
+        match self {
+            Activation::Unary(Unary::Clip { min, max }) => Some((min, max)),
+            _ => None,
+        }
+    }
+
     /// In place, with the arithmetic of the nodes it replaces (the same bits).
     fn apply(self, x: &mut [f32]) {
         match self {
@@ -766,12 +775,13 @@ impl Executor {
                 q.quantize_in_place(&mut xs);
             }
             let mut ys = reuse(m * cols);
+            let clip = c.act.and_then(|(act, _)| act.bounds());
             let mut done = |run: &mut [f32]| {
-                if let Some((act, _)) = c.act {
+                if let (Some((act, _)), None) = (c.act, clip) {
                     act.apply(run);
                 }
             };
-            kernels::product(self.isa, (m, cols, k), weight, &xs, &c.bias, &mut ys, &mut done);
+            kernels::product(self.isa, (m, cols, k), weight, &xs, &c.bias, clip, &mut ys, &mut done);
             recycle(xs);
             let outs = (0..group.len())
                 .map(|j| {
@@ -1417,12 +1427,13 @@ fn conv(isa: Isa, x: &[f32], c: &ConvStep, weight: &[f32]) -> Vec<f32> {
             matmul((m_g, plane, k), yg, true, wg, (k, 1), rhs, (plane, 1), 1.0);
         } else {
             let bias = &c.bias[grp * m_g..(grp + 1) * m_g];
+            let clip = c.act.and_then(|(act, _)| act.bounds());
             let mut done = |run: &mut [f32]| {
-                if let Some((act, _)) = c.act {
+                if let (Some((act, _)), None) = (c.act, clip) {
                     act.apply(run);
                 }
             };
-            kernels::product(isa, (m_g, plane, k), wg, rhs, bias, yg, &mut done);
+            kernels::product(isa, (m_g, plane, k), wg, rhs, bias, clip, yg, &mut done);
         }
     }
     if !pointwise {
@@ -1618,19 +1629,16 @@ fn depthwise_lanes_body(isa: Isa, x: &[f32], c: &ConvStep, weight: &[f32], y: &m
         .flat_map(|ky| (0..kw).map(move |kx| ky * dh * wp + kx * dw))
         .collect();
     // Lanes past the last channel repeat it: computed, never stored.
-    let mut dense: Vec<Px> = vec![[0.0; LANES]; h * w];
     let mut xt: Vec<Px> = vec![[0.0; LANES]; hp * wp];
     let mut yt: Vec<Px> = vec![[0.0; LANES]; plane];
     let mut wt: Vec<Px> = vec![[0.0; LANES]; taps];
     let mut bias: Px = [0.0; LANES];
+    let clip = c.act.and_then(|(act, _)| act.bounds());
     for c0 in (0..m).step_by(LANES) {
         let lanes = LANES.min(m - c0);
         let channel = |l: usize| c0 + l.min(lanes - 1);
         let planes: [&[f32]; LANES] = std::array::from_fn(|l| &x[(channel(l) / per_group) * h * w..][..h * w]);
-        kernels::interleave8(isa, planes, dense.as_flattened_mut());
-        for (iy, row) in dense.chunks_exact(w).enumerate() {
-            xt[(iy + pt) * wp + pl..][..w].copy_from_slice(row);
-        }
+        kernels::interleave8(isa, planes, (h * w, w, wp), xt[pt * wp + pl..].as_flattened_mut());
         for l in 0..LANES {
             let oc = channel(l);
             bias[l] = c.bias[oc];
@@ -1638,54 +1646,22 @@ fn depthwise_lanes_body(isa: Isa, x: &[f32], c: &ConvStep, weight: &[f32], y: &m
                 wt[t][l] = v;
             }
         }
-        for oy in 0..oh {
-            let row = oy * sh * wp;
-            let out = &mut yt[oy * ow..(oy + 1) * ow];
-            // Up to eight pixels at a time: independent sums in flight.
-            let mut ox = 0;
-            while ox < ow {
-                let n = (ow - ox).min(8);
-                let at = row + ox * sw;
-                let o = &mut out[ox..ox + n];
-                match n {
-                    8 => o.copy_from_slice(&lanes_pixels::<8>(&xt, at, sw, &offsets, &wt, bias)),
-                    7 => o.copy_from_slice(&lanes_pixels::<7>(&xt, at, sw, &offsets, &wt, bias)),
-                    6 => o.copy_from_slice(&lanes_pixels::<6>(&xt, at, sw, &offsets, &wt, bias)),
-                    5 => o.copy_from_slice(&lanes_pixels::<5>(&xt, at, sw, &offsets, &wt, bias)),
-                    4 => o.copy_from_slice(&lanes_pixels::<4>(&xt, at, sw, &offsets, &wt, bias)),
-                    3 => o.copy_from_slice(&lanes_pixels::<3>(&xt, at, sw, &offsets, &wt, bias)),
-                    2 => o.copy_from_slice(&lanes_pixels::<2>(&xt, at, sw, &offsets, &wt, bias)),
-                    _ => o.copy_from_slice(&lanes_pixels::<1>(&xt, at, sw, &offsets, &wt, bias)),
-                }
-                ox += n;
-            }
-        }
-        if let Some((act, _)) = c.act {
+        kernels::lanes_plane(
+            isa,
+            xt.as_flattened(),
+            &offsets,
+            wt.as_flattened(),
+            &bias,
+            (oh, ow, wp),
+            [sh, sw],
+            clip,
+            yt.as_flattened_mut(),
+        );
+        if let (Some((act, _)), None) = (c.act, clip) {
             act.apply(yt.as_flattened_mut());
         }
         kernels::deinterleave8(isa, yt.as_flattened(), &mut y[c0 * plane..(c0 + lanes) * plane], plane);
     }
-}
-
-/// `Q` output pixels of [`depthwise_lanes`], the first at `at` in the padded plane, the next
-/// ones `step` apart.
-#[inline(always)]
-fn lanes_pixels<const Q: usize>(
-    xt: &[[f32; LANES]],
-    at: usize,
-    step: usize,
-    offsets: &[usize],
-    wt: &[[f32; LANES]],
-    bias: [f32; LANES],
-) -> [[f32; LANES]; Q] {
-    let mut acc = [bias; Q];
-    for (&off, wv) in offsets.iter().zip(wt) {
-        for (q, acc) in acc.iter_mut().enumerate() {
-            let xv = &xt[at + q * step + off];
-            *acc = std::array::from_fn(|l| acc[l] + xv[l] * wv[l]);
-        }
-    }
-    acc
 }
 
 thread_local! {

@@ -30,7 +30,7 @@
 //! dim 1), its parameter count and its MACs for one sample of the graph's input size.
 
 mod onnx;
-mod ops;
+pub(crate) mod ops;
 mod qdq;
 #[cfg(feature = "nn")]
 mod resnet;

@@ -506,11 +506,25 @@ fn silu1(v: f32) -> f32 {
     v * (1.0 / (1.0 + exp(-v)))
 }
 
+/// `Clip`: `v.max(min).min(max)`, NaN giving `min`, as `maxps`, `minps`, then the NaN lanes
+/// replaced (one test for NaN instead of one per comparison). The kernels' `Lanes::clip` does
+/// the same in registers.
+#[inline(always)]
+pub(crate) fn clip(v: f32, min: f32, max: f32) -> f32 {
+    let lo = if min > v { min } else { v };
+    let hi = if max < lo { max } else { lo };
+    if v.is_nan() {
+        min
+    } else {
+        hi
+    }
+}
+
 #[inline(always)]
 fn unary_body(op: Unary, x: &mut [f32]) {
     match op {
         Unary::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
-        Unary::Clip { min, max } => x.iter_mut().for_each(|v| *v = v.max(min).min(max)),
+        Unary::Clip { min, max } => x.iter_mut().for_each(|v| *v = clip(*v, min, max)),
         Unary::LeakyRelu { alpha } => x.iter_mut().for_each(|v| {
             if *v < 0.0 {
                 *v *= alpha
@@ -1215,6 +1229,50 @@ mod exp_tests {
         assert_eq!(super::exp(100.0), super::exp(88.0));
         assert!(super::exp(88.0) > 1e38 && super::exp(-87.0) < 1e-37);
         assert!(super::exp(f32::NAN).is_nan());
+    }
+}
+
+#[cfg(test)]
+mod clip_tests {
+    use super::*;
+
+    /// `Clip` gives `min` for NaN, the bound for values beyond it, and every other value
+    /// (either zero included) unchanged, in the vectorised body and its scalar tail alike, as
+    /// the scalar `clip` that the kernels' `Lanes::clip` follows.
+    #[test]
+    fn clip_keeps_values_inside_and_sends_nan_to_min() {
+        let specials = [
+            f32::NAN,
+            -0.0,
+            0.0,
+            6.0,
+            6.5,
+            -1.0,
+            3.25,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -f32::NAN,
+        ];
+        let x: Vec<f32> = (0..37).map(|i| specials[i % specials.len()]).collect();
+        for (min, max) in [(0.0, 6.0), (-0.0, 6.0), (-1.0, 1.0)] {
+            let mut got = x.clone();
+            unary(Unary::Clip { min, max }, &mut got);
+            for (v, g) in x.iter().zip(&got) {
+                let want = if v.is_nan() || *v < min {
+                    min
+                } else if *v > max {
+                    max
+                } else {
+                    *v
+                };
+                assert_eq!(g.to_bits(), want.to_bits(), "clip({v}, {min}, {max})");
+                assert_eq!(
+                    g.to_bits(),
+                    clip(*v, min, max).to_bits(),
+                    "scalar clip({v}, {min}, {max})"
+                );
+            }
+        }
     }
 }
 

@@ -184,25 +184,150 @@ unsafe fn block<V: Lanes, const NV: usize, const PART: bool>(
 /// Planes that [`interleave8`] and [`deinterleave8`] take at once.
 pub(crate) const LANES: usize = 8;
 
-/// `dst[LANES·p + l] = src[l][p]` for `p < n`, `dst` holding `LANES·n` floats: `LANES` planes
-/// interleaved, each pixel's values side by side (8 × 8 blocks transposed in registers where
-/// the CPU has AVX2).
-pub(crate) fn interleave8(isa: Isa, src: [&[f32]; LANES], dst: &mut [f32]) {
-    let n = dst.len() / LANES;
-    assert_eq!(dst.len(), LANES * n);
-    assert!(src.iter().all(|s| s.len() >= n));
+/// `LANES` channels of a depthwise convolution side by side: `xt` is their zero-padded input
+/// plane of `LANES`-wide pixels, rows `pitch` pixels apart, and output pixel (oy, ox) of `yt`
+/// (`rows × cols` pixels, `LANES`-wide) is, lane by lane, `bias + Σ_t xt[at + offsets[t]] ·
+/// w[t]` with `at = oy·stride[0]·pitch + ox·stride[1]`, the products added in the order of the
+/// taps (a multiplication, then an addition, as [`depthwise_plane`]), then with `clip` the
+/// graph's `Clip` (`Lanes::clip`). `w` holds each tap's `LANES` weights. Up to eight pixels at a time (independent sums in flight), one register
+/// each where the CPU has AVX2.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn lanes_plane(
+    isa: Isa,
+    xt: &[f32],
+    offsets: &[usize],
+    w: &[f32],
+    bias: &[f32],
+    (rows, cols, pitch): (usize, usize, usize),
+    stride: [usize; 2],
+    clip: Option<(f32, f32)>,
+    yt: &mut [f32],
+) {
+    // Every read and write of the kernels below lies inside these lengths.
+    assert_eq!(w.len(), LANES * offsets.len());
+    assert_eq!(bias.len(), LANES);
+    assert_eq!(yt.len(), LANES * rows * cols);
+    if yt.is_empty() {
+        return;
+    }
+    let reach = offsets.iter().copied().max().unwrap_or(0);
+    assert!(LANES * ((rows - 1) * stride[0] * pitch + (cols - 1) * stride[1] + reach + 1) <= xt.len());
+    let shape = (rows, cols, pitch);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512`/`Avx2` are only chosen when the CPU has AVX2 (`Isa::detect`),
+        // and the lengths are checked above.
+        Isa::Avx512 | Isa::Avx2 => unsafe { lanes_avx2(xt, offsets, w, bias, shape, stride, clip, yt) },
+        _ => {
+            for (o, out) in yt.chunks_exact_mut(LANES).enumerate() {
+                let at = o / cols * stride[0] * pitch + o % cols * stride[1];
+                for (l, y) in out.iter_mut().enumerate() {
+                    let s = offsets
+                        .iter()
+                        .zip(w.chunks_exact(LANES))
+                        .fold(bias[l], |s, (&off, wt)| s + xt[LANES * (at + off) + l] * wt[l]);
+                    *y = clip.map_or(s, |(lo, hi)| crate::graph::ops::clip(s, lo, hi));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn lanes_avx2(
+    xt: &[f32],
+    offsets: &[usize],
+    w: &[f32],
+    bias: &[f32],
+    (rows, cols, pitch): (usize, usize, usize),
+    [sh, sw]: [usize; 2],
+    clip: Option<(f32, f32)>,
+    yt: &mut [f32],
+) {
+    use super::x86::F32x8 as V;
+    // SAFETY: the CPU has AVX2 (the caller's `Isa`); every pixel read lies below the reach
+    // `lanes_plane` checked, every pixel written below `rows × cols`.
+    unsafe {
+        let (x, y, w, bias) = (xt.as_ptr(), yt.as_mut_ptr(), w.as_ptr(), V::load(bias.as_ptr()));
+        for oy in 0..rows {
+            let row = oy * sh * pitch;
+            let mut ox = 0;
+            while ox < cols {
+                let n = (cols - ox).min(8);
+                let (at, out) = (x.add(LANES * (row + ox * sw)), y.add(LANES * (oy * cols + ox)));
+                match n {
+                    8 => lanes_pixels::<8>(at, sw, offsets, w, bias, clip, out),
+                    7 => lanes_pixels::<7>(at, sw, offsets, w, bias, clip, out),
+                    6 => lanes_pixels::<6>(at, sw, offsets, w, bias, clip, out),
+                    5 => lanes_pixels::<5>(at, sw, offsets, w, bias, clip, out),
+                    4 => lanes_pixels::<4>(at, sw, offsets, w, bias, clip, out),
+                    3 => lanes_pixels::<3>(at, sw, offsets, w, bias, clip, out),
+                    2 => lanes_pixels::<2>(at, sw, offsets, w, bias, clip, out),
+                    _ => lanes_pixels::<1>(at, sw, offsets, w, bias, clip, out),
+                }
+                ox += n;
+            }
+        }
+    }
+}
+
+/// `Q` output pixels of [`lanes_plane`] into `out`, the first one's taps from `at`, the next
+/// ones `step` pixels on.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn lanes_pixels<const Q: usize>(
+    at: *const f32,
+    step: usize,
+    offsets: &[usize],
+    w: *const f32,
+    bias: super::x86::F32x8,
+    clip: Option<(f32, f32)>,
+    out: *mut f32,
+) {
+    use super::x86::F32x8 as V;
+    // SAFETY: the caller's bounds.
+    unsafe {
+        let mut acc = [bias; Q];
+        for (t, &off) in offsets.iter().enumerate() {
+            let wv = V::load(w.add(LANES * t));
+            for (q, acc) in acc.iter_mut().enumerate() {
+                *acc = acc.add(V::load(at.add(LANES * (q * step + off))).mul(wv));
+            }
+        }
+        for (q, acc) in acc.into_iter().enumerate() {
+            let acc = if let Some((lo, hi)) = clip {
+                acc.clip(lo, hi)
+            } else {
+                acc
+            };
+            acc.store(out.add(LANES * q));
+        }
+    }
+}
+
+/// `LANES` planes of `n` pixels, `w` to a row, interleaved: pixel `p`'s values side by side at
+/// pixel `(p / w)·pitch + p % w` of `dst` (`dst[LANES·that + l] = src[l][p]`), so rows can land
+/// in a wider, padded plane. 8 × 8 blocks are transposed in registers where the CPU has AVX2.
+pub(crate) fn interleave8(isa: Isa, src: [&[f32]; LANES], (n, w, pitch): (usize, usize, usize), dst: &mut [f32]) {
+    assert!(w > 0 && w <= pitch && src.iter().all(|s| s.len() >= n));
+    if n == 0 {
+        return;
+    }
+    let at = |p: usize| p / w * pitch + p % w;
+    assert!(LANES * (at(n - 1) + 1) <= dst.len());
     #[allow(unused_mut)]
     let mut from = 0;
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx512) {
         let src: [*const f32; LANES] = src.map(|s| s.as_ptr());
         // SAFETY: the CPU has AVX2 (the caller's `Isa`); blocks stay below `n` pixels, inside
-        // every source and `dst` (lengths checked above).
-        from = unsafe { x86::transpose_in(src, dst.as_mut_ptr(), n) };
+        // every source, and land at `at(p)` for p < n, inside `dst` (checked above).
+        from = unsafe { x86::transpose_in(src, dst.as_mut_ptr(), (n, w, pitch)) };
     }
     for p in from..n {
         for (l, s) in src.iter().enumerate() {
-            dst[LANES * p + l] = s[p];
+            dst[LANES * at(p) + l] = s[p];
         }
     }
 }
@@ -270,16 +395,25 @@ mod x86 {
     }
 
     /// For each block of 8 pixels `p` below `n`: 8 floats from each `src[j] + p`, transposed,
-    /// output `i` stored at `dst + LANES·(p + i)`. Returns the pixels done.
+    /// output `i` stored at `dst + LANES·at(p + i)`, `at(q) = (q / w)·pitch + q % w`. Returns
+    /// the pixels done.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn transpose_in(src: [*const f32; LANES], dst: *mut f32, n: usize) -> usize {
-        let mut p = 0;
+    pub(super) unsafe fn transpose_in(
+        src: [*const f32; LANES],
+        dst: *mut f32,
+        (n, w, pitch): (usize, usize, usize),
+    ) -> usize {
+        let (mut p, mut row, mut col) = (0, 0, 0);
         while p + 8 <= n {
             // SAFETY: the caller's bounds.
             unsafe {
                 let o = transpose(src.map(|s| _mm256_loadu_ps(s.add(p))));
-                for (i, v) in o.into_iter().enumerate() {
-                    _mm256_storeu_ps(dst.add(LANES * (p + i)), v);
+                for v in o {
+                    _mm256_storeu_ps(dst.add(LANES * (row * pitch + col)), v);
+                    col += 1;
+                    if col == w {
+                        (row, col) = (row + 1, 0);
+                    }
                 }
             }
             p += 8;

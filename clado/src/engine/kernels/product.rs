@@ -27,7 +27,8 @@ pub(crate) const DEPTH_BLOCK: usize = 512;
 const BLOCK_FLOATS: usize = 64 * 1024;
 
 /// `y[i][j] = bias[i] + Σ_l w[i][l]·x[l][j]` for `i < m`, `j < n` (see the module docs for the
-/// order of the additions); `done` gets each finished run of a row of `y`, once.
+/// order of the additions), then with `clip = Some((lo, hi))` the graph's `Clip` (`Lanes::clip`)
+/// applied in registers; `done` gets each finished run of a row of `y`, once.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn product(
     isa: Isa,
@@ -35,6 +36,7 @@ pub(crate) fn product(
     w: &[f32],
     x: &[f32],
     bias: &[f32],
+    clip: Option<(f32, f32)>,
     y: &mut [f32],
     done: &mut dyn FnMut(&mut [f32]),
 ) {
@@ -44,7 +46,15 @@ pub(crate) fn product(
     assert_eq!(x.len(), k * n);
     assert_eq!(bias.len(), m);
     assert_eq!(y.len(), m * n);
-    let args = Args { m, n, k, w, x, bias };
+    let args = Args {
+        m,
+        n,
+        k,
+        w,
+        x,
+        bias,
+        clip,
+    };
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512`/`Avx2` are only chosen when the CPU has the features
@@ -64,6 +74,7 @@ struct Args<'a> {
     w: &'a [f32],
     x: &'a [f32],
     bias: &'a [f32],
+    clip: Option<(f32, f32)>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -91,7 +102,15 @@ unsafe fn blocks<V: Lanes, const R: usize, const NV: usize>(
     y: &mut [f32],
     done: &mut dyn FnMut(&mut [f32]),
 ) {
-    let Args { m, n, k, w, x, bias } = *a;
+    let Args {
+        m,
+        n,
+        k,
+        w,
+        x,
+        bias,
+        clip,
+    } = *a;
     let depth_blocks = k.div_ceil(DEPTH_BLOCK);
     let kb = k.div_ceil(depth_blocks);
     let wide = NV * V::N;
@@ -114,6 +133,7 @@ unsafe fn blocks<V: Lanes, const R: usize, const NV: usize>(
                 k,
                 kb,
                 rows,
+                clip,
             };
             let mut j = j0;
             // SAFETY (all three): a tile at column j reads columns j.. of `x`'s k rows and
@@ -155,6 +175,8 @@ struct Tile<'a, const R: usize> {
     kb: usize,
     /// Rows to store.
     rows: usize,
+    /// Bounds of the `Clip` applied to finished outputs.
+    clip: Option<(f32, f32)>,
 }
 
 impl<const R: usize> Tile<'_, R> {
@@ -202,7 +224,10 @@ impl<const R: usize> Tile<'_, R> {
                     for v in 0..NV {
                         let p = y.add(r * self.n + v * V::N);
                         let before = if k0 == 0 { V::splat(&self.bias[r]) } else { load(p, v) };
-                        let s = before.add(acc[r][v]);
+                        let mut s = before.add(acc[r][v]);
+                        if let (Some((lo, hi)), true) = (self.clip, k1 == self.k) {
+                            s = s.clip(lo, hi);
+                        }
                         if PART && v == NV - 1 {
                             s.store_part(p, last);
                         } else {
@@ -272,21 +297,29 @@ mod tests {
                     assert!(d <= TOLERANCE, "{m}×{n}×{k} at ({i}, {j}): {d:e}");
                 }
             }
-            for isa in Isa::available() {
+            // Without a clip, and with one that cuts both ends (applied before `done`).
+            for (isa, clip) in Isa::available()
+                .into_iter()
+                .flat_map(|i| [(i, None), (i, Some((-0.25, 0.5)))])
+            {
                 let mut y = vec![f32::NAN; m * n];
                 let base = y.as_ptr() as usize;
                 // Each output is handed to `done` once, after it is final.
                 let mut seen = vec![0u8; m * n];
-                product(isa, (m, n, k), &w, &x, &bias, &mut y, &mut |run: &mut [f32]| {
+                product(isa, (m, n, k), &w, &x, &bias, clip, &mut y, &mut |run: &mut [f32]| {
                     let at = (run.as_ptr() as usize - base) / 4;
                     for (s, v) in seen[at..at + run.len()].iter_mut().zip(run.iter_mut()) {
                         *s += 1;
                         *v = -*v;
                     }
                 });
-                let negated: Vec<u32> = want.iter().map(|v| (-v).to_bits()).collect();
+                let negated: Vec<u32> = want
+                    .iter()
+                    .map(|&v| clip.map_or(v, |(lo, hi)| crate::graph::ops::clip(v, lo, hi)))
+                    .map(|v| (-v).to_bits())
+                    .collect();
                 let got: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
-                assert_eq!(got, negated, "{isa:?} {m}×{n}×{k}");
+                assert_eq!(got, negated, "{isa:?} {m}×{n}×{k} {clip:?}");
                 assert!(seen.iter().all(|&s| s == 1), "{isa:?} {m}×{n}×{k}: runs");
             }
         }
