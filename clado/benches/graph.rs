@@ -12,11 +12,11 @@
 //! warm-up batch, the two taking turns batch by batch; both see the same input. Before each
 //! timed batch the bench waits `SETTLE` for the other side's threads to go idle: onnxruntime's
 //! workers spin for tens of milliseconds after a run, which on 2 cores takes one from whatever
-//! runs next (it slowed our first samples of a batch twofold). The ratio is
-//! the median of the per-batch ratios (each of our batches against onnxruntime's right after
-//! it), which a machine whose speed drifts from minute to minute moves less than it moves the
-//! two medians. The largest |difference| of the logits relative to the largest |logit| is
-//! printed too. Results go to stdout.
+//! runs next (it slowed our first samples of a batch twofold); freed memory stays with the
+//! allocator meanwhile (see `main`). The ratio is the median of the per-batch ratios (each of
+//! our batches against onnxruntime's right after it), which a machine whose speed drifts from
+//! minute to minute moves less than it moves the two medians. The largest |difference| of the
+//! logits relative to the largest |logit| is printed too. Results go to stdout.
 
 use clado::graph::{Executor, Graph};
 use rand::{Rng, SeedableRng};
@@ -47,7 +47,16 @@ for line in sys.stdin:
     t = time.perf_counter(); s.run(None, feed); print(time.perf_counter() - t, flush=True)
 "#;
 
+/// mimalloc's `mi_option_purge_delay`.
+const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() {
+    // The pauses (`SETTLE`) would let mimalloc hand a batch's freed memory back to the system
+    // (it does so a second after a free) and the next batch fault it in again, zeroed by the
+    // kernel: a cost that a tool running batches back to back does not pay, nor onnxruntime,
+    // whose arena keeps its memory. So the bench keeps freed memory, as in a steady run.
+    // SAFETY: sets an option before any other thread exists.
+    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) };
     let mut models = vec!["resnet18".to_string(), "mobilenet_v2".into(), "efficientnet_b0".into()];
     let (mut batch, mut threads, mut runs) = (32usize, 2usize, 3usize);
     let mut args = std::env::args().skip(1);

@@ -821,8 +821,10 @@ impl Executor {
             q.quantize_in_place(&mut rows);
         }
         let weights = layer.and_then(|l| plan.weights(l));
-        // Groups of eight samples' rows: one pass over the weights each.
-        let group = (8 * rows.len() / states.len().max(1)).max(1);
+        // One group of samples' rows per thread: one pass over the weights each.
+        let threads = if parallel { rayon::current_num_threads() } else { 1 };
+        let per_sample = rows.len() / states.len().max(1);
+        let group = (states.len().div_ceil(threads) * per_sample).max(1);
         let y: Vec<Vec<f32>> = if parallel {
             rows.par_chunks(group).map(|x| self.gemm(i, x, weights)).collect()
         } else {
@@ -973,7 +975,7 @@ impl Executor {
     /// when it is a Gemm (a classifier head) whose output is the graph's only output and whose
     /// input is an NCHW runtime value. Per sample, its weights are most of what it reads
     /// (1280 × 1000 floats for MobileNetV2's, for 1.3 M multiply-adds); together the samples'
-    /// rows read them once per group of eight.
+    /// rows read them once per thread's group.
     fn batched_head(&self) -> Option<usize> {
         let g = &*self.graph;
         let i = g.nodes.len().checked_sub(1)?;

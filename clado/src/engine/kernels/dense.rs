@@ -6,9 +6,10 @@
 //! o`, `l` = 0, 1, …, one rounding each, on every instruction set (the lanes are independent).
 //! So a row gives the same bits alone or among others.
 //!
-//! Up to `R` rows share each load of `w`: with one sample at a time a classifier head's weights
-//! (5 MB for 1280 × 1000) are most of what the layer reads, so rows taken together read them
-//! once per `R` samples. The depth is taken in blocks of [`DEPTH_BLOCK`] rows of `w`, the
+//! Up to `R` rows share each load of `w` into a register, and every group of `R` rows passes
+//! over a tile of `w` while it is in cache: with one sample at a time a classifier head's
+//! weights (5 MB for 1280 × 1000) are most of what the layer reads, so rows taken together read
+//! them from memory once. The depth is taken in blocks of [`DEPTH_BLOCK`] rows of `w`, the
 //! partial sums stored in `out` between blocks, so that the rows of `w` a block walks down stay
 //! in the TLB while every column tile passes over them.
 
@@ -68,38 +69,49 @@ unsafe fn avx2(a: &Args<'_>, out: &mut [f32]) {
     unsafe { blocks::<super::x86::F32x8, 1>(a, out) }
 }
 
-/// Groups of `R` rows, depth blocks, then tiles of `NV` registers of columns, of one, then one
-/// partial register.
+/// Depth blocks, then tiles of `NV` registers of columns, of one, then one partial register,
+/// each over the groups of `R` rows.
 #[inline(always)]
 unsafe fn blocks<V: Lanes, const NV: usize>(a: &Args<'_>, out: &mut [f32]) {
     let Args { rows, n, k, x, w } = *a;
     let wide = NV * V::N;
-    for r0 in (0..rows).step_by(R) {
-        let group = R.min(rows - r0);
-        // Rows past the end repeat the last one (computed, not stored).
-        let t = Tile {
-            x: std::array::from_fn(|r| x[(r0 + r.min(group - 1)) * k..].as_ptr()),
-            rows: group,
-            n,
-        };
-        let o = out[r0 * n..].as_mut_ptr();
-        for l0 in (0..k).step_by(DEPTH_BLOCK) {
-            let l1 = (l0 + DEPTH_BLOCK).min(k);
-            let mut j = 0;
-            // SAFETY (all three): a tile at column j reads rows l0..l1 of `w` from column j and
-            // the tile's rows of `x` (below `rows`), and reads and writes columns j.. of those
-            // rows of `out`, as many as its registers hold (`n − j` for the partial one).
-            unsafe {
-                while j + wide <= n {
-                    t.run::<V, NV, false>(w.as_ptr().add(j), o.add(j), (l0, l1), V::N);
-                    j += wide;
+    // Rows past the end of a group repeat its last one (computed, not stored).
+    let tiles: Vec<Tile> = (0..rows)
+        .step_by(R)
+        .map(|r0| {
+            let group = R.min(rows - r0);
+            Tile {
+                x: std::array::from_fn(|r| x[(r0 + r.min(group - 1)) * k..].as_ptr()),
+                rows: group,
+                n,
+            }
+        })
+        .collect();
+    let o = out.as_mut_ptr();
+    // Each column tile of a depth block passes over every group of rows while its block of
+    // `w` is in cache: `w` comes from memory once, whatever the number of rows.
+    for l0 in (0..k).step_by(DEPTH_BLOCK) {
+        let l1 = (l0 + DEPTH_BLOCK).min(k);
+        let mut j = 0;
+        // SAFETY (all three): a tile at column j reads rows l0..l1 of `w` from column j and
+        // the tile's rows of `x` (below `rows`), and reads and writes columns j.. of those
+        // rows of `out`, as many as its registers hold (`n − j` for the partial one).
+        unsafe {
+            while j + wide <= n {
+                for (g, t) in tiles.iter().enumerate() {
+                    t.run::<V, NV, false>(w.as_ptr().add(j), o.add(g * R * n + j), (l0, l1), V::N);
                 }
-                while j + V::N <= n {
-                    t.run::<V, 1, false>(w.as_ptr().add(j), o.add(j), (l0, l1), V::N);
-                    j += V::N;
+                j += wide;
+            }
+            while j + V::N <= n {
+                for (g, t) in tiles.iter().enumerate() {
+                    t.run::<V, 1, false>(w.as_ptr().add(j), o.add(g * R * n + j), (l0, l1), V::N);
                 }
-                if j < n {
-                    t.run::<V, 1, true>(w.as_ptr().add(j), o.add(j), (l0, l1), n - j);
+                j += V::N;
+            }
+            if j < n {
+                for (g, t) in tiles.iter().enumerate() {
+                    t.run::<V, 1, true>(w.as_ptr().add(j), o.add(g * R * n + j), (l0, l1), n - j);
                 }
             }
         }
