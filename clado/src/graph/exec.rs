@@ -1572,6 +1572,7 @@ fn depthwise_planes_body(isa: Isa, x: &[f32], c: &ConvStep, weight: &[f32], y: &
     // `wq − ow` of each row discarded): one long run per plane in blocks of four registers
     // instead of short rows. Narrower ones go row by row, several rows at once.
     let flat_path = ow > 16 && ow < 128;
+    let clip = c.act.and_then(|(act, _)| act.bounds());
     let mut flat = if flat_path { vec![0.0f32; oh * wq] } else { Vec::new() };
     for oc in 0..m {
         let xc = &x[(oc / per_group) * h * w..][..h * w];
@@ -1589,14 +1590,14 @@ fn depthwise_planes_body(isa: Isa, x: &[f32], c: &ConvStep, weight: &[f32], y: &
         let bias = c.bias[oc];
         let yc = &mut y[oc * oh * ow..(oc + 1) * oh * ow];
         if flat_path {
-            kernels::depthwise_plane(isa, &padded, &taps, bias, (1, oh * wq, 0), &mut flat);
+            kernels::depthwise_plane(isa, &padded, &taps, bias, (1, oh * wq, 0), clip, &mut flat);
             for (row, dst) in flat.chunks_exact(wq).zip(yc.chunks_exact_mut(ow)) {
                 dst.copy_from_slice(&row[..ow]);
             }
         } else {
-            kernels::depthwise_plane(isa, &padded, &taps, bias, (oh, ow, wq), yc);
+            kernels::depthwise_plane(isa, &padded, &taps, bias, (oh, ow, wq), clip, yc);
         }
-        if let Some((act, _)) = c.act {
+        if let (Some((act, _)), None) = (c.act, clip) {
             act.apply(yc);
         }
     }

@@ -9,13 +9,14 @@
 use super::{F32x1, Isa, Lanes};
 
 /// `rows × cols` outputs into `dst` (row-major) from `xc`, whose row `r` starts at `r·pitch`;
-/// `taps` are (offset, weight) pairs.
+/// `taps` are (offset, weight) pairs; with `clip` the graph's `Clip` follows (`Lanes::clip`).
 pub(crate) fn depthwise_plane(
     isa: Isa,
     xc: &[f32],
     taps: &[(usize, f32)],
     bias: f32,
     (rows, cols, pitch): (usize, usize, usize),
+    clip: Option<(f32, f32)>,
     dst: &mut [f32],
 ) {
     // Every read and write of the kernels below lies inside these lengths.
@@ -29,33 +30,47 @@ pub(crate) fn depthwise_plane(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512`/`Avx2` are only chosen when the CPU has the features
         // (`Isa::detect`), and the lengths are checked above.
-        Isa::Avx512 => unsafe { avx512(xc, taps, bias, (rows, cols, pitch), dst) },
+        Isa::Avx512 => unsafe { avx512(xc, taps, bias, (rows, cols, pitch), clip, dst) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2(xc, taps, bias, (rows, cols, pitch), dst) },
+        Isa::Avx2 => unsafe { avx2(xc, taps, bias, (rows, cols, pitch), clip, dst) },
         // SAFETY: lengths checked above.
-        _ => unsafe { plane::<F32x1, 4>(xc, taps, bias, (rows, cols, pitch), dst) },
+        _ => unsafe { plane::<F32x1, 4>(xc, taps, bias, (rows, cols, pitch), clip, dst) },
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn avx512(xc: &[f32], taps: &[(usize, f32)], bias: f32, shape: (usize, usize, usize), dst: &mut [f32]) {
+unsafe fn avx512(
+    xc: &[f32],
+    taps: &[(usize, f32)],
+    bias: f32,
+    shape: (usize, usize, usize),
+    clip: Option<(f32, f32)>,
+    dst: &mut [f32],
+) {
     // SAFETY: the CPU has AVX-512 (the caller's `Isa`); lengths checked by `depthwise_plane`.
     unsafe {
         // 3×3 kernels get a copy in which the number of taps is known, its tap loop unrolled.
         if taps.len() == 9 {
-            plane::<super::x86::F32x16, 4>(xc, &taps[..9], bias, shape, dst)
+            plane::<super::x86::F32x16, 4>(xc, &taps[..9], bias, shape, clip, dst)
         } else {
-            plane::<super::x86::F32x16, 4>(xc, taps, bias, shape, dst)
+            plane::<super::x86::F32x16, 4>(xc, taps, bias, shape, clip, dst)
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn avx2(xc: &[f32], taps: &[(usize, f32)], bias: f32, shape: (usize, usize, usize), dst: &mut [f32]) {
+unsafe fn avx2(
+    xc: &[f32],
+    taps: &[(usize, f32)],
+    bias: f32,
+    shape: (usize, usize, usize),
+    clip: Option<(f32, f32)>,
+    dst: &mut [f32],
+) {
     // SAFETY: the CPU has AVX2 (the caller's `Isa`); lengths checked by `depthwise_plane`.
-    unsafe { plane::<super::x86::F32x8, 4>(xc, taps, bias, shape, dst) }
+    unsafe { plane::<super::x86::F32x8, 4>(xc, taps, bias, shape, clip, dst) }
 }
 
 /// [`depthwise_plane`] with registers `V`, blocks of up to `NV` (at most 4) of them.
@@ -65,6 +80,7 @@ unsafe fn plane<V: Lanes, const NV: usize>(
     taps: &[(usize, f32)],
     bias: f32,
     (rows, cols, pitch): (usize, usize, usize),
+    clip: Option<(f32, f32)>,
     dst: &mut [f32],
 ) {
     let (xp, dp) = (xc.as_ptr(), dst.as_mut_ptr());
@@ -79,10 +95,10 @@ unsafe fn plane<V: Lanes, const NV: usize>(
                 let (x, d) = (xp.add(r * pitch), dp.add(r * cols));
                 let s = (pitch, cols, cols);
                 match rows_now {
-                    1 => narrow::<V, 1>(x, taps, bias, d, s),
-                    2 => narrow::<V, 2>(x, taps, bias, d, s),
-                    3 => narrow::<V, 3>(x, taps, bias, d, s),
-                    _ => narrow::<V, 4>(x, taps, bias, d, s),
+                    1 => narrow::<V, 1>(x, taps, bias, clip, d, s),
+                    2 => narrow::<V, 2>(x, taps, bias, clip, d, s),
+                    3 => narrow::<V, 3>(x, taps, bias, clip, d, s),
+                    _ => narrow::<V, 4>(x, taps, bias, clip, d, s),
                 }
             }
             r += rows_now;
@@ -97,7 +113,7 @@ unsafe fn plane<V: Lanes, const NV: usize>(
             let (x, d) = (xp.add(r * pitch), dp.add(r * cols));
             let mut j = 0;
             while j + NV * V::N <= cols {
-                block::<V, NV, false>(x.add(j), taps, bias, d.add(j), V::N);
+                block::<V, NV, false>(x.add(j), taps, bias, clip, d.add(j), V::N);
                 j += NV * V::N;
             }
             // The rest as one block of as many registers as it needs, the last one partial.
@@ -106,10 +122,10 @@ unsafe fn plane<V: Lanes, const NV: usize>(
                 let last = left - (left - 1) / V::N * V::N;
                 let (x, d) = (x.add(j), d.add(j));
                 match left.div_ceil(V::N) {
-                    1 => block::<V, 1, true>(x, taps, bias, d, last),
-                    2 => block::<V, 2, true>(x, taps, bias, d, last),
-                    3 => block::<V, 3, true>(x, taps, bias, d, last),
-                    _ => block::<V, 4, true>(x, taps, bias, d, last),
+                    1 => block::<V, 1, true>(x, taps, bias, clip, d, last),
+                    2 => block::<V, 2, true>(x, taps, bias, clip, d, last),
+                    3 => block::<V, 3, true>(x, taps, bias, clip, d, last),
+                    _ => block::<V, 4, true>(x, taps, bias, clip, d, last),
                 }
             }
         }
@@ -123,6 +139,7 @@ unsafe fn narrow<V: Lanes, const NV: usize>(
     x: *const f32,
     taps: &[(usize, f32)],
     bias: f32,
+    clip: Option<(f32, f32)>,
     dst: *mut f32,
     (pitch, stride, len): (usize, usize, usize),
 ) {
@@ -137,6 +154,7 @@ unsafe fn narrow<V: Lanes, const NV: usize>(
             }
         }
         for (v, acc) in acc.iter().enumerate() {
+            let acc = clip.map_or(*acc, |(lo, hi)| acc.clip(lo, hi));
             if len < V::N {
                 acc.store_part(dst.add(v * stride), len);
             } else {
@@ -153,6 +171,7 @@ unsafe fn block<V: Lanes, const NV: usize, const PART: bool>(
     x: *const f32,
     taps: &[(usize, f32)],
     bias: f32,
+    clip: Option<(f32, f32)>,
     dst: *mut f32,
     last: usize,
 ) {
@@ -172,6 +191,7 @@ unsafe fn block<V: Lanes, const NV: usize, const PART: bool>(
             }
         }
         for (v, acc) in acc.iter().enumerate() {
+            let acc = clip.map_or(*acc, |(lo, hi)| acc.clip(lo, hi));
             if PART && v == NV - 1 && last < V::N {
                 acc.store_part(dst.add(v * V::N), last);
             } else {
@@ -468,17 +488,21 @@ mod tests {
                 .map(|_| r.random_range(-4.0..4.0))
                 .collect();
             let bias = r.random_range(-1.0..1.0);
-            let want: Vec<u32> = (0..rows * cols)
-                .map(|i| {
-                    let at = i / cols * pitch + i % cols;
-                    taps.iter().fold(bias, |s, &(o, w)| s + xc[at + o] * w).to_bits()
-                })
-                .collect();
-            for isa in Isa::available() {
-                let mut dst = vec![f32::NAN; rows * cols];
-                depthwise_plane(isa, &xc, &taps, bias, (rows, cols, pitch), &mut dst);
-                let got: Vec<u32> = dst.iter().map(|v| v.to_bits()).collect();
-                assert_eq!(got, want, "{isa:?} {rows}×{cols}, {ntaps} taps");
+            // Without a clip, and with one that cuts both ends.
+            for clip in [None, Some((-0.5, 1.0))] {
+                let want: Vec<u32> = (0..rows * cols)
+                    .map(|i| {
+                        let at = i / cols * pitch + i % cols;
+                        let s = taps.iter().fold(bias, |s, &(o, w)| s + xc[at + o] * w);
+                        clip.map_or(s, |(lo, hi)| crate::graph::ops::clip(s, lo, hi)).to_bits()
+                    })
+                    .collect();
+                for isa in Isa::available() {
+                    let mut dst = vec![f32::NAN; rows * cols];
+                    depthwise_plane(isa, &xc, &taps, bias, (rows, cols, pitch), clip, &mut dst);
+                    let got: Vec<u32> = dst.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(got, want, "{isa:?} {rows}×{cols}, {ntaps} taps, {clip:?}");
+                }
             }
         }
     }
