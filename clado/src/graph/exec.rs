@@ -7,9 +7,9 @@
 //! table indexed by value id and are freed after their last reader ([`Graph::last_uses`]).
 //! The exceptions are nodes that [`Executor::advance_all`] runs once for all the samples,
 //! where one sample alone would read the weights for very little work: a classifier head (a
-//! Gemm that is the last node and gives the only output; eight rows per pass over its
-//! weights), and 1×1 Convs on maps of 16 to 64 pixels (the samples' pixels side by side as the
-//! columns of one matrix product).
+//! Gemm that is the last node and gives the only output; each thread's samples in one pass
+//! over its weights), and 1×1 Convs on maps of 16 to 64 pixels (the pixels of groups of
+//! samples side by side as the columns of one matrix product).
 //!
 //! Convolutions: depthwise ones (one input channel per group) run as a direct loop over the
 //! taps on a zero-padded copy of the input: for outputs up to 16 wide, eight channels at a
@@ -761,7 +761,15 @@ impl Executor {
         let weight = layer.and_then(|l| plan.weights(l)).unwrap_or(&c.weight);
         let ([k, ..], [m, oh, ow]) = (c.input, c.output);
         let n = oh * ow;
-        // Groups of eight samples: `8 · n` columns, one product each.
+        // Groups of samples, one product each: sixteen when every thread still gets as many
+        // groups as the others (MobileNetV2's 7 × 7 maps: 16 · 49 = 784 columns fill whole
+        // tiles of 16, where 8 · 49 = 392 leaves 8 to one-register tiles), else eight.
+        let threads = if parallel { rayon::current_num_threads() } else { 1 };
+        let group = if states.len().is_multiple_of(16 * threads) {
+            16
+        } else {
+            8
+        };
         let run = |group: &[SampleValues]| -> Vec<Vec<f32>> {
             let cols = group.len() * n;
             let mut xs = reuse(k * cols);
@@ -796,9 +804,9 @@ impl Executor {
             outs
         };
         let groups: Vec<Vec<Vec<f32>>> = if parallel {
-            states.par_chunks(8).map(run).collect()
+            states.par_chunks(group).map(run).collect()
         } else {
-            states.chunks(8).map(run).collect()
+            states.chunks(group).map(run).collect()
         };
         groups.concat()
     }

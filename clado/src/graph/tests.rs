@@ -177,6 +177,16 @@ fn results_are_independent_of_batch_split_and_threads() {
             pieces.extend(alone);
         }
         assert_eq!(whole[0], pieces, "{name}: batch vs one sample at a time");
+        // 32 samples: groups of sixteen in the batched nodes (see `pointwise_all`).
+        let out = pieces.len() / xs[0];
+        let x32: Vec<f32> = x.chunks(per).cycle().take(32).flatten().copied().collect();
+        let want: Vec<f32> = pieces.chunks(out).cycle().take(32).flatten().copied().collect();
+        assert_eq!(exec.run(&x32, 32, true).unwrap()[0], want, "{name}: 32 samples");
+        assert_eq!(
+            exec.run(&x32, 32, false).unwrap()[0],
+            want,
+            "{name}: 32 samples, serial"
+        );
     }
     let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let graph = Graph::from_onnx(fixture_dir().join("efficientnet_b0_slim.onnx")).unwrap();
